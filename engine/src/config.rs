@@ -1,0 +1,82 @@
+//! Engine settings. The binary fills them from defaults, `maestro.toml`, `MAESTRO_*` variables
+//! and flags, in that order of precedence (lowest first).
+
+use maestro_schemas::{Limits, StreamSet};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Redis to read from and publish to.
+    pub redis_url: String,
+    /// Where the log and projections live.
+    pub data_dir: PathBuf,
+    /// Consumer group name.
+    pub group: String,
+    /// Stream keys by role.
+    pub streams: StreamSet,
+    /// Size limits of one entry.
+    pub limits: Limits,
+    /// Entries per stream per read (the in-flight budget is this times the stream count).
+    pub read_count: usize,
+    /// Once a read returns more than this many bytes, reads shrink until they fit again.
+    pub max_batch_bytes: usize,
+    /// How long a read blocks waiting for new entries.
+    pub block_ms: u64,
+    /// Deliveries (a crash counts as one) after which an entry is parked as poison.
+    pub max_deliveries: u32,
+    /// Entries idle this long in another consumer's pending list are claimed.
+    pub claim_min_idle_ms: u64,
+    /// How often the claim janitor runs.
+    pub claim_interval_ms: u64,
+    /// How often consumer-group gauges (pending, lag) are refreshed.
+    pub info_interval_ms: u64,
+    /// sled page cache; sled's default grows past 600 MiB on large logs.
+    pub cache_bytes: u64,
+    /// Projection state hashes are recorded at every multiple of this seq.
+    pub checkpoint_every: u64,
+    /// Approximate cap of each dead-letter stream.
+    pub dead_letter_maxlen: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            data_dir: PathBuf::from("./maestro-data"),
+            group: "maestro-engine".into(),
+            streams: StreamSet::default(),
+            limits: Limits::default(),
+            read_count: 100,
+            max_batch_bytes: 16 * 1024 * 1024,
+            block_ms: 1000,
+            max_deliveries: 5,
+            claim_min_idle_ms: 30_000,
+            claim_interval_ms: 5_000,
+            info_interval_ms: 5_000,
+            cache_bytes: 64 * 1024 * 1024,
+            checkpoint_every: 10_000,
+            dead_letter_maxlen: 100_000,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = self.streams.duplicate_key() {
+            return Err(format!("streams: key {key:?} is configured for two roles"));
+        }
+        if self.read_count == 0 {
+            return Err("read_count: must be at least 1".into());
+        }
+        if self.group.is_empty() {
+            return Err("group: must not be empty".into());
+        }
+        if self.max_deliveries == 0 {
+            return Err("max_deliveries: must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! The data directory: an exclusive lock, the stable consumer name, and the sled database.
+//!
+//! Layout: `LOCK` (held while open), `consumer` (the Redis consumer name, written on first
+//! start), `db/` (sled: the log in the default tree, projections in the `state` tree).
+
+use crate::error::{EngineError, Result};
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// An open, locked data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::DataDir { path: path.to_path_buf(), source }
+}
+
+impl DataDir {
+    /// Creates the directory if needed and takes its lock; fails at once when another process
+    /// holds it.
+    pub fn open(path: &Path) -> Result<DataDir> {
+        fs::create_dir_all(path).map_err(io(path))?;
+        let lock_path = path.join("LOCK");
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: lock }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Locked(path.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&lock_path)(e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where sled keeps the database.
+    pub fn db_path(&self) -> PathBuf {
+        self.path.join("db")
+    }
+
+    /// The consumer name stored on first start. `fresh` makes one when there is none yet; it
+    /// need not be deterministic (only the log's contents must be), only stable across restarts.
+    pub fn consumer_name(&self, fresh: impl FnOnce() -> String) -> Result<String> {
+        let file = self.path.join("consumer");
+        match fs::read_to_string(&file) {
+            Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&file)(e)),
+        }
+        let name = fresh();
+        let tmp = self.path.join("consumer.tmp");
+        fs::write(&tmp, &name).map_err(io(&tmp))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+        fs::rename(&tmp, &file).map_err(io(&file))?;
+        Ok(name)
+    }
+}
+
+/// A consumer name unique enough for one group: host name, process id and start time.
+pub fn fresh_consumer_name() -> String {
+    let host = fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "host".to_string() } else { host };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("maestro-{host}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_and_consumer_name_is_stable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        assert!(matches!(DataDir::open(tmp.path()), Err(EngineError::Locked(_))));
+        let first = dir.consumer_name(|| "c-1".into()).unwrap();
+        let second = dir.consumer_name(|| "c-2".into()).unwrap();
+        assert_eq!((first.as_str(), second.as_str()), ("c-1", "c-1"));
+        drop(dir);
+        assert!(DataDir::open(tmp.path()).is_ok());
+    }
+}

@@ -1,0 +1,222 @@
+//! Step 4 of the batch cycle: hand new log records to the handlers in log order, gather their
+//! decisions, and commit state, positions and outbox in one store batch.
+//!
+//! A handler that errs or panics on a record loses only that record: its changes are dropped and
+//! the record is copied to the dead-letter stream with the reason. A record that crashes the
+//! whole process is caught by the catch-up guard: after `max_deliveries` crashes it is
+//! quarantined by a record in the log, so live runs and replays skip it alike.
+
+use crate::error::Result;
+use crate::log::{Log, NewRecord};
+use crate::store::{Guard, OutboxItem, Pending, Store, View};
+use maestro_handlers::{Change, Event, Handler, Intent};
+use maestro_schemas::ids::output_id;
+use maestro_schemas::{Body, Record, Status, StreamSet};
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// The position key of the dispatcher itself (dead letters are emitted once, against it).
+const DISPATCH: &str = "_dispatch";
+
+/// How outputs are stamped.
+#[derive(Clone, Debug)]
+pub struct OutputStamp {
+    /// The `origin` field value: `maestro-engine/<consumer>`.
+    pub origin: String,
+    /// Approximate cap of every dead-letter stream.
+    pub dead_letter_maxlen: u64,
+}
+
+/// What one dispatch did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub records: u64,
+    pub dead_lettered: u64,
+    pub handler_failures: u64,
+    pub intents: Vec<Intent>,
+}
+
+/// Dispatches records to handlers and keeps their projections.
+pub struct Dispatcher {
+    handlers: Vec<Arc<dyn Handler>>,
+    store: Store,
+    quarantined: BTreeSet<u64>,
+    stamp: OutputStamp,
+    checkpoint_every: u64,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.handlers.iter().map(|h| h.name()).collect();
+        f.debug_struct("Dispatcher").field("handlers", &names).finish_non_exhaustive()
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into())
+}
+
+impl Dispatcher {
+    pub fn new(handlers: Vec<Arc<dyn Handler>>, store: Store, log: &Log, stamp: OutputStamp, checkpoint_every: u64) -> Result<Dispatcher> {
+        let quarantined = log.quarantined()?.into_iter().collect();
+        Ok(Dispatcher { handlers, store, quarantined, stamp, checkpoint_every: checkpoint_every.max(1) })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn handler_names(&self) -> Vec<&'static str> {
+        self.handlers.iter().map(|h| h.name()).collect()
+    }
+
+    /// The lowest position over the dispatcher and every handler: where dispatch resumes.
+    pub fn position(&self) -> Result<u64> {
+        let mut lowest = self.store.position(DISPATCH)?;
+        for handler in &self.handlers {
+            lowest = lowest.min(self.store.position(handler.name())?);
+        }
+        Ok(lowest)
+    }
+
+    /// Dispatches records (consecutive, in log order). State is committed at every checkpoint
+    /// seq and at the end, so checkpoints fall on the same seqs however batches were cut.
+    pub fn dispatch(&mut self, records: &[Record]) -> Result<Report> {
+        let mut report = Report::default();
+        let mut positions = Vec::with_capacity(self.handlers.len());
+        for handler in &self.handlers {
+            positions.push(self.store.position(handler.name())?);
+        }
+        let own_position = self.store.position(DISPATCH)?;
+        let mut pending = Pending::default();
+        for record in records {
+            self.dispatch_one(record, &positions, own_position, &mut pending, &mut report);
+            if record.seq % self.checkpoint_every == 0 {
+                self.store.commit(std::mem::take(&mut pending))?;
+                for handler in &self.handlers {
+                    self.store.checkpoint(handler.name(), record.seq)?;
+                }
+            }
+        }
+        self.store.commit(pending)?;
+        Ok(report)
+    }
+
+    fn dispatch_one(&self, record: &Record, positions: &[u64], own_position: u64, pending: &mut Pending, report: &mut Report) {
+        let quarantined = self.quarantined.contains(&record.seq);
+        let mut failures = Vec::new();
+        let mut index = 0u32;
+        for (handler, position) in self.handlers.iter().zip(positions) {
+            if record.seq <= *position {
+                continue;
+            }
+            let name = handler.name();
+            if !quarantined {
+                let view = View { store: &self.store, pending, name };
+                match catch_unwind(AssertUnwindSafe(|| handler.handle(&view, Event { record }))) {
+                    Ok(Ok(decision)) => {
+                        for change in decision.changes {
+                            match change {
+                                Change::Put { key, value } => pending.put(name, &key, value),
+                                Change::Delete { key } => pending.delete(name, &key),
+                            }
+                        }
+                        for output in decision.outputs {
+                            let fields = output.fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                            pending.publish(self.stamped(record.seq, index, output.stream, fields, None));
+                            index += 1;
+                        }
+                        report.intents.extend(decision.intents);
+                    }
+                    Ok(Err(error)) => failures.push(format!("handler {name}: {error}")),
+                    Err(panic) => failures.push(format!("handler {name} panicked: {}", panic_text(panic.as_ref()))),
+                }
+            }
+            pending.advance(name, record.seq);
+        }
+        report.handler_failures += failures.len() as u64;
+        if record.seq > own_position {
+            if let Some(item) = self.dead_letter(record, quarantined, &failures, index) {
+                pending.publish(item);
+                report.dead_lettered += 1;
+            }
+            pending.advance(DISPATCH, record.seq);
+        }
+        report.records += 1;
+    }
+
+    fn stamped(&self, seq: u64, index: u32, stream: String, mut fields: Vec<(String, Vec<u8>)>, maxlen: Option<u64>) -> OutboxItem {
+        fields.insert(0, ("origin".into(), self.stamp.origin.clone().into_bytes()));
+        fields.insert(1, ("output_id".into(), output_id(seq, index).into_bytes()));
+        OutboxItem { seq, index, stream, fields, maxlen }
+    }
+
+    /// The dead-letter copy of a record that was rejected, quarantined or failed a handler.
+    fn dead_letter(&self, record: &Record, quarantined: bool, failures: &[String], index: u32) -> Option<OutboxItem> {
+        let Body::Entry(entry) = &record.body else { return None };
+        let (code, detail, deliveries) = match (&entry.status, quarantined) {
+            (_, true) => ("quarantined".to_string(), "the entry crashed the engine repeatedly while being handled".to_string(), 0),
+            (Status::Rejected { reason, deliveries }, _) => (reason.code.clone(), reason.detail.clone(), *deliveries),
+            _ if !failures.is_empty() => ("handler_failed".to_string(), failures.join("; "), 1),
+            _ => return None,
+        };
+        let mut fields = vec![
+            ("dead_stream".to_string(), entry.stream.clone().into_bytes()),
+            ("dead_id".to_string(), entry.id.to_string().into_bytes()),
+            ("dead_seq".to_string(), record.seq.to_string().into_bytes()),
+            ("dead_reason".to_string(), code.into_bytes()),
+            ("dead_detail".to_string(), detail.into_bytes()),
+            ("dead_deliveries".to_string(), deliveries.to_string().into_bytes()),
+        ];
+        fields.extend(entry.fields.iter().cloned());
+        let stream = StreamSet::dead_letter_key(&entry.stream);
+        Some(self.stamped(record.seq, index, stream, fields, Some(self.stamp.dead_letter_maxlen)))
+    }
+
+    /// Brings every projection up to the log's head before the engine reads new entries.
+    ///
+    /// A guard stored (and flushed) before each step counts how often dispatch started at the
+    /// same seq without finishing. After one crash the range is re-run one record at a time,
+    /// so the next crash names its record; a record that crashed more than `max_deliveries`
+    /// times is quarantined by appending a quarantine record to the log.
+    pub fn catch_up(&mut self, log: &mut Log, batch: usize, max_deliveries: u32) -> Result<Report> {
+        let mut total = Report::default();
+        loop {
+            let position = self.position()?;
+            let head = log.head_seq();
+            if position >= head {
+                break;
+            }
+            let next = position + 1;
+            let guard = self.store.guard()?;
+            let attempts = if guard.from_seq == next { guard.attempts + 1 } else { 1 };
+            let slow_until = if attempts > 1 { guard.slow_until.max(position + batch as u64) } else { guard.slow_until };
+            if attempts > max_deliveries {
+                let crashes = attempts - 1;
+                log.append(vec![NewRecord {
+                    body: Body::Quarantine { target_seq: next, reason: format!("crashed the engine {crashes} times while being handled"), deliveries: crashes },
+                    request: None,
+                }])?;
+                self.quarantined.insert(next);
+                tracing::error!(seq = next, crashes, "record quarantined: it crashed the engine while being handled");
+                self.store.set_guard(Guard { from_seq: next, attempts: 0, slow_until })?;
+                continue;
+            }
+            self.store.set_guard(Guard { from_seq: next, attempts, slow_until })?;
+            let step = if next <= slow_until { 1 } else { batch.max(1) as u64 };
+            let records = log.range(next, head.min(position + step)).collect::<Result<Vec<_>>>()?;
+            let report = self.dispatch(&records)?;
+            total.records += report.records;
+            total.dead_lettered += report.dead_lettered;
+            total.handler_failures += report.handler_failures;
+            total.intents.extend(report.intents);
+        }
+        self.store.set_guard(Guard::default())?;
+        Ok(total)
+    }
+}

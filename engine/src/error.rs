@@ -1,0 +1,40 @@
+//! The engine's one error type.
+
+use maestro_schemas::RecordError;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("data dir {0} is locked by another process (is an engine running on it? stop it, or point at a copy)")]
+    Locked(PathBuf),
+    #[error("data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("log storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("log storage sync: {0}")]
+    Sync(std::io::Error),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("log damaged: {0}")]
+    Damaged(String),
+    #[error("state store: {0}")]
+    State(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis reply: {0}")]
+    Reply(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("http: {0}")]
+    Http(std::io::Error),
+}
+
+impl EngineError {
+    /// True when the error is Redis saying it no longer has the consumer group (it lost its
+    /// data, or someone destroyed the group): the engine recreates it and carries on.
+    pub fn is_no_group(&self) -> bool {
+        matches!(self, EngineError::Redis(e) if e.code() == Some("NOGROUP"))
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,95 @@
+//! Step 2 of the batch cycle: decide, for each entry Redis delivered, whether it is new to the
+//! log and how the engine takes it (accepted, own output, re-sent request, or rejected).
+
+use crate::error::Result;
+use crate::log::{Log, NewRecord};
+use crate::source::RawEntry;
+use maestro_schemas::envelope::{self, Limits, Reject};
+use maestro_schemas::{Body, Entry, EntryId, Status, StreamSet};
+use std::collections::{HashMap, HashSet};
+
+/// What one read turns into.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Records to append, in delivery order.
+    pub records: Vec<NewRecord>,
+    /// Every delivered entry, to acknowledge once the records are durable.
+    pub acks: Vec<(String, EntryId)>,
+    /// Entries Redis delivered as deleted: their content is gone (trimmed while pending).
+    pub lost: Vec<(String, EntryId)>,
+    /// Entries already in the log (redeliveries, claims).
+    pub already_recorded: u64,
+}
+
+/// The ingestion rules.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    pub streams: StreamSet,
+    pub limits: Limits,
+    pub max_deliveries: u32,
+}
+
+impl Ingest {
+    /// Prepares a read for the log. `log` answers which entries and request ids it already has.
+    pub fn prepare(&self, log: &Log, raw: Vec<RawEntry>) -> Result<Prepared> {
+        let mut out = Prepared::default();
+        let mut batch_entries = HashSet::new();
+        let mut batch_requests: HashMap<(String, String), u64> = HashMap::new();
+        for entry in raw {
+            out.acks.push((entry.stream.clone(), entry.id));
+            let Some(fields) = entry.fields else {
+                out.lost.push((entry.stream, entry.id));
+                continue;
+            };
+            if log.seen(&entry.stream, entry.id)?.is_some() || !batch_entries.insert((entry.stream.clone(), entry.id)) {
+                out.already_recorded += 1;
+                continue;
+            }
+            let seq = log.head_seq() + out.records.len() as u64 + 1;
+            let (status, fields, request) = self.classify(&entry.stream, fields, entry.deliveries);
+            let (status, request) = match request {
+                Some(id) => {
+                    let key = (entry.stream.clone(), id);
+                    match batch_requests.get(&key).copied().map(Ok).or_else(|| log.request_seen(&key.0, &key.1).transpose()) {
+                        Some(of_seq) => (Status::Duplicate { of_seq: of_seq? }, None),
+                        None => {
+                            batch_requests.insert(key.clone(), seq);
+                            (status, Some(key))
+                        }
+                    }
+                }
+                None => (status, None),
+            };
+            let body = Body::Entry(Entry { stream: entry.stream, id: entry.id, fields, status });
+            out.records.push(NewRecord { body, request });
+        }
+        Ok(out)
+    }
+
+    /// Status, the fields to keep, and the request id of one new entry.
+    fn classify(&self, stream: &str, fields: Vec<(String, Vec<u8>)>, deliveries: u32) -> (Status, Vec<(String, Vec<u8>)>, Option<String>) {
+        let rejected = |reason: Reject, fields| (Status::Rejected { reason, deliveries }, fields, None);
+        if let Err(reason) = envelope::check_size(&fields, &self.limits) {
+            // The payload of an over-limit entry is not copied anywhere: not to the log, not
+            // to the dead-letter stream. Its id and the reason are.
+            return rejected(reason, Vec::new());
+        }
+        if deliveries > self.max_deliveries {
+            let reason = Reject::new(
+                "redelivered",
+                format!("delivered {deliveries} times without being recorded (the limit is {})", self.max_deliveries),
+            );
+            return rejected(reason, fields);
+        }
+        if envelope::is_own_output(&fields) {
+            return (Status::Own, fields, None);
+        }
+        let Some(role) = self.streams.role_of(stream) else {
+            return rejected(Reject::new("unknown_stream", format!("{stream} is not a configured stream")), fields);
+        };
+        match envelope::check(role, &fields, &self.limits) {
+            Ok(checked) => (Status::Accepted, fields, checked.request_id),
+            Err(reason) => rejected(reason, fields),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+pub mod datadir;
+pub mod error;
+pub mod log;
+pub mod dispatch;
+pub mod store;
+pub mod source;
+pub mod config;
+pub mod ingest;
+pub mod status;
+pub mod runtime;
+pub mod http;

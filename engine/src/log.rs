@@ -1,0 +1,332 @@
+//! The append-only log on sled: the truth the engine keeps.
+//!
+//! One sled tree holds, under one-byte prefixes, the records (`L` + seq), the dedup index
+//! (`D` + stream + 0 + entry id -> seq), the per-stream cursors (`C` + stream -> highest entry
+//! id), the request-id index (`R` + stream + 0 + request id -> seq) and the quarantine index
+//! (`Q` + target seq -> seq of the quarantine record). Keeping them in one tree lets a single
+//! sled batch write a record and every index that points at it, atomically.
+
+use crate::error::{EngineError, Result};
+use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT, hash_stored};
+use maestro_schemas::{Body, EntryId, Record};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+const LOG: u8 = b'L';
+const DEDUP: u8 = b'D';
+const CURSOR: u8 = b'C';
+const REQUEST: u8 = b'R';
+const QUARANTINE: u8 = b'Q';
+
+/// How many records at the tail are chain-checked when the log opens. The full check is
+/// `maestro verify`; every record handed to a handler is checksum-checked as it is read.
+pub const TAIL_CHECK: u64 = 1024;
+
+pub fn log_key(seq: u64) -> [u8; 9] {
+    let mut key = [LOG; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn seq_of_log_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+fn keyed(prefix: u8, stream: &str, tail: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + stream.len() + tail.len());
+    key.push(prefix);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(tail);
+    key
+}
+
+fn cursor_key(stream: &str) -> Vec<u8> {
+    let mut key = vec![CURSOR];
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+fn seq_value(value: &[u8]) -> Result<u64> {
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| EngineError::Damaged(format!("index value of {} bytes where a seq belongs", value.len())))
+}
+
+/// A record to append; the log assigns its seq and chain hash.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    pub body: Body,
+    /// `(stream, request id)` for requests that carry their own id, so re-sends are recognised.
+    pub request: Option<(String, String)>,
+}
+
+/// The log. One writer: the engine that holds the data dir lock.
+pub struct Log {
+    db: sled::Db,
+    sync_file: File,
+    head_seq: u64,
+    head_hash: [u8; 32],
+    cursors: HashMap<String, EntryId>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("head_seq", &self.head_seq).finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `db_path`. Checks the tail of the chain, so a damaged
+    /// record near the head is an error naming its seq.
+    pub fn open(db_path: &Path, cache_bytes: u64) -> Result<Log> {
+        Log::open_with(db_path, cache_bytes, true)
+    }
+
+    /// Opens the log; `check_tail` false skips the tail check, for tools that check every
+    /// record themselves and must name the first damaged one.
+    pub fn open_with(db_path: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
+        let db = sled::Config::new()
+            .path(db_path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let db_file = db_path.join("db");
+        let sync_file = File::open(&db_file).map_err(|source| EngineError::DataDir { path: db_file, source })?;
+        let mut log = Log { db, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors: HashMap::new() };
+        if let Some((key, stored)) = log.db.scan_prefix([LOG]).next_back().transpose()? {
+            let seq = seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("log key {key:?}")))?;
+            log.head_seq = seq;
+            log.head_hash = hash_stored(&stored);
+            if check_tail {
+                Record::decode(seq, &stored)?;
+                log.verify(seq.saturating_sub(TAIL_CHECK - 1).max(1), seq)?;
+            }
+        }
+        Ok(log)
+    }
+
+    /// The sled database, shared with the projection store.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Seq of the last record (0 when empty).
+    pub fn head_seq(&self) -> u64 {
+        self.head_seq
+    }
+
+    /// Chain hash of the last record.
+    pub fn head_hash(&self) -> [u8; 32] {
+        self.head_hash
+    }
+
+    /// The seq of the record holding entry `id` of `stream`, if the log has it.
+    pub fn seen(&self, stream: &str, id: EntryId) -> Result<Option<u64>> {
+        self.db.get(keyed(DEDUP, stream, &id.to_be_bytes()))?.map(|v| seq_value(&v)).transpose()
+    }
+
+    /// The seq of the first record of request `request_id` on `stream`, if any.
+    pub fn request_seen(&self, stream: &str, request_id: &str) -> Result<Option<u64>> {
+        self.db.get(keyed(REQUEST, stream, request_id.as_bytes()))?.map(|v| seq_value(&v)).transpose()
+    }
+
+    /// The highest entry id recorded for `stream`.
+    pub fn cursor(&self, stream: &str) -> Result<Option<EntryId>> {
+        if let Some(id) = self.cursors.get(stream) {
+            return Ok(Some(*id));
+        }
+        Ok(self.db.get(cursor_key(stream))?.and_then(|v| EntryId::from_be_bytes(&v)))
+    }
+
+    /// Appends records with their indexes in one batch and makes it durable (sled flush, then
+    /// fsync of the data file: sled's flush alone uses `sync_file_range`). Nothing in memory
+    /// moves unless the batch was written.
+    pub fn append(&mut self, items: Vec<NewRecord>) -> Result<Vec<Record>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = sled::Batch::default();
+        let (mut seq, mut hash) = (self.head_seq, self.head_hash);
+        let mut cursors: HashMap<String, EntryId> = HashMap::new();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            seq += 1;
+            let record = Record { format: RECORD_FORMAT, seq, prev_hash: hash, body: item.body };
+            let stored = record.encode()?;
+            hash = hash_stored(&stored);
+            batch.insert(&log_key(seq), stored);
+            let seq_bytes = seq.to_be_bytes();
+            match &record.body {
+                Body::Entry(entry) => {
+                    batch.insert(keyed(DEDUP, &entry.stream, &entry.id.to_be_bytes()), &seq_bytes);
+                    let known = match cursors.get(&entry.stream) {
+                        Some(id) => Some(*id),
+                        None => self.cursor(&entry.stream)?,
+                    };
+                    if known.is_none_or(|id| id < entry.id) {
+                        cursors.insert(entry.stream.clone(), entry.id);
+                    }
+                }
+                Body::Quarantine { target_seq, .. } => {
+                    batch.insert([&[QUARANTINE][..], &target_seq.to_be_bytes()].concat(), &seq_bytes);
+                }
+                Body::Clock { .. } => {}
+            }
+            if let Some((stream, request_id)) = &item.request {
+                batch.insert(keyed(REQUEST, stream, request_id.as_bytes()), &seq_bytes);
+            }
+            out.push(record);
+        }
+        for (stream, id) in &cursors {
+            batch.insert(cursor_key(stream), &id.to_be_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        self.sync_file.sync_data().map_err(EngineError::Sync)?;
+        self.head_seq = seq;
+        self.head_hash = hash;
+        self.cursors.extend(cursors);
+        Ok(out)
+    }
+
+    /// Reads and checksum-checks record `seq`.
+    pub fn read(&self, seq: u64) -> Result<Option<Record>> {
+        match self.db.get(log_key(seq))? {
+            Some(stored) => Ok(Some(Record::decode(seq, &stored)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `from..=to` in order, each checksum-checked; a missing seq is an error.
+    pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = Result<Record>> + '_ {
+        let mut expected = from.max(1);
+        self.db.range(log_key(from.max(1))..=log_key(to)).map(move |item| {
+            let (key, stored) = item?;
+            let seq = seq_of_log_key(&key).unwrap_or(0);
+            if seq != expected {
+                return Err(EngineError::Damaged(format!("record {expected}: missing (next stored is {seq})")));
+            }
+            expected += 1;
+            Ok(Record::decode(seq, &stored)?)
+        })
+    }
+
+    /// The seqs of quarantined records.
+    pub fn quarantined(&self) -> Result<Vec<u64>> {
+        self.db
+            .scan_prefix([QUARANTINE])
+            .map(|item| {
+                let (key, _) = item?;
+                seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("quarantine key {key:?}")))
+            })
+            .collect()
+    }
+
+    /// Checks checksums, seq continuity and the hash chain of records `from..=to`.
+    pub fn verify(&self, from: u64, to: u64) -> Result<VerifySummary> {
+        let mut expected_hash = match from {
+            0 | 1 => GENESIS_HASH,
+            _ => match self.db.get(log_key(from - 1))? {
+                Some(stored) => hash_stored(&stored),
+                None => return Err(EngineError::Damaged(format!("record {}: missing", from - 1))),
+            },
+        };
+        let mut summary = VerifySummary { records: 0, head_hash: expected_hash };
+        let mut next = from.max(1);
+        for item in self.db.range(log_key(from.max(1))..=log_key(to)) {
+            let (key, stored) = item?;
+            let seq = seq_of_log_key(&key).unwrap_or(0);
+            if seq != next {
+                return Err(EngineError::Damaged(format!("record {next}: missing (next stored is {seq})")));
+            }
+            let record = Record::decode(seq, &stored)?;
+            record.check_chain(&expected_hash)?;
+            expected_hash = hash_stored(&stored);
+            summary.records += 1;
+            next += 1;
+        }
+        if next <= to {
+            return Err(EngineError::Damaged(format!("record {next}: missing (log ends at {})", next - 1)));
+        }
+        summary.head_hash = expected_hash;
+        Ok(summary)
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// What a clean verification saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifySummary {
+    pub records: u64,
+    pub head_hash: [u8; 32],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maestro_schemas::{Entry, Status};
+
+    fn entry(stream: &str, ms: u64) -> NewRecord {
+        NewRecord {
+            body: Body::Entry(Entry {
+                stream: stream.into(),
+                id: EntryId { ms, seq: 0 },
+                fields: vec![("type".into(), b"x".to_vec())],
+                status: Status::Accepted,
+            }),
+            request: Some((stream.into(), format!("req-{ms}"))),
+        }
+    }
+
+    #[test]
+    fn appends_indexes_and_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut log = Log::open(tmp.path(), 1 << 20).unwrap();
+            let records = log.append(vec![entry("a", 5), entry("b", 3), entry("a", 4)]).unwrap();
+            assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+            assert_eq!(log.seen("a", EntryId { ms: 4, seq: 0 }).unwrap(), Some(3));
+            assert_eq!(log.seen("a", EntryId { ms: 6, seq: 0 }).unwrap(), None);
+            assert_eq!(log.request_seen("b", "req-3").unwrap(), Some(2));
+            assert_eq!(log.cursor("a").unwrap(), Some(EntryId { ms: 5, seq: 0 }));
+        }
+        let log = Log::open(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(log.head_seq(), 3);
+        assert_eq!(log.cursor("a").unwrap(), Some(EntryId { ms: 5, seq: 0 }));
+        assert_eq!(log.verify(1, 3).unwrap().records, 3);
+        assert_eq!(log.range(2, 3).count(), 2);
+    }
+
+    #[test]
+    fn a_damaged_record_is_named_on_open_and_by_verify() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut log = Log::open(tmp.path(), 1 << 20).unwrap();
+            log.append((1..=10).map(|ms| entry("a", ms)).collect()).unwrap();
+            let key = log_key(7);
+            let mut stored = log.db.get(key).unwrap().unwrap().to_vec();
+            stored[20] ^= 0x10;
+            log.db.insert(key, stored).unwrap();
+            log.db.flush().unwrap();
+        }
+        let err = Log::open(tmp.path(), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("record 7"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_record_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = Log::open(tmp.path(), 1 << 20).unwrap();
+        log.append((1..=5).map(|ms| entry("a", ms)).collect()).unwrap();
+        log.db.remove(log_key(3)).unwrap();
+        let err = log.verify(1, 5).unwrap_err();
+        assert!(err.to_string().contains("record 3: missing"), "{err}");
+    }
+}

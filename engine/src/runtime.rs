@@ -1,0 +1,346 @@
+//! The engine's run loop. [`Cycle::run_batch`] is the batch cycle in the order the
+//! architecture fixes: decode, append durably, dispatch, publish, acknowledge.
+//!
+//! Failures are sorted by where they leave us. A damaged log stops the engine with an error
+//! that names the record. A storage error (disk full, read-only) drops the open log and
+//! reopens it after a back-off: nothing unrecorded was acknowledged. A Redis error drops the
+//! connections and retries with a capped back-off; entries delivered but not acknowledged come
+//! back from the pending list, and the dedup index keeps them from being recorded twice.
+
+use crate::config::EngineConfig;
+use crate::datadir::{DataDir, fresh_consumer_name};
+use crate::dispatch::{Dispatcher, OutputStamp};
+use crate::error::{EngineError, Result};
+use crate::ingest::Ingest;
+use crate::log::Log;
+use crate::source::{RawEntry, Source, SourceConfig};
+use crate::status::Status;
+use crate::store::Store;
+use maestro_handlers::Handler;
+use maestro_schemas::EntryId;
+use maestro_schemas::envelope::ORIGIN_PREFIX;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Stops the engine when it turns `true` (or when its sender is dropped).
+pub type Shutdown = watch::Receiver<bool>;
+
+fn stopping(shutdown: &Shutdown) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+async fn sleep_or_stop(shutdown: &mut Shutdown, duration: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// True for errors that a retry cannot fix: the engine reports them and exits.
+fn is_fatal(error: &EngineError) -> bool {
+    matches!(error, EngineError::Record(_) | EngineError::Damaged(_) | EngineError::Locked(_) | EngineError::Config(_))
+}
+
+fn is_storage(error: &EngineError) -> bool {
+    matches!(error, EngineError::Storage(_) | EngineError::Sync(_) | EngineError::State(_) | EngineError::DataDir { .. })
+}
+
+/// Runs the engine until `shutdown` fires. The caller owns the world: the handlers, the status
+/// it can watch, and the shutdown signal.
+pub async fn run(config: EngineConfig, handlers: Vec<Arc<dyn Handler>>, status: Arc<Status>, mut shutdown: Shutdown) -> Result<()> {
+    config.validate().map_err(EngineError::Config)?;
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let consumer = data_dir.consumer_name(fresh_consumer_name)?;
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    tracing::info!(consumer, data_dir = %config.data_dir.display(), group = config.group, "engine starting");
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let result = session(&config, &data_dir, &consumer, &client, &handlers, &status, &mut shutdown).await;
+        Status::set(&status.log_open, false);
+        match result {
+            Ok(()) => {
+                tracing::info!("engine stopped");
+                return Ok(());
+            }
+            Err(error) if is_fatal(&error) => return Err(error),
+            Err(error) => {
+                Status::set(&status.storage_ok, !is_storage(&error));
+                status.error(error.to_string());
+                tracing::error!(%error, "storage failed; nothing unrecorded was acknowledged; reopening the log");
+                sleep_or_stop(&mut shutdown, backoff.next()).await;
+                if stopping(&shutdown) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// One opening of the log: catch up the projections, then follow Redis until shutdown.
+async fn session(
+    config: &EngineConfig,
+    data_dir: &DataDir,
+    consumer: &str,
+    client: &redis::Client,
+    handlers: &[Arc<dyn Handler>],
+    status: &Arc<Status>,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    let mut log = Log::open(&data_dir.db_path(), config.cache_bytes)?;
+    let store = Store::open(log.db())?;
+    let stamp = OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
+    let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, config.checkpoint_every)?;
+    let caught = dispatcher.catch_up(&mut log, 512, config.max_deliveries)?;
+    if caught.records > 0 {
+        tracing::info!(records = caught.records, "projections caught up with the log");
+    }
+    Status::set(&status.log_open, true);
+    Status::set(&status.storage_ok, true);
+    status.head_seq.store(log.head_seq(), std::sync::atomic::Ordering::Relaxed);
+    let streams = config.streams.all().into_iter().map(|(_, key)| key.to_string()).collect();
+    let source = Source::new(
+        client.clone(),
+        SourceConfig {
+            group: config.group.clone(),
+            consumer: consumer.to_string(),
+            streams,
+            count: config.read_count,
+            block: Duration::from_millis(config.block_ms),
+            published_key: format!("maestro:engine:{}:published", config.group),
+        },
+    );
+    let ingest = Ingest { streams: config.streams.clone(), limits: config.limits, max_deliveries: config.max_deliveries };
+    let mut cycle = Cycle { config: config.clone(), log, dispatcher, ingest, source, status: status.clone() };
+    cycle.follow(shutdown).await
+}
+
+/// Capped exponential back-off.
+#[derive(Debug)]
+struct Backoff {
+    first: Duration,
+    cap: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, cap: Duration) -> Backoff {
+        Backoff { first, cap, current: first }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.current;
+        self.current = (self.current * 2).min(self.cap);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+/// Everything one batch needs.
+#[derive(Debug)]
+struct Cycle {
+    config: EngineConfig,
+    log: Log,
+    dispatcher: Dispatcher,
+    ingest: Ingest,
+    source: Source,
+    status: Arc<Status>,
+}
+
+impl Cycle {
+    /// Follows Redis until shutdown. Redis errors never end it; storage errors do.
+    async fn follow(&mut self, shutdown: &mut Shutdown) -> Result<()> {
+        // Capped at 1 s so the engine resumes within about a second of Redis coming back.
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut reported = false;
+        while !stopping(shutdown) {
+            match self.connected(shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(error) if is_storage(&error) || is_fatal(&error) => return Err(error),
+                Err(error) => {
+                    Status::set(&self.status.redis_up, false);
+                    Status::set(&self.status.caught_up, false);
+                    self.status.error(error.to_string());
+                    if !reported {
+                        tracing::warn!(%error, "redis unavailable; retrying");
+                        reported = true;
+                    }
+                    sleep_or_stop(shutdown, backoff.next()).await;
+                }
+            }
+            if self.status.redis_up.load(std::sync::atomic::Ordering::Relaxed) {
+                backoff.reset();
+                reported = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// One Redis connection's worth of work: publish what is waiting, make sure the groups
+    /// exist, drain our own pending list, then read new entries until shutdown.
+    async fn connected(&mut self, shutdown: &mut Shutdown) -> Result<()> {
+        self.source.ping().await?;
+        self.publish_outbox().await?;
+        let log = &self.log;
+        self.source.ensure_groups(|stream| log.cursor(stream)).await?;
+        Status::set(&self.status.redis_up, true);
+        tracing::info!("connected to redis; draining own pending entries");
+        self.drain_pending(shutdown).await?;
+        let mut next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
+        let mut next_info = Instant::now();
+        while !stopping(shutdown) {
+            let entries = tokio::select! {
+                read = self.source.read_new() => read,
+                _ = shutdown.changed() => break,
+            };
+            let entries = match entries {
+                Err(error) if error.is_no_group() => {
+                    tracing::warn!("consumer group missing (redis lost it?); recreating at the log's high-water marks");
+                    let log = &self.log;
+                    self.source.ensure_groups(|stream| log.cursor(stream)).await?;
+                    continue;
+                }
+                other => other?,
+            };
+            Status::set(&self.status.caught_up, entries.is_empty());
+            self.run_batch(entries).await?;
+            if Instant::now() >= next_claim {
+                self.claim_idle().await?;
+                next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
+            }
+            if Instant::now() >= next_info {
+                self.refresh_gauges().await?;
+                next_info = Instant::now() + Duration::from_millis(self.config.info_interval_ms);
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain_pending(&mut self, shutdown: &Shutdown) -> Result<()> {
+        for stream in self.source.config().streams.clone() {
+            let mut after = EntryId::ZERO;
+            while !stopping(shutdown) {
+                let entries = self.source.read_pending(&stream, after).await?;
+                let Some(last) = entries.last() else { break };
+                after = last.id;
+                self.run_batch(entries).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim_idle(&mut self) -> Result<()> {
+        let min_idle = Duration::from_millis(self.config.claim_min_idle_ms);
+        for stream in self.source.config().streams.clone() {
+            let mut start = "0-0".to_string();
+            // Bounded: a janitor pass must not starve new reads.
+            for _ in 0..10 {
+                let (claimed, next, deleted) = self.source.claim(&stream, min_idle, &start).await?;
+                for id in &deleted {
+                    tracing::warn!(stream, id = %id, "entry deleted while pending in another consumer: lost");
+                }
+                self.count_lost(&stream, deleted.len() as u64);
+                if !claimed.is_empty() {
+                    tracing::info!(stream, count = claimed.len(), "claimed idle entries of another consumer");
+                    self.run_batch(claimed).await?;
+                }
+                if next == "0-0" {
+                    break;
+                }
+                start = next;
+            }
+        }
+        Ok(())
+    }
+
+    fn count_lost(&self, stream: &str, n: u64) {
+        if n > 0 {
+            Status::add(&self.status.lost, n);
+            metrics::counter!("maestro_entries_lost_total", "stream" => stream.to_string()).increment(n);
+        }
+    }
+
+    async fn refresh_gauges(&mut self) -> Result<()> {
+        for (stream, info) in self.source.group_info().await? {
+            metrics::gauge!("maestro_pending", "stream" => stream.clone()).set(info.pending as f64);
+            if let Some(lag) = info.lag {
+                metrics::gauge!("maestro_lag", "stream" => stream).set(lag as f64);
+            }
+        }
+        metrics::gauge!("maestro_log_bytes").set(self.log.size_on_disk() as f64);
+        Ok(())
+    }
+
+    /// The batch cycle. Every step is idempotent, so a crash between any two loses nothing:
+    /// entries not yet acknowledged come back, and the dedup index, projection positions and
+    /// output ids make their second pass a no-op.
+    pub async fn run_batch(&mut self, entries: Vec<RawEntry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let bytes: usize = entries.iter().map(RawEntry::size).sum();
+        self.note_read(&entries, bytes);
+        // Step 2: decode and validate; rejects become records marked as rejected.
+        let prepared = self.ingest.prepare(&self.log, entries)?;
+        for (stream, id) in &prepared.lost {
+            tracing::warn!(stream, id = %id, "entry deleted while pending: lost");
+            self.count_lost(stream, 1);
+        }
+        // Step 3: one durable batch of records, dedup index and cursors.
+        let records = self.log.append(prepared.records)?;
+        Status::add(&self.status.records_appended, records.len() as u64);
+        self.status.head_seq.store(self.log.head_seq(), std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("maestro_records_appended_total").increment(records.len() as u64);
+        // Step 4: handlers, projections and the outbox, in one state batch.
+        let report = self.dispatcher.dispatch(&records)?;
+        if report.dead_lettered > 0 {
+            Status::add(&self.status.dead_lettered, report.dead_lettered);
+            metrics::counter!("maestro_dead_lettered_total").increment(report.dead_lettered);
+        }
+        for intent in &report.intents {
+            tracing::warn!(kind = intent.kind, id = intent.id, "no effect runner is registered for this intent");
+        }
+        // Step 5: publish outputs.
+        self.publish_outbox().await?;
+        // Step 6: acknowledge every delivered entry, new or already recorded.
+        self.source.ack(&prepared.acks).await?;
+        Status::add(&self.status.entries_acked, prepared.acks.len() as u64);
+        Status::add(&self.status.batches, 1);
+        metrics::counter!("maestro_entries_acked_total").increment(prepared.acks.len() as u64);
+        metrics::histogram!("maestro_batch_seconds").record(started.elapsed().as_secs_f64());
+        self.status.batch_took(started.elapsed().as_micros() as u64);
+        Ok(())
+    }
+
+    fn note_read(&mut self, entries: &[RawEntry], bytes: usize) {
+        Status::add(&self.status.entries_read, entries.len() as u64);
+        let mut per_stream: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for entry in entries {
+            *per_stream.entry(&entry.stream).or_default() += 1;
+        }
+        for (stream, n) in per_stream {
+            metrics::counter!("maestro_entries_read_total", "stream" => stream.to_string()).increment(n);
+        }
+        // Reads are bounded in entries by COUNT; bound them in bytes by shrinking COUNT while
+        // reads come back larger than the budget, and growing it back when they fit.
+        let count = self.source.count();
+        let next = if bytes > self.config.max_batch_bytes { (count / 2).max(1) } else { (count * 2).min(self.config.read_count) };
+        self.source.set_count(next);
+    }
+
+    async fn publish_outbox(&mut self) -> Result<()> {
+        loop {
+            let items = self.dispatcher.store().outbox(512)?;
+            if items.is_empty() {
+                return Ok(());
+            }
+            let (keys, items): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.source.publish(&items).await?;
+            self.dispatcher.store().remove_outbox(&keys)?;
+        }
+    }
+}

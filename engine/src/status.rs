@@ -1,0 +1,99 @@
+//! What the engine tells the outside world about itself: readiness flags and counters shared
+//! between the batch loop, the HTTP server and in-process callers such as `demo`.
+
+use serde::Serialize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Status {
+    pub redis_up: AtomicBool,
+    pub log_open: AtomicBool,
+    pub storage_ok: AtomicBool,
+    /// The last read found nothing new and nothing is waiting to be published.
+    pub caught_up: AtomicBool,
+    pub head_seq: AtomicU64,
+    pub entries_read: AtomicU64,
+    pub records_appended: AtomicU64,
+    pub entries_acked: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub lost: AtomicU64,
+    pub batches: AtomicU64,
+    pub last_error: Mutex<String>,
+    /// Durations of the most recent batches, in microseconds (at most [`LATENCY_SAMPLES`]).
+    pub batch_latency: Mutex<std::collections::VecDeque<u64>>,
+}
+
+/// How many batch durations [`Status`] keeps.
+pub const LATENCY_SAMPLES: usize = 100_000;
+
+/// A point-in-time copy of [`Status`], as `/status` serves it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub ready: bool,
+    pub redis_up: bool,
+    pub log_open: bool,
+    pub storage_ok: bool,
+    pub caught_up: bool,
+    pub head_seq: u64,
+    pub entries_read: u64,
+    pub records_appended: u64,
+    pub entries_acked: u64,
+    pub dead_lettered: u64,
+    pub lost: u64,
+    pub batches: u64,
+    pub last_error: String,
+}
+
+impl Status {
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let flag = |a: &AtomicBool| a.load(Ordering::Relaxed);
+        let mut snap = Snapshot {
+            redis_up: flag(&self.redis_up),
+            log_open: flag(&self.log_open),
+            storage_ok: flag(&self.storage_ok),
+            caught_up: flag(&self.caught_up),
+            head_seq: get(&self.head_seq),
+            entries_read: get(&self.entries_read),
+            records_appended: get(&self.records_appended),
+            entries_acked: get(&self.entries_acked),
+            dead_lettered: get(&self.dead_lettered),
+            lost: get(&self.lost),
+            batches: get(&self.batches),
+            last_error: self.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            ready: false,
+        };
+        snap.ready = snap.redis_up && snap.log_open && snap.storage_ok && snap.caught_up;
+        snap
+    }
+
+    pub fn set(flag: &AtomicBool, value: bool) {
+        flag.store(value, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Notes one batch's duration.
+    pub fn batch_took(&self, micros: u64) {
+        if let Ok(mut samples) = self.batch_latency.lock() {
+            if samples.len() == LATENCY_SAMPLES {
+                samples.pop_front();
+            }
+            samples.push_back(micros);
+        }
+    }
+
+    /// The kept batch durations, oldest first.
+    pub fn batch_micros(&self) -> Vec<u64> {
+        self.batch_latency.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    pub fn error(&self, text: impl Into<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = text.into();
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The projection store: every handler's key/value state, its log position, checkpoint hashes
+//! and the outbox of entries waiting to be published, in the sled tree `state`.
+//!
+//! Keys: `p` + name + 0 + key (state), `s` + name (position), `h` + name + 0 + seq (checkpoint
+//! hash), `o` + seq + index (outbox), `g` (dispatch guard). A commit writes state, positions,
+//! checkpoints and outbox entries in one batch, so a projection never runs ahead of its outputs.
+//! The store is derived: it can be deleted and rebuilt from the log.
+
+use crate::error::{EngineError, Result};
+use maestro_handlers::StateView;
+use maestro_schemas::codec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + name.len() + key.len());
+    out.push(b'p');
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key);
+    out
+}
+
+fn position_key(name: &str) -> Vec<u8> {
+    [b"s", name.as_bytes()].concat()
+}
+
+fn checkpoint_key(name: &str, seq: u64) -> Vec<u8> {
+    [b"h", name.as_bytes(), &[0], &seq.to_be_bytes()].concat()
+}
+
+fn outbox_key(seq: u64, index: u32) -> Vec<u8> {
+    [b"o".as_slice(), &seq.to_be_bytes(), &index.to_be_bytes()].concat()
+}
+
+const GUARD_KEY: &[u8] = b"g";
+
+fn u64_value(value: &[u8]) -> Result<u64> {
+    value.try_into().map(u64::from_be_bytes).map_err(|_| EngineError::State(format!("position of {} bytes", value.len())))
+}
+
+/// An entry waiting to be published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    pub seq: u64,
+    pub index: u32,
+    pub stream: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// Approximate cap on the target stream's length (dead-letter streams are capped).
+    pub maxlen: Option<u64>,
+}
+
+/// The catch-up guard: which record dispatch was about to start, and how many times a
+/// dispatch starting there has begun without finishing (a crash counts as a delivery).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub from_seq: u64,
+    pub attempts: u32,
+    /// After a crash, records up to this seq are dispatched one at a time.
+    pub slow_until: u64,
+}
+
+/// Changes gathered while dispatching one batch, committed at once.
+#[derive(Debug, Default)]
+pub struct Pending {
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    positions: BTreeMap<String, u64>,
+    outbox: Vec<OutboxItem>,
+}
+
+impl Pending {
+    pub fn put(&mut self, name: &str, key: &[u8], value: Vec<u8>) {
+        self.overlay.insert(state_key(name, key), Some(value));
+    }
+
+    pub fn delete(&mut self, name: &str, key: &[u8]) {
+        self.overlay.insert(state_key(name, key), None);
+    }
+
+    pub fn advance(&mut self, name: &str, seq: u64) {
+        self.positions.insert(name.to_string(), seq);
+    }
+
+    pub fn publish(&mut self, item: OutboxItem) {
+        self.outbox.push(item);
+    }
+
+    pub fn outbox(&self) -> &[OutboxItem] {
+        &self.outbox
+    }
+}
+
+/// A handler's view of its state: the pending batch first, then the store.
+#[derive(Debug)]
+pub struct View<'a> {
+    pub store: &'a Store,
+    pub pending: &'a Pending,
+    pub name: &'a str,
+}
+
+impl StateView for View<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let full = state_key(self.name, key);
+        match self.pending.overlay.get(&full) {
+            Some(value) => value.clone(),
+            // A read error here is a storage failure, not a missing key; the commit of the same
+            // batch will hit it too and stop the batch before anything is acknowledged.
+            None => self.store.tree.get(&full).ok().flatten().map(|v| v.to_vec()),
+        }
+    }
+}
+
+/// The projection store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    tree: sled::Tree,
+}
+
+impl Store {
+    pub fn open(db: &sled::Db) -> Result<Store> {
+        Ok(Store { tree: db.open_tree("state")? })
+    }
+
+    /// The last log seq applied to projection `name` (0 when none).
+    pub fn position(&self, name: &str) -> Result<u64> {
+        self.tree.get(position_key(name))?.map(|v| u64_value(&v)).transpose().map(|p| p.unwrap_or(0))
+    }
+
+    /// Writes a batch of changes, positions and outbox entries atomically. Not fsynced: the
+    /// store is derived, and after a crash the engine re-dispatches the log's tail.
+    pub fn commit(&self, pending: Pending) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in pending.overlay {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        for (name, seq) in &pending.positions {
+            batch.insert(position_key(name), &seq.to_be_bytes());
+        }
+        for item in &pending.outbox {
+            let bytes = codec::encode(item).map_err(|e| EngineError::State(e.to_string()))?;
+            batch.insert(outbox_key(item.seq, item.index), bytes);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Canonical hash of projection `name`'s state: every (key, value) in key order, each
+    /// length-prefixed. The same state always hashes the same, however it was built.
+    pub fn state_hash(&self, name: &str) -> Result<[u8; 32]> {
+        let mut hasher = blake3::Hasher::new();
+        let prefix = state_key(name, b"");
+        for item in self.tree.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let key = &key[prefix.len()..];
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key);
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(&value);
+        }
+        Ok(*hasher.finalize().as_bytes())
+    }
+
+    /// Every (key, value) of projection `name`, in key order.
+    pub fn entries(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = state_key(name, b"");
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key[prefix.len()..].to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Records the state hash of `name` at `seq`.
+    pub fn checkpoint(&self, name: &str, seq: u64) -> Result<[u8; 32]> {
+        let hash = self.state_hash(name)?;
+        self.tree.insert(checkpoint_key(name, seq), &hash)?;
+        Ok(hash)
+    }
+
+    /// The checkpoints of `name`: (seq, state hash), in seq order.
+    pub fn checkpoints(&self, name: &str) -> Result<Vec<(u64, [u8; 32])>> {
+        let prefix = [b"h", name.as_bytes(), &[0]].concat();
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                let seq = u64_value(&key[prefix.len()..])?;
+                let hash: [u8; 32] = value.as_ref().try_into().map_err(|_| EngineError::State("checkpoint hash".into()))?;
+                Ok((seq, hash))
+            })
+            .collect()
+    }
+
+    /// Outbox entries in publishing order, with the keys to remove once they are published.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(sled::IVec, OutboxItem)>> {
+        self.tree
+            .scan_prefix(b"o")
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                let item = codec::decode(&value).map_err(|e| EngineError::State(format!("outbox entry: {e}")))?;
+                Ok((key, item))
+            })
+            .collect()
+    }
+
+    /// Forgets published outbox entries.
+    pub fn remove_outbox(&self, keys: &[sled::IVec]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key.clone());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn guard(&self) -> Result<Guard> {
+        match self.tree.get(GUARD_KEY)? {
+            Some(bytes) => codec::decode(&bytes).map_err(|e| EngineError::State(format!("guard: {e}"))),
+            None => Ok(Guard::default()),
+        }
+    }
+
+    /// Stores the guard and flushes it, so that a crash right after still finds it.
+    pub fn set_guard(&self, guard: Guard) -> Result<()> {
+        let bytes = codec::encode(&guard).map_err(|e| EngineError::State(e.to_string()))?;
+        self.tree.insert(GUARD_KEY, bytes)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}

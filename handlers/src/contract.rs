@@ -1,0 +1,90 @@
+//! The handler contract: state and event in; state changes, outputs and effect intents out.
+
+use maestro_schemas::Record;
+use std::collections::BTreeMap;
+
+/// One log record, as a handler sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Event<'a> {
+    pub record: &'a Record,
+}
+
+impl Event<'_> {
+    /// The record's position in the log.
+    pub fn seq(&self) -> u64 {
+        self.record.seq
+    }
+}
+
+/// Read access to a handler's own projection, as of just before the event.
+pub trait StateView {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// A map is a state view: handy for tests and for folding a log in memory.
+impl StateView for BTreeMap<Vec<u8>, Vec<u8>> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        BTreeMap::get(self, key).cloned()
+    }
+}
+
+/// One change to a projection's key/value state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// An entry to publish on a stream. The engine adds the `origin` and `output_id` fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub stream: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// A side effect for the engine to run after the log append (a git commit, a Kubernetes apply).
+/// `id` is deterministic, so that running an intent twice is harmless.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub kind: String,
+    pub id: String,
+    pub payload: Vec<u8>,
+}
+
+/// What a handler decided for one event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub changes: Vec<Change>,
+    pub outputs: Vec<Output>,
+    pub intents: Vec<Intent>,
+}
+
+/// A handler's refusal to take an event. The engine sends the event to the dead-letter stream
+/// with this reason; the handler's state stays as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A pure function from (state, event) to a decision, owning one projection.
+pub trait Handler: Send + Sync {
+    /// The projection's name: a stable key prefix in the state store and a CLI name.
+    fn name(&self) -> &'static str;
+    /// Decides what one event means for this projection.
+    fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError>;
+}
+
+/// Applies a decision's changes to an in-memory state, as the engine's store does on disk.
+pub fn apply_changes(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: &[Change]) {
+    for change in changes {
+        match change {
+            Change::Put { key, value } => {
+                state.insert(key.clone(), value.clone());
+            }
+            Change::Delete { key } => {
+                state.remove(key);
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Deterministic ids: derived from the log or from the entry, never from a clock or a random
+//! source, so that a replay names everything the way the live run did.
+
+use crate::EntryId;
+
+/// The id of the `index`-th output produced while handling log record `seq`.
+pub fn output_id(seq: u64, index: u32) -> String {
+    format!("{seq}-{index}")
+}
+
+/// An id derived from a stream entry, for requests that carry none of their own.
+pub fn derived_id(prefix: &str, stream: &str, entry: EntryId) -> String {
+    let digest = blake3::hash(format!("{stream}\n{entry}").as_bytes());
+    let hex = digest.to_hex();
+    format!("{prefix}-{}", &hex.as_str()[..16])
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC (`2026-11-28T07:40:23.123Z`).
+pub fn format_utc_ms(ms: u64) -> String {
+    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let a = EntryId { ms: 10, seq: 1 };
+        let b = EntryId { ms: 10, seq: 2 };
+        assert_eq!(derived_id("req", "s", a), derived_id("req", "s", a));
+        assert_ne!(derived_id("req", "s", a), derived_id("req", "s", b));
+        assert_ne!(derived_id("req", "s", a), derived_id("req", "t", a));
+        assert!(derived_id("req", "s", a).starts_with("req-"));
+        assert_eq!(output_id(7, 2), "7-2");
+    }
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_utc_ms(1_795_851_623_123), "2026-11-28T07:40:23.123Z");
+        assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

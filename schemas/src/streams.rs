@@ -1,0 +1,117 @@
+//! The streams of the three Maestro domains and the role each one plays.
+
+use serde::{Deserialize, Serialize};
+
+/// What a stream carries; decides how its entries are checked and handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    TemplatesRequests,
+    TemplatesResults,
+    TemplatesUsage,
+    AutomationJobs,
+    AutomationHealing,
+    AutomationResults,
+    AutomationErrors,
+    AutomationValidation,
+    K8sJobs,
+    K8sResults,
+    K8sStatus,
+}
+
+/// The stream keys the engine reads, by role. The defaults are the old services' keys; the two
+/// optional healing streams are read only when configured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSet {
+    pub templates_requests: String,
+    pub templates_results: String,
+    pub templates_usage: String,
+    pub automation_jobs: String,
+    pub automation_healing: String,
+    pub automation_results: String,
+    pub automation_errors: Option<String>,
+    pub automation_validation: Option<String>,
+    pub k8s_jobs: String,
+    pub k8s_results: String,
+    pub k8s_status: String,
+}
+
+impl Default for StreamSet {
+    fn default() -> Self {
+        StreamSet {
+            templates_requests: "maestro:streams:templates:requests".into(),
+            templates_results: "maestro:streams:templates:results".into(),
+            templates_usage: "maestro:streams:templates:usage".into(),
+            automation_jobs: "maestro:streams:automation:jobs".into(),
+            automation_healing: "maestro:streams:automation:healing".into(),
+            automation_results: "maestro:streams:automation:results".into(),
+            automation_errors: None,
+            automation_validation: None,
+            k8s_jobs: "maestro:streams:k8s:jobs".into(),
+            k8s_results: "maestro:streams:k8s:results".into(),
+            k8s_status: "maestro:streams:k8s:status".into(),
+        }
+    }
+}
+
+impl StreamSet {
+    /// Every configured stream with its role, in a fixed order.
+    pub fn all(&self) -> Vec<(Role, &str)> {
+        let mut out = vec![
+            (Role::TemplatesRequests, self.templates_requests.as_str()),
+            (Role::TemplatesResults, self.templates_results.as_str()),
+            (Role::TemplatesUsage, self.templates_usage.as_str()),
+            (Role::AutomationJobs, self.automation_jobs.as_str()),
+            (Role::AutomationHealing, self.automation_healing.as_str()),
+            (Role::AutomationResults, self.automation_results.as_str()),
+            (Role::K8sJobs, self.k8s_jobs.as_str()),
+            (Role::K8sResults, self.k8s_results.as_str()),
+            (Role::K8sStatus, self.k8s_status.as_str()),
+        ];
+        if let Some(key) = &self.automation_errors {
+            out.push((Role::AutomationErrors, key.as_str()));
+        }
+        if let Some(key) = &self.automation_validation {
+            out.push((Role::AutomationValidation, key.as_str()));
+        }
+        out
+    }
+
+    /// The role of a configured stream key.
+    pub fn role_of(&self, key: &str) -> Option<Role> {
+        self.all().into_iter().find(|(_, k)| *k == key).map(|(role, _)| role)
+    }
+
+    /// The dead-letter stream of a key.
+    pub fn dead_letter_key(key: &str) -> String {
+        format!("{key}:dead")
+    }
+
+    /// The first key that is configured twice, if any: two roles cannot share a stream.
+    pub fn duplicate_key(&self) -> Option<String> {
+        let keys = self.all();
+        keys.iter()
+            .enumerate()
+            .find(|(i, (_, k))| keys[..*i].iter().any(|(_, other)| other == k))
+            .map(|(_, (_, k))| (*k).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nine_default_streams_and_two_optional() {
+        let mut set = StreamSet::default();
+        assert_eq!(set.all().len(), 9);
+        assert_eq!(set.role_of("maestro:streams:k8s:status"), Some(Role::K8sStatus));
+        set.automation_errors = Some("maestro:streams:automation:errors".into());
+        set.automation_validation = Some("maestro:streams:automation:validation".into());
+        assert_eq!(set.all().len(), 11);
+        assert_eq!(set.duplicate_key(), None);
+        set.k8s_status = set.k8s_results.clone();
+        assert_eq!(set.duplicate_key(), Some(set.k8s_results.clone()));
+    }
+}

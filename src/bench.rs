@@ -1,0 +1,178 @@
+//! `maestro bench ingest`: the engine end to end against a raw baseline that does only the
+//! irreducible work (XREADGROUP -> one sled batch -> flush + fsync -> XACK), on the same
+//! entries, against the same private redis-server, in the same run.
+
+use crate::redis_server::{RedisOptions, RedisServer};
+use crate::traffic::{Message, Traffic, publish};
+use anyhow::Context;
+use maestro_engine::config::EngineConfig;
+use maestro_engine::source::parse_read_reply;
+use maestro_engine::status::Status;
+use maestro_schemas::StreamSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct IngestArgs {
+    /// Entries to measure (about 300 B each, spread over the nine streams).
+    #[arg(long, default_value_t = 200_000)]
+    pub entries: u64,
+    /// XREADGROUP COUNT per stream, for both runs.
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct RunFigures {
+    pub events: u64,
+    pub elapsed: Duration,
+    pub batch_micros: Vec<u64>,
+    pub peak_rss_kib: u64,
+}
+
+impl RunFigures {
+    pub fn per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.batch_micros.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<14} {:>9.0} events/s  {:>6} batches  batch p50 {:>6.2} ms  p99 {:>6.2} ms  peak RSS {:>5} MiB",
+            self.per_second(),
+            self.batch_micros.len(),
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.99),
+            self.peak_rss_kib / 1024
+        )
+    }
+}
+
+/// Peak resident set of this process (VmHWM), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Resets VmHWM to the current RSS, so each run's peak is its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn prefill(url: &str, entries: u64) -> anyhow::Result<()> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let mut traffic = Traffic::new(1, StreamSet::default());
+    let mut i = 0;
+    while i < entries {
+        let chunk: Vec<Message> = (i..(i + 1000).min(entries)).map(|n| traffic.control_message(n)).collect();
+        publish(&mut conn, &chunk)?;
+        i += chunk.len() as u64;
+    }
+    Ok(())
+}
+
+/// The raw baseline: no decoding, no records, no handlers; just the I/O every design must do.
+fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigures> {
+    let streams: Vec<String> = StreamSet::default().all().into_iter().map(|(_, k)| k.to_string()).collect();
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    for stream in &streams {
+        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("bench-raw").arg("0").query::<()>(&mut conn)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let db = sled::Config::new().path(dir.path()).cache_capacity(64 * 1024 * 1024).open()?;
+    let db_file = std::fs::File::open(dir.path().join("db"))?;
+    let started = Instant::now();
+    let (mut done, mut batch_micros) = (0u64, Vec::new());
+    while done < entries {
+        let batch_start = Instant::now();
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP").arg("bench-raw").arg("raw").arg("COUNT").arg(count).arg("STREAMS").arg(&streams);
+        for _ in &streams {
+            read.arg(">");
+        }
+        let got = parse_read_reply(&read.query::<redis::Value>(&mut conn)?)?;
+        if got.is_empty() {
+            anyhow::bail!("raw baseline ran dry after {done} of {entries} entries");
+        }
+        let mut batch = sled::Batch::default();
+        let mut acks = redis::pipe();
+        for entry in &got {
+            let mut value = Vec::new();
+            for (name, field) in entry.fields.iter().flatten() {
+                value.extend_from_slice(name.as_bytes());
+                value.extend_from_slice(field);
+            }
+            batch.insert([entry.stream.as_bytes(), &entry.id.to_be_bytes()].concat(), value);
+            acks.cmd("XACK").arg(&entry.stream).arg("bench-raw").arg(entry.id.to_string()).ignore();
+        }
+        db.apply_batch(batch)?;
+        db.flush()?;
+        db_file.sync_data()?;
+        acks.query::<()>(&mut conn)?;
+        done += got.len() as u64;
+        batch_micros.push(batch_start.elapsed().as_micros() as u64);
+    }
+    Ok(RunFigures { events: done, elapsed: started.elapsed(), batch_micros, peak_rss_kib: peak_rss_kib() })
+}
+
+async fn engine_run(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigures> {
+    let dir = tempfile::tempdir()?;
+    let config = EngineConfig { redis_url: url.to_string(), data_dir: dir.path().to_path_buf(), read_count: count, ..EngineConfig::default() };
+    let status = Arc::new(Status::default());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let engine = tokio::spawn(maestro_engine::runtime::run(config, crate::handlers(), status.clone(), shutdown));
+    while status.records_appended.load(Ordering::Relaxed) < entries {
+        if engine.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    let _ = stop.send(true);
+    engine.await?.context("engine")?;
+    let recorded = status.records_appended.load(Ordering::Relaxed);
+    if recorded < entries {
+        anyhow::bail!("the engine stopped after {recorded} of {entries} entries: {}", status.snapshot().last_error);
+    }
+    Ok(RunFigures { events: recorded, elapsed, batch_micros: status.batch_micros(), peak_rss_kib: peak_rss_kib() })
+}
+
+pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let server = RedisServer::start(RedisOptions::default()).context("starting a private redis-server")?;
+    println!("bench ingest: {} entries of about 300 B over 9 streams, COUNT {} per stream", args.entries, args.count);
+    println!("machine: {}; private redis-server on {}", machine(), server.addr());
+    let url = server.url();
+    let fill_url = url.clone();
+    let entries = args.entries;
+    tokio::task::spawn_blocking(move || prefill(&fill_url, entries)).await??;
+    reset_peak_rss();
+    let raw_url = url.clone();
+    let count = args.count;
+    let raw = tokio::task::spawn_blocking(move || raw_baseline(&raw_url, entries, count)).await??;
+    reset_peak_rss();
+    let engine = engine_run(&url, entries, args.count).await?;
+    println!("{}", raw.line("raw baseline"));
+    println!("{}", engine.line("engine"));
+    println!("ratio engine/raw: {:.2}", engine.per_second() / raw.per_second());
+    Ok(())
+}

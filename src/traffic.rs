@@ -40,6 +40,8 @@ pub type Message = (String, Vec<(String, String)>);
 pub struct Traffic {
     rng: Rng,
     streams: StreamSet,
+    /// Part of every request id, so that two generators never re-send each other's requests.
+    seed: u64,
     n: u64,
 }
 
@@ -97,7 +99,7 @@ fn manifest(rng: &mut Rng, name: &str) -> Value {
 
 impl Traffic {
     pub fn new(seed: u64, streams: StreamSet) -> Traffic {
-        Traffic { rng: Rng::new(seed), streams, n: 0 }
+        Traffic { rng: Rng::new(seed), streams, seed, n: 0 }
     }
 
     /// The next entry of the mix: templates requests dominate (retrieve and search most of
@@ -170,7 +172,7 @@ impl Traffic {
             _ => json!({}),
         };
         let data = json!({
-            "request_id": format!("req-{n:08}"), "template_id": template, "operation": op,
+            "request_id": format!("req-{}-{n:08}", self.seed), "template_id": template, "operation": op,
             "tenant_id": format!("tenant-{}", self.rng.below(8)), "user_id": format!("user-{}", self.rng.below(50)),
             "parameters": parameters, "timestamp": naive_timestamp(n),
         });
@@ -180,7 +182,7 @@ impl Traffic {
     fn template_result(&mut self) -> Message {
         let n = self.n;
         let data = json!({
-            "request_id": format!("req-{n:08}"), "template_id": format!("tpl-{:05}", self.rng.below(2000)), "status": "success",
+            "request_id": format!("req-{}-{n:08}", self.seed), "template_id": format!("tpl-{:05}", self.rng.below(2000)), "status": "success",
             "result": {"template": {"id": "tpl", "name": "fastapi-service", "version": "1.2.0"}}, "error": null,
             "duration_ms": 3 + self.rng.below(40), "timestamp": naive_timestamp(n),
         });

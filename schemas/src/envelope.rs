@@ -129,7 +129,7 @@ fn check_json_object(fields: &[(String, Vec<u8>)], name: &str, limits: &Limits) 
     let probe: Probe = serde_json::from_slice(text).map_err(|e| {
         Reject::new(
             "bad_json",
-            format!("field `{name}` at line {} column {}: {e}", e.line(), e.column()),
+            format!("field `{name}`: {e}"),
         )
     })?;
     Ok(match probe.request_id {

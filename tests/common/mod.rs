@@ -1,0 +1,219 @@
+//! Test harness: real `redis-server` processes on free ports in temp dirs, the `maestro` binary
+//! as a child process that can be killed, and checks that compare what was produced with what
+//! the log, the pending lists and the dead-letter streams hold.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub use maestro::redis_server::{RedisOptions, RedisServer};
+use maestro::traffic::{Message, Traffic, publish};
+use maestro_schemas::StreamSet;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const GROUP: &str = "maestro-engine";
+
+/// A private Redis; fails the test, saying how to install it, when `redis-server` is missing.
+pub fn redis(durable: bool) -> RedisServer {
+    RedisServer::start(RedisOptions { durable, extra: vec![] }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn connect(server: &RedisServer) -> redis::Connection {
+    redis::Client::open(server.url()).unwrap().get_connection().unwrap()
+}
+
+pub fn streams() -> Vec<String> {
+    StreamSet::default().all().into_iter().map(|(_, k)| k.to_string()).collect()
+}
+
+/// Publishes `n` entries of the realistic mix (or ~300 B control messages); returns
+/// (stream, id) of each, in order.
+pub fn produce(conn: &mut redis::Connection, n: u64, seed: u64, control: bool) -> Vec<(String, String)> {
+    let mut traffic = Traffic::new(seed, StreamSet::default());
+    let messages: Vec<Message> = (0..n).map(|i| if control { traffic.control_message(i) } else { traffic.next_message() }).collect();
+    produce_messages(conn, &messages)
+}
+
+pub fn produce_messages(conn: &mut redis::Connection, messages: &[Message]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for chunk in messages.chunks(500) {
+        let ids = publish(conn, chunk).unwrap();
+        out.extend(chunk.iter().map(|(s, _)| s.clone()).zip(ids));
+    }
+    out
+}
+
+/// The engine binary as a child process.
+pub struct EngineProc {
+    pub child: Child,
+    pub stderr_path: PathBuf,
+}
+
+impl EngineProc {
+    pub fn start(redis_url: &str, data_dir: &Path, env: &[(&str, &str)]) -> EngineProc {
+        Self::start_with(redis_url, data_dir, env, &[])
+    }
+
+    pub fn start_with(redis_url: &str, data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> EngineProc {
+        let stderr_path = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maestro"));
+        cmd.args(["run", "--redis-url", redis_url, "--data-dir"]).arg(data_dir).args(args);
+        cmd.env("RUST_LOG", "info").env_remove("MAESTRO_REDIS_URL").env_remove("MAESTRO_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
+        EngineProc { child, stderr_path }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY-free: libc::kill only sends a signal to our own child.
+        let pid = self.child.id() as i32;
+        assert_eq!(unsafe_kill(pid, signal), 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGTERM and wait (at most 15 s) for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_for(Duration::from_secs(15)).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("engine did not stop within 15 s of SIGTERM; stderr:\n{}", self.stderr())
+        })
+    }
+
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// No panic ever: exit code 101 or a "panicked at" line is a failed test.
+    pub fn assert_no_panic(&self) {
+        let stderr = self.stderr();
+        assert!(!stderr.contains("panicked at"), "engine panicked:\n{stderr}");
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, signal: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, signal) }
+}
+
+pub fn sigstop(pid: u32) {
+    assert_eq!(unsafe_kill(pid as i32, libc::SIGSTOP), 0);
+}
+
+pub fn sigcont(pid: u32) {
+    assert_eq!(unsafe_kill(pid as i32, libc::SIGCONT), 0);
+}
+
+/// Per stream: (last delivered id of the group, pending count), or None without a group.
+fn group_state(conn: &mut redis::Connection, stream: &str) -> Option<(String, u64)> {
+    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query(conn).ok()?;
+    let group = groups.into_iter().find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == GROUP.as_bytes()))?;
+    let last = match group.get("last-delivered-id") {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => return None,
+    };
+    let pending = match group.get("pending") {
+        Some(redis::Value::Int(n)) => *n as u64,
+        _ => return None,
+    };
+    Some((last, pending))
+}
+
+fn last_generated(conn: &mut redis::Connection, stream: &str) -> Option<String> {
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO").arg("STREAM").arg(stream).query(conn).ok()?;
+    match info.get("last-generated-id") {
+        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+/// True once every stream's group has been delivered everything and has nothing pending.
+pub fn drained(conn: &mut redis::Connection) -> bool {
+    streams().iter().all(|stream| match (group_state(conn, stream), last_generated(conn, stream)) {
+        (Some((delivered, 0)), Some(last)) => delivered == last,
+        _ => false,
+    })
+}
+
+pub fn wait_drained(conn: &mut redis::Connection, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if drained(conn) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("streams not drained within {timeout:?}: {:?}", streams().iter().map(|s| (s.clone(), group_state(conn, s))).collect::<Vec<_>>());
+}
+
+/// Total pending entries of the group over all streams.
+pub fn total_pending(conn: &mut redis::Connection) -> u64 {
+    streams().iter().filter_map(|s| group_state(conn, s)).map(|(_, p)| p).sum()
+}
+
+/// The log as exported JSON lines (the engine must be stopped).
+pub fn export(data_dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    maestro_replay::export(data_dir, 1, None, &mut out).unwrap();
+    String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// How often each (stream, id) appears among the log's entry records.
+pub fn recorded(records: &[Value]) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    for r in records.iter().filter(|r| r.get("stream").is_some()) {
+        *out.entry((r["stream"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string())).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Jepsen-style buckets: produced entries missing from the log, and entries recorded twice.
+pub fn assert_exactly_once(produced: &[(String, String)], records: &[Value]) {
+    let seen = recorded(records);
+    let lost: Vec<_> = produced.iter().filter(|k| !seen.contains_key(*k)).collect();
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(lost.is_empty(), "{} entries lost, first {:?}", lost.len(), lost.first());
+    assert!(duplicated.is_empty(), "{} entries recorded twice, first {:?}", duplicated.len(), duplicated.first());
+    assert_eq!(seen.len(), produced.len(), "the log holds entries nobody produced");
+}
+
+/// Reads a whole stream as (id, fields).
+pub fn read_stream(conn: &mut redis::Connection, stream: &str) -> Vec<(String, HashMap<String, String>)> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(conn).unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e.map.iter().map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default())).collect();
+            (e.id, fields)
+        })
+        .collect()
+}

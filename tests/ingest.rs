@@ -1,0 +1,215 @@
+//! Ingestion against a real redis-server: every entry of the nine streams recorded exactly once,
+//! redelivery, claims and re-sends, poison, graceful shutdown, the HTTP endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn every_entry_of_all_nine_streams_is_recorded_exactly_once() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    // Entries written before the engine's first start are read too: the group starts at 0.
+    let mut produced = produce(&mut conn, 900, 1, true);
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    produced.extend(produce(&mut conn, 2_000, 2, false));
+    wait_drained(&mut conn, Duration::from_secs(60));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    engine.assert_no_panic();
+
+    let records = export(&dir);
+    assert_exactly_once(&produced, &records);
+    let per_stream = recorded(&records).keys().fold(std::collections::BTreeMap::new(), |mut m, (s, _)| {
+        *m.entry(s.clone()).or_insert(0) += 1;
+        m
+    });
+    assert_eq!(per_stream.len(), 9, "entries from all nine streams: {per_stream:?}");
+    assert!(records.iter().all(|r| r["status"] == "accepted"), "the old producers' formats are all accepted");
+    assert_eq!(total_pending(&mut conn), 0);
+    assert!(maestro_replay::verify(&dir).is_ok());
+}
+
+#[test]
+fn graceful_shutdown_acknowledges_its_last_batch_and_a_restart_finishes_the_rest() {
+    let server = redis(true);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let produced = produce(&mut conn, 6_000, 3, true);
+    let mut engine = EngineProc::start(&server.url(), &dir, &[("MAESTRO_READ_COUNT", "10")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = engine.terminate();
+    assert!(exit.success(), "SIGTERM exits 0, got {exit:?}: {}", engine.stderr());
+    assert_eq!(total_pending(&mut conn), 0, "the last batch was acknowledged before exit");
+    let partial = recorded(&export(&dir)).len();
+    assert!(partial > 0, "the engine recorded something in 300 ms");
+
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    wait_drained(&mut conn, Duration::from_secs(60));
+    assert!(engine.terminate().success());
+    assert_exactly_once(&produced, &export(&dir));
+}
+
+#[test]
+fn poison_of_each_kind_is_dead_lettered_with_its_reason_and_never_stalls() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let requests = "maestro:streams:templates:requests";
+    let jobs = "maestro:streams:k8s:jobs";
+    let xadd = |conn: &mut redis::Connection, stream: &str, fields: Vec<(String, Vec<u8>)>| -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        cmd.query(conn).unwrap()
+    };
+    let s = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let poison = vec![
+        (requests, vec![s("data", "{\"request_id\": ")], "bad_json"),
+        (jobs, vec![s("payload", "{}")], "missing_field"),
+        (requests, vec![("data".to_string(), vec![b'{', 0xff, 0xfe, b'}'])], "not_utf8"),
+        (jobs, (0..65).map(|i| s(&format!("f{i}"), "v")).collect(), "too_many_fields"),
+        (requests, vec![("data".to_string(), vec![b' '; 1024 * 1024 + 1 - 4])], "too_large"),
+        (jobs, vec![s("type", "get_logs"), s("payload", &deep)], "too_deep"),
+    ];
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    let mut expected = Vec::new();
+    for (stream, fields, code) in poison {
+        expected.push((stream, xadd(&mut conn, stream, fields), code));
+    }
+    let good = produce(&mut conn, 900, 4, true);
+    wait_drained(&mut conn, Duration::from_secs(60));
+    assert!(engine.terminate().success());
+    engine.assert_no_panic();
+
+    for (stream, id, code) in &expected {
+        let dead = read_stream(&mut conn, &format!("{stream}:dead"));
+        let copy = dead.iter().find(|(_, f)| f.get("dead_id") == Some(id)).unwrap_or_else(|| panic!("{code} entry {id} not dead-lettered"));
+        assert_eq!(copy.1["dead_reason"], *code);
+        assert!(!copy.1["dead_detail"].is_empty());
+        assert_eq!(copy.1["dead_deliveries"], "1");
+        assert!(copy.1["origin"].starts_with("maestro-engine/"));
+        if *code == "too_large" {
+            assert!(!copy.1.contains_key("data"), "an oversized payload is not copied");
+        }
+    }
+    let dead_total: usize = ["templates:requests", "k8s:jobs"].iter().map(|s| read_stream(&mut conn, &format!("maestro:streams:{s}:dead")).len()).sum();
+    assert_eq!(dead_total, expected.len(), "exactly the poison entries are dead-lettered");
+    let records = export(&dir);
+    let rejected: Vec<_> = records.iter().filter(|r| r["status"] == "rejected").collect();
+    assert_eq!(rejected.len(), expected.len());
+    let seen = recorded(&records);
+    assert!(good.iter().all(|k| seen.get(k) == Some(&1)), "every good entry after the poison was recorded");
+}
+
+#[test]
+fn entries_of_a_dead_consumer_are_claimed_and_recorded_once() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let produced = produce(&mut conn, 450, 5, true);
+    for stream in streams() {
+        redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg(GROUP).arg("0").arg("MKSTREAM").query::<()>(&mut conn).unwrap();
+        // A consumer that takes 20 entries of each stream and dies without acknowledging.
+        redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg("ghost").arg("COUNT").arg(20).arg("STREAMS").arg(&stream).arg(">").query::<redis::Value>(&mut conn).unwrap();
+    }
+    assert_eq!(total_pending(&mut conn), 180);
+    let env = [("MAESTRO_CLAIM_MIN_IDLE_MS", "300"), ("MAESTRO_CLAIM_INTERVAL_MS", "200"), ("MAESTRO_BLOCK_MS", "100")];
+    let mut engine = EngineProc::start(&server.url(), &dir, &env);
+    wait_drained(&mut conn, Duration::from_secs(60));
+    assert!(engine.terminate().success());
+    assert!(engine.stderr().contains("claimed idle entries"), "{}", engine.stderr());
+    assert_exactly_once(&produced, &export(&dir));
+}
+
+#[test]
+fn a_resent_request_is_recorded_once_more_as_a_duplicate_of_the_first() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let request = r#"{"request_id":"req-resent","template_id":"tpl-1","operation":"retrieve","tenant_id":"t1","user_id":"u1","parameters":{}}"#;
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    for _ in 0..3 {
+        redis::cmd("XADD").arg("maestro:streams:templates:requests").arg("*").arg("data").arg(request).query::<String>(&mut conn).unwrap();
+    }
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success());
+    let records = export(&dir);
+    let statuses: Vec<_> = records.iter().map(|r| (r["status"].as_str().unwrap(), r.get("duplicate_of").and_then(|v| v.as_u64()))).collect();
+    assert_eq!(statuses, vec![("accepted", None), ("duplicate", Some(1)), ("duplicate", Some(1))]);
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, response.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[test]
+fn http_serves_health_readiness_status_and_metrics() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut engine = EngineProc::start_with(&server.url(), &dir, &[("MAESTRO_INFO_INTERVAL_MS", "100")], &["--http", &addr]);
+    produce(&mut conn, 90, 6, true);
+    wait_drained(&mut conn, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut code, mut body) = (0, String::new());
+    while std::time::Instant::now() < deadline {
+        (code, body) = std::net::TcpStream::connect(&addr).map(|_| http_get(&addr, "/readyz")).unwrap_or((0, String::new()));
+        if code == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(code, 200, "ready once caught up: {body}");
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let status: serde_json::Value = serde_json::from_str(&http_get(&addr, "/status").1).unwrap();
+    assert_eq!(status["records_appended"], 90);
+    let metrics = http_get(&addr, "/metrics").1;
+    for name in ["maestro_records_appended_total 90", "maestro_entries_acked_total", "maestro_batch_seconds_bucket", "maestro_pending{stream=", "maestro_lag{stream=", "maestro_entries_read_total{stream="] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    // Redis gone: readiness drops, the engine stays up.
+    drop(conn);
+    let mut server = server;
+    server.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && http_get(&addr, "/readyz").0 == 200 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(&addr, "/readyz").0, 503);
+    assert!(engine.child.try_wait().unwrap().is_none(), "the engine keeps running without Redis");
+    assert!(engine.terminate().success());
+}
+
+#[test]
+fn a_second_engine_on_a_locked_data_dir_exits_at_once_with_a_clear_error() {
+    let server = redis(false);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let mut first = EngineProc::start(&server.url(), &dir, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = EngineProc::start(&server.url(), &dir, &[]);
+    let exit = second.wait_for(Duration::from_secs(5)).expect("the second engine exits at once");
+    assert_eq!(exit.code(), Some(1));
+    assert!(second.stderr().contains("is locked by another process"), "{}", second.stderr());
+    assert!(first.terminate().success());
+}

@@ -60,7 +60,9 @@ impl RunFigures {
 pub fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -72,7 +74,11 @@ fn reset_peak_rss() {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores, {cpu}")
@@ -136,7 +142,12 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
 
 async fn engine_run(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigures> {
     let dir = tempfile::tempdir()?;
-    let config = EngineConfig { redis_url: url.to_string(), data_dir: dir.path().to_path_buf(), read_count: count, ..EngineConfig::default() };
+    let config = EngineConfig {
+        redis_url: url.to_string(),
+        data_dir: dir.path().to_path_buf(),
+        read_count: count,
+        ..EngineConfig::default()
+    };
     let status = Arc::new(Status::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let started = Instant::now();

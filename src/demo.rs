@@ -78,8 +78,9 @@ fn poison(streams: &StreamSet) -> Vec<Message> {
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(&format!("{what:>10} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template(&format!("{what:>10} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
     bar
 }
@@ -112,7 +113,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         None => tempfile::Builder::new().prefix("maestro-demo-").tempdir()?.keep(),
     };
     println!("engine data dir: {}", data_dir.display());
-    let config = EngineConfig { redis_url: url.clone(), data_dir: data_dir.clone(), streams: streams.clone(), ..EngineConfig::default() };
+    let config = EngineConfig {
+        redis_url: url.clone(),
+        data_dir: data_dir.clone(),
+        streams: streams.clone(),
+        ..EngineConfig::default()
+    };
     let status = Arc::new(Status::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let engine = tokio::spawn(maestro_engine::runtime::run(config, crate::handlers(), status.clone(), shutdown));
@@ -126,7 +132,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         if engine.is_finished() || Instant::now() > deadline {
             let _ = stop.send(true);
             let snap = status.snapshot();
-            anyhow::bail!("the engine did not catch up: {} of {published} entries recorded; last error: {}", snap.records_appended, snap.last_error);
+            anyhow::bail!(
+                "the engine did not catch up: {} of {published} entries recorded; last error: {}",
+                snap.records_appended,
+                snap.last_error
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -137,11 +147,22 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let snap = status.snapshot();
     println!();
-    println!("ingested {published} entries in {:.2} s ({:.0} entries/s, publishing included)", elapsed.as_secs_f64(), published as f64 / elapsed.as_secs_f64());
-    println!("records appended {}, entries acked {}, dead-lettered {}", snap.records_appended, snap.entries_acked, snap.dead_lettered);
+    println!(
+        "ingested {published} entries in {:.2} s ({:.0} entries/s, publishing included)",
+        elapsed.as_secs_f64(),
+        published as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "records appended {}, entries acked {}, dead-lettered {}",
+        snap.records_appended, snap.entries_acked, snap.dead_lettered
+    );
     print_stream_table(&data_dir)?;
     let report = maestro_replay::verify(&data_dir)?;
-    println!("verify: ok, {} records, checksums and hash chain intact (head {})", report.records, &report.head_hash[..16]);
+    println!(
+        "verify: ok, {} records, checksums and hash chain intact (head {})",
+        report.records,
+        &report.head_hash[..16]
+    );
     println!("\nlook closer: maestro export --data-dir {} | head", data_dir.display());
     Ok(())
 }

@@ -1,11 +1,11 @@
 //! The `maestro` binary's library half: what the binary, the tests and the benches share.
 
-pub mod redis_server;
-pub mod traffic;
-pub mod settings;
 pub mod bench;
 pub mod demo;
 pub mod metrics;
+pub mod redis_server;
+pub mod settings;
+pub mod traffic;
 
 use maestro_handlers::Handler;
 use std::sync::Arc;

@@ -11,7 +11,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
-#[command(name = "maestro", version, about = "The Maestro event engine: Redis Streams into an append-only log, pure handlers, replayable projections.")]
+#[command(
+    name = "maestro",
+    version,
+    about = "The Maestro event engine: Redis Streams into an append-only log, pure handlers, replayable projections."
+)]
 struct Cli {
     /// Log format on stderr. Env: MAESTRO_LOG_FORMAT.
     #[arg(long, value_enum, default_value = "text", env = "MAESTRO_LOG_FORMAT", global = true)]
@@ -69,7 +73,8 @@ enum BenchCommand {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -117,12 +122,31 @@ fn export(data_dir: PathBuf, from: u64, to: Option<u64>) -> anyhow::Result<()> {
 
 fn verify(data_dir: PathBuf) -> anyhow::Result<()> {
     let report = maestro_replay::verify(&data_dir)?;
-    println!("ok: {} records, checksums and chain intact; head seq {} hash {}", report.records, report.head_seq, report.head_hash);
+    println!(
+        "ok: {} records, checksums and chain intact; head seq {} hash {}",
+        report.records, report.head_seq, report.head_hash
+    );
     Ok(())
+}
+
+/// Reports a panic as one line on stderr. Panics inside dependencies that the engine catches
+/// (sled on damaged files) still show up here, so tests can assert that none happened.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("internal panic at {location}: {message}");
+    }));
 }
 
 #[tokio::main]
 async fn main() {
+    report_panics();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {

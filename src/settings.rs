@@ -63,18 +63,26 @@ pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
 mod tests {
     use super::*;
 
     #[test]
     fn layers_and_errors_name_their_source() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("maestro.toml", "read_count = 7\ngroup = \"from-file\"\n[streams]\nk8s_jobs = \"jobs-x\"\n")?;
+            jail.create_file(
+                "maestro.toml",
+                "read_count = 7\ngroup = \"from-file\"\n[streams]\nk8s_jobs = \"jobs-x\"\n",
+            )?;
             jail.set_env("MAESTRO_GROUP", "from-env");
             let args = ConfigArgs::default();
             let config = load(&args).map_err(|e| e.to_string())?;
-            assert_eq!((config.read_count, config.group.as_str(), config.streams.k8s_jobs.as_str()), (7, "from-env", "jobs-x"));
-            let flagged = load(&ConfigArgs { group: Some("from-flag".into()), ..ConfigArgs::default() }).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (config.read_count, config.group.as_str(), config.streams.k8s_jobs.as_str()),
+                (7, "from-env", "jobs-x")
+            );
+            let flagged = load(&ConfigArgs { group: Some("from-flag".into()), ..ConfigArgs::default() })
+                .map_err(|e| e.to_string())?;
             assert_eq!(flagged.group, "from-flag");
             jail.set_env("MAESTRO_READ_COUNT", "many");
             let err = load(&args).unwrap_err().to_string();

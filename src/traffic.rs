@@ -145,8 +145,8 @@ impl Traffic {
 
     fn template_request(&mut self) -> Message {
         let op = *self.rng.pick(&[
-            "retrieve", "retrieve", "retrieve", "retrieve", "retrieve", "search", "search", "search", "search", "create", "update",
-            "versions", "validate",
+            "retrieve", "retrieve", "retrieve", "retrieve", "retrieve", "search", "search", "search", "search",
+            "create", "update", "versions", "validate",
         ]);
         self.template_request_of(op)
     }
@@ -155,7 +155,9 @@ impl Traffic {
         let n = self.n;
         let template = format!("tpl-{:05}", self.rng.below(2000));
         let parameters = match op {
-            "search" => json!({"query": self.rng.pick(&["fastapi docker", "react", "cli tool", "grpc"]), "language": self.rng.pick(&LANGUAGES), "page": 1, "page_size": 20}),
+            "search" => {
+                json!({"query": self.rng.pick(&["fastapi docker", "react", "cli tool", "grpc"]), "language": self.rng.pick(&LANGUAGES), "page": 1, "page_size": 20})
+            }
             "create" | "update" => {
                 // Bodies 2-60 KB, median about 12 KB.
                 let size = match self.rng.below(10) {
@@ -202,17 +204,28 @@ impl Traffic {
     fn automation_job(&mut self) -> Message {
         let n = self.n;
         let (kind, payload) = if self.rng.below(3) == 0 {
-            ("start_monitoring", json!({"project_path": format!("/srv/projects/app-{}", n % 17), "config": {"auto_fix": true, "require_approval": false, "confidence_threshold": 0.75, "auto_commit": false, "create_pr": false, "max_concurrent_repairs": 3}}))
+            (
+                "start_monitoring",
+                json!({"project_path": format!("/srv/projects/app-{}", n % 17), "config": {"auto_fix": true, "require_approval": false, "confidence_threshold": 0.75, "auto_commit": false, "create_pr": false, "max_concurrent_repairs": 3}}),
+            )
         } else {
             ("heal_test_failure", self.heal_payload())
         };
-        let fields = vec![("type".into(), kind.into()), ("payload".into(), payload.to_string()), ("timestamp".into(), naive_timestamp(n))];
+        let fields = vec![
+            ("type".into(), kind.into()),
+            ("payload".into(), payload.to_string()),
+            ("timestamp".into(), naive_timestamp(n)),
+        ];
         (self.streams.automation_jobs.clone(), fields)
     }
 
     fn stop_monitoring(&mut self) -> Message {
         let payload = json!({"orchestrator_id": format!("orch-{:04}", self.n % 97)});
-        let fields = vec![("type".into(), "stop_monitoring".into()), ("payload".into(), payload.to_string()), ("timestamp".into(), naive_timestamp(self.n))];
+        let fields = vec![
+            ("type".into(), "stop_monitoring".into()),
+            ("payload".into(), payload.to_string()),
+            ("timestamp".into(), naive_timestamp(self.n)),
+        ];
         (self.streams.automation_jobs.clone(), fields)
     }
 
@@ -264,7 +277,7 @@ impl Traffic {
         let n = self.n;
         let payload = json!({
             "execution_id": format!("exec-{n:06}"),
-            "environment_spec": {"app_image": "ghcr.io/acme/shop:1.4.2", "app_port": 8080, "database_type": "postgresql", "redis_enabled": n % 2 == 0, "replicas": 1, "env_vars": {"LOG_LEVEL": "info"}},
+            "environment_spec": {"app_image": "ghcr.io/acme/shop:1.4.2", "app_port": 8080, "database_type": "postgresql", "redis_enabled": n.is_multiple_of(2), "replicas": 1, "env_vars": {"LOG_LEVEL": "info"}},
             "test_config": {"commands": ["pytest -q tests/api", "pytest -q tests/e2e"], "timeout_minutes": 30, "ttl_minutes": 60},
         });
         let fields = vec![("type".into(), "execute_ephemeral_test".into()), ("payload".into(), payload.to_string())];
@@ -273,7 +286,10 @@ impl Traffic {
 
     fn get_logs(&mut self) -> Message {
         let payload = json!({"execution_id": format!("exec-{:06}", self.n % 500)});
-        (self.streams.k8s_jobs.clone(), vec![("type".into(), "get_logs".into()), ("payload".into(), payload.to_string())])
+        (
+            self.streams.k8s_jobs.clone(),
+            vec![("type".into(), "get_logs".into()), ("payload".into(), payload.to_string())],
+        )
     }
 
     fn k8s_result(&mut self) -> Message {
@@ -345,9 +361,8 @@ mod tests {
     #[test]
     fn control_messages_are_about_300_bytes() {
         let mut traffic = Traffic::new(1, StreamSet::default());
-        let sizes: Vec<usize> = (0..900)
-            .map(|i| traffic.control_message(i).1.iter().map(|(k, v)| k.len() + v.len()).sum())
-            .collect();
+        let sizes: Vec<usize> =
+            (0..900).map(|i| traffic.control_message(i).1.iter().map(|(k, v)| k.len() + v.len()).sum()).collect();
         let mean = sizes.iter().sum::<usize>() / sizes.len();
         assert!((150..=450).contains(&mean), "mean control message is {mean} bytes");
     }

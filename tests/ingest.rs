@@ -92,7 +92,10 @@ fn poison_of_each_kind_is_dead_lettered_with_its_reason_and_never_stalls() {
 
     for (stream, id, code) in &expected {
         let dead = read_stream(&mut conn, &format!("{stream}:dead"));
-        let copy = dead.iter().find(|(_, f)| f.get("dead_id") == Some(id)).unwrap_or_else(|| panic!("{code} entry {id} not dead-lettered"));
+        let copy = dead
+            .iter()
+            .find(|(_, f)| f.get("dead_id") == Some(id))
+            .unwrap_or_else(|| panic!("{code} entry {id} not dead-lettered"));
         assert_eq!(copy.1["dead_reason"], *code);
         assert!(!copy.1["dead_detail"].is_empty());
         assert_eq!(copy.1["dead_deliveries"], "1");
@@ -101,7 +104,10 @@ fn poison_of_each_kind_is_dead_lettered_with_its_reason_and_never_stalls() {
             assert!(!copy.1.contains_key("data"), "an oversized payload is not copied");
         }
     }
-    let dead_total: usize = ["templates:requests", "k8s:jobs"].iter().map(|s| read_stream(&mut conn, &format!("maestro:streams:{s}:dead")).len()).sum();
+    let dead_total: usize = ["templates:requests", "k8s:jobs"]
+        .iter()
+        .map(|s| read_stream(&mut conn, &format!("maestro:streams:{s}:dead")).len())
+        .sum();
     assert_eq!(dead_total, expected.len(), "exactly the poison entries are dead-lettered");
     let records = export(&dir);
     let rejected: Vec<_> = records.iter().filter(|r| r["status"] == "rejected").collect();
@@ -118,9 +124,26 @@ fn entries_of_a_dead_consumer_are_claimed_and_recorded_once() {
     let dir = data.path().join("engine");
     let produced = produce(&mut conn, 450, 5, true);
     for stream in streams() {
-        redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg(GROUP).arg("0").arg("MKSTREAM").query::<()>(&mut conn).unwrap();
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query::<()>(&mut conn)
+            .unwrap();
         // A consumer that takes 20 entries of each stream and dies without acknowledging.
-        redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg("ghost").arg("COUNT").arg(20).arg("STREAMS").arg(&stream).arg(">").query::<redis::Value>(&mut conn).unwrap();
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg("ghost")
+            .arg("COUNT")
+            .arg(20)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query::<redis::Value>(&mut conn)
+            .unwrap();
     }
     assert_eq!(total_pending(&mut conn), 180);
     let env = [("MAESTRO_CLAIM_MIN_IDLE_MS", "300"), ("MAESTRO_CLAIM_INTERVAL_MS", "200"), ("MAESTRO_BLOCK_MS", "100")];
@@ -140,12 +163,21 @@ fn a_resent_request_is_recorded_once_more_as_a_duplicate_of_the_first() {
     let request = r#"{"request_id":"req-resent","template_id":"tpl-1","operation":"retrieve","tenant_id":"t1","user_id":"u1","parameters":{}}"#;
     let mut engine = EngineProc::start(&server.url(), &dir, &[]);
     for _ in 0..3 {
-        redis::cmd("XADD").arg("maestro:streams:templates:requests").arg("*").arg("data").arg(request).query::<String>(&mut conn).unwrap();
+        redis::cmd("XADD")
+            .arg("maestro:streams:templates:requests")
+            .arg("*")
+            .arg("data")
+            .arg(request)
+            .query::<String>(&mut conn)
+            .unwrap();
     }
     wait_drained(&mut conn, Duration::from_secs(30));
     assert!(engine.terminate().success());
     let records = export(&dir);
-    let statuses: Vec<_> = records.iter().map(|r| (r["status"].as_str().unwrap(), r.get("duplicate_of").and_then(|v| v.as_u64()))).collect();
+    let statuses: Vec<_> = records
+        .iter()
+        .map(|r| (r["status"].as_str().unwrap(), r.get("duplicate_of").and_then(|v| v.as_u64())))
+        .collect();
     assert_eq!(statuses, vec![("accepted", None), ("duplicate", Some(1)), ("duplicate", Some(1))]);
 }
 
@@ -167,13 +199,15 @@ fn http_serves_health_readiness_status_and_metrics() {
     let dir = data.path().join("engine");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
-    let mut engine = EngineProc::start_with(&server.url(), &dir, &[("MAESTRO_INFO_INTERVAL_MS", "100")], &["--http", &addr]);
+    let mut engine =
+        EngineProc::start_with(&server.url(), &dir, &[("MAESTRO_INFO_INTERVAL_MS", "100")], &["--http", &addr]);
     produce(&mut conn, 90, 6, true);
     wait_drained(&mut conn, Duration::from_secs(30));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (mut code, mut body) = (0, String::new());
     while std::time::Instant::now() < deadline {
-        (code, body) = std::net::TcpStream::connect(&addr).map(|_| http_get(&addr, "/readyz")).unwrap_or((0, String::new()));
+        (code, body) =
+            std::net::TcpStream::connect(&addr).map(|_| http_get(&addr, "/readyz")).unwrap_or((0, String::new()));
         if code == 200 {
             break;
         }
@@ -184,7 +218,14 @@ fn http_serves_health_readiness_status_and_metrics() {
     let status: serde_json::Value = serde_json::from_str(&http_get(&addr, "/status").1).unwrap();
     assert_eq!(status["records_appended"], 90);
     let metrics = http_get(&addr, "/metrics").1;
-    for name in ["maestro_records_appended_total 90", "maestro_entries_acked_total", "maestro_batch_seconds_bucket", "maestro_pending{stream=", "maestro_lag{stream=", "maestro_entries_read_total{stream="] {
+    for name in [
+        "maestro_records_appended_total 90",
+        "maestro_entries_acked_total",
+        "maestro_batch_seconds_bucket",
+        "maestro_pending{stream=",
+        "maestro_lag{stream=",
+        "maestro_entries_read_total{stream=",
+    ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
     // Redis gone: readiness drops, the engine stays up.

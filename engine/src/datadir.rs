@@ -24,7 +24,8 @@ impl DataDir {
     pub fn open(path: &Path) -> Result<DataDir> {
         fs::create_dir_all(path).map_err(io(path))?;
         let lock_path = path.join("LOCK");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: lock }),
             Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Locked(path.to_path_buf())),
@@ -64,10 +65,7 @@ impl DataDir {
 pub fn fresh_consumer_name() -> String {
     let host = fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     let host = if host.is_empty() { "host".to_string() } else { host };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("maestro-{host}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
 }
 

@@ -62,7 +62,13 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Dispatcher {
-    pub fn new(handlers: Vec<Arc<dyn Handler>>, store: Store, log: &Log, stamp: OutputStamp, checkpoint_every: u64) -> Result<Dispatcher> {
+    pub fn new(
+        handlers: Vec<Arc<dyn Handler>>,
+        store: Store,
+        log: &Log,
+        stamp: OutputStamp,
+        checkpoint_every: u64,
+    ) -> Result<Dispatcher> {
         let quarantined = log.quarantined()?.into_iter().collect();
         Ok(Dispatcher { handlers, store, quarantined, stamp, checkpoint_every: checkpoint_every.max(1) })
     }
@@ -107,8 +113,16 @@ impl Dispatcher {
         Ok(report)
     }
 
-    fn dispatch_one(&self, record: &Record, positions: &[u64], own_position: u64, pending: &mut Pending, report: &mut Report) {
+    fn dispatch_one(
+        &self,
+        record: &Record,
+        positions: &[u64],
+        own_position: u64,
+        pending: &mut Pending,
+        report: &mut Report,
+    ) {
         let quarantined = self.quarantined.contains(&record.seq);
+        let own = matches!(&record.body, Body::Entry(e) if e.status == Status::Own);
         let mut failures = Vec::new();
         let mut index = 0u32;
         for (handler, position) in self.handlers.iter().zip(positions) {
@@ -116,7 +130,7 @@ impl Dispatcher {
                 continue;
             }
             let name = handler.name();
-            if !quarantined {
+            if !quarantined && (!own || handler.sees_own_outputs()) {
                 let view = View { store: &self.store, pending, name };
                 match catch_unwind(AssertUnwindSafe(|| handler.handle(&view, Event { record }))) {
                     Ok(Ok(decision)) => {
@@ -150,7 +164,14 @@ impl Dispatcher {
         report.records += 1;
     }
 
-    fn stamped(&self, seq: u64, index: u32, stream: String, mut fields: Vec<(String, Vec<u8>)>, maxlen: Option<u64>) -> OutboxItem {
+    fn stamped(
+        &self,
+        seq: u64,
+        index: u32,
+        stream: String,
+        mut fields: Vec<(String, Vec<u8>)>,
+        maxlen: Option<u64>,
+    ) -> OutboxItem {
         fields.insert(0, ("origin".into(), self.stamp.origin.clone().into_bytes()));
         fields.insert(1, ("output_id".into(), output_id(seq, index).into_bytes()));
         OutboxItem { seq, index, stream, fields, maxlen }
@@ -160,7 +181,11 @@ impl Dispatcher {
     fn dead_letter(&self, record: &Record, quarantined: bool, failures: &[String], index: u32) -> Option<OutboxItem> {
         let Body::Entry(entry) = &record.body else { return None };
         let (code, detail, deliveries) = match (&entry.status, quarantined) {
-            (_, true) => ("quarantined".to_string(), "the entry crashed the engine repeatedly while being handled".to_string(), 0),
+            (_, true) => (
+                "quarantined".to_string(),
+                "the entry crashed the engine repeatedly while being handled".to_string(),
+                0,
+            ),
             (Status::Rejected { reason, deliveries }, _) => (reason.code.clone(), reason.detail.clone(), *deliveries),
             _ if !failures.is_empty() => ("handler_failed".to_string(), failures.join("; "), 1),
             _ => return None,
@@ -195,11 +220,16 @@ impl Dispatcher {
             let next = position + 1;
             let guard = self.store.guard()?;
             let attempts = if guard.from_seq == next { guard.attempts + 1 } else { 1 };
-            let slow_until = if attempts > 1 { guard.slow_until.max(position + batch as u64) } else { guard.slow_until };
+            let slow_until =
+                if attempts > 1 { guard.slow_until.max(position + batch as u64) } else { guard.slow_until };
             if attempts > max_deliveries {
                 let crashes = attempts - 1;
                 log.append(vec![NewRecord {
-                    body: Body::Quarantine { target_seq: next, reason: format!("crashed the engine {crashes} times while being handled"), deliveries: crashes },
+                    body: Body::Quarantine {
+                        target_seq: next,
+                        reason: format!("crashed the engine {crashes} times while being handled"),
+                        deliveries: crashes,
+                    },
                     request: None,
                 }])?;
                 self.quarantined.insert(next);

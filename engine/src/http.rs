@@ -40,7 +40,9 @@ async fn status_json(State(shared): State<Shared>) -> impl IntoResponse {
 async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
     match &shared.metrics {
         Some(handle) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()),
-        None => (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "metrics recorder not installed\n".into()),
+        None => {
+            (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "metrics recorder not installed\n".into())
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::log::{Log, NewRecord};
 use crate::source::RawEntry;
 use maestro_schemas::envelope::{self, Limits, Reject};
-use maestro_schemas::{Body, Entry, EntryId, Status, StreamSet};
+use maestro_schemas::{Body, Entry, EntryId, Fields, Status, StreamSet};
 use std::collections::{HashMap, HashSet};
 
 /// What one read turns into.
@@ -50,7 +50,12 @@ impl Ingest {
             let (status, request) = match request {
                 Some(id) => {
                     let key = (entry.stream.clone(), id);
-                    match batch_requests.get(&key).copied().map(Ok).or_else(|| log.request_seen(&key.0, &key.1).transpose()) {
+                    match batch_requests
+                        .get(&key)
+                        .copied()
+                        .map(Ok)
+                        .or_else(|| log.request_seen(&key.0, &key.1).transpose())
+                    {
                         Some(of_seq) => (Status::Duplicate { of_seq: of_seq? }, None),
                         None => {
                             batch_requests.insert(key.clone(), seq);
@@ -67,7 +72,7 @@ impl Ingest {
     }
 
     /// Status, the fields to keep, and the request id of one new entry.
-    fn classify(&self, stream: &str, fields: Vec<(String, Vec<u8>)>, deliveries: u32) -> (Status, Vec<(String, Vec<u8>)>, Option<String>) {
+    fn classify(&self, stream: &str, fields: Fields, deliveries: u32) -> (Status, Fields, Option<String>) {
         let rejected = |reason: Reject, fields| (Status::Rejected { reason, deliveries }, fields, None);
         if let Err(reason) = envelope::check_size(&fields, &self.limits) {
             // The payload of an over-limit entry is not copied anywhere: not to the log, not

@@ -88,11 +88,17 @@ impl Log {
     /// Opens the log; `check_tail` false skips the tail check, for tools that check every
     /// record themselves and must name the first damaged one.
     pub fn open_with(db_path: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
-        let db = sled::Config::new()
-            .path(db_path)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let config = sled::Config::new().path(db_path).cache_capacity(cache_bytes).flush_every_ms(Some(500));
+        // sled 0.34 panics on some damaged files instead of returning an error; a damaged data
+        // dir must be a clear error, so the panic is caught and named.
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).map_err(|panic| {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            EngineError::Damaged(format!("sled cannot open {}: its files are damaged ({text})", db_path.display()))
+        })??;
         let db_file = db_path.join("db");
         let sync_file = File::open(&db_file).map_err(|source| EngineError::DataDir { path: db_file, source })?;
         let mut log = Log { db, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors: HashMap::new() };

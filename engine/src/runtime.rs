@@ -43,12 +43,20 @@ fn is_fatal(error: &EngineError) -> bool {
 }
 
 fn is_storage(error: &EngineError) -> bool {
-    matches!(error, EngineError::Storage(_) | EngineError::Sync(_) | EngineError::State(_) | EngineError::DataDir { .. })
+    matches!(
+        error,
+        EngineError::Storage(_) | EngineError::Sync(_) | EngineError::State(_) | EngineError::DataDir { .. }
+    )
 }
 
 /// Runs the engine until `shutdown` fires. The caller owns the world: the handlers, the status
 /// it can watch, and the shutdown signal.
-pub async fn run(config: EngineConfig, handlers: Vec<Arc<dyn Handler>>, status: Arc<Status>, mut shutdown: Shutdown) -> Result<()> {
+pub async fn run(
+    config: EngineConfig,
+    handlers: Vec<Arc<dyn Handler>>,
+    status: Arc<Status>,
+    mut shutdown: Shutdown,
+) -> Result<()> {
     config.validate().map_err(EngineError::Config)?;
     let data_dir = DataDir::open(&config.data_dir)?;
     let consumer = data_dir.consumer_name(fresh_consumer_name)?;
@@ -89,7 +97,8 @@ async fn session(
 ) -> Result<()> {
     let mut log = Log::open(&data_dir.db_path(), config.cache_bytes)?;
     let store = Store::open(log.db())?;
-    let stamp = OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
+    let stamp =
+        OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
     let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, config.checkpoint_every)?;
     let caught = dispatcher.catch_up(&mut log, 512, config.max_deliveries)?;
     if caught.records > 0 {
@@ -110,7 +119,8 @@ async fn session(
             published_key: format!("maestro:engine:{}:published", config.group),
         },
     );
-    let ingest = Ingest { streams: config.streams.clone(), limits: config.limits, max_deliveries: config.max_deliveries };
+    let ingest =
+        Ingest { streams: config.streams.clone(), limits: config.limits, max_deliveries: config.max_deliveries };
     let mut cycle = Cycle { config: config.clone(), log, dispatcher, ingest, source, status: status.clone() };
     cycle.follow(shutdown).await
 }
@@ -328,7 +338,11 @@ impl Cycle {
         // Reads are bounded in entries by COUNT; bound them in bytes by shrinking COUNT while
         // reads come back larger than the budget, and growing it back when they fit.
         let count = self.source.count();
-        let next = if bytes > self.config.max_batch_bytes { (count / 2).max(1) } else { (count * 2).min(self.config.read_count) };
+        let next = if bytes > self.config.max_batch_bytes {
+            (count / 2).max(1)
+        } else {
+            (count * 2).min(self.config.read_count)
+        };
         self.source.set_count(next);
     }
 

@@ -259,7 +259,13 @@ impl Source {
         Ok(entries)
     }
 
-    async fn delivery_counts(&mut self, stream: &str, first: EntryId, last: EntryId, count: usize) -> Result<HashMap<EntryId, u32>> {
+    async fn delivery_counts(
+        &mut self,
+        stream: &str,
+        first: EntryId,
+        last: EntryId,
+        count: usize,
+    ) -> Result<HashMap<EntryId, u32>> {
         let mut cmd = redis::cmd("XPENDING");
         cmd.arg(stream).arg(&self.config.group).arg(first.to_string()).arg(last.to_string()).arg(count);
         cmd.arg(&self.config.consumer);
@@ -302,7 +308,12 @@ impl Source {
     /// Claims entries of `stream` idle for at least `min_idle` from any consumer (a dead engine's
     /// pending list). Returns the claimed entries, where to continue, and the ids Redis reports
     /// as deleted while pending (lost: the caller counts and logs them).
-    pub async fn claim(&mut self, stream: &str, min_idle: Duration, start: &str) -> Result<(Vec<RawEntry>, String, Vec<EntryId>)> {
+    pub async fn claim(
+        &mut self,
+        stream: &str,
+        min_idle: Duration,
+        start: &str,
+    ) -> Result<(Vec<RawEntry>, String, Vec<EntryId>)> {
         let mut cmd = redis::cmd("XAUTOCLAIM");
         cmd.arg(stream).arg(&self.config.group).arg(&self.config.consumer);
         cmd.arg(min_idle.as_millis() as u64).arg(start).arg("COUNT").arg(self.config.count);
@@ -417,7 +428,10 @@ mod tests {
         let reply = Value::Array(vec![Value::Array(vec![
             bulk("s1"),
             Value::Array(vec![
-                Value::Array(vec![bulk("5-1"), Value::Array(vec![bulk("type"), bulk("x"), bulk("payload"), bulk("{}")])]),
+                Value::Array(vec![
+                    bulk("5-1"),
+                    Value::Array(vec![bulk("type"), bulk("x"), bulk("payload"), bulk("{}")]),
+                ]),
                 Value::Array(vec![bulk("6-0"), Value::Nil]),
             ]),
         ])]);

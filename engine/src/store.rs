@@ -36,7 +36,10 @@ fn outbox_key(seq: u64, index: u32) -> Vec<u8> {
 const GUARD_KEY: &[u8] = b"g";
 
 fn u64_value(value: &[u8]) -> Result<u64> {
-    value.try_into().map(u64::from_be_bytes).map_err(|_| EngineError::State(format!("position of {} bytes", value.len())))
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| EngineError::State(format!("position of {} bytes", value.len())))
 }
 
 /// An entry waiting to be published.
@@ -190,7 +193,8 @@ impl Store {
             .map(|item| {
                 let (key, value) = item?;
                 let seq = u64_value(&key[prefix.len()..])?;
-                let hash: [u8; 32] = value.as_ref().try_into().map_err(|_| EngineError::State("checkpoint hash".into()))?;
+                let hash: [u8; 32] =
+                    value.as_ref().try_into().map_err(|_| EngineError::State("checkpoint hash".into()))?;
                 Ok((seq, hash))
             })
             .collect()

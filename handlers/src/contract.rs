@@ -73,6 +73,11 @@ pub trait Handler: Send + Sync {
     fn name(&self) -> &'static str;
     /// Decides what one event means for this projection.
     fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError>;
+    /// Whether the handler also sees the engine's own outputs read back from the streams.
+    /// Off by default: an output is never new input, or a handler could answer itself forever.
+    fn sees_own_outputs(&self) -> bool {
+        false
+    }
 }
 
 /// Applies a decision's changes to an in-memory state, as the engine's store does on disk.

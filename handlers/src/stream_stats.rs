@@ -35,6 +35,10 @@ impl Handler for StreamStats {
         NAME
     }
 
+    fn sees_own_outputs(&self) -> bool {
+        true
+    }
+
     fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError> {
         let Body::Entry(entry) = &event.record.body else {
             return Ok(Decision::default());

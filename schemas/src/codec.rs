@@ -8,10 +8,7 @@ use serde::{Serialize, de::DeserializeOwned};
 pub const DECODE_LIMIT: u64 = 64 * 1024 * 1024;
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .allow_trailing_bytes()
-        .with_limit(DECODE_LIMIT)
+    bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes().with_limit(DECODE_LIMIT)
 }
 
 /// Encodes a value with the project's bincode options.

@@ -60,10 +60,7 @@ pub fn check_size(fields: &[(String, Vec<u8>)], limits: &Limits) -> Result<(), R
     }
     let bytes = entry_bytes(fields);
     if bytes > limits.max_entry_bytes {
-        return Err(Reject::new(
-            "too_large",
-            format!("{bytes} bytes, the limit is {}", limits.max_entry_bytes),
-        ));
+        return Err(Reject::new("too_large", format!("{bytes} bytes, the limit is {}", limits.max_entry_bytes)));
     }
     Ok(())
 }
@@ -126,12 +123,8 @@ fn check_json_object(fields: &[(String, Vec<u8>)], name: &str, limits: &Limits) 
             format!("field `{name}` nests {depth} deep, the limit is {}", limits.max_json_depth),
         ));
     }
-    let probe: Probe = serde_json::from_slice(text).map_err(|e| {
-        Reject::new(
-            "bad_json",
-            format!("field `{name}`: {e}"),
-        )
-    })?;
+    let probe: Probe =
+        serde_json::from_slice(text).map_err(|e| Reject::new("bad_json", format!("field `{name}`: {e}")))?;
     Ok(match probe.request_id {
         Some(serde_json::Value::String(id)) if !id.is_empty() => Some(id),
         _ => None,
@@ -195,7 +188,10 @@ mod tests {
 
     #[test]
     fn old_template_request_passes_and_names_its_request_id() {
-        let fields = f(&[("data", r#"{"request_id":"r-1","operation":"retrieve","tenant_id":"t","user_id":"u","parameters":{}}"#)]);
+        let fields = f(&[(
+            "data",
+            r#"{"request_id":"r-1","operation":"retrieve","tenant_id":"t","user_id":"u","parameters":{}}"#,
+        )]);
         let checked = check(Role::TemplatesRequests, &fields, &Limits::default()).unwrap();
         assert_eq!(checked.request_id.as_deref(), Some("r-1"));
     }

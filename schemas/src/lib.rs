@@ -12,5 +12,5 @@ pub mod streams;
 
 pub use entry_id::EntryId;
 pub use envelope::{Limits, Reject};
-pub use record::{Body, Entry, Record, RecordError, Status};
+pub use record::{Body, Entry, Fields, Record, RecordError, Status};
 pub use streams::{Role, StreamSet};

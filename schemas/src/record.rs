@@ -39,6 +39,9 @@ pub enum Body {
     Quarantine { target_seq: u64, reason: String, deliveries: u32 },
 }
 
+/// Field/value pairs of a stream entry, in Redis order.
+pub type Fields = Vec<(String, Vec<u8>)>;
+
 /// A stream entry as read from Redis.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -48,7 +51,7 @@ pub struct Entry {
     pub id: EntryId,
     /// The raw field/value pairs in Redis order. Empty for an entry rejected as too large: its
     /// payload is not copied anywhere.
-    pub fields: Vec<(String, Vec<u8>)>,
+    pub fields: Fields,
     /// How the engine took the entry.
     pub status: Status,
 }
@@ -132,10 +135,7 @@ pub fn hex(hash: &[u8; 32]) -> String {
 impl Record {
     /// Encodes the record as stored bytes (checksum + body).
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
-        let body = codec::encode(self).map_err(|e| RecordError::Encode {
-            seq: self.seq,
-            detail: e.to_string(),
-        })?;
+        let body = codec::encode(self).map_err(|e| RecordError::Encode { seq: self.seq, detail: e.to_string() })?;
         let mut out = Vec::with_capacity(body.len() + 4);
         out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         out.extend_from_slice(&body);
@@ -145,18 +145,13 @@ impl Record {
     /// Decodes stored bytes found under `seq`, checking the checksum, the format and the seq.
     /// The chain is checked by the caller, who knows the predecessor.
     pub fn decode(seq: u64, stored: &[u8]) -> Result<Record, RecordError> {
-        let (crc, body) = stored
-            .split_first_chunk::<4>()
-            .ok_or(RecordError::Truncated { seq, len: stored.len() })?;
+        let (crc, body) = stored.split_first_chunk::<4>().ok_or(RecordError::Truncated { seq, len: stored.len() })?;
         let stored_crc = u32::from_le_bytes(*crc);
         let computed = crc32fast::hash(body);
         if stored_crc != computed {
             return Err(RecordError::Checksum { seq, stored: stored_crc, computed });
         }
-        let record: Record = codec::decode(body).map_err(|e| RecordError::Body {
-            seq,
-            detail: e.to_string(),
-        })?;
+        let record: Record = codec::decode(body).map_err(|e| RecordError::Body { seq, detail: e.to_string() })?;
         if record.format > RECORD_FORMAT {
             return Err(RecordError::FutureFormat { seq, format: record.format });
         }
@@ -171,11 +166,7 @@ impl Record {
         if &self.prev_hash == expected {
             Ok(())
         } else {
-            Err(RecordError::Chain {
-                seq: self.seq,
-                expected: hex(expected),
-                found: hex(&self.prev_hash),
-            })
+            Err(RecordError::Chain { seq: self.seq, expected: hex(expected), found: hex(&self.prev_hash) })
         }
     }
 

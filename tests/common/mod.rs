@@ -31,7 +31,8 @@ pub fn streams() -> Vec<String> {
 /// (stream, id) of each, in order.
 pub fn produce(conn: &mut redis::Connection, n: u64, seed: u64, control: bool) -> Vec<(String, String)> {
     let mut traffic = Traffic::new(seed, StreamSet::default());
-    let messages: Vec<Message> = (0..n).map(|i| if control { traffic.control_message(i) } else { traffic.next_message() }).collect();
+    let messages: Vec<Message> =
+        (0..n).map(|i| if control { traffic.control_message(i) } else { traffic.next_message() }).collect();
     produce_messages(conn, &messages)
 }
 
@@ -107,7 +108,7 @@ impl EngineProc {
     /// No panic ever: exit code 101 or a "panicked at" line is a failed test.
     pub fn assert_no_panic(&self) {
         let stderr = self.stderr();
-        assert!(!stderr.contains("panicked at"), "engine panicked:\n{stderr}");
+        assert!(!stderr.contains("panicked at") && !stderr.contains("internal panic"), "engine panicked:\n{stderr}");
     }
 }
 
@@ -135,7 +136,9 @@ pub fn sigcont(pid: u32) {
 /// Per stream: (last delivered id of the group, pending count), or None without a group.
 fn group_state(conn: &mut redis::Connection, stream: &str) -> Option<(String, u64)> {
     let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query(conn).ok()?;
-    let group = groups.into_iter().find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == GROUP.as_bytes()))?;
+    let group = groups
+        .into_iter()
+        .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == GROUP.as_bytes()))?;
     let last = match group.get("last-delivered-id") {
         Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
         _ => return None,
@@ -171,7 +174,10 @@ pub fn wait_drained(conn: &mut redis::Connection, timeout: Duration) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("streams not drained within {timeout:?}: {:?}", streams().iter().map(|s| (s.clone(), group_state(conn, s))).collect::<Vec<_>>());
+    panic!(
+        "streams not drained within {timeout:?}: {:?}",
+        streams().iter().map(|s| (s.clone(), group_state(conn, s))).collect::<Vec<_>>()
+    );
 }
 
 /// Total pending entries of the group over all streams.
@@ -190,7 +196,8 @@ pub fn export(data_dir: &Path) -> Vec<Value> {
 pub fn recorded(records: &[Value]) -> BTreeMap<(String, String), usize> {
     let mut out = BTreeMap::new();
     for r in records.iter().filter(|r| r.get("stream").is_some()) {
-        *out.entry((r["stream"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string())).or_insert(0) += 1;
+        *out.entry((r["stream"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string())).or_insert(0) +=
+            1;
     }
     out
 }
@@ -207,12 +214,17 @@ pub fn assert_exactly_once(produced: &[(String, String)], records: &[Value]) {
 
 /// Reads a whole stream as (id, fields).
 pub fn read_stream(conn: &mut redis::Connection, stream: &str) -> Vec<(String, HashMap<String, String>)> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(conn).unwrap();
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(conn).unwrap();
     reply
         .ids
         .into_iter()
         .map(|e| {
-            let fields = e.map.iter().map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default())).collect();
+            let fields = e
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default()))
+                .collect();
             (e.id, fields)
         })
         .collect()

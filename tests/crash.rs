@@ -1,0 +1,113 @@
+//! Crash safety: kill -9 of the engine at random points under load (R1 quick profile), and
+//! Redis killed and restarted under the engine, once with its data and once empty (R3 quick).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use maestro::traffic::Rng;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Produces `n` entries in chunks at a steady pace from another thread.
+fn background_producer(
+    url: String,
+    n: u64,
+    seed: u64,
+    pace: Duration,
+) -> (std::thread::JoinHandle<Vec<(String, String)>>, Arc<AtomicBool>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let handle = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let mut traffic = maestro::traffic::Traffic::new(seed, maestro_schemas::StreamSet::default());
+        let mut produced = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let chunk: Vec<_> = (i..(i + 200).min(n))
+                .map(|k| if k % 10 == 0 { traffic.next_message() } else { traffic.control_message(k) })
+                .collect();
+            produced.extend(produce_messages(&mut conn, &chunk));
+            i += chunk.len() as u64;
+            std::thread::sleep(pace);
+        }
+        flag.store(true, Ordering::SeqCst);
+        produced
+    });
+    (handle, done)
+}
+
+#[test]
+fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_nothing() {
+    let seed = std::env::var("MAESTRO_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+    println!("seed {seed} (set MAESTRO_TEST_SEED to repeat)");
+    let mut rng = Rng::new(seed);
+    let server = redis(true);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let (producer, done) = background_producer(server.url(), 20_000, seed, Duration::from_millis(60));
+    let env = [("MAESTRO_CLAIM_MIN_IDLE_MS", "1000")];
+    let mut kills = 0;
+    let mut startup_kills = 0;
+    while kills < 12 || !done.load(Ordering::SeqCst) {
+        let mut engine = EngineProc::start(&server.url(), &dir, &env);
+        // Two kills land during start-up, the rest at random points of the load.
+        let wait = if startup_kills < 2 { rng.below(30) } else { 100 + rng.below(600) };
+        std::thread::sleep(Duration::from_millis(wait));
+        let status = engine.kill();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "the engine died on its own: {status:?}\n{}", engine.stderr());
+        engine.assert_no_panic();
+        if startup_kills < 2 {
+            startup_kills += 1;
+        }
+        kills += 1;
+        if kills > 60 {
+            panic!("producer did not finish");
+        }
+    }
+    let produced = producer.join().unwrap();
+    let started = Instant::now();
+    let mut engine = EngineProc::start(&server.url(), &dir, &env);
+    wait_drained(&mut conn, Duration::from_secs(120));
+    println!("{kills} kills; drained the rest in {:?}", started.elapsed());
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    engine.assert_no_panic();
+    assert_eq!(total_pending(&mut conn), 0);
+    let records = export(&dir);
+    assert_exactly_once(&produced, &records);
+    assert!(maestro_replay::verify(&dir).is_ok());
+}
+
+#[test]
+fn redis_killed_and_restarted_is_survived_and_an_empty_restart_recreates_the_group() {
+    let mut server = redis(true);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    let mut produced = produce(&mut connect(&server), 1_800, 7, true);
+    wait_drained(&mut connect(&server), Duration::from_secs(60));
+
+    for down in [Duration::from_millis(200), Duration::from_secs(1)] {
+        server.kill();
+        std::thread::sleep(down);
+        server.restart().unwrap();
+        produced.extend(produce(&mut connect(&server), 900, 8 + down.as_millis() as u64, true));
+        let resumed = Instant::now();
+        wait_drained(&mut connect(&server), Duration::from_secs(30));
+        println!("Redis down {down:?}: drained {:?} after it came back", resumed.elapsed());
+        assert!(engine.child.try_wait().unwrap().is_none(), "the engine never exits because Redis went away");
+    }
+
+    // Redis comes back with nothing: no streams, no group. The engine recreates the group at
+    // its own high-water mark and records what producers write from then on.
+    server.restart_empty().unwrap();
+    let after_loss = produce(&mut connect(&server), 450, 11, true);
+    wait_drained(&mut connect(&server), Duration::from_secs(30));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    engine.assert_no_panic();
+    produced.extend(after_loss);
+    assert_exactly_once(&produced, &export(&dir));
+}

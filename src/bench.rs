@@ -115,7 +115,7 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
         for _ in &streams {
             read.arg(">");
         }
-        let got = parse_read_reply(&read.query::<redis::Value>(&mut conn)?)?;
+        let got = parse_read_reply(read.query::<redis::Value>(&mut conn)?)?;
         if got.is_empty() {
             anyhow::bail!("raw baseline ran dry after {done} of {entries} entries");
         }

@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// The engine allocates and frees small buffers per entry on several threads; mimalloc does that
+/// markedly faster than glibc here (measured with `maestro bench ingest`, see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "maestro",

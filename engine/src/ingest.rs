@@ -41,7 +41,7 @@ impl Ingest {
                 out.lost.push((entry.stream, entry.id));
                 continue;
             };
-            if log.seen(&entry.stream, entry.id)?.is_some() || !batch_entries.insert((entry.stream.clone(), entry.id)) {
+            if log.recorded(&entry.stream, entry.id)? || !batch_entries.insert((entry.stream.clone(), entry.id)) {
                 out.already_recorded += 1;
                 continue;
             }

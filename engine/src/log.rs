@@ -1,20 +1,29 @@
 //! The append-only log on sled: the truth the engine keeps.
 //!
 //! One sled tree holds, under one-byte prefixes, the records (`L` + seq), the dedup index
-//! (`D` + stream + 0 + entry id -> seq), the per-stream cursors (`C` + stream -> highest entry
-//! id), the request-id index (`R` + stream + 0 + request id -> seq) and the quarantine index
-//! (`Q` + target seq -> seq of the quarantine record). Keeping them in one tree lets a single
-//! sled batch write a record and every index that points at it, atomically.
+//! (`(stream, entry id) -> seq`, see below), the per-stream cursors (`C` + stream -> highest
+//! entry id), the request-id index (`R` + stream + 0 + request id -> seq) and the quarantine
+//! index (`Q` + target seq -> seq of the quarantine record). Keeping them in one tree lets a
+//! single sled batch write a record and every index that points at it, atomically.
+//!
+//! The dedup index comes in two shapes, because one sled key per entry doubled the cost of an
+//! append (measured: 9-12 ms against 6 ms per 900-entry batch). Entries above their stream's
+//! cursor, the normal case, go into one frame per stream per batch (`D` + stream + 0 + lowest
+//! id -> the sorted `(id, seq)` pairs); such frames never overlap, since each starts above the
+//! previous cursor. Entries at or below the cursor (claims of another consumer's entries) get
+//! a key each (`E` + stream + 0 + id -> seq). A look-up checks the exact key, then the one frame
+//! whose range can hold the id.
 
 use crate::error::{EngineError, Result};
 use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT, hash_stored};
-use maestro_schemas::{Body, EntryId, Record};
+use maestro_schemas::{Body, EntryId, Record, codec};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
 const LOG: u8 = b'L';
-const DEDUP: u8 = b'D';
+const DEDUP_FRAME: u8 = b'D';
+const DEDUP_SINGLE: u8 = b'E';
 const CURSOR: u8 = b'C';
 const REQUEST: u8 = b'R';
 const QUARANTINE: u8 = b'Q';
@@ -101,7 +110,15 @@ impl Log {
         })??;
         let db_file = db_path.join("db");
         let sync_file = File::open(&db_file).map_err(|source| EngineError::DataDir { path: db_file, source })?;
-        let mut log = Log { db, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors: HashMap::new() };
+        let mut cursors = HashMap::new();
+        for item in db.scan_prefix([CURSOR]) {
+            let (key, value) = item?;
+            let stream = String::from_utf8_lossy(&key[1..]).into_owned();
+            let id =
+                EntryId::from_be_bytes(&value).ok_or_else(|| EngineError::Damaged(format!("cursor of {stream}")))?;
+            cursors.insert(stream, id);
+        }
+        let mut log = Log { db, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors };
         if let Some((key, stored)) = log.db.scan_prefix([LOG]).next_back().transpose()? {
             let seq = seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("log key {key:?}")))?;
             log.head_seq = seq;
@@ -131,7 +148,29 @@ impl Log {
 
     /// The seq of the record holding entry `id` of `stream`, if the log has it.
     pub fn seen(&self, stream: &str, id: EntryId) -> Result<Option<u64>> {
-        self.db.get(keyed(DEDUP, stream, &id.to_be_bytes()))?.map(|v| seq_value(&v)).transpose()
+        let key = id.to_be_bytes();
+        if let Some(seq) = self.db.get(keyed(DEDUP_SINGLE, stream, &key))? {
+            return seq_value(&seq).map(Some);
+        }
+        let prefix = keyed(DEDUP_FRAME, stream, &[]);
+        let Some((_, frame)) =
+            self.db.range(prefix.clone()..=keyed(DEDUP_FRAME, stream, &key)).next_back().transpose()?
+        else {
+            return Ok(None);
+        };
+        let frame: Vec<(EntryId, u64)> =
+            codec::decode(&frame).map_err(|e| EngineError::Damaged(format!("dedup frame of {stream}: {e}")))?;
+        Ok(frame.binary_search_by_key(&id, |(id, _)| *id).ok().map(|i| frame[i].1))
+    }
+
+    /// Whether entry `id` of `stream` is in the log. Redis gives a stream's entries increasing
+    /// ids, so an id above the stream's cursor is new without a look-up; only redeliveries and
+    /// claims, at or below it, consult the index.
+    pub fn recorded(&self, stream: &str, id: EntryId) -> Result<bool> {
+        match self.cursor(stream)? {
+            Some(cursor) if id <= cursor => Ok(self.seen(stream, id)?.is_some()),
+            _ => Ok(false),
+        }
     }
 
     /// The seq of the first record of request `request_id` on `stream`, if any.
@@ -141,10 +180,7 @@ impl Log {
 
     /// The highest entry id recorded for `stream`.
     pub fn cursor(&self, stream: &str) -> Result<Option<EntryId>> {
-        if let Some(id) = self.cursors.get(stream) {
-            return Ok(Some(*id));
-        }
-        Ok(self.db.get(cursor_key(stream))?.and_then(|v| EntryId::from_be_bytes(&v)))
+        Ok(self.cursors.get(stream).copied())
     }
 
     /// Appends records with their indexes in one batch and makes it durable (sled flush, then
@@ -157,6 +193,7 @@ impl Log {
         let mut batch = sled::Batch::default();
         let (mut seq, mut hash) = (self.head_seq, self.head_hash);
         let mut cursors: HashMap<String, EntryId> = HashMap::new();
+        let mut frames: HashMap<String, Vec<(EntryId, u64)>> = HashMap::new();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             seq += 1;
@@ -167,13 +204,12 @@ impl Log {
             let seq_bytes = seq.to_be_bytes();
             match &record.body {
                 Body::Entry(entry) => {
-                    batch.insert(keyed(DEDUP, &entry.stream, &entry.id.to_be_bytes()), &seq_bytes);
-                    let known = match cursors.get(&entry.stream) {
-                        Some(id) => Some(*id),
-                        None => self.cursor(&entry.stream)?,
-                    };
+                    let known = cursors.get(&entry.stream).or_else(|| self.cursors.get(&entry.stream)).copied();
                     if known.is_none_or(|id| id < entry.id) {
                         cursors.insert(entry.stream.clone(), entry.id);
+                        frames.entry(entry.stream.clone()).or_default().push((entry.id, seq));
+                    } else {
+                        batch.insert(keyed(DEDUP_SINGLE, &entry.stream, &entry.id.to_be_bytes()), &seq_bytes);
                     }
                 }
                 Body::Quarantine { target_seq, .. } => {
@@ -188,6 +224,12 @@ impl Log {
         }
         for (stream, id) in &cursors {
             batch.insert(cursor_key(stream), &id.to_be_bytes());
+        }
+        for (stream, frame) in &frames {
+            // Ascending by construction: each id entered the frame above the running cursor.
+            let first = frame.first().map(|(id, _)| *id).unwrap_or_default();
+            let bytes = codec::encode(frame).map_err(|e| EngineError::State(format!("dedup frame: {e}")))?;
+            batch.insert(keyed(DEDUP_FRAME, stream, &first.to_be_bytes()), bytes);
         }
         self.db.apply_batch(batch)?;
         self.db.flush()?;
@@ -279,6 +321,17 @@ mod tests {
     use super::*;
     use maestro_schemas::{Entry, Status};
 
+    /// sled's flusher thread lets go of the files up to one flush interval after the drop.
+    fn reopen(path: &std::path::Path) -> Log {
+        for _ in 0..50 {
+            if let Ok(log) = Log::open(path, 1 << 20) {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Log::open(path, 1 << 20).unwrap()
+    }
+
     fn entry(stream: &str, ms: u64) -> NewRecord {
         NewRecord {
             body: Body::Entry(Entry {
@@ -299,14 +352,25 @@ mod tests {
             let records = log.append(vec![entry("a", 5), entry("b", 3), entry("a", 4)]).unwrap();
             assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
             assert_eq!(log.seen("a", EntryId { ms: 4, seq: 0 }).unwrap(), Some(3));
-            assert_eq!(log.seen("a", EntryId { ms: 6, seq: 0 }).unwrap(), None);
-            assert_eq!(log.request_seen("b", "req-3").unwrap(), Some(2));
             assert_eq!(log.cursor("a").unwrap(), Some(EntryId { ms: 5, seq: 0 }));
+            assert_eq!(log.seen("a", EntryId { ms: 6, seq: 0 }).unwrap(), None);
+            assert_eq!(log.seen("a", EntryId { ms: 5, seq: 0 }).unwrap(), Some(1));
+            assert_eq!(log.seen("b", EntryId { ms: 3, seq: 0 }).unwrap(), Some(2));
+            // An entry below the cursor that was never recorded (delivered to another
+            // consumer), then claimed and recorded: found through its own key.
+            assert!(!log.recorded("a", EntryId { ms: 2, seq: 0 }).unwrap());
+            log.append(vec![entry("a", 2), entry("a", 9)]).unwrap();
+            assert_eq!(log.seen("a", EntryId { ms: 2, seq: 0 }).unwrap(), Some(4));
+            assert_eq!(log.seen("a", EntryId { ms: 9, seq: 0 }).unwrap(), Some(5));
+            assert!(log.recorded("a", EntryId { ms: 4, seq: 0 }).unwrap());
+            assert!(!log.recorded("a", EntryId { ms: 3, seq: 0 }).unwrap());
+            assert_eq!(log.request_seen("b", "req-3").unwrap(), Some(2));
         }
-        let log = Log::open(tmp.path(), 1 << 20).unwrap();
-        assert_eq!(log.head_seq(), 3);
-        assert_eq!(log.cursor("a").unwrap(), Some(EntryId { ms: 5, seq: 0 }));
-        assert_eq!(log.verify(1, 3).unwrap().records, 3);
+        let log = reopen(tmp.path());
+        assert_eq!(log.head_seq(), 5);
+        assert_eq!(log.cursor("a").unwrap(), Some(EntryId { ms: 9, seq: 0 }));
+        assert_eq!(log.seen("a", EntryId { ms: 4, seq: 0 }).unwrap(), Some(3));
+        assert_eq!(log.verify(1, 5).unwrap().records, 5);
         assert_eq!(log.range(2, 3).count(), 2);
     }
 

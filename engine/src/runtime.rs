@@ -201,16 +201,23 @@ impl Cycle {
         self.drain_pending(shutdown).await?;
         let mut next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
         let mut next_info = Instant::now();
-        while !stopping(shutdown) {
+        let mut reads = self.source.read_ahead().await?;
+        loop {
             let entries = tokio::select! {
-                read = self.source.read_new() => read,
-                _ = shutdown.changed() => break,
+                read = reads.next() => read,
+                _ = shutdown.changed() => {
+                    // Entries Redis already delivered are recorded and acknowledged, not left
+                    // pending for the next start.
+                    let rest = reads.finish().await;
+                    return self.run_batch(rest).await;
+                }
             };
             let entries = match entries {
                 Err(error) if error.is_no_group() => {
                     tracing::warn!("consumer group missing (redis lost it?); recreating at the log's high-water marks");
                     let log = &self.log;
                     self.source.ensure_groups(|stream| log.cursor(stream)).await?;
+                    reads = self.source.read_ahead().await?;
                     continue;
                 }
                 other => other?,
@@ -226,7 +233,6 @@ impl Cycle {
                 next_info = Instant::now() + Duration::from_millis(self.config.info_interval_ms);
             }
         }
-        Ok(())
     }
 
     async fn drain_pending(&mut self, shutdown: &Shutdown) -> Result<()> {

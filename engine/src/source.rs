@@ -12,7 +12,10 @@ use maestro_schemas::EntryId;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// One entry as Redis delivered it. `fields` is `None` when the entry was deleted (trimmed)
 /// while it sat in a pending list: Redis then delivers only its id.
@@ -66,6 +69,21 @@ fn reply(what: &str, value: &Value) -> EngineError {
     EngineError::Reply(format!("unexpected {what}: {value:?}").chars().take(300).collect())
 }
 
+fn into_bytes(value: Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+fn into_text(value: Value) -> String {
+    match String::from_utf8(into_bytes(value)) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
 fn bytes(value: &Value) -> Option<&[u8]> {
     match value {
         Value::BulkString(b) => Some(b),
@@ -85,56 +103,60 @@ fn items(value: &Value) -> Option<&[Value]> {
     }
 }
 
-/// Parses one `[id, [field, value, ...]]` (or `[id, nil]` for a deleted entry).
-fn parse_entry(stream: &str, value: &Value) -> Result<RawEntry> {
-    let parts = items(value).ok_or_else(|| reply("entry", value))?;
-    let [id, fields] = parts else { return Err(reply("entry", value)) };
-    let id = text(id).ok_or_else(|| reply("entry id", id))?;
+/// Parses one `[id, [field, value, ...]]` (or `[id, nil]` for a deleted entry), taking the
+/// values out of the reply rather than copying them.
+fn parse_entry(stream: &str, value: Value) -> Result<RawEntry> {
+    let Value::Array(parts) = value else { return Err(reply("entry", &value)) };
+    let mut parts = parts.into_iter();
+    let (Some(id), Some(fields), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(EngineError::Reply("entry is not [id, fields]".into()));
+    };
+    let id = text(&id).ok_or_else(|| reply("entry id", &id))?;
     let id = EntryId::parse(&id).map_err(|e| EngineError::Reply(e.to_string()))?;
     let fields = match fields {
         Value::Nil => None,
-        Value::Map(pairs) => Some(
-            pairs.iter().map(|(k, v)| (text(k).unwrap_or_default(), bytes(v).unwrap_or_default().to_vec())).collect(),
-        ),
-        other => {
-            let flat = items(other).ok_or_else(|| reply("entry fields", other))?;
-            Some(
-                flat.chunks(2)
-                    .map(|pair| match pair {
-                        [k, v] => (text(k).unwrap_or_default(), bytes(v).unwrap_or_default().to_vec()),
-                        [k] => (text(k).unwrap_or_default(), Vec::new()),
-                        _ => (String::new(), Vec::new()),
-                    })
-                    .collect(),
-            )
+        Value::Map(pairs) => Some(pairs.into_iter().map(|(k, v)| (into_text(k), into_bytes(v))).collect()),
+        Value::Array(flat) => {
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let Some(name) = flat.next() {
+                out.push((into_text(name), flat.next().map(into_bytes).unwrap_or_default()));
+            }
+            Some(out)
         }
+        other => return Err(reply("entry fields", &other)),
     };
     Ok(RawEntry { stream: stream.to_string(), id, fields, deliveries: 1 })
 }
 
-fn parse_entries(stream: &str, value: &Value) -> Result<Vec<RawEntry>> {
-    items(value).ok_or_else(|| reply("entry list", value))?.iter().map(|e| parse_entry(stream, e)).collect()
+fn parse_entries(stream: &str, value: Value) -> Result<Vec<RawEntry>> {
+    match value {
+        Value::Array(entries) => entries.into_iter().map(|e| parse_entry(stream, e)).collect(),
+        other => Err(reply("entry list", &other)),
+    }
 }
 
 /// Parses an `XREADGROUP` reply (RESP2 array or RESP3 map; nil when the BLOCK timed out).
-pub fn parse_read_reply(value: &Value) -> Result<Vec<RawEntry>> {
+pub fn parse_read_reply(value: Value) -> Result<Vec<RawEntry>> {
     let mut out = Vec::new();
-    match value {
-        Value::Nil => {}
-        Value::Map(streams) => {
-            for (key, entries) in streams {
-                let key = text(key).ok_or_else(|| reply("stream key", key))?;
-                out.extend(parse_entries(&key, entries)?);
-            }
-        }
-        other => {
-            for stream in items(other).ok_or_else(|| reply("read reply", other))? {
-                let parts = items(stream).ok_or_else(|| reply("stream", stream))?;
-                let [key, entries] = parts else { return Err(reply("stream", stream)) };
-                let key = text(key).ok_or_else(|| reply("stream key", key))?;
-                out.extend(parse_entries(&key, entries)?);
-            }
-        }
+    let streams: Vec<(Value, Value)> = match value {
+        Value::Nil => return Ok(out),
+        Value::Map(streams) => streams,
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => {
+                    let mut pair = pair.into_iter();
+                    Ok((pair.next().unwrap_or_default(), pair.next().unwrap_or_default()))
+                }
+                other => Err(reply("stream", &other)),
+            })
+            .collect::<Result<_>>()?,
+        other => return Err(reply("read reply", &other)),
+    };
+    for (key, entries) in streams {
+        let key = text(&key).ok_or_else(|| reply("stream key", &key))?;
+        out.extend(parse_entries(&key, entries)?);
     }
     Ok(out)
 }
@@ -151,7 +173,8 @@ pub struct GroupInfo {
 pub struct Source {
     client: redis::Client,
     config: SourceConfig,
-    reader: Option<MultiplexedConnection>,
+    /// Entries per stream per read; shared with the read-ahead task.
+    count: Arc<AtomicUsize>,
     writer: Option<MultiplexedConnection>,
 }
 
@@ -163,7 +186,8 @@ impl std::fmt::Debug for Source {
 
 impl Source {
     pub fn new(client: redis::Client, config: SourceConfig) -> Source {
-        Source { client, config, reader: None, writer: None }
+        let count = Arc::new(AtomicUsize::new(config.count));
+        Source { client, config, count, writer: None }
     }
 
     pub fn config(&self) -> &SourceConfig {
@@ -172,11 +196,11 @@ impl Source {
 
     /// Entries per stream per read now.
     pub fn count(&self) -> usize {
-        self.config.count
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn set_count(&mut self, count: usize) {
-        self.config.count = count.max(1);
+        self.count.store(count.max(1), Ordering::Relaxed);
     }
 
     async fn connection(&self, response_timeout: Duration) -> Result<MultiplexedConnection> {
@@ -197,24 +221,20 @@ impl Source {
     async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T> {
         let mut conn = self.writer().await?;
         let result = cmd.query_async::<T>(&mut conn).await;
-        self.forget_on_io_error(result, false)
+        self.forget_on_io_error(result)
     }
 
     async fn run_pipe<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Result<T> {
         let mut conn = self.writer().await?;
         let result = pipe.query_async::<T>(&mut conn).await;
-        self.forget_on_io_error(result, false)
+        self.forget_on_io_error(result)
     }
 
-    fn forget_on_io_error<T>(&mut self, result: redis::RedisResult<T>, reader: bool) -> Result<T> {
+    fn forget_on_io_error<T>(&mut self, result: redis::RedisResult<T>) -> Result<T> {
         if let Err(e) = &result
             && (e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error())
         {
-            if reader {
-                self.reader = None;
-            } else {
-                self.writer = None;
-            }
+            self.writer = None;
         }
         Ok(result?)
     }
@@ -247,9 +267,9 @@ impl Source {
     pub async fn read_pending(&mut self, stream: &str, after: EntryId) -> Result<Vec<RawEntry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(&self.config.group).arg(&self.config.consumer);
-        cmd.arg("COUNT").arg(self.config.count).arg("STREAMS").arg(stream).arg(after.to_string());
+        cmd.arg("COUNT").arg(self.count()).arg("STREAMS").arg(stream).arg(after.to_string());
         let value: Value = self.run(&cmd).await?;
-        let mut entries = parse_read_reply(&value)?;
+        let mut entries = parse_read_reply(value)?;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             let counts = self.delivery_counts(stream, first.id, last.id, entries.len()).await?;
             for entry in &mut entries {
@@ -286,23 +306,10 @@ impl Source {
         Ok(out)
     }
 
-    /// Reads new entries of every stream, blocking up to the configured time.
-    pub async fn read_new(&mut self) -> Result<Vec<RawEntry>> {
-        if self.reader.is_none() {
-            self.reader = Some(self.connection(self.config.block + Duration::from_secs(5)).await?);
-        }
-        let mut conn = self.reader.clone().ok_or_else(|| EngineError::Reply("no connection".into()))?;
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.config.group).arg(&self.config.consumer);
-        cmd.arg("COUNT").arg(self.config.count);
-        cmd.arg("BLOCK").arg(self.config.block.as_millis() as u64).arg("STREAMS");
-        cmd.arg(&self.config.streams);
-        for _ in &self.config.streams {
-            cmd.arg(">");
-        }
-        let result = cmd.query_async::<Value>(&mut conn).await;
-        let value = self.forget_on_io_error(result, true)?;
-        parse_read_reply(&value)
+    /// Starts reading new entries ahead on a connection of its own (see [`ReadAhead`]).
+    pub async fn read_ahead(&self) -> Result<ReadAhead> {
+        let conn = self.connection(self.config.block + Duration::from_secs(5)).await?;
+        Ok(ReadAhead::spawn(conn, self.config.clone(), self.count.clone()))
     }
 
     /// Claims entries of `stream` idle for at least `min_idle` from any consumer (a dead engine's
@@ -316,11 +323,12 @@ impl Source {
     ) -> Result<(Vec<RawEntry>, String, Vec<EntryId>)> {
         let mut cmd = redis::cmd("XAUTOCLAIM");
         cmd.arg(stream).arg(&self.config.group).arg(&self.config.consumer);
-        cmd.arg(min_idle.as_millis() as u64).arg(start).arg("COUNT").arg(self.config.count);
+        cmd.arg(min_idle.as_millis() as u64).arg(start).arg("COUNT").arg(self.count());
         let value: Value = self.run(&cmd).await?;
-        let parts = items(&value).ok_or_else(|| reply("XAUTOCLAIM reply", &value))?;
-        let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
-        let mut claimed = match parts.get(1) {
+        let Value::Array(parts) = value else { return Err(reply("XAUTOCLAIM reply", &value)) };
+        let mut parts = parts.into_iter();
+        let next = parts.next().as_ref().and_then(text).unwrap_or_else(|| "0-0".into());
+        let mut claimed = match parts.next() {
             Some(list) => parse_entries(stream, list)?,
             None => Vec::new(),
         };
@@ -328,7 +336,8 @@ impl Source {
             entry.deliveries = 2;
         }
         let deleted = parts
-            .get(2)
+            .next()
+            .as_ref()
             .and_then(items)
             .unwrap_or_default()
             .iter()
@@ -344,16 +353,29 @@ impl Source {
         for (stream, id) in ids {
             by_stream.entry(stream).or_default().push(id.to_string());
         }
-        for (stream, ids) in by_stream {
-            let mut cmd = redis::cmd("XACK");
-            cmd.arg(stream).arg(&self.config.group).arg(&ids);
-            match self.run::<Value>(&cmd).await {
-                Ok(_) => {}
-                Err(e) if e.is_no_group() => tracing::warn!(stream, "group gone while acknowledging; nothing to ack"),
-                Err(e) => return Err(e),
-            }
+        let mut pipe = redis::pipe();
+        for (stream, ids) in &by_stream {
+            pipe.cmd("XACK").arg(stream).arg(&self.config.group).arg(ids);
         }
-        Ok(())
+        match self.run_pipe::<Value>(&pipe).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_no_group() => {
+                // Redis lost the group: nothing is pending any more. Acknowledge stream by
+                // stream so that streams which still have it are not skipped.
+                for (stream, ids) in by_stream {
+                    let mut cmd = redis::cmd("XACK");
+                    cmd.arg(stream).arg(&self.config.group).arg(&ids);
+                    match self.run::<Value>(&cmd).await {
+                        Err(e) if e.is_no_group() => tracing::warn!(stream, "group gone while acknowledging"),
+                        other => {
+                            other?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Publishes outbox entries in order, each guarded by [`PUBLISH_SCRIPT`].
@@ -415,6 +437,73 @@ impl Source {
     }
 }
 
+/// Reads new entries of every stream in a task of its own, one read ahead of the batch being
+/// processed, so that the Redis round trip overlaps the previous batch's fsync.
+///
+/// On [`ReadAhead::finish`] it stops issuing reads and hands over what it had already read:
+/// entries Redis delivered are processed before shutdown, not left pending.
+#[derive(Debug)]
+pub struct ReadAhead {
+    batches: mpsc::Receiver<Result<Vec<RawEntry>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadAhead {
+    fn spawn(mut conn: MultiplexedConnection, config: SourceConfig, count: Arc<AtomicUsize>) -> ReadAhead {
+        let (tx, batches) = mpsc::channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
+            while !stopping.load(Ordering::Relaxed) {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP").arg(&config.group).arg(&config.consumer);
+                cmd.arg("COUNT").arg(count.load(Ordering::Relaxed).max(1));
+                cmd.arg("BLOCK").arg(config.block.as_millis() as u64).arg("STREAMS");
+                cmd.arg(&config.streams);
+                for _ in &config.streams {
+                    cmd.arg(">");
+                }
+                let read = match cmd.query_async::<Value>(&mut conn).await {
+                    Ok(value) => parse_read_reply(value),
+                    Err(e) => Err(e.into()),
+                };
+                let failed = read.is_err();
+                if tx.send(read).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        ReadAhead { batches, stop, task }
+    }
+
+    /// The next read: entries (empty when the BLOCK time passed with nothing new), or the
+    /// error that ended reading.
+    pub async fn next(&mut self) -> Result<Vec<RawEntry>> {
+        match self.batches.recv().await {
+            Some(read) => read,
+            None => Err(EngineError::Reply("read-ahead task ended".into())),
+        }
+    }
+
+    /// Stops reading and returns every read already delivered by Redis (waiting at most for
+    /// the read in flight, one BLOCK time).
+    pub async fn finish(mut self) -> Vec<RawEntry> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut rest = Vec::new();
+        while let Some(read) = self.batches.recv().await {
+            rest.extend(read.unwrap_or_default());
+        }
+        rest
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,12 +524,12 @@ mod tests {
                 Value::Array(vec![bulk("6-0"), Value::Nil]),
             ]),
         ])]);
-        let entries = parse_read_reply(&reply).unwrap();
+        let entries = parse_read_reply(reply).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, EntryId { ms: 5, seq: 1 });
         assert_eq!(entries[0].fields.as_ref().unwrap()[1], ("payload".to_string(), b"{}".to_vec()));
         assert_eq!(entries[1].fields, None);
-        assert!(parse_read_reply(&Value::Nil).unwrap().is_empty());
-        assert!(parse_read_reply(&Value::Int(3)).is_err());
+        assert!(parse_read_reply(Value::Nil).unwrap().is_empty());
+        assert!(parse_read_reply(Value::Int(3)).is_err());
     }
 }

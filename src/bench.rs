@@ -1,6 +1,7 @@
 //! `maestro bench ingest`: the engine end to end against a raw baseline that does only the
 //! irreducible work (XREADGROUP -> one sled batch -> flush + fsync -> XACK), on the same
-//! entries, against the same private redis-server, in the same run.
+//! entries, against the same private redis-server, in the same run. Each side runs in a child
+//! process of its own (`maestro bench ingest-worker`), so that each peak RSS is its own.
 
 use crate::redis_server::{RedisOptions, RedisServer};
 use crate::traffic::{Message, Traffic, publish};
@@ -13,6 +14,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// One side of the benchmark, run as a child process by [`ingest`].
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// `raw` or `engine`.
+    #[arg(long)]
+    pub phase: String,
+    #[arg(long)]
+    pub redis_url: String,
+    #[arg(long)]
+    pub entries: u64,
+    #[arg(long)]
+    pub count: usize,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct IngestArgs {
     /// Entries to measure (about 300 B each, spread over the nine streams).
@@ -24,7 +39,7 @@ pub struct IngestArgs {
 }
 
 /// What one run measured.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunFigures {
     pub events: u64,
     pub elapsed: Duration,
@@ -64,11 +79,6 @@ pub fn peak_rss_kib() -> u64 {
             s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Resets VmHWM to the current RSS, so each run's peak is its own.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn machine() -> String {
@@ -168,6 +178,33 @@ async fn engine_run(url: &str, entries: u64, count: usize) -> anyhow::Result<Run
     Ok(RunFigures { events: recorded, elapsed, batch_micros: status.batch_micros(), peak_rss_kib: peak_rss_kib() })
 }
 
+/// Runs one side and prints its figures as one JSON line for the parent.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let figures = match args.phase.as_str() {
+        "raw" => {
+            let (url, entries, count) = (args.redis_url.clone(), args.entries, args.count);
+            tokio::task::spawn_blocking(move || raw_baseline(&url, entries, count)).await??
+        }
+        "engine" => engine_run(&args.redis_url, args.entries, args.count).await?,
+        other => anyhow::bail!("unknown phase {other:?}: raw or engine"),
+    };
+    println!("{}", serde_json::to_string(&figures)?);
+    Ok(())
+}
+
+fn run_worker(phase: &str, url: &str, args: &IngestArgs) -> anyhow::Result<RunFigures> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args(["bench", "ingest-worker", "--phase", phase, "--redis-url", url])
+        .args(["--entries", &args.entries.to_string(), "--count", &args.count.to_string()])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{phase} worker failed: {:?}", out.status);
+    let line = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(line.trim())?)
+}
+
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let server = RedisServer::start(RedisOptions::default()).context("starting a private redis-server")?;
     println!("bench ingest: {} entries of about 300 B over 9 streams, COUNT {} per stream", args.entries, args.count);
@@ -176,12 +213,8 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let fill_url = url.clone();
     let entries = args.entries;
     tokio::task::spawn_blocking(move || prefill(&fill_url, entries)).await??;
-    reset_peak_rss();
-    let raw_url = url.clone();
-    let count = args.count;
-    let raw = tokio::task::spawn_blocking(move || raw_baseline(&raw_url, entries, count)).await??;
-    reset_peak_rss();
-    let engine = engine_run(&url, entries, args.count).await?;
+    let raw = run_worker("raw", &url, &args)?;
+    let engine = run_worker("engine", &url, &args)?;
     println!("{}", raw.line("raw baseline"));
     println!("{}", engine.line("engine"));
     println!("ratio engine/raw: {:.2}", engine.per_second() / raw.per_second());

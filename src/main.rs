@@ -75,6 +75,9 @@ enum Command {
 enum BenchCommand {
     /// Raw baseline (XREADGROUP -> sled batch -> flush -> XACK) against the engine, same run.
     Ingest(maestro::bench::IngestArgs),
+    /// One side of `bench ingest`, run by it as a child process.
+    #[command(hide = true)]
+    IngestWorker(maestro::bench::WorkerArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -160,6 +163,7 @@ async fn main() {
         Command::Export { data_dir, from, to } => export(data_dir, from, to),
         Command::Verify { data_dir } => verify(data_dir),
         Command::Bench { which: BenchCommand::Ingest(args) } => maestro::bench::ingest(args).await,
+        Command::Bench { which: BenchCommand::IngestWorker(args) } => maestro::bench::worker(args).await,
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

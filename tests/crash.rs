@@ -41,8 +41,8 @@ fn background_producer(
 
 #[test]
 fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_nothing() {
-    let seed = std::env::var("MAESTRO_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
-    println!("seed {seed} (set MAESTRO_TEST_SEED to repeat)");
+    let seed = std::env::var("TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+    println!("seed {seed} (set TEST_SEED to repeat)");
     let mut rng = Rng::new(seed);
     let server = redis(true);
     let mut conn = connect(&server);

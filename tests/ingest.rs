@@ -254,3 +254,57 @@ fn a_second_engine_on_a_locked_data_dir_exits_at_once_with_a_clear_error() {
     assert!(second.stderr().contains("is locked by another process"), "{}", second.stderr());
     assert!(first.terminate().success());
 }
+
+#[test]
+fn entries_trimmed_while_pending_are_counted_and_logged_as_lost() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    // A first start creates the group and stores the engine's consumer name.
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success());
+    let consumer = std::fs::read_to_string(dir.join("consumer")).unwrap();
+    let stream = "maestro:streams:k8s:status";
+    // Entries delivered to this consumer (as if it died before recording them), then trimmed
+    // away by someone else before it came back.
+    let produced = produce(&mut conn, 27, 31, true);
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer.trim())
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query::<redis::Value>(&mut conn)
+        .unwrap();
+    let trimmed: Vec<_> = produced.iter().filter(|(s, _)| s == stream).map(|(_, id)| id.clone()).collect();
+    assert_eq!(trimmed.len(), 3);
+    redis::cmd("XTRIM").arg(stream).arg("MAXLEN").arg(0).query::<i64>(&mut conn).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut engine = EngineProc::start_with(&server.url(), &dir, &[], &["--http", &addr]);
+    wait_drained(&mut conn, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut status = serde_json::Value::Null;
+    while std::time::Instant::now() < deadline {
+        if let Ok(body) = std::panic::catch_unwind(|| http_get(&addr, "/status").1) {
+            status = serde_json::from_str(&body).unwrap_or_default();
+            if status["lost"] == 3 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status["lost"], 3, "{status}");
+    let metrics = http_get(&addr, "/metrics").1;
+    assert!(metrics.contains(&format!("maestro_entries_lost_total{{stream=\"{stream}\"}} 3")), "{metrics}");
+    assert!(engine.terminate().success());
+    let stderr = engine.stderr();
+    for id in &trimmed {
+        assert!(stderr.contains(id.as_str()), "lost entry {id} is named in the log:\n{stderr}");
+    }
+    assert_eq!(total_pending(&mut conn), 0);
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 
 fn write_log(dir: &Path, records: u64) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut log = Log::open(&dir.join("db"), 8 << 20).unwrap();
+    let mut log = Log::open(dir, 8 << 20).unwrap();
     let batch: Vec<NewRecord> = (1..=records)
         .map(|i| NewRecord {
             body: Body::Entry(Entry {
@@ -110,7 +110,8 @@ fn bytes_flipped_in_sled_files_give_a_clean_verify_or_a_typed_error_never_a_pani
     write_log(&pristine, 2_000);
     let db_len = std::fs::metadata(pristine.join("db/db")).unwrap().len();
     let mut rng = maestro::traffic::Rng::new(11);
-    for round in 0..12 {
+    let rounds = std::env::var("TEST_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(12);
+    for round in 0..rounds {
         let dir = data.path().join(format!("copy-{round}"));
         std::fs::create_dir_all(dir.join("db")).unwrap();
         for file in std::fs::read_dir(pristine.join("db")).unwrap().flatten() {
@@ -118,6 +119,7 @@ fn bytes_flipped_in_sled_files_give_a_clean_verify_or_a_typed_error_never_a_pani
                 std::fs::copy(file.path(), dir.join("db").join(file.file_name())).unwrap();
             }
         }
+        std::fs::copy(pristine.join("HEAD"), dir.join("HEAD")).unwrap();
         let mut bytes = std::fs::read(dir.join("db/db")).unwrap();
         for _ in 0..4 {
             let at = rng.below(db_len) as usize;

@@ -15,11 +15,11 @@
 //! whose range can hold the id.
 
 use crate::error::{EngineError, Result};
-use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT, hash_stored};
+use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT, hash_stored, hex};
 use maestro_schemas::{Body, EntryId, Record, codec};
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const LOG: u8 = b'L';
 const DEDUP_FRAME: u8 = b'D';
@@ -27,6 +27,12 @@ const DEDUP_SINGLE: u8 = b'E';
 const CURSOR: u8 = b'C';
 const REQUEST: u8 = b'R';
 const QUARANTINE: u8 = b'Q';
+
+/// The head anchor, beside `db/` in the data dir: `<seq> <hash>` of the last durable record,
+/// rewritten after every append. sled can recover a damaged file as a shorter, self-consistent
+/// log; the anchor is what tells a truncated log from a short one. It is written after the log
+/// is durable, so it never runs ahead of it.
+pub const ANCHOR_FILE: &str = "HEAD";
 
 /// How many records at the tail are chain-checked when the log opens. The full check is
 /// `maestro verify`; every record handed to a handler is checksum-checked as it is read.
@@ -75,6 +81,7 @@ pub struct NewRecord {
 /// The log. One writer: the engine that holds the data dir lock.
 pub struct Log {
     db: sled::Db,
+    anchor: PathBuf,
     sync_file: File,
     head_seq: u64,
     head_hash: [u8; 32],
@@ -88,15 +95,19 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Opens (or creates) the log in `db_path`. Checks the tail of the chain, so a damaged
-    /// record near the head is an error naming its seq.
-    pub fn open(db_path: &Path, cache_bytes: u64) -> Result<Log> {
-        Log::open_with(db_path, cache_bytes, true)
+    /// Opens (or creates) the log in `dir` (sled in `dir/db`, the anchor in `dir/HEAD`). Checks
+    /// the head against the anchor and the tail of the chain, so a damaged record near the head
+    /// is an error naming its seq, and a log that lost records is an error too.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Log> {
+        let log = Log::open_with(dir, cache_bytes, true)?;
+        log.check_anchor()?;
+        Ok(log)
     }
 
     /// Opens the log; `check_tail` false skips the tail check, for tools that check every
     /// record themselves and must name the first damaged one.
-    pub fn open_with(db_path: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
+    pub fn open_with(dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
+        let db_path = &dir.join("db");
         let config = sled::Config::new().path(db_path).cache_capacity(cache_bytes).flush_every_ms(Some(500));
         // sled 0.34 panics on some damaged files instead of returning an error; a damaged data
         // dir must be a clear error, so the panic is caught and named.
@@ -118,7 +129,8 @@ impl Log {
                 EntryId::from_be_bytes(&value).ok_or_else(|| EngineError::Damaged(format!("cursor of {stream}")))?;
             cursors.insert(stream, id);
         }
-        let mut log = Log { db, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors };
+        let anchor = dir.join(ANCHOR_FILE);
+        let mut log = Log { db, anchor, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors };
         if let Some((key, stored)) = log.db.scan_prefix([LOG]).next_back().transpose()? {
             let seq = seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("log key {key:?}")))?;
             log.head_seq = seq;
@@ -237,7 +249,51 @@ impl Log {
         self.head_seq = seq;
         self.head_hash = hash;
         self.cursors.extend(cursors);
+        self.write_anchor()?;
         Ok(out)
+    }
+
+    /// Rewrites the head anchor (temporary file, then rename, so it is never half written).
+    fn write_anchor(&self) -> Result<()> {
+        let tmp = self.anchor.with_extension("tmp");
+        let text = format!("{} {}\n", self.head_seq, hex(&self.head_hash));
+        let io = |source| EngineError::DataDir { path: self.anchor.clone(), source };
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &self.anchor).map_err(io)
+    }
+
+    /// The anchored head, if an anchor was written: (seq, hash hex).
+    pub fn anchor(&self) -> Result<Option<(u64, String)>> {
+        let text = match std::fs::read_to_string(&self.anchor) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(EngineError::DataDir { path: self.anchor.clone(), source }),
+        };
+        let bad = || EngineError::Damaged(format!("head anchor {} is not `<seq> <hash>`", self.anchor.display()));
+        let (seq, hash) = text.trim().split_once(' ').ok_or_else(bad)?;
+        Ok(Some((seq.parse().map_err(|_| bad())?, hash.to_string())))
+    }
+
+    /// Checks that the log reaches the anchored head and that the record there is the anchored
+    /// one: a log that sled recovered shorter, or a record replaced under the anchor, is named.
+    pub fn check_anchor(&self) -> Result<()> {
+        let Some((seq, hash)) = self.anchor()? else { return Ok(()) };
+        if self.head_seq < seq {
+            return Err(EngineError::Damaged(format!(
+                "record {}: missing; the log ends at seq {} but its head anchor records seq {seq}: records were lost",
+                self.head_seq + 1,
+                self.head_seq
+            )));
+        }
+        if seq == 0 {
+            return Ok(());
+        }
+        let stored =
+            self.db.get(log_key(seq))?.ok_or_else(|| EngineError::Damaged(format!("record {seq}: missing")))?;
+        if hex(&hash_stored(&stored)) != hash {
+            return Err(EngineError::Damaged(format!("record {seq}: differs from the one its head anchor names")));
+        }
+        Ok(())
     }
 
     /// Reads and checksum-checks record `seq`.
@@ -388,6 +444,24 @@ mod tests {
         }
         let err = Log::open(tmp.path(), 1 << 20).unwrap_err();
         assert!(err.to_string().contains("record 7"), "{err}");
+    }
+
+    #[test]
+    fn a_log_that_lost_its_tail_is_caught_by_the_anchor() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut log = Log::open(tmp.path(), 1 << 20).unwrap();
+            log.append((1..=10).map(|ms| entry("a", ms)).collect()).unwrap();
+            for seq in 8..=10 {
+                log.db.remove(log_key(seq)).unwrap();
+            }
+            log.db.flush().unwrap();
+        }
+        let log = Log::open_with(tmp.path(), 1 << 20, false).unwrap();
+        assert_eq!(log.head_seq(), 7);
+        assert!(log.verify(1, 7).is_ok(), "the shorter log is self-consistent");
+        let err = log.check_anchor().unwrap_err().to_string();
+        assert!(err.contains("record 8: missing") && err.contains("head anchor records seq 10"), "{err}");
     }
 
     #[test]

@@ -95,7 +95,7 @@ async fn session(
     status: &Arc<Status>,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
-    let mut log = Log::open(&data_dir.db_path(), config.cache_bytes)?;
+    let mut log = Log::open(data_dir.path(), config.cache_bytes)?;
     let store = Store::open(log.db())?;
     let stamp =
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
@@ -222,7 +222,10 @@ impl Cycle {
                 }
                 other => other?,
             };
-            Status::set(&self.status.caught_up, entries.is_empty());
+            // Caught up: the read did not come back full, so nothing was left waiting behind it.
+            // (Under steady load a read is rarely empty; readiness must not flap with it.)
+            let full = self.source.count() * self.source.config().streams.len();
+            Status::set(&self.status.caught_up, entries.len() < full);
             self.run_batch(entries).await?;
             if Instant::now() >= next_claim {
                 self.claim_idle().await?;

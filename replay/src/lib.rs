@@ -32,7 +32,7 @@ pub fn open_log(data_dir: &Path) -> Result<(DataDir, Log)> {
         return Err(ReplayError::NoLog(data_dir.display().to_string()));
     }
     let dir = DataDir::open(data_dir)?;
-    let log = Log::open_with(&dir.db_path(), TOOL_CACHE_BYTES, false)?;
+    let log = Log::open_with(dir.path(), TOOL_CACHE_BYTES, false)?;
     Ok((dir, log))
 }
 
@@ -108,9 +108,11 @@ pub struct VerifyReport {
     pub head_hash: String,
 }
 
-/// Checks every record's checksum and the whole chain; the error names the first bad seq.
+/// Checks every record's checksum and the whole chain, then that the log reaches its head
+/// anchor; the error names the first bad seq.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
     let (_dir, log) = open_log(data_dir)?;
     let summary = log.verify(1, log.head_seq())?;
+    log.check_anchor()?;
     Ok(VerifyReport { records: summary.records, head_seq: log.head_seq(), head_hash: hex(&summary.head_hash) })
 }

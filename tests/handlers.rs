@@ -143,7 +143,7 @@ fn a_failing_or_panicking_handler_parks_only_its_record() {
     let server = redis(false);
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
-    let ok = r#"{"type":"x"}"#;
+    let ok = r#"{"execution_id":"exec-1"}"#;
     let failing = xadd(&mut conn, "maestro:streams:k8s:jobs", &[("type", "get_logs"), ("payload", ok), ("fail", "1")]);
     let panicking =
         xadd(&mut conn, "maestro:streams:k8s:jobs", &[("type", "get_logs"), ("payload", ok), ("panic", "1")]);
@@ -193,8 +193,11 @@ fn an_entry_that_aborts_the_process_is_quarantined_after_repeated_crashes() {
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let mut produced = produce(&mut conn, 45, 23, true);
-    let killer =
-        xadd(&mut conn, "maestro:streams:k8s:jobs", &[("type", "get_logs"), ("payload", "{}"), ("abort", "1")]);
+    let killer = xadd(
+        &mut conn,
+        "maestro:streams:k8s:jobs",
+        &[("type", "get_logs"), ("payload", r#"{"execution_id":"exec-2"}"#), ("abort", "1")],
+    );
     produced.push(("maestro:streams:k8s:jobs".into(), killer.clone()));
     produced.extend(produce(&mut conn, 45, 24, true));
     let mut crashes = 0;

@@ -5,10 +5,11 @@
 use std::path::Path;
 
 /// Crates the pure crates may depend on. Anything else needs a reason and a change here.
-const PURE_DEPENDENCIES: [&str; 7] =
-    ["maestro-schemas", "serde", "serde_json", "bincode", "blake3", "crc32fast", "thiserror"];
+const PURE_DEPENDENCIES: [&str; 8] =
+    ["maestro-schemas", "serde", "serde_json", "bincode", "blake3", "crc32fast", "thiserror", "prost"];
 
-/// Source patterns that mean I/O, a clock, randomness or the environment.
+/// Source patterns that mean I/O, a clock, randomness or the environment. Crate paths are
+/// matched with their `::`, so that a field such as `redis_enabled` is no match.
 const FORBIDDEN: [&str; 14] = [
     "std::fs",
     "std::net",
@@ -17,11 +18,11 @@ const FORBIDDEN: [&str; 14] = [
     "std::thread",
     "SystemTime",
     "Instant",
-    "tokio",
-    "redis",
-    "sled",
-    "git2",
-    "kube",
+    "tokio::",
+    "redis::",
+    "sled::",
+    "git2::",
+    "kube::",
     "rand::",
     "std::io::stdin",
 ];
@@ -92,4 +93,7 @@ fn handlers_and_schemas_depend_on_no_io_crate_and_use_no_clock_or_io() {
 fn the_tidy_check_catches_what_it_claims_to() {
     let manifest = "[package]\nname = \"x\"\n\n[dependencies]\nserde.workspace = true\ntokio = \"1\"\n\n[dev-dependencies]\nproptest = \"1\"\n";
     assert_eq!(dependencies(manifest), vec!["serde", "tokio"]);
+    let code = "let spec_has = spec.redis_enabled; use tokio::time;";
+    let hits: Vec<_> = FORBIDDEN.iter().filter(|p| code.contains(*p)).collect();
+    assert_eq!(hits, vec![&"tokio::"]);
 }

@@ -10,14 +10,34 @@ use crate::error::Result;
 use crate::log::{Log, NewRecord};
 use crate::store::{Guard, OutboxItem, Pending, Store, View};
 use maestro_handlers::{Change, Event, Handler, Intent};
+use maestro_schemas::envelope::Limits;
 use maestro_schemas::ids::output_id;
-use maestro_schemas::{Body, Record, Status, StreamSet};
+use maestro_schemas::{Body, Origin, Record, Status, StreamSet, TypedEvent, decode};
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 /// The position key of the dispatcher itself (dead letters are emitted once, against it).
 const DISPATCH: &str = "_dispatch";
+
+/// Decodes accepted records for handlers when ingest did not hand the typed events over
+/// (catch-up after a restart, replays).
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    pub streams: StreamSet,
+    pub limits: Limits,
+}
+
+impl Decoder {
+    /// The typed event of an accepted entry record.
+    pub fn typed(&self, record: &Record) -> Option<TypedEvent> {
+        let entry = record.entry().filter(|e| e.status == Status::Accepted)?;
+        let role = self.streams.role_of(&entry.stream)?;
+        decode(role, Origin { stream: &entry.stream, entry: entry.id }, &entry.fields, &self.limits)
+            .ok()
+            .map(|d| d.event)
+    }
+}
 
 /// How outputs are stamped.
 #[derive(Clone, Debug)]
@@ -43,6 +63,7 @@ pub struct Dispatcher {
     store: Store,
     quarantined: BTreeSet<u64>,
     stamp: OutputStamp,
+    decoder: Decoder,
     checkpoint_every: u64,
 }
 
@@ -67,10 +88,11 @@ impl Dispatcher {
         store: Store,
         log: &Log,
         stamp: OutputStamp,
+        decoder: Decoder,
         checkpoint_every: u64,
     ) -> Result<Dispatcher> {
         let quarantined = log.quarantined()?.into_iter().collect();
-        Ok(Dispatcher { handlers, store, quarantined, stamp, checkpoint_every: checkpoint_every.max(1) })
+        Ok(Dispatcher { handlers, store, quarantined, stamp, decoder, checkpoint_every: checkpoint_every.max(1) })
     }
 
     pub fn store(&self) -> &Store {
@@ -90,9 +112,15 @@ impl Dispatcher {
         Ok(lowest)
     }
 
-    /// Dispatches records (consecutive, in log order). State is committed at every checkpoint
-    /// seq and at the end, so checkpoints fall on the same seqs however batches were cut.
-    pub fn dispatch(&mut self, records: &[Record]) -> Result<Report> {
+    /// Dispatches records (consecutive, in log order) with their typed events when the caller
+    /// has them (`decoded[i]` belongs to `records[i]`); otherwise they are decoded here. State
+    /// is committed at every checkpoint seq and at the end, so checkpoints fall on the same
+    /// seqs however batches were cut.
+    pub fn dispatch(&mut self, records: &[Record], decoded: Option<Vec<Option<TypedEvent>>>) -> Result<Report> {
+        let decoded = match decoded {
+            Some(decoded) if decoded.len() == records.len() => decoded,
+            _ => records.iter().map(|r| self.decoder.typed(r)).collect(),
+        };
         let mut report = Report::default();
         let mut positions = Vec::with_capacity(self.handlers.len());
         for handler in &self.handlers {
@@ -100,8 +128,8 @@ impl Dispatcher {
         }
         let own_position = self.store.position(DISPATCH)?;
         let mut pending = Pending::default();
-        for record in records {
-            self.dispatch_one(record, &positions, own_position, &mut pending, &mut report);
+        for (record, typed) in records.iter().zip(&decoded) {
+            self.dispatch_one(record, typed.as_ref(), &positions, own_position, &mut pending, &mut report);
             if record.seq % self.checkpoint_every == 0 {
                 self.store.commit(std::mem::take(&mut pending))?;
                 for handler in &self.handlers {
@@ -116,6 +144,7 @@ impl Dispatcher {
     fn dispatch_one(
         &self,
         record: &Record,
+        typed: Option<&TypedEvent>,
         positions: &[u64],
         own_position: u64,
         pending: &mut Pending,
@@ -132,7 +161,7 @@ impl Dispatcher {
             let name = handler.name();
             if !quarantined && (!own || handler.sees_own_outputs()) {
                 let view = View { store: &self.store, pending, name };
-                match catch_unwind(AssertUnwindSafe(|| handler.handle(&view, Event { record }))) {
+                match catch_unwind(AssertUnwindSafe(|| handler.handle(&view, Event { record, typed }))) {
                     Ok(Ok(decision)) => {
                         for change in decision.changes {
                             match change {
@@ -240,7 +269,7 @@ impl Dispatcher {
             self.store.set_guard(Guard { from_seq: next, attempts, slow_until })?;
             let step = if next <= slow_until { 1 } else { batch.max(1) as u64 };
             let records = log.range(next, head.min(position + step)).collect::<Result<Vec<_>>>()?;
-            let report = self.dispatch(&records)?;
+            let report = self.dispatch(&records, None)?;
             total.records += report.records;
             total.dead_lettered += report.dead_lettered;
             total.handler_failures += report.handler_failures;

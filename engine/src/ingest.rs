@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::log::{Log, NewRecord};
 use crate::source::RawEntry;
 use maestro_schemas::envelope::{self, Limits, Reject};
-use maestro_schemas::{Body, Entry, EntryId, Fields, Status, StreamSet};
+use maestro_schemas::{Body, Entry, EntryId, Fields, Origin, Status, StreamSet, TypedEvent, decode};
 use std::collections::{HashMap, HashSet};
 
 /// What one read turns into.
@@ -13,6 +13,8 @@ use std::collections::{HashMap, HashSet};
 pub struct Prepared {
     /// Records to append, in delivery order.
     pub records: Vec<NewRecord>,
+    /// The typed event of each record (same order), for dispatch: decoded once, here.
+    pub decoded: Vec<Option<TypedEvent>>,
     /// Every delivered entry, to acknowledge once the records are durable.
     pub acks: Vec<(String, EntryId)>,
     /// Entries Redis delivered as deleted: their content is gone (trimmed while pending).
@@ -46,7 +48,7 @@ impl Ingest {
                 continue;
             }
             let seq = log.head_seq() + out.records.len() as u64 + 1;
-            let (status, fields, request) = self.classify(&entry.stream, fields, entry.deliveries);
+            let (status, fields, request, typed) = self.classify(&entry.stream, entry.id, fields, entry.deliveries);
             let (status, request) = match request {
                 Some(id) => {
                     let key = (entry.stream.clone(), id);
@@ -65,15 +67,18 @@ impl Ingest {
                 }
                 None => (status, None),
             };
+            let typed = if status == Status::Accepted { typed } else { None };
             let body = Body::Entry(Entry { stream: entry.stream, id: entry.id, fields, status });
             out.records.push(NewRecord { body, request });
+            out.decoded.push(typed);
         }
         Ok(out)
     }
 
-    /// Status, the fields to keep, and the request id of one new entry.
-    fn classify(&self, stream: &str, fields: Fields, deliveries: u32) -> (Status, Fields, Option<String>) {
-        let rejected = |reason: Reject, fields| (Status::Rejected { reason, deliveries }, fields, None);
+    /// Status, the fields to keep, the producer's request id and the typed event of one new
+    /// entry.
+    fn classify(&self, stream: &str, id: EntryId, fields: Fields, deliveries: u32) -> Classified {
+        let rejected = |reason: Reject, fields| (Status::Rejected { reason, deliveries }, fields, None, None);
         if let Err(reason) = envelope::check_size(&fields, &self.limits) {
             // The payload of an over-limit entry is not copied anywhere: not to the log, not
             // to the dead-letter stream. Its id and the reason are.
@@ -87,14 +92,17 @@ impl Ingest {
             return rejected(reason, fields);
         }
         if envelope::is_own_output(&fields) {
-            return (Status::Own, fields, None);
+            return (Status::Own, fields, None, None);
         }
         let Some(role) = self.streams.role_of(stream) else {
             return rejected(Reject::new("unknown_stream", format!("{stream} is not a configured stream")), fields);
         };
-        match envelope::check(role, &fields, &self.limits) {
-            Ok(checked) => (Status::Accepted, fields, checked.request_id),
+        match decode(role, Origin { stream, entry: id }, &fields, &self.limits) {
+            Ok(decoded) => (Status::Accepted, fields, decoded.producer_request_id, Some(decoded.event)),
             Err(reason) => rejected(reason, fields),
         }
     }
 }
+
+/// What [`Ingest::classify`] decides for one entry.
+type Classified = (Status, Fields, Option<String>, Option<TypedEvent>);

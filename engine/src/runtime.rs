@@ -9,7 +9,7 @@
 
 use crate::config::EngineConfig;
 use crate::datadir::{DataDir, fresh_consumer_name};
-use crate::dispatch::{Dispatcher, OutputStamp};
+use crate::dispatch::{Decoder, Dispatcher, OutputStamp};
 use crate::error::{EngineError, Result};
 use crate::ingest::Ingest;
 use crate::log::Log;
@@ -99,7 +99,8 @@ async fn session(
     let store = Store::open(log.db())?;
     let stamp =
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
-    let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, config.checkpoint_every)?;
+    let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
+    let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, decoder, config.checkpoint_every)?;
     let caught = dispatcher.catch_up(&mut log, 512, config.max_deliveries)?;
     if caught.records > 0 {
         tracing::info!(records = caught.records, "projections caught up with the log");
@@ -310,12 +311,13 @@ impl Cycle {
             self.count_lost(stream, 1);
         }
         // Step 3: one durable batch of records, dedup index and cursors.
+        let decoded = prepared.decoded;
         let records = self.log.append(prepared.records)?;
         Status::add(&self.status.records_appended, records.len() as u64);
         self.status.head_seq.store(self.log.head_seq(), std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("maestro_records_appended_total").increment(records.len() as u64);
         // Step 4: handlers, projections and the outbox, in one state batch.
-        let report = self.dispatcher.dispatch(&records)?;
+        let report = self.dispatcher.dispatch(&records, Some(decoded))?;
         if report.dead_lettered > 0 {
             Status::add(&self.status.dead_lettered, report.dead_lettered);
             metrics::counter!("maestro_dead_lettered_total").increment(report.dead_lettered);

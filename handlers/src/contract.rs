@@ -1,12 +1,16 @@
 //! The handler contract: state and event in; state changes, outputs and effect intents out.
 
-use maestro_schemas::Record;
+use maestro_schemas::{Record, TypedEvent};
 use std::collections::BTreeMap;
 
 /// One log record, as a handler sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Event<'a> {
+    /// The record as stored (raw fields, status, entry id and time).
     pub record: &'a Record,
+    /// What an accepted entry means, decoded once by the engine; `None` for records that are
+    /// not accepted input (rejected, duplicate, own output, clock, quarantine).
+    pub typed: Option<&'a TypedEvent>,
 }
 
 impl Event<'_> {

@@ -87,7 +87,7 @@ mod tests {
             record(4, "a", Status::Duplicate { of_seq: 1 }),
         ];
         for r in &records {
-            let decision = StreamStats.handle(&state, Event { record: r }).unwrap();
+            let decision = StreamStats.handle(&state, Event { record: r, typed: None }).unwrap();
             apply_changes(&mut state, &decision.changes);
         }
         let a = StreamStats::decode(&state[b"a".as_slice()]).unwrap();

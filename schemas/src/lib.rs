@@ -4,9 +4,11 @@
 //! Nothing here does I/O, reads a clock or draws a random number: a tidy test keeps it so.
 
 pub mod codec;
+pub mod encode;
 pub mod entry_id;
 pub mod envelope;
 pub mod ids;
+pub mod proto;
 pub mod record;
 pub mod streams;
 
@@ -14,3 +16,9 @@ pub use entry_id::EntryId;
 pub use envelope::{Limits, Reject};
 pub use record::{Body, Entry, Fields, Record, RecordError, Status};
 pub use streams::{Role, StreamSet};
+pub mod decode;
+pub mod event;
+pub mod json;
+
+pub use decode::{Decoded, Origin, decode};
+pub use event::{Event, TypedEvent};

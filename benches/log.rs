@@ -9,6 +9,10 @@ use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT};
 use maestro_schemas::{Body, Entry, EntryId, Record, Status, StreamSet};
 use std::hint::black_box;
 
+/// The allocator of the `maestro` binary, so the figures are the deployed code's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Realistic ~300 B control entries of all nine streams, as records.
 fn entries(n: u64) -> Vec<NewRecord> {
     let mut traffic = Traffic::new(3, StreamSet::default());

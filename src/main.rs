@@ -107,9 +107,8 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-async fn run(config: ConfigArgs, http: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn run(config: ConfigArgs, http: Option<SocketAddr>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = settings::load(&config)?;
-    let shutdown = shutdown_on_signals()?;
     let status = Arc::new(Status::default());
     if let Some(addr) = http {
         let handle = maestro::metrics::install()?;
@@ -156,10 +155,18 @@ fn report_panics() {
 #[tokio::main]
 async fn main() {
     report_panics();
+    // Signal handlers first, so that a SIGTERM even during start-up is a clean stop.
+    let shutdown = match shutdown_on_signals() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    };
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, http } => run(config, http).await,
+        Command::Run { config, http } => run(config, http, shutdown).await,
         Command::Demo(args) => maestro::demo::demo(args).await,
         Command::Export { data_dir, from, to } => export(data_dir, from, to),
         Command::Verify { data_dir } => verify(data_dir),

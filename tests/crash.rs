@@ -71,8 +71,10 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_nothing() {
     let produced = producer.join().unwrap();
     let started = Instant::now();
     let mut engine = EngineProc::start(&server.url(), &dir, &env);
+    engine.wait_connected();
+    println!("{kills} kills; ready again in {:?}", started.elapsed());
     wait_drained(&mut conn, Duration::from_secs(120));
-    println!("{kills} kills; drained the rest in {:?}", started.elapsed());
+    println!("drained the rest in {:?}", started.elapsed());
     assert!(engine.terminate().success(), "{}", engine.stderr());
     engine.assert_no_panic();
     assert_eq!(total_pending(&mut conn), 0);

@@ -38,8 +38,20 @@ fn maestro(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Opens sled directly, retrying while the previous handle's flusher thread lets go of the
+/// files (it can hold them for a flush interval after the drop).
+fn open_sled(dir: &Path) -> sled::Db {
+    for _ in 0..100 {
+        if let Ok(db) = sled::open(dir.join("db")) {
+            return db;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sled::open(dir.join("db")).unwrap()
+}
+
 fn flip_record_byte(dir: &Path, seq: u64, offset: usize) {
-    let db = sled::open(dir.join("db")).unwrap();
+    let db = open_sled(dir);
     let mut stored = db.get(log_key(seq)).unwrap().unwrap().to_vec();
     let at = offset % stored.len();
     stored[at] ^= 0x01;
@@ -90,7 +102,7 @@ fn a_removed_or_reordered_record_is_named() {
     let dir = data.path().join("d");
     write_log(&dir, 50);
     {
-        let db = sled::open(dir.join("db")).unwrap();
+        let db = open_sled(&dir);
         // Swap records 20 and 21: each checksum is fine, the chain and the seqs are not.
         let a = db.get(log_key(20)).unwrap().unwrap();
         let b = db.get(log_key(21)).unwrap().unwrap();

@@ -78,6 +78,34 @@ pub struct NewRecord {
     pub request: Option<(String, String)>,
 }
 
+/// Opens sled. Two of its habits are handled here. It panics on some damaged files instead of
+/// returning an error: the panic is caught and named. And a handle dropped a moment ago keeps
+/// the files locked until its flusher thread ends (up to one flush interval): since the data
+/// dir's own lock already keeps other engines out, a lock conflict here is that handle, and is
+/// waited out for up to 2 s.
+fn open_sled(db_path: &Path, cache_bytes: u64) -> Result<sled::Db> {
+    let mut attempts = 0;
+    loop {
+        let config = sled::Config::new().path(db_path).cache_capacity(cache_bytes).flush_every_ms(Some(500));
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).map_err(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                EngineError::Damaged(format!("sled cannot open {}: its files are damaged ({text})", db_path.display()))
+            })?;
+        match opened {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// The log. One writer: the engine that holds the data dir lock.
 pub struct Log {
     db: sled::Db,
@@ -108,17 +136,7 @@ impl Log {
     /// record themselves and must name the first damaged one.
     pub fn open_with(dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
         let db_path = &dir.join("db");
-        let config = sled::Config::new().path(db_path).cache_capacity(cache_bytes).flush_every_ms(Some(500));
-        // sled 0.34 panics on some damaged files instead of returning an error; a damaged data
-        // dir must be a clear error, so the panic is caught and named.
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).map_err(|panic| {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            EngineError::Damaged(format!("sled cannot open {}: its files are damaged ({text})", db_path.display()))
-        })??;
+        let db = open_sled(db_path, cache_bytes)?;
         let db_file = db_path.join("db");
         let sync_file = File::open(&db_file).map_err(|source| EngineError::DataDir { path: db_file, source })?;
         let mut cursors = HashMap::new();
@@ -377,17 +395,6 @@ mod tests {
     use super::*;
     use maestro_schemas::{Entry, Status};
 
-    /// sled's flusher thread lets go of the files up to one flush interval after the drop.
-    fn reopen(path: &std::path::Path) -> Log {
-        for _ in 0..50 {
-            if let Ok(log) = Log::open(path, 1 << 20) {
-                return log;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Log::open(path, 1 << 20).unwrap()
-    }
-
     fn entry(stream: &str, ms: u64) -> NewRecord {
         NewRecord {
             body: Body::Entry(Entry {
@@ -422,7 +429,7 @@ mod tests {
             assert!(!log.recorded("a", EntryId { ms: 3, seq: 0 }).unwrap());
             assert_eq!(log.request_seen("b", "req-3").unwrap(), Some(2));
         }
-        let log = reopen(tmp.path());
+        let log = Log::open(tmp.path(), 1 << 20).unwrap();
         assert_eq!(log.head_seq(), 5);
         assert_eq!(log.cursor("a").unwrap(), Some(EntryId { ms: 9, seq: 0 }));
         assert_eq!(log.seen("a", EntryId { ms: 4, seq: 0 }).unwrap(), Some(3));

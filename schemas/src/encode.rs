@@ -5,46 +5,70 @@
 use crate::event::{Event, operation_name};
 use crate::proto::{execution as ex, healing as he, templates as te};
 use prost::Message;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Field/value pairs, text only (every old format is text).
 pub type TextFields = Vec<(String, String)>;
 
-/// Parses JSON text the decoder produced (always valid); a broken one becomes its text.
-fn raw(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
-}
+/// A JSON object written key by key, in the order given. Values the decoder kept as text (the
+/// producer's parameters, result objects, unknown keys) go in verbatim.
+#[derive(Debug, Default)]
+struct JsonObject(String);
 
-fn opt(value: &Option<String>) -> Value {
-    value.as_ref().map_or(Value::Null, |s| Value::String(s.clone()))
-}
+impl JsonObject {
+    fn key(&mut self, key: &str) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        self.0.push_str(&serde_json::to_string(key).unwrap_or_default());
+        self.0.push(':');
+    }
 
-/// Adds kept unknown keys back: `a.b` goes inside object `a` when there is one.
-fn put_extra(object: &mut Map<String, Value>, extra: &BTreeMap<String, String>) {
-    for (key, text) in extra {
-        match key.split_once('.') {
-            Some((outer, inner)) if object.get(outer).is_some_and(Value::is_object) => {
-                if let Some(Value::Object(nested)) = object.get_mut(outer) {
-                    nested.insert(inner.to_string(), raw(text));
-                }
-            }
-            _ => {
-                object.insert(key.clone(), raw(text));
-            }
+    /// A value that is already JSON text.
+    fn raw(&mut self, key: &str, json: &str) -> &mut Self {
+        self.key(key);
+        self.0.push_str(json);
+        self
+    }
+
+    fn value<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> &mut Self {
+        self.raw(key, &serde_json::to_string(value).unwrap_or_else(|_| "null".into()))
+    }
+
+    fn opt<T: Serialize>(&mut self, key: &str, value: &Option<T>) -> &mut Self {
+        match value {
+            Some(value) => self.value(key, value),
+            None => self,
         }
     }
-}
 
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
+    /// Kept unknown keys: those named `<prefix>.<key>` belong inside object `prefix` and are
+    /// written by [`JsonObject::nested_extra`] instead.
+    fn extra(&mut self, extra: &BTreeMap<String, String>, nested: &[&str]) -> &mut Self {
+        for (key, json) in extra {
+            if !key.split_once('.').is_some_and(|(outer, _)| nested.contains(&outer)) {
+                self.raw(key, json);
+            }
+        }
+        self
     }
-}
 
-fn text(map: Map<String, Value>) -> String {
-    Value::Object(map).to_string()
+    fn nested_extra(&mut self, extra: &BTreeMap<String, String>, prefix: &str) -> &mut Self {
+        for (key, json) in extra {
+            if let Some(inner) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix('.')) {
+                self.raw(inner, json);
+            }
+        }
+        self
+    }
+
+    fn finish(&mut self) -> String {
+        let mut text = std::mem::take(&mut self.0);
+        if text.is_empty() {
+            text.push('{');
+        }
+        text.push('}');
+        text
+    }
 }
 
 fn pair(name: &str, value: impl Into<String>) -> (String, String) {
@@ -54,11 +78,11 @@ fn pair(name: &str, value: impl Into<String>) -> (String, String) {
 /// The old format of an event.
 pub fn to_fields(event: &Event) -> TextFields {
     match event {
-        Event::TemplateRequest(r) => vec![pair("data", text(template_request(r)))],
+        Event::TemplateRequest(r) => vec![pair("data", template_request(r))],
         Event::TemplateResult(r) => vec![pair("data", template_result_json(r))],
         Event::TemplateUsage(u) => vec![pair("data", template_usage_json(u))],
         Event::AutomationJob(job) => automation_job(job),
-        Event::HealRequest(heal) => vec![pair("payload", text(heal_request(heal)))],
+        Event::HealRequest(heal) => vec![pair("payload", heal_request(heal))],
         Event::AutomationResult(result) => automation_result(result),
         Event::ErrorReport(report) => error_report(report),
         Event::ValidationOutcome(outcome) => {
@@ -99,53 +123,47 @@ pub fn to_proto_fields(event: &Event) -> Vec<(String, Vec<u8>)> {
     vec![("type".into(), kind.as_bytes().to_vec()), ("proto".into(), bytes)]
 }
 
-fn template_request(r: &te::TemplateRequest) -> Map<String, Value> {
+fn template_request(r: &te::TemplateRequest) -> String {
     let operation = te::Operation::try_from(r.operation).ok().and_then(operation_name).unwrap_or("unknown");
-    let mut map = Map::new();
-    map.insert("request_id".into(), json!(r.request_id));
-    if let Some(template) = &r.template_id {
-        map.insert("template_id".into(), json!(template));
-    }
-    map.insert("operation".into(), json!(operation));
-    map.insert("tenant_id".into(), json!(r.tenant_id));
-    map.insert("user_id".into(), json!(r.user_id));
-    map.insert("parameters".into(), raw(&r.parameters_json));
-    if let Some(timestamp) = &r.timestamp {
-        map.insert("timestamp".into(), json!(timestamp));
-    }
-    put_extra(&mut map, &r.extra);
-    map
+    JsonObject::default()
+        .value("request_id", &r.request_id)
+        .opt("template_id", &r.template_id)
+        .value("operation", operation)
+        .value("tenant_id", &r.tenant_id)
+        .value("user_id", &r.user_id)
+        .raw("parameters", &r.parameters_json)
+        .opt("timestamp", &r.timestamp)
+        .extra(&r.extra, &[])
+        .finish()
 }
 
 /// The `data` JSON of a template result, in the old service's key order with explicit nulls.
 pub fn template_result_json(r: &te::TemplateResult) -> String {
-    let mut map = object(json!({
-        "request_id": r.request_id,
-        "template_id": opt(&r.template_id),
-        "status": r.status,
-        "result": r.result_json.as_deref().map_or(Value::Null, raw),
-        "error": opt(&r.error),
-        "duration_ms": r.duration_ms,
-        "timestamp": r.timestamp,
-    }));
-    put_extra(&mut map, &r.extra);
-    text(map)
+    JsonObject::default()
+        .value("request_id", &r.request_id)
+        .value("template_id", &r.template_id)
+        .value("status", &r.status)
+        .raw("result", r.result_json.as_deref().unwrap_or("null"))
+        .value("error", &r.error)
+        .value("duration_ms", &r.duration_ms)
+        .value("timestamp", &r.timestamp)
+        .extra(&r.extra, &[])
+        .finish()
 }
 
 /// The `data` JSON of a usage event, in the old service's key order.
 pub fn template_usage_json(u: &te::TemplateUsageEvent) -> String {
-    let mut map = object(json!({
-        "event_id": u.event_id,
-        "template_id": u.template_id,
-        "tenant_id": u.tenant_id,
-        "user_id": u.user_id,
-        "operation": u.operation,
-        "success": u.success,
-        "duration_ms": u.duration_ms,
-        "timestamp": u.timestamp,
-    }));
-    put_extra(&mut map, &u.extra);
-    text(map)
+    JsonObject::default()
+        .value("event_id", &u.event_id)
+        .value("template_id", &u.template_id)
+        .value("tenant_id", &u.tenant_id)
+        .value("user_id", &u.user_id)
+        .value("operation", &u.operation)
+        .value("success", &u.success)
+        .value("duration_ms", &u.duration_ms)
+        .value("timestamp", &u.timestamp)
+        .extra(&u.extra, &[])
+        .finish()
 }
 
 fn automation_job(job: &he::AutomationJob) -> TextFields {
@@ -153,53 +171,49 @@ fn automation_job(job: &he::AutomationJob) -> TextFields {
     let (kind, payload) = match &job.job {
         Some(Job::StartMonitoring(start)) => {
             let c = start.config.unwrap_or_default();
-            let mut map = object(json!({
-                "project_path": start.project_path,
-                "config": {
-                    "auto_fix": c.auto_fix, "require_approval": c.require_approval,
-                    "confidence_threshold": c.confidence_threshold, "auto_commit": c.auto_commit,
-                    "create_pr": c.create_pr, "max_concurrent_repairs": c.max_concurrent_repairs,
-                },
-            }));
-            put_extra(&mut map, &start.extra);
-            ("start_monitoring", map)
+            let config = JsonObject::default()
+                .value("auto_fix", &c.auto_fix)
+                .value("require_approval", &c.require_approval)
+                .value("confidence_threshold", &c.confidence_threshold)
+                .value("auto_commit", &c.auto_commit)
+                .value("create_pr", &c.create_pr)
+                .value("max_concurrent_repairs", &c.max_concurrent_repairs)
+                .nested_extra(&start.extra, "config")
+                .finish();
+            let payload = JsonObject::default()
+                .value("project_path", &start.project_path)
+                .raw("config", &config)
+                .extra(&start.extra, &["config"])
+                .finish();
+            ("start_monitoring", payload)
         }
         Some(Job::StopMonitoring(stop)) => {
-            let mut map = object(json!({ "orchestrator_id": stop.orchestrator_id }));
-            put_extra(&mut map, &stop.extra);
-            ("stop_monitoring", map)
+            let payload =
+                JsonObject::default().value("orchestrator_id", &stop.orchestrator_id).extra(&stop.extra, &[]).finish();
+            ("stop_monitoring", payload)
         }
         Some(Job::HealTestFailure(heal)) => ("heal_test_failure", heal_request(heal)),
-        None => ("", Map::new()),
+        None => ("", "{}".to_string()),
     };
-    let mut fields = vec![pair("type", kind), pair("payload", text(payload))];
+    let mut fields = vec![pair("type", kind), pair("payload", payload)];
     if let Some(timestamp) = &job.timestamp {
         fields.push(pair("timestamp", timestamp));
     }
     fields
 }
 
-fn heal_request(heal: &he::HealRequest) -> Map<String, Value> {
-    let mut map = Map::new();
-    let mut optional = |key: &str, value: &Option<String>| {
-        if let Some(value) = value {
-            map.insert(key.into(), json!(value));
-        }
-    };
-    optional("orchestrator_id", &heal.orchestrator_id);
-    optional("test_id", &heal.test_id);
-    optional("file_path", &heal.file_path);
-    map.insert("source".into(), json!(heal.source));
-    map.insert("error_message".into(), json!(heal.error_message));
-    if let Some(trace) = &heal.stack_trace {
-        map.insert("stack_trace".into(), json!(trace));
-    }
-    map.insert("error_type".into(), json!(heal.error_type));
-    if let Some(line) = heal.line_number {
-        map.insert("line_number".into(), json!(line));
-    }
-    put_extra(&mut map, &heal.extra);
-    map
+fn heal_request(heal: &he::HealRequest) -> String {
+    JsonObject::default()
+        .opt("orchestrator_id", &heal.orchestrator_id)
+        .opt("test_id", &heal.test_id)
+        .opt("file_path", &heal.file_path)
+        .value("source", &heal.source)
+        .value("error_message", &heal.error_message)
+        .opt("stack_trace", &heal.stack_trace)
+        .value("error_type", &heal.error_type)
+        .opt("line_number", &heal.line_number)
+        .extra(&heal.extra, &[])
+        .finish()
 }
 
 fn automation_result(result: &he::AutomationResult) -> TextFields {
@@ -243,47 +257,40 @@ fn k8s_job(job: &ex::K8sJob) -> TextFields {
     use ex::k8s_job::Job;
     let (kind, payload) = match &job.job {
         Some(Job::ExecuteEphemeralTest(run)) => ("execute_ephemeral_test", execute(run)),
-        Some(Job::CleanupEnvironment(c)) => {
-            let mut map = object(json!({ "execution_id": c.execution_id }));
-            put_extra(&mut map, &c.extra);
-            ("cleanup_environment", map)
-        }
+        Some(Job::CleanupEnvironment(c)) => (
+            "cleanup_environment",
+            JsonObject::default().value("execution_id", &c.execution_id).extra(&c.extra, &[]).finish(),
+        ),
         Some(Job::GetLogs(g)) => {
-            let mut map = object(json!({ "execution_id": g.execution_id }));
-            put_extra(&mut map, &g.extra);
-            ("get_logs", map)
+            ("get_logs", JsonObject::default().value("execution_id", &g.execution_id).extra(&g.extra, &[]).finish())
         }
-        None => ("", Map::new()),
+        None => ("", "{}".to_string()),
     };
-    vec![pair("type", kind), pair("payload", text(payload))]
+    vec![pair("type", kind), pair("payload", payload)]
 }
 
-fn execute(run: &ex::ExecuteEphemeralTest) -> Map<String, Value> {
+fn execute(run: &ex::ExecuteEphemeralTest) -> String {
     let spec = run.environment_spec.clone().unwrap_or_default();
-    let mut env = Map::new();
-    env.insert("app_image".into(), json!(spec.app_image));
-    env.insert("app_port".into(), json!(spec.app_port));
-    if let Some(db) = &spec.database_type {
-        env.insert("database_type".into(), json!(db));
-    }
-    env.insert("redis_enabled".into(), json!(spec.redis_enabled));
-    env.insert("replicas".into(), json!(spec.replicas));
+    let mut env = JsonObject::default();
+    env.value("app_image", &spec.app_image).value("app_port", &spec.app_port).opt("database_type", &spec.database_type);
+    env.value("redis_enabled", &spec.redis_enabled).value("replicas", &spec.replicas);
     if let Some(resources) = &spec.resources_json {
-        env.insert("resources".into(), raw(resources));
+        env.raw("resources", resources);
     }
-    env.insert("env_vars".into(), json!(spec.env_vars));
+    let env = env.value("env_vars", &spec.env_vars).nested_extra(&run.extra, "environment_spec").finish();
     let test = run.test_config.clone().unwrap_or_default();
-    let mut map = Map::new();
-    if let Some(id) = &run.execution_id {
-        map.insert("execution_id".into(), json!(id));
-    }
-    map.insert("environment_spec".into(), Value::Object(env));
-    map.insert(
-        "test_config".into(),
-        json!({ "commands": test.commands, "timeout_minutes": test.timeout_minutes, "ttl_minutes": test.ttl_minutes }),
-    );
-    put_extra(&mut map, &run.extra);
-    map
+    let test = JsonObject::default()
+        .value("commands", &test.commands)
+        .value("timeout_minutes", &test.timeout_minutes)
+        .value("ttl_minutes", &test.ttl_minutes)
+        .nested_extra(&run.extra, "test_config")
+        .finish();
+    JsonObject::default()
+        .opt("execution_id", &run.execution_id)
+        .raw("environment_spec", &env)
+        .raw("test_config", &test)
+        .extra(&run.extra, &["environment_spec", "test_config"])
+        .finish()
 }
 
 fn k8s_result(result: &ex::K8sResult) -> TextFields {

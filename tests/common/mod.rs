@@ -49,7 +49,11 @@ pub fn produce_messages(conn: &mut redis::Connection, messages: &[Message]) -> V
 pub struct EngineProc {
     pub child: Child,
     pub stderr_path: PathBuf,
+    /// How many times the shared stderr file said "connected to redis" before this start.
+    connected_before: usize,
 }
+
+const CONNECTED: &str = "connected to redis";
 
 impl EngineProc {
     pub fn start(redis_url: &str, data_dir: &Path, env: &[(&str, &str)]) -> EngineProc {
@@ -58,6 +62,7 @@ impl EngineProc {
 
     pub fn start_with(redis_url: &str, data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> EngineProc {
         let stderr_path = data_dir.with_extension("stderr.log");
+        let connected_before = std::fs::read_to_string(&stderr_path).unwrap_or_default().matches(CONNECTED).count();
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_maestro"));
         cmd.args(["run", "--redis-url", redis_url, "--data-dir"]).arg(data_dir).args(args);
@@ -66,7 +71,16 @@ impl EngineProc {
             cmd.env(k, v);
         }
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
-        EngineProc { child, stderr_path }
+        EngineProc { child, stderr_path, connected_before }
+    }
+
+    /// Waits until this start of the engine has connected to Redis (at most 15 s).
+    pub fn wait_connected(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.stderr().matches(CONNECTED).count() <= self.connected_before {
+            assert!(Instant::now() < deadline, "the engine did not connect within 15 s:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn signal(&self, signal: i32) {

@@ -62,13 +62,22 @@ impl<'a> Flat<'a> {
 }
 
 /// The schema version an entry declares (`schema_version` field; absent means 1, the version
-/// of every old producer).
+/// of every old producer). A version this build does not know is rejected before anything is
+/// read with the wrong rules.
 fn declared_version(flat: &Flat<'_>) -> Result<u32, Reject> {
-    match flat.text("schema_version") {
-        None => Ok(1),
+    let version = match flat.text("schema_version") {
+        None => 1,
         Some(text) => text
             .parse()
-            .map_err(|_| Reject::new("bad_field", format!("field `schema_version` is not a number: {text:?}"))),
+            .map_err(|_| Reject::new("bad_field", format!("field `schema_version` is not a number: {text:?}")))?,
+    };
+    if (1..=SCHEMA_VERSION).contains(&version) {
+        Ok(version)
+    } else {
+        Err(Reject::new(
+            "unsupported_version",
+            format!("schema version {version}; this build reads 1 to {SCHEMA_VERSION}"),
+        ))
     }
 }
 

@@ -5,10 +5,10 @@ use super::Flat;
 use crate::Role;
 use crate::envelope::{Limits, Reject};
 use crate::event::{Event, OPERATIONS};
-use crate::json::{Obj, compact, parse};
+use crate::json::{Obj, validate};
 use crate::proto::{execution as ex, healing as he, templates as te};
 
-fn missing(obj: &Obj, key: &str) -> Reject {
+fn missing(obj: &Obj<'_>, key: &str) -> Reject {
     Reject::new("missing_field", format!("`{}.{key}` is required", obj.name()))
 }
 
@@ -58,7 +58,7 @@ pub fn decode(role: Role, flat: &Flat<'_>, limits: &Limits) -> Result<Event, Rej
     })
 }
 
-fn template_request(mut o: Obj) -> Result<te::TemplateRequest, Reject> {
+fn template_request(mut o: Obj<'_>) -> Result<te::TemplateRequest, Reject> {
     let request_id = o.opt_str("request_id")?.unwrap_or_default();
     let template_id = o.opt_str("template_id")?;
     let name = o.req_str("operation")?;
@@ -79,7 +79,7 @@ fn template_request(mut o: Obj) -> Result<te::TemplateRequest, Reject> {
     })
 }
 
-fn template_result(mut o: Obj) -> Result<te::TemplateResult, Reject> {
+fn template_result(mut o: Obj<'_>) -> Result<te::TemplateResult, Reject> {
     Ok(te::TemplateResult {
         request_id: o.req_str("request_id")?,
         template_id: o.opt_str("template_id")?,
@@ -92,7 +92,7 @@ fn template_result(mut o: Obj) -> Result<te::TemplateResult, Reject> {
     })
 }
 
-fn template_usage(mut o: Obj) -> Result<te::TemplateUsageEvent, Reject> {
+fn template_usage(mut o: Obj<'_>) -> Result<te::TemplateUsageEvent, Reject> {
     Ok(te::TemplateUsageEvent {
         event_id: o.req_str("event_id")?,
         template_id: o.req_str("template_id")?,
@@ -106,7 +106,7 @@ fn template_usage(mut o: Obj) -> Result<te::TemplateUsageEvent, Reject> {
     })
 }
 
-fn automation_job(kind: &str, mut o: Obj) -> Option<Result<he::automation_job::Job, Reject>> {
+fn automation_job(kind: &str, mut o: Obj<'_>) -> Option<Result<he::automation_job::Job, Reject>> {
     use he::automation_job::Job;
     Some(match kind {
         "start_monitoring" => (|| {
@@ -141,7 +141,7 @@ fn automation_job(kind: &str, mut o: Obj) -> Option<Result<he::automation_job::J
     })
 }
 
-fn heal_request(mut o: Obj) -> Result<he::HealRequest, Reject> {
+fn heal_request(mut o: Obj<'_>) -> Result<he::HealRequest, Reject> {
     Ok(he::HealRequest {
         orchestrator_id: o.opt_str("orchestrator_id")?,
         test_id: o.opt_str("test_id")?,
@@ -155,9 +155,11 @@ fn heal_request(mut o: Obj) -> Result<he::HealRequest, Reject> {
     })
 }
 
-/// A flat field holding JSON text, returned compact.
+/// A flat field holding JSON text, checked and kept as sent.
 fn json_field(flat: &Flat<'_>, name: &str, limits: &Limits) -> Result<String, Reject> {
-    Ok(compact(&parse(name, flat.req(name)?.as_bytes(), limits)?))
+    let text = flat.req(name)?;
+    validate(name, text.as_bytes(), limits)?;
+    Ok(text.to_string())
 }
 
 fn automation_result(flat: &Flat<'_>, limits: &Limits) -> Result<he::AutomationResult, Reject> {
@@ -210,7 +212,7 @@ fn validation_outcome(flat: &Flat<'_>) -> Result<he::ValidationOutcome, Reject> 
     })
 }
 
-fn k8s_job(kind: &str, mut o: Obj) -> Option<Result<ex::k8s_job::Job, Reject>> {
+fn k8s_job(kind: &str, mut o: Obj<'_>) -> Option<Result<ex::k8s_job::Job, Reject>> {
     use ex::k8s_job::Job;
     Some(match kind {
         "execute_ephemeral_test" => execute(o).map(Job::ExecuteEphemeralTest),
@@ -226,7 +228,7 @@ fn k8s_job(kind: &str, mut o: Obj) -> Option<Result<ex::k8s_job::Job, Reject>> {
     })
 }
 
-fn execute(mut o: Obj) -> Result<ex::ExecuteEphemeralTest, Reject> {
+fn execute(mut o: Obj<'_>) -> Result<ex::ExecuteEphemeralTest, Reject> {
     let execution_id = o.opt_str("execution_id")?;
     let mut extra = Default::default();
     let mut spec = o.opt_obj("environment_spec")?.ok_or_else(|| missing(&o, "environment_spec"))?;

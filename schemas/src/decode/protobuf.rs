@@ -4,7 +4,7 @@
 use crate::Role;
 use crate::envelope::{Limits, Reject};
 use crate::event::Event;
-use crate::json::{compact, parse};
+use crate::json::validate;
 use crate::proto::{execution as ex, healing as he, templates as te};
 use prost::Message;
 
@@ -12,11 +12,11 @@ fn message<M: Message + Default>(kind: &str, bytes: &[u8]) -> Result<M, Reject> 
     M::decode(bytes).map_err(|e| Reject::new("bad_protobuf", format!("`proto` is not a {kind}: {e}")))
 }
 
-/// Re-writes a JSON text field in the compact form the old-format path produces, checking it on
-/// the way: both paths must give equal events.
+/// Checks a JSON text field the way the old-format path checks it; the text is kept as sent,
+/// on both paths.
 fn canonical(name: &str, text: &mut String, limits: &Limits) -> Result<(), Reject> {
     if !text.is_empty() {
-        *text = compact(&parse(name, text.as_bytes(), limits)?);
+        validate(name, text.as_bytes(), limits)?;
     }
     Ok(())
 }
@@ -42,8 +42,25 @@ fn wrong_type(role: Role, kind: &str, holds: Option<&str>) -> Reject {
     }
 }
 
+/// The one `type` of a role that carries a single message (`None` for roles with several).
+fn fixed_type(role: Role) -> Option<&'static str> {
+    Some(match role {
+        Role::TemplatesRequests => "template_request",
+        Role::TemplatesResults => "template_result",
+        Role::TemplatesUsage => "template_usage",
+        Role::AutomationHealing => "heal_request",
+        Role::AutomationErrors => "error_report",
+        Role::AutomationValidation => "validation_outcome",
+        Role::K8sStatus => "status_update",
+        Role::AutomationJobs | Role::AutomationResults | Role::K8sJobs | Role::K8sResults => return None,
+    })
+}
+
 /// Decodes a protobuf body of a stream with role `role`.
 pub fn decode(role: Role, kind: &str, bytes: &[u8], limits: &Limits) -> Result<Event, Reject> {
+    if fixed_type(role).is_some_and(|fixed| fixed != kind) {
+        return Err(wrong_type(role, kind, None));
+    }
     let event = match role {
         Role::TemplatesRequests => {
             let mut m: te::TemplateRequest = message(kind, bytes)?;

@@ -10,7 +10,7 @@ use maestro_engine::config::EngineConfig;
 use maestro_engine::status::Status;
 use maestro_handlers::stream_stats::StreamStats;
 use maestro_handlers::{Decision, Event, Handler, HandlerError, Output, StateView};
-use maestro_schemas::{Body, Status as RecordStatus};
+use maestro_schemas::{Body, Status as RecordStatus, StreamSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,11 @@ impl Handler for Echo {
         let Body::Entry(entry) = &event.record.body else { return Ok(Decision::default()) };
         if entry.status != RecordStatus::Accepted {
             return Ok(Decision::default());
+        }
+        // Handlers work on typed events: the engine hands every accepted record's over.
+        let Some(typed) = event.typed else { return Err(HandlerError::Invalid("accepted record without its typed event".into())) };
+        if typed.event.role() != StreamSet::default().role_of(&entry.stream).unwrap_or(typed.event.role()) {
+            return Err(HandlerError::Invalid("typed event of the wrong stream".into()));
         }
         let data = format!(r#"{{"request_id":"echo-{}","status":"success"}}"#, event.seq());
         Ok(Decision {
@@ -104,6 +109,8 @@ fn outputs_are_published_once_with_their_origin_and_never_handled_as_input() {
     assert_eq!(ids.len(), 300, "output ids are distinct");
     let records = export(data.path());
     assert_eq!(records.iter().filter(|r| r["status"] == "own").count(), 300, "each output recorded once, as own");
+    let dead: usize = streams().iter().map(|s| read_stream(&mut conn, &format!("{s}:dead")).len()).sum();
+    assert_eq!(dead, 0, "every accepted record reached the handler with its typed event");
     assert_eq!(records.len(), 600);
 }
 

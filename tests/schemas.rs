@@ -215,3 +215,30 @@ fn golden_fixtures_of_schema_version_1_decode_forever() {
         std::fs::write(&path, serde_json::to_string_pretty(&fixtures).unwrap() + "\n").unwrap();
     }
 }
+
+/// A stored log record of format 1, as bytes: it must decode, with its checksum, forever.
+#[test]
+fn a_golden_record_of_format_1_decodes_forever() {
+    use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT};
+    use maestro_schemas::{Body, Entry, Record, Reject, Status};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1/record.hex");
+    let expected = Record {
+        format: 1,
+        seq: 42,
+        prev_hash: GENESIS_HASH,
+        body: Body::Entry(Entry {
+            stream: "maestro:streams:k8s:jobs".into(),
+            id: EntryId { ms: 1_795_851_623_000, seq: 7 },
+            fields: vec![("type".into(), b"get_logs".to_vec())],
+            status: Status::Rejected { reason: Reject::new("missing_field", "field `payload` is required"), deliveries: 1 },
+        }),
+    };
+    if std::env::var("UPDATE_FIXTURES").is_ok() && !path.exists() {
+        let hex: String = expected.encode().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&path, hex + "\n").unwrap();
+    }
+    let hex = std::fs::read_to_string(&path).unwrap();
+    let bytes: Vec<u8> = (0..hex.trim().len()).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap()).collect();
+    assert_eq!(Record::decode(42, &bytes).unwrap(), expected);
+    assert_eq!(RECORD_FORMAT, 1, "a new record format needs its own fixture beside this one");
+}

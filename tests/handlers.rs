@@ -32,7 +32,9 @@ impl Handler for Echo {
             return Ok(Decision::default());
         }
         // Handlers work on typed events: the engine hands every accepted record's over.
-        let Some(typed) = event.typed else { return Err(HandlerError::Invalid("accepted record without its typed event".into())) };
+        let Some(typed) = event.typed else {
+            return Err(HandlerError::Invalid("accepted record without its typed event".into()));
+        };
         if typed.event.role() != StreamSet::default().role_of(&entry.stream).unwrap_or(typed.event.role()) {
             return Err(HandlerError::Invalid("typed event of the wrong stream".into()));
         }

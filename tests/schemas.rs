@@ -230,7 +230,10 @@ fn a_golden_record_of_format_1_decodes_forever() {
             stream: "maestro:streams:k8s:jobs".into(),
             id: EntryId { ms: 1_795_851_623_000, seq: 7 },
             fields: vec![("type".into(), b"get_logs".to_vec())],
-            status: Status::Rejected { reason: Reject::new("missing_field", "field `payload` is required"), deliveries: 1 },
+            status: Status::Rejected {
+                reason: Reject::new("missing_field", "field `payload` is required"),
+                deliveries: 1,
+            },
         }),
     };
     if std::env::var("UPDATE_FIXTURES").is_ok() && !path.exists() {
@@ -238,7 +241,8 @@ fn a_golden_record_of_format_1_decodes_forever() {
         std::fs::write(&path, hex + "\n").unwrap();
     }
     let hex = std::fs::read_to_string(&path).unwrap();
-    let bytes: Vec<u8> = (0..hex.trim().len()).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap()).collect();
+    let bytes: Vec<u8> =
+        (0..hex.trim().len()).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap()).collect();
     assert_eq!(Record::decode(42, &bytes).unwrap(), expected);
     assert_eq!(RECORD_FORMAT, 1, "a new record format needs its own fixture beside this one");
 }

@@ -5,8 +5,18 @@
 use std::path::Path;
 
 /// Crates the pure crates may depend on. Anything else needs a reason and a change here.
-const PURE_DEPENDENCIES: [&str; 8] =
-    ["maestro-schemas", "serde", "serde_json", "bincode", "blake3", "crc32fast", "thiserror", "prost"];
+const PURE_DEPENDENCIES: [&str; 10] = [
+    "maestro-schemas",
+    "serde",
+    "serde_json",
+    "bincode",
+    "blake3",
+    "crc32fast",
+    "thiserror",
+    "prost",
+    "semver",
+    "regex-syntax",
+];
 
 /// Source patterns that mean I/O, a clock, randomness or the environment. Crate paths are
 /// matched with their `::`, so that a field such as `redis_enabled` is no match.

@@ -8,3 +8,4 @@ pub mod contract;
 pub mod stream_stats;
 
 pub use contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, StateView};
+pub mod templates;

@@ -141,12 +141,7 @@ fn verify(data_dir: PathBuf) -> anyhow::Result<()> {
 /// (sled on damaged files) still show up here, so tests can assert that none happened.
 fn report_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let message = maestro_engine::error::panic_text(info.payload());
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("internal panic at {location}: {message}");
     }));

@@ -1,7 +1,8 @@
 //! The data directory: an exclusive lock, the stable consumer name, and the sled database.
 //!
 //! Layout: `LOCK` (held while open), `consumer` (the Redis consumer name, written on first
-//! start), `db/` (sled: the log in the default tree, projections in the `state` tree).
+//! start), `HEAD` (the log's head anchor), `db/` (sled: the log in the default tree,
+//! projections in the `state` tree).
 
 use crate::error::{EngineError, Result};
 use std::fs::{self, File, OpenOptions};
@@ -35,11 +36,6 @@ impl DataDir {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Where sled keeps the database.
-    pub fn db_path(&self) -> PathBuf {
-        self.path.join("db")
     }
 
     /// The consumer name stored on first start. `fresh` makes one when there is none yet; it

@@ -6,7 +6,7 @@
 //! whole process is caught by the catch-up guard: after `max_deliveries` crashes it is
 //! quarantined by a record in the log, so live runs and replays skip it alike.
 
-use crate::error::Result;
+use crate::error::{Result, panic_text};
 use crate::log::{Log, NewRecord};
 use crate::store::{Guard, OutboxItem, Pending, Store, View};
 use maestro_handlers::{Change, Event, Handler, Intent};
@@ -72,14 +72,6 @@ impl std::fmt::Debug for Dispatcher {
         let names: Vec<_> = self.handlers.iter().map(|h| h.name()).collect();
         f.debug_struct("Dispatcher").field("handlers", &names).finish_non_exhaustive()
     }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-text panic payload".into())
 }
 
 impl Dispatcher {

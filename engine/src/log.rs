@@ -89,11 +89,7 @@ fn open_sled(db_path: &Path, cache_bytes: u64) -> Result<sled::Db> {
         let config = sled::Config::new().path(db_path).cache_capacity(cache_bytes).flush_every_ms(Some(500));
         let opened =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).map_err(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let text = crate::error::panic_text(panic.as_ref());
                 EngineError::Damaged(format!("sled cannot open {}: its files are damaged ({text})", db_path.display()))
             })?;
         match opened {

@@ -204,6 +204,10 @@ impl Cycle {
         let mut next_info = Instant::now();
         let mut reads = self.source.read_ahead().await?;
         loop {
+            if stopping(shutdown) {
+                let rest = reads.finish().await;
+                return self.run_batch(rest).await;
+            }
             let entries = tokio::select! {
                 read = reads.next() => read,
                 _ = shutdown.changed() => {

@@ -161,7 +161,8 @@ async fn engine_run(url: &str, entries: u64, count: usize) -> anyhow::Result<Run
     let status = Arc::new(Status::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let engine = tokio::spawn(maestro_engine::runtime::run(config, crate::handlers(), status.clone(), shutdown));
+    let engine =
+        tokio::spawn(maestro_engine::runtime::run(config.clone(), crate::handlers(&config), status.clone(), shutdown));
     while status.records_appended.load(Ordering::Relaxed) < entries {
         if engine.is_finished() {
             break;

@@ -121,7 +121,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let status = Arc::new(Status::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let engine = tokio::spawn(maestro_engine::runtime::run(config, crate::handlers(), status.clone(), shutdown));
+    let engine =
+        tokio::spawn(maestro_engine::runtime::run(config.clone(), crate::handlers(&config), status.clone(), shutdown));
 
     let started = Instant::now();
     let published = produce(url, streams.clone(), args.entries, args.seed).await?;

@@ -11,6 +11,7 @@ use maestro_handlers::Handler;
 use std::sync::Arc;
 
 /// The handlers the engine runs, in dispatch order.
-pub fn handlers() -> Vec<Arc<dyn Handler>> {
-    vec![Arc::new(maestro_handlers::stream_stats::StreamStats)]
+pub fn handlers(config: &maestro_engine::config::EngineConfig) -> Vec<Arc<dyn Handler>> {
+    let templates = maestro_handlers::templates::handler::Templates::new(&config.streams, config.admin_pairs());
+    vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(templates)]
 }

@@ -115,7 +115,7 @@ async fn run(config: ConfigArgs, http: Option<SocketAddr>, shutdown: watch::Rece
         let (bound, _task) = maestro_engine::http::serve(addr, status.clone(), Some(handle), shutdown.clone()).await?;
         tracing::info!(%bound, "serving /healthz /readyz /status /metrics");
     }
-    maestro_engine::runtime::run(config, maestro::handlers(), status, shutdown).await?;
+    maestro_engine::runtime::run(config.clone(), maestro::handlers(&config), status, shutdown).await?;
     Ok(())
 }
 

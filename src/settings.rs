@@ -23,6 +23,9 @@ pub struct ConfigArgs {
     /// Consumer group [default: maestro-engine]. Env: MAESTRO_GROUP.
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// A bootstrap admin of the template registry (repeatable). Env: MAESTRO_ADMINS=tenant:user,...
+    #[arg(long = "admin", value_name = "TENANT:USER")]
+    pub admins: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +39,7 @@ pub enum SettingsError {
 }
 
 /// Environment variables that are flags of the binary, not engine settings.
-const NOT_ENGINE_SETTINGS: [&str; 3] = ["config", "http", "log_format"];
+const NOT_ENGINE_SETTINGS: [&str; 4] = ["config", "http", "log_format", "admins"];
 
 /// Builds the engine configuration.
 pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
@@ -56,6 +59,16 @@ pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
     }
     if let Some(group) = &args.group {
         figment = figment.merge(Serialized::default("group", group));
+    }
+    // MAESTRO_ADMINS is a plain comma-separated list; flags add to the file's and the variable's.
+    let mut admins: Vec<String> = std::env::var("MAESTRO_ADMINS")
+        .map(|list| list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
+    admins.extend(args.admins.iter().cloned());
+    if !admins.is_empty() {
+        let mut all: Vec<String> = figment.extract_inner("admins").unwrap_or_default();
+        all.extend(admins);
+        figment = figment.merge(Serialized::default("admins", all));
     }
     let config: EngineConfig = figment.extract().map_err(|e| SettingsError::Bad(Box::new(e)))?;
     config.validate().map_err(SettingsError::Invalid)?;

@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub checkpoint_every: u64,
     /// Approximate cap of each dead-letter stream.
     pub dead_letter_maxlen: u64,
+    /// Bootstrap admins of the template registry, as `tenant:user`; later grants are events.
+    pub admins: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -58,11 +60,17 @@ impl Default for EngineConfig {
             cache_bytes: 64 * 1024 * 1024,
             checkpoint_every: 10_000,
             dead_letter_maxlen: 100_000,
+            admins: Vec::new(),
         }
     }
 }
 
 impl EngineConfig {
+    /// The bootstrap admins as (tenant, user).
+    pub fn admin_pairs(&self) -> Vec<(String, String)> {
+        self.admins.iter().filter_map(|a| a.split_once(':')).map(|(t, u)| (t.to_string(), u.to_string())).collect()
+    }
+
     /// Checks what serde cannot: values that parse but make no sense.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(key) = self.streams.duplicate_key() {
@@ -76,6 +84,11 @@ impl EngineConfig {
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());
+        }
+        if let Some(bad) =
+            self.admins.iter().find(|a| a.split_once(':').is_none_or(|(t, u)| t.is_empty() || u.is_empty()))
+        {
+            return Err(format!("admins: {bad:?} is not tenant:user"));
         }
         Ok(())
     }

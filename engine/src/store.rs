@@ -111,6 +111,20 @@ impl StateView for View<'_> {
             None => self.store.tree.get(&full).ok().flatten().map(|v| v.to_vec()),
         }
     }
+
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let full = state_key(self.name, prefix);
+        let strip = state_key(self.name, b"").len();
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for (key, value) in self.store.tree.scan_prefix(&full).flatten() {
+            merged.insert(key.to_vec(), Some(value.to_vec()));
+        }
+        // The batch's own changes win over what the store holds.
+        for (key, value) in self.pending.overlay.range(full.clone()..).take_while(|(k, _)| k.starts_with(&full)) {
+            merged.insert(key.clone(), value.clone());
+        }
+        merged.into_iter().filter_map(|(k, v)| Some((k[strip..].to_vec(), v?))).collect()
+    }
 }
 
 /// The projection store.

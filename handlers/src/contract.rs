@@ -23,12 +23,21 @@ impl Event<'_> {
 /// Read access to a handler's own projection, as of just before the event.
 pub trait StateView {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
 }
 
 /// A map is a state view: handy for tests and for folding a log in memory.
 impl StateView for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         BTreeMap::get(self, key).cloned()
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 

@@ -206,10 +206,11 @@ pub fn export(data_dir: &Path) -> Vec<Value> {
     String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// How often each (stream, id) appears among the log's entry records.
+/// How often each (stream, id) appears among the log's entry records, the engine's own outputs
+/// read back left out.
 pub fn recorded(records: &[Value]) -> BTreeMap<(String, String), usize> {
     let mut out = BTreeMap::new();
-    for r in records.iter().filter(|r| r.get("stream").is_some()) {
+    for r in records.iter().filter(|r| r.get("stream").is_some() && r["status"] != "own") {
         *out.entry((r["stream"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string())).or_insert(0) +=
             1;
     }

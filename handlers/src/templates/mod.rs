@@ -2,5 +2,6 @@
 //! tenancy, and search over template metadata, as pure functions.
 
 pub mod access;
+pub mod handler;
 pub mod manifest;
 pub mod search;

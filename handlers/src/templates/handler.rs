@@ -1,0 +1,396 @@
+//! The template registry handler: one `TemplateResult` and (for every parsed request) one
+//! `TemplateUsageEvent` per request, with the catalogue as a projection of the log.
+//!
+//! State keys (all tenant-scoped, so no request can reach another tenant's templates):
+//! `t/<tenant>\0<id>` the full record with its body, `m/<tenant>\0<id>` the metadata search
+//! reads, `g/<tenant>\0<user>` granted roles, `v/<tenant>\0<id>\0<seq>` the version history.
+
+use super::access::{Role, authorize};
+use super::manifest::{self, DEFAULT_MIN_SCORE};
+use super::search::{Query, TemplateMeta, search};
+use crate::contract::{Change, Decision, Event, Handler, HandlerError, Output, StateView};
+use maestro_schemas::encode::{template_result_json, template_usage_json};
+use maestro_schemas::ids::{derived_id, format_utc_ms};
+use maestro_schemas::proto::templates::{Operation, TemplateRequest, TemplateResult, TemplateUsageEvent};
+use maestro_schemas::{Body, Entry, Event as Typed, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The projection's name.
+pub const NAME: &str = "templates";
+
+/// A stored template.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TemplateRecord {
+    #[serde(flatten)]
+    pub meta: TemplateMeta,
+    pub tenant_id: String,
+    pub version: String,
+    pub templating_engine: String,
+    pub content: String,
+    pub manifest: Value,
+    pub status: String,
+    pub pin_reason: Option<String>,
+    pub created_by: String,
+    pub updated_at: u64,
+}
+
+/// The handler. `admins` are the bootstrap admins from configuration, `(tenant, user)`.
+#[derive(Clone, Debug)]
+pub struct Templates {
+    pub requests: String,
+    pub results: String,
+    pub usage: String,
+    pub admins: Vec<(String, String)>,
+    pub min_score: i64,
+}
+
+impl Templates {
+    pub fn new(streams: &maestro_schemas::StreamSet, admins: Vec<(String, String)>) -> Templates {
+        Templates {
+            requests: streams.templates_requests.clone(),
+            results: streams.templates_results.clone(),
+            usage: streams.templates_usage.clone(),
+            admins,
+            min_score: DEFAULT_MIN_SCORE,
+        }
+    }
+}
+
+fn key(kind: &str, tenant: &str, rest: &[&str]) -> Vec<u8> {
+    let mut key = format!("{kind}/{tenant}").into_bytes();
+    for part in rest {
+        key.push(0);
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// The naive ISO time the old services wrote, from the entry's time.
+fn naive_time(ms: u64) -> String {
+    format!("{}000", format_utc_ms(ms).trim_end_matches('Z'))
+}
+
+/// What an operation produced: its result object, the template concerned, and state changes.
+type Outcome = Result<(Value, Option<String>, Vec<Change>), String>;
+
+struct Request<'a> {
+    req: &'a TemplateRequest,
+    params: Value,
+    entry: &'a Entry,
+    seq: u64,
+}
+
+impl Request<'_> {
+    fn text(&self, name: &str) -> Option<String> {
+        self.params.get(name).and_then(Value::as_str).map(str::to_string)
+    }
+
+    fn tenant(&self) -> &str {
+        &self.req.tenant_id
+    }
+}
+
+impl Templates {
+    fn role(&self, state: &dyn StateView, tenant: &str, user: &str) -> Option<Role> {
+        if self.admins.iter().any(|(t, u)| t == tenant && u == user) {
+            return Some(Role::Admin);
+        }
+        state.get(&key("g", tenant, &[user])).and_then(|r| Role::parse(std::str::from_utf8(&r).ok()?))
+    }
+
+    fn output(&self, stream: &str, data: String) -> Output {
+        Output { stream: stream.to_string(), fields: vec![("data".into(), data)] }
+    }
+
+    fn respond(&self, r: &Request<'_>, operation: &str, outcome: Outcome) -> Decision {
+        let timestamp = naive_time(r.entry.id.ms);
+        let (result, template_id, changes, error) = match outcome {
+            Ok((result, template_id, changes)) => (Some(result.to_string()), template_id, changes, None),
+            Err(error) => (None, r.req.template_id.clone(), Vec::new(), Some(error)),
+        };
+        let success = error.is_none();
+        let result = TemplateResult {
+            request_id: r.req.request_id.clone(),
+            template_id: template_id.clone(),
+            status: if success { "success" } else { "error" }.into(),
+            result_json: result,
+            error,
+            duration_ms: 0,
+            timestamp: timestamp.clone(),
+            extra: Default::default(),
+        };
+        let usage = TemplateUsageEvent {
+            event_id: format!("usage-{}", r.seq),
+            template_id: template_id.unwrap_or_else(|| "unknown".into()),
+            tenant_id: r.req.tenant_id.clone(),
+            user_id: r.req.user_id.clone(),
+            operation: operation.into(),
+            success,
+            duration_ms: 0,
+            timestamp,
+            extra: Default::default(),
+        };
+        Decision {
+            changes,
+            outputs: vec![
+                self.output(&self.results, template_result_json(&result)),
+                self.output(&self.usage, template_usage_json(&usage)),
+            ],
+            intents: Vec::new(),
+        }
+    }
+
+    /// An entry that could not be decoded still gets its one (error) result.
+    fn rejected(&self, entry: &Entry, reason: &str) -> Decision {
+        let request_id = entry
+            .field("data")
+            .and_then(|d| serde_json::from_slice::<Value>(d).ok())
+            .and_then(|v| v.get("request_id").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| derived_id("req", &entry.stream, entry.id));
+        let result = TemplateResult {
+            request_id,
+            template_id: None,
+            status: "error".into(),
+            result_json: None,
+            error: Some(reason.to_string()),
+            duration_ms: 0,
+            timestamp: naive_time(entry.id.ms),
+            extra: Default::default(),
+        };
+        Decision { outputs: vec![self.output(&self.results, template_result_json(&result))], ..Decision::default() }
+    }
+}
+
+impl Handler for Templates {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError> {
+        let Body::Entry(entry) = &event.record.body else { return Ok(Decision::default()) };
+        if entry.stream != self.requests {
+            return Ok(Decision::default());
+        }
+        let req = match (&entry.status, event.typed.map(|t| &t.event)) {
+            (Status::Accepted, Some(Typed::TemplateRequest(req))) => req,
+            (Status::Rejected { reason, .. }, _) => return Ok(self.rejected(entry, &reason.to_string())),
+            _ => return Ok(Decision::default()),
+        };
+        let operation = Operation::try_from(req.operation).unwrap_or(Operation::Unspecified);
+        let name = operation.as_str_name().trim_start_matches("OPERATION_").to_lowercase();
+        let params = serde_json::from_str(&req.parameters_json).unwrap_or(Value::Null);
+        let r = Request { req, params, entry, seq: event.seq() };
+        let held = self.role(state, &req.tenant_id, &req.user_id);
+        let outcome = match authorize(&req.user_id, &req.tenant_id, held, operation) {
+            Err(denied) => Err(format!("denied: {denied}")),
+            Ok(()) => self.operate(state, &r, operation),
+        };
+        Ok(self.respond(&r, &name, outcome))
+    }
+}
+
+fn load(state: &dyn StateView, tenant: &str, id: &str) -> Result<TemplateRecord, String> {
+    state
+        .get(&key("t", tenant, &[id]))
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| format!("template {id:?} does not exist in tenant {tenant:?}"))
+}
+
+/// The changes that store `record` (full record and search metadata).
+fn store(record: &TemplateRecord) -> Vec<Change> {
+    vec![
+        Change::Put { key: key("t", &record.tenant_id, &[&record.meta.id]), value: json_bytes(record) },
+        Change::Put { key: key("m", &record.tenant_id, &[&record.meta.id]), value: json_bytes(&record.meta) },
+    ]
+}
+
+/// Metadata answer: the record without its body.
+fn summary(record: &TemplateRecord) -> Value {
+    let mut value = serde_json::to_value(record).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.remove("content");
+        map.remove("manifest");
+    }
+    value
+}
+
+impl Templates {
+    fn operate(&self, state: &dyn StateView, r: &Request<'_>, operation: Operation) -> Outcome {
+        let id = r.req.template_id.clone();
+        let require_id = || id.clone().ok_or_else(|| "template_id is required".to_string());
+        match operation {
+            Operation::Create => self.create(state, r),
+            Operation::Update => self.update(state, r, &require_id()?),
+            Operation::Delete => {
+                let id = require_id()?;
+                load(state, r.tenant(), &id)?;
+                let changes = vec![
+                    Change::Delete { key: key("t", r.tenant(), &[&id]) },
+                    Change::Delete { key: key("m", r.tenant(), &[&id]) },
+                ];
+                Ok((json!({"deleted": id}), Some(id), changes))
+            }
+            Operation::Retrieve => {
+                let id = require_id()?;
+                let mut record = load(state, r.tenant(), &id)?;
+                if let Some(version) = r.text("version").filter(|v| *v != record.version) {
+                    return Err(format!("version {version:?} of {id:?} is not stored (current {})", record.version));
+                }
+                // Retrieval counts as use; only the small metadata is rewritten.
+                record.meta.usage_count += 1;
+                let change = Change::Put { key: key("m", r.tenant(), &[&id]), value: json_bytes(&record.meta) };
+                Ok((serde_json::to_value(&record).unwrap_or(Value::Null), Some(id), vec![change]))
+            }
+            Operation::Search => {
+                let query: Query =
+                    serde_json::from_value(r.params.clone()).map_err(|e| format!("search parameters: {e}"))?;
+                let metas: Vec<TemplateMeta> = state
+                    .scan(&key("m", r.tenant(), &[""]))
+                    .into_iter()
+                    .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+                    .collect();
+                let page = search(&metas, &query)?;
+                Ok((serde_json::to_value(&page).unwrap_or(Value::Null), None, Vec::new()))
+            }
+            Operation::Validate => {
+                let manifest = r.params.get("manifest").ok_or("parameters.manifest is required")?;
+                let report = manifest::check(manifest);
+                let passes = report.passes(self.min_score);
+                Ok((
+                    json!({"score": report.score, "failures": report.failures, "passes": passes, "min_score": self.min_score}),
+                    id,
+                    Vec::new(),
+                ))
+            }
+            Operation::Pin | Operation::Unpin => self.pin(state, r, &require_id()?, operation == Operation::Pin),
+            Operation::Grant | Operation::Revoke => self.grant(r, operation == Operation::Grant),
+            Operation::Versions => {
+                let id = require_id()?;
+                load(state, r.tenant(), &id)?;
+                let versions: Vec<Value> = state
+                    .scan(&key("v", r.tenant(), &[&id, ""]))
+                    .into_iter()
+                    .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+                    .collect();
+                Ok((json!({"template_id": id, "versions": versions}), Some(id), Vec::new()))
+            }
+            Operation::Unspecified => Err("the operation is not known".into()),
+        }
+    }
+
+    fn create(&self, state: &dyn StateView, r: &Request<'_>) -> Outcome {
+        let id = r.req.template_id.clone().unwrap_or_else(|| derived_id("tpl", &r.entry.stream, r.entry.id));
+        if state.get(&key("t", r.tenant(), &[&id])).is_some() {
+            return Err(format!("template {id:?} already exists"));
+        }
+        let record = TemplateRecord {
+            meta: TemplateMeta {
+                id: id.clone(),
+                created_at: r.entry.id.ms,
+                quality_tier: "standard".into(),
+                ..TemplateMeta::default()
+            },
+            tenant_id: r.tenant().to_string(),
+            status: "draft".into(),
+            created_by: r.req.user_id.clone(),
+            ..TemplateRecord::default()
+        };
+        self.apply_fields(state, r, record, true)
+    }
+
+    fn update(&self, state: &dyn StateView, r: &Request<'_>, id: &str) -> Outcome {
+        let record = load(state, r.tenant(), id)?;
+        self.apply_fields(state, r, record, false)
+    }
+
+    /// Applies create/update parameters: missing record fields come from the manifest; a new
+    /// manifest goes through the quality gate; every accepted change is a new version.
+    fn apply_fields(&self, _state: &dyn StateView, r: &Request<'_>, mut t: TemplateRecord, creating: bool) -> Outcome {
+        if let Some(manifest) = r.params.get("manifest") {
+            let report = manifest::check(manifest);
+            if !report.passes(self.min_score) {
+                return Err(format!("quality gate: {}", report.reason(self.min_score)));
+            }
+            t.manifest = manifest.clone();
+            t.meta.quality_score = report.score;
+        } else if creating {
+            return Err("parameters.manifest is required".into());
+        }
+        let m = t.manifest.clone();
+        let from = |param: &str, path: &[&str]| -> Option<String> {
+            r.text(param)
+                .or_else(|| path.iter().try_fold(&m, |v, k| v.get(k)).and_then(Value::as_str).map(str::to_string))
+        };
+        let name = r.text("name").or_else(|| creating.then(|| from("name", &["name"])).flatten());
+        if let Some(name) = name {
+            t.meta.name = name;
+        }
+        if let Some(content) = r.text("content") {
+            t.content = content;
+        }
+        t.meta.description = from("description", &["description"]).unwrap_or(t.meta.description);
+        t.meta.category = from("category", &["metadata", "category"]).unwrap_or(t.meta.category);
+        t.meta.language = from("language", &["metadata", "language"]).unwrap_or(t.meta.language);
+        t.meta.framework = from("framework", &["metadata", "framework"]).or(t.meta.framework);
+        t.version = from("version", &["version"]).unwrap_or(t.version);
+        t.templating_engine = from("templating_engine", &["engine"]).unwrap_or(t.templating_engine);
+        let tags = r.params.get("tags").or_else(|| m.pointer("/metadata/tags"));
+        if let Some(tags) = tags.and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok()) {
+            t.meta.tags = tags;
+        }
+        if !(1..=255).contains(&t.meta.name.chars().count()) {
+            return Err("name must be 1-255 characters".into());
+        }
+        if !(10..=1000).contains(&t.meta.description.chars().count()) {
+            return Err("description must be 10-1000 characters".into());
+        }
+        if t.content.is_empty() {
+            return Err("parameters.content is required".into());
+        }
+        if semver::Version::parse(&t.version).is_err() {
+            return Err(format!("version {:?} is not semver", t.version));
+        }
+        t.updated_at = r.entry.id.ms;
+        let mut changes = store(&t);
+        let version = json!({"version": t.version, "seq": r.seq, "time": naive_time(r.entry.id.ms), "request_id": r.req.request_id, "user_id": r.req.user_id});
+        changes.push(Change::Put {
+            key: key("v", r.tenant(), &[&t.meta.id, &format!("{:020}", r.seq)]),
+            value: json_bytes(&version),
+        });
+        Ok((summary(&t), Some(t.meta.id.clone()), changes))
+    }
+
+    fn pin(&self, state: &dyn StateView, r: &Request<'_>, id: &str, pinned: bool) -> Outcome {
+        let mut record = load(state, r.tenant(), id)?;
+        let tier = if pinned { r.text("tier").unwrap_or_else(|| "gold".into()) } else { "standard".into() };
+        if !["gold", "silver", "bronze", "standard"].contains(&tier.as_str()) {
+            return Err(format!("tier {tier:?} must be gold, silver, bronze or standard"));
+        }
+        record.meta.is_pinned = pinned;
+        record.meta.quality_tier = tier;
+        record.pin_reason = if pinned { r.text("reason") } else { None };
+        Ok((summary(&record), Some(id.to_string()), store(&record)))
+    }
+
+    fn grant(&self, r: &Request<'_>, granting: bool) -> Outcome {
+        let user = r.text("user").ok_or("parameters.user is required")?;
+        let grant_key = key("g", r.tenant(), &[&user]);
+        if !granting {
+            return Ok((json!({"revoked": user}), None, vec![Change::Delete { key: grant_key }]));
+        }
+        let role = r
+            .text("role")
+            .and_then(|name| Role::parse(&name))
+            .ok_or("parameters.role must be viewer, developer or admin")?;
+        Ok((
+            json!({"granted": user, "role": role.name()}),
+            None,
+            vec![Change::Put { key: grant_key, value: role.name().as_bytes().to_vec() }],
+        ))
+    }
+}

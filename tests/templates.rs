@@ -1,0 +1,145 @@
+//! The template registry through a real redis-server and the engine binary: every request gets
+//! one result and one usage event in the old shapes; the quality gate, roles and tenant
+//! isolation hold; the catalogue is a projection of the log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const REQUESTS: &str = "maestro:streams:templates:requests";
+const RESULTS: &str = "maestro:streams:templates:results";
+const USAGE: &str = "maestro:streams:templates:usage";
+
+fn manifest(name: &str) -> Value {
+    json!({
+        "name": name, "version": "1.2.0", "description": "A production-ready FastAPI service with tests",
+        "author": "platform-team", "engine": "jinja2",
+        "metadata": {"language": "python", "framework": "fastapi", "category": "backend", "tags": ["rest", "docker", "ci"]},
+        "placeholders": [{"name": "PROJECT_NAME", "type": "string"}],
+        "hooks": {"post_generation": ["hooks/init.sh"]},
+        "documentation": {"readme": "README.md", "examples": ["basic"]},
+        "dependencies": {"runtime": ["fastapi"]},
+        "configuration": {"supported_os": ["linux"]}
+    })
+}
+
+fn request(
+    conn: &mut redis::Connection,
+    id: &str,
+    op: &str,
+    tenant: &str,
+    user: &str,
+    template: Option<&str>,
+    parameters: Value,
+) {
+    let mut data =
+        json!({"request_id": id, "operation": op, "tenant_id": tenant, "user_id": user, "parameters": parameters});
+    if let Some(template) = template {
+        data["template_id"] = json!(template);
+    }
+    redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query::<String>(conn).unwrap();
+}
+
+fn results(conn: &mut redis::Connection) -> std::collections::BTreeMap<String, Value> {
+    read_stream(conn, RESULTS)
+        .into_iter()
+        .map(|(_, f)| serde_json::from_str::<Value>(&f["data"]).unwrap())
+        .map(|v| (v["request_id"].as_str().unwrap().to_string(), v))
+        .collect()
+}
+
+#[test]
+fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let body = maestro::traffic::template_body(&mut maestro::traffic::Rng::new(3), 12_000);
+    let mut engine = EngineProc::start(&server.url(), &dir, &[("MAESTRO_ADMINS", "acme:alice,globex:gina")]);
+    let create = |name: &str| json!({"name": name, "content": body, "manifest": manifest(name)});
+    request(&mut conn, "r1", "create", "acme", "alice", Some("tpl-api"), create("fastapi-service"));
+    request(&mut conn, "r2", "create", "acme", "bob", Some("tpl-bob"), create("bob-service"));
+    request(&mut conn, "r3", "grant", "acme", "alice", None, json!({"user": "bob", "role": "developer"}));
+    request(&mut conn, "r4", "create", "acme", "bob", Some("tpl-bob"), create("bob-service"));
+    let mut bad = manifest("bad name");
+    bad["metadata"]["tags"] = json!(["UPPER"]);
+    request(
+        &mut conn,
+        "r5",
+        "create",
+        "acme",
+        "bob",
+        Some("tpl-bad"),
+        json!({"name": "bad", "content": body, "manifest": bad}),
+    );
+    request(&mut conn, "r6", "retrieve", "acme", "bob", Some("tpl-api"), json!({}));
+    request(&mut conn, "r7", "search", "acme", "bob", None, json!({"query": "service", "language": "py"}));
+    request(&mut conn, "r8", "retrieve", "acme", "gina", Some("tpl-api"), json!({}));
+    request(&mut conn, "r9", "search", "globex", "gina", None, json!({"query": "service"}));
+    request(&mut conn, "r10", "delete", "acme", "bob", Some("tpl-api"), json!({}));
+    request(&mut conn, "r11", "pin", "acme", "alice", Some("tpl-api"), json!({"tier": "gold", "reason": "blessed"}));
+    request(&mut conn, "r12", "validate", "acme", "bob", None, json!({"manifest": manifest("ok-name")}));
+    request(&mut conn, "r13", "versions", "acme", "bob", Some("tpl-bob"), json!({}));
+    request(&mut conn, "r14", "delete", "acme", "alice", Some("tpl-bob"), json!({}));
+    request(&mut conn, "r15", "retrieve", "acme", "alice", Some("tpl-bob"), json!({}));
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+
+    let results = results(&mut conn);
+    assert_eq!(results.len(), 15, "exactly one result per request");
+    let ok = |id: &str| results[id]["status"] == "success";
+    let error = |id: &str| results[id]["error"].as_str().unwrap_or_default().to_string();
+    assert!(ok("r1"), "{}", results["r1"]);
+    assert_eq!(results["r1"]["result"]["quality_score"], 100);
+    assert!(error("r2").contains("holds no role in tenant \"acme\""), "{}", error("r2"));
+    assert!(ok("r3") && ok("r4"));
+    let gate = error("r5");
+    assert!(
+        gate.contains("quality gate") && gate.contains("name \"bad name\"") && gate.contains("tag \"UPPER\""),
+        "{gate}"
+    );
+    assert!(ok("r6"));
+    assert_eq!(results["r6"]["result"]["content"].as_str().unwrap().len(), 12_000, "retrieve returns the body");
+    assert!(ok("r7"));
+    assert_eq!(results["r7"]["result"]["total"], 2);
+    assert!(results["r7"]["result"]["templates"][0].get("content").is_none(), "search results carry no bodies");
+    assert!(error("r8").starts_with("denied:"), "another tenant's admin cannot read acme");
+    assert_eq!(results["r9"]["result"]["total"], 0, "globex sees none of acme's templates");
+    assert!(error("r10").contains("delete needs admin"));
+    assert!(ok("r11"));
+    assert_eq!(results["r11"]["result"]["is_pinned"], true);
+    assert_eq!(results["r12"]["result"]["passes"], true);
+    assert_eq!(results["r13"]["result"]["versions"].as_array().unwrap().len(), 1);
+    assert!(ok("r14"));
+    assert!(error("r15").contains("does not exist"));
+    // Old result shape: exactly these keys, in this order.
+    let keys: Vec<&String> = results["r1"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["request_id", "template_id", "status", "result", "error", "duration_ms", "timestamp"]);
+    let usage = read_stream(&mut conn, USAGE);
+    assert_eq!(usage.len(), 15, "one usage event per parsed request");
+    let first: Value = serde_json::from_str(&usage[0].1["data"]).unwrap();
+    let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["event_id", "template_id", "tenant_id", "user_id", "operation", "success", "duration_ms", "timestamp"]
+    );
+}
+
+#[test]
+fn a_rejected_request_still_gets_its_one_error_result() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let mut engine = EngineProc::start(&server.url(), &data.path().join("engine"), &[]);
+    let broken = r#"{"request_id":"r-bad","operation":"explode","tenant_id":"t","user_id":"u"}"#;
+    redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(broken).query::<String>(&mut conn).unwrap();
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success());
+    let results = results(&mut conn);
+    assert_eq!(results.len(), 1);
+    assert!(results["r-bad"]["error"].as_str().unwrap().starts_with("unknown_operation"), "{}", results["r-bad"]);
+    assert_eq!(read_stream(&mut conn, USAGE).len(), 0, "no usage event for a request that was never parsed");
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// One side of the benchmark, run as a child process by [`ingest`].
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
-    /// `raw` or `engine`.
+    /// `raw`, `engine` (core: the stream_stats projection) or `engine-domains` (every handler).
     #[arg(long)]
     pub phase: String,
     #[arg(long)]
@@ -150,20 +150,34 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
     Ok(RunFigures { events: done, elapsed: started.elapsed(), batch_micros, peak_rss_kib: peak_rss_kib() })
 }
 
-async fn engine_run(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigures> {
+/// Records the engine writes for `entries` control messages: one per entry, plus, with the
+/// domain handlers, the result and usage event of every template request (every ninth entry),
+/// read back from the streams.
+fn expected_records(entries: u64, domains: bool) -> u64 {
+    if domains { entries + 2 * entries.div_ceil(9) } else { entries }
+}
+
+async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> anyhow::Result<RunFigures> {
     let dir = tempfile::tempdir()?;
     let config = EngineConfig {
         redis_url: url.to_string(),
         data_dir: dir.path().to_path_buf(),
         read_count: count,
+        // Each run reads the pre-filled streams through a group of its own.
+        group: if domains { "maestro-engine-domains".into() } else { "maestro-engine".into() },
         ..EngineConfig::default()
     };
     let status = Arc::new(Status::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let engine =
-        tokio::spawn(maestro_engine::runtime::run(config.clone(), crate::handlers(&config), status.clone(), shutdown));
-    while status.records_appended.load(Ordering::Relaxed) < entries {
+    let handlers = if domains {
+        crate::handlers(&config)
+    } else {
+        vec![Arc::new(maestro_handlers::stream_stats::StreamStats) as Arc<dyn maestro_handlers::Handler>]
+    };
+    let expected = expected_records(entries, domains);
+    let engine = tokio::spawn(maestro_engine::runtime::run(config.clone(), handlers, status.clone(), shutdown));
+    while status.records_appended.load(Ordering::Relaxed) < expected {
         if engine.is_finished() {
             break;
         }
@@ -173,10 +187,11 @@ async fn engine_run(url: &str, entries: u64, count: usize) -> anyhow::Result<Run
     let _ = stop.send(true);
     engine.await?.context("engine")?;
     let recorded = status.records_appended.load(Ordering::Relaxed);
-    if recorded < entries {
-        anyhow::bail!("the engine stopped after {recorded} of {entries} entries: {}", status.snapshot().last_error);
+    if recorded < expected {
+        anyhow::bail!("the engine stopped after {recorded} of {expected} records: {}", status.snapshot().last_error);
     }
-    Ok(RunFigures { events: recorded, elapsed, batch_micros: status.batch_micros(), peak_rss_kib: peak_rss_kib() })
+    // Throughput counts input entries, the same events the raw baseline counts.
+    Ok(RunFigures { events: entries, elapsed, batch_micros: status.batch_micros(), peak_rss_kib: peak_rss_kib() })
 }
 
 /// Runs one side and prints its figures as one JSON line for the parent.
@@ -186,8 +201,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             let (url, entries, count) = (args.redis_url.clone(), args.entries, args.count);
             tokio::task::spawn_blocking(move || raw_baseline(&url, entries, count)).await??
         }
-        "engine" => engine_run(&args.redis_url, args.entries, args.count).await?,
-        other => anyhow::bail!("unknown phase {other:?}: raw or engine"),
+        "engine" => engine_run(&args.redis_url, args.entries, args.count, false).await?,
+        "engine-domains" => engine_run(&args.redis_url, args.entries, args.count, true).await?,
+        other => anyhow::bail!("unknown phase {other:?}: raw, engine or engine-domains"),
     };
     println!("{}", serde_json::to_string(&figures)?);
     Ok(())
@@ -216,8 +232,14 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || prefill(&fill_url, entries)).await??;
     let raw = run_worker("raw", &url, &args)?;
     let engine = run_worker("engine", &url, &args)?;
+    let domains = run_worker("engine-domains", &url, &args)?;
     println!("{}", raw.line("raw baseline"));
     println!("{}", engine.line("engine"));
+    println!("{}", domains.line("+ domains"));
     println!("ratio engine/raw: {:.2}", engine.per_second() / raw.per_second());
+    println!(
+        "with the domain handlers (answers to every template request published and read back): {:.2} of raw",
+        domains.per_second() / raw.per_second()
+    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod groups;
 pub mod metrics;
 pub mod redis_server;
 pub mod settings;

@@ -147,37 +147,13 @@ pub fn sigcont(pid: u32) {
     assert_eq!(unsafe_kill(pid as i32, libc::SIGCONT), 0);
 }
 
-/// Per stream: (last delivered id of the group, pending count), or None without a group.
 fn group_state(conn: &mut redis::Connection, stream: &str) -> Option<(String, u64)> {
-    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query(conn).ok()?;
-    let group = groups
-        .into_iter()
-        .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == GROUP.as_bytes()))?;
-    let last = match group.get("last-delivered-id") {
-        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        _ => return None,
-    };
-    let pending = match group.get("pending") {
-        Some(redis::Value::Int(n)) => *n as u64,
-        _ => return None,
-    };
-    Some((last, pending))
-}
-
-fn last_generated(conn: &mut redis::Connection, stream: &str) -> Option<String> {
-    let info: HashMap<String, redis::Value> = redis::cmd("XINFO").arg("STREAM").arg(stream).query(conn).ok()?;
-    match info.get("last-generated-id") {
-        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-        _ => None,
-    }
+    maestro::groups::group_state(conn, stream, GROUP)
 }
 
 /// True once every stream's group has been delivered everything and has nothing pending.
 pub fn drained(conn: &mut redis::Connection) -> bool {
-    streams().iter().all(|stream| match (group_state(conn, stream), last_generated(conn, stream)) {
-        (Some((delivered, 0)), Some(last)) => delivered == last,
-        _ => false,
-    })
+    maestro::groups::drained(conn, &streams(), GROUP)
 }
 
 pub fn wait_drained(conn: &mut redis::Connection, timeout: Duration) {

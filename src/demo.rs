@@ -212,7 +212,7 @@ fn print_template_answers(conn: &mut redis::Connection, results: &str) -> anyhow
     }
     println!("\ntemplate registry answers: {statuses:?}");
     let mut top: Vec<_> = errors.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     for (kind, n) in top.into_iter().take(4) {
         println!("  {n:>6}  {kind}");
     }

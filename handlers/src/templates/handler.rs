@@ -300,17 +300,17 @@ impl Templates {
             created_by: r.req.user_id.clone(),
             ..TemplateRecord::default()
         };
-        self.apply_fields(state, r, record, true)
+        self.apply_fields(r, record, true)
     }
 
     fn update(&self, state: &dyn StateView, r: &Request<'_>, id: &str) -> Outcome {
         let record = load(state, r.tenant(), id)?;
-        self.apply_fields(state, r, record, false)
+        self.apply_fields(r, record, false)
     }
 
     /// Applies create/update parameters: missing record fields come from the manifest; a new
     /// manifest goes through the quality gate; every accepted change is a new version.
-    fn apply_fields(&self, _state: &dyn StateView, r: &Request<'_>, mut t: TemplateRecord, creating: bool) -> Outcome {
+    fn apply_fields(&self, r: &Request<'_>, mut t: TemplateRecord, creating: bool) -> Outcome {
         if let Some(manifest) = r.params.get("manifest") {
             let report = manifest::check(manifest);
             if !report.passes(self.min_score) {

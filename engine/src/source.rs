@@ -48,21 +48,29 @@ pub struct SourceConfig {
     pub published_key: String,
 }
 
-/// Publishes one outbox entry unless this consumer already published it. KEYS[1] is the target
-/// stream, KEYS[2] the guard hash; ARGV is consumer, seq, index, then the XADD arguments after
-/// the key. Outputs are published in (seq, index) order, so one high-water mark per consumer
-/// is enough to make a re-publish after a crash a no-op.
+/// Publishes a run of outbox entries, skipping those this consumer already published. KEYS[1]
+/// is the guard hash; ARGV[1] the consumer; then, per entry: stream, seq, index, the number of
+/// XADD arguments, and those arguments (everything after the key). Entries come in (seq, index)
+/// order, so one high-water mark per consumer makes a re-publish after a crash a no-op. The
+/// target streams are arguments, not declared keys: fine on one server, not on a cluster.
 pub const PUBLISH_SCRIPT: &str = r"
-local mark = redis.call('HGET', KEYS[2], ARGV[1])
-local seq, index = tonumber(ARGV[2]), tonumber(ARGV[3])
+local mark = redis.call('HGET', KEYS[1], ARGV[1])
+local ms, mi = -1, -1
 if mark then
   local s, i = string.match(mark, '^(%d+):(%d+)$')
-  s, i = tonumber(s), tonumber(i)
-  if seq < s or (seq == s and index <= i) then return 0 end
+  if s then ms, mi = tonumber(s), tonumber(i) end
 end
-redis.call('XADD', KEYS[1], unpack(ARGV, 4))
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
-return 1
+local published, p = 0, 2
+while p <= #ARGV do
+  local seq, index, n = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+  if seq > ms or (seq == ms and index > mi) then
+    redis.call('XADD', ARGV[p], unpack(ARGV, p + 4, p + 3 + n))
+    ms, mi, published = seq, index, published + 1
+  end
+  p = p + 4 + n
+end
+if published > 0 then redis.call('HSET', KEYS[1], ARGV[1], ms .. ':' .. mi) end
+return published
 ";
 
 fn reply(what: &str, value: &Value) -> EngineError {
@@ -173,6 +181,7 @@ pub struct GroupInfo {
 pub struct Source {
     client: redis::Client,
     config: SourceConfig,
+    publish_script: redis::Script,
     /// Entries per stream per read; shared with the read-ahead task.
     count: Arc<AtomicUsize>,
     writer: Option<MultiplexedConnection>,
@@ -187,7 +196,7 @@ impl std::fmt::Debug for Source {
 impl Source {
     pub fn new(client: redis::Client, config: SourceConfig) -> Source {
         let count = Arc::new(AtomicUsize::new(config.count));
-        Source { client, config, count, writer: None }
+        Source { client, config, count, writer: None, publish_script: redis::Script::new(PUBLISH_SCRIPT) }
     }
 
     pub fn config(&self) -> &SourceConfig {
@@ -378,25 +387,31 @@ impl Source {
         }
     }
 
-    /// Publishes outbox entries in order, each guarded by [`PUBLISH_SCRIPT`].
+    /// Publishes outbox entries in order through [`PUBLISH_SCRIPT`] (EVALSHA, loaded once),
+    /// many entries per call. Returns how many were new.
     pub async fn publish(&mut self, items: &[OutboxItem]) -> Result<u64> {
-        if items.is_empty() {
-            return Ok(0);
-        }
-        let mut pipe = redis::pipe();
-        for item in items {
-            let cmd = pipe.cmd("EVAL").arg(PUBLISH_SCRIPT).arg(2).arg(&item.stream).arg(&self.config.published_key);
-            cmd.arg(&self.config.consumer).arg(item.seq).arg(item.index);
-            if let Some(maxlen) = item.maxlen {
-                cmd.arg("MAXLEN").arg("~").arg(maxlen);
+        let mut published = 0;
+        for chunk in items.chunks(128) {
+            let mut conn = self.writer().await?;
+            let mut invocation = self.publish_script.key(&self.config.published_key);
+            invocation.arg(&self.config.consumer);
+            for item in chunk {
+                let mut args: Vec<Vec<u8>> = Vec::with_capacity(4 + 2 * item.fields.len());
+                if let Some(maxlen) = item.maxlen {
+                    args.extend([b"MAXLEN".to_vec(), b"~".to_vec(), maxlen.to_string().into_bytes()]);
+                }
+                args.push(b"*".to_vec());
+                for (name, value) in &item.fields {
+                    args.push(name.clone().into_bytes());
+                    args.push(value.clone());
+                }
+                invocation.arg(&item.stream).arg(item.seq).arg(item.index).arg(args.len()).arg(args);
             }
-            cmd.arg("*");
-            for (name, value) in &item.fields {
-                cmd.arg(name).arg(value.as_slice());
-            }
+            let result = invocation.invoke_async::<u64>(&mut conn).await;
+            drop(invocation);
+            published += self.forget_on_io_error(result)?;
         }
-        let published: Vec<i64> = self.run_pipe(&pipe).await?;
-        Ok(published.iter().filter(|n| **n == 1).count() as u64)
+        Ok(published)
     }
 
     /// `XINFO GROUPS` for every stream: this group's pending count and lag.

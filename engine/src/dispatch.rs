@@ -53,7 +53,6 @@ pub struct OutputStamp {
 pub struct Report {
     pub records: u64,
     pub dead_lettered: u64,
-    pub handler_failures: u64,
     pub intents: Vec<Intent>,
 }
 
@@ -89,10 +88,6 @@ impl Dispatcher {
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    pub fn handler_names(&self) -> Vec<&'static str> {
-        self.handlers.iter().map(|h| h.name()).collect()
     }
 
     /// The lowest position over the dispatcher and every handler: where dispatch resumes.
@@ -174,7 +169,6 @@ impl Dispatcher {
             }
             pending.advance(name, record.seq);
         }
-        report.handler_failures += failures.len() as u64;
         if record.seq > own_position {
             if let Some(item) = self.dead_letter(record, quarantined, &failures, index) {
                 pending.publish(item);
@@ -264,10 +258,51 @@ impl Dispatcher {
             let report = self.dispatch(&records, None)?;
             total.records += report.records;
             total.dead_lettered += report.dead_lettered;
-            total.handler_failures += report.handler_failures;
             total.intents.extend(report.intents);
         }
         self.store.set_guard(Guard::default())?;
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maestro_handlers::stream_stats::{NAME, StreamStats};
+    use maestro_schemas::{Entry, EntryId};
+
+    /// The same log dispatched in batches of different sizes gives the same checkpoints (at the
+    /// same seqs, with the same state hashes) and the same final state.
+    #[test]
+    fn checkpoints_do_not_depend_on_how_batches_are_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = Log::open(tmp.path(), 1 << 20).unwrap();
+        let records: Vec<NewRecord> = (1..=25u64)
+            .map(|i| NewRecord {
+                body: Body::Entry(Entry {
+                    stream: format!("s{}", i % 3),
+                    id: EntryId { ms: i, seq: 0 },
+                    fields: vec![],
+                    status: Status::Accepted,
+                }),
+                request: None,
+            })
+            .collect();
+        let records = log.append(records).unwrap();
+        let run = |tree: &str, batch: usize| {
+            let store = Store::open_tree(log.db(), tree).unwrap();
+            let stamp = OutputStamp { origin: "maestro-engine/t".into(), dead_letter_maxlen: 10 };
+            let decoder = Decoder { streams: StreamSet::default(), limits: Limits::default() };
+            let mut dispatcher = Dispatcher::new(vec![Arc::new(StreamStats)], store, &log, stamp, decoder, 10).unwrap();
+            for chunk in records.chunks(batch) {
+                dispatcher.dispatch(chunk, None).unwrap();
+            }
+            let store = dispatcher.store();
+            (store.checkpoints(NAME).unwrap(), store.state_hash(NAME).unwrap(), store.position(NAME).unwrap())
+        };
+        let (one, seven) = (run("a", 1), run("b", 7));
+        assert_eq!(one.0.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![10, 20]);
+        assert_eq!(one, seven);
+        assert_eq!(one.2, 25);
     }
 }

@@ -19,8 +19,6 @@ pub struct Prepared {
     pub acks: Vec<(String, EntryId)>,
     /// Entries Redis delivered as deleted: their content is gone (trimmed while pending).
     pub lost: Vec<(String, EntryId)>,
-    /// Entries already in the log (redeliveries, claims).
-    pub already_recorded: u64,
 }
 
 /// The ingestion rules.
@@ -43,8 +41,8 @@ impl Ingest {
                 out.lost.push((entry.stream, entry.id));
                 continue;
             };
+            // Redeliveries and claims of entries the log already has are only acknowledged.
             if log.recorded(&entry.stream, entry.id)? || !batch_entries.insert((entry.stream.clone(), entry.id)) {
-                out.already_recorded += 1;
                 continue;
             }
             let seq = log.head_seq() + out.records.len() as u64 + 1;

@@ -341,8 +341,11 @@ impl Source {
             Some(list) => parse_entries(stream, list)?,
             None => Vec::new(),
         };
-        for entry in &mut claimed {
-            entry.deliveries = 2;
+        if let (Some(first), Some(last)) = (claimed.first(), claimed.last()) {
+            let counts = self.delivery_counts(stream, first.id, last.id, claimed.len()).await?;
+            for entry in &mut claimed {
+                entry.deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+            }
         }
         let deleted = parts
             .next()

@@ -135,7 +135,13 @@ pub struct Store {
 
 impl Store {
     pub fn open(db: &sled::Db) -> Result<Store> {
-        Ok(Store { tree: db.open_tree("state")? })
+        Store::open_tree(db, "state")
+    }
+
+    /// A store in sled tree `name`: a second, independent set of projections over the same log
+    /// (a shadow rebuild, or a comparison in tests).
+    pub fn open_tree(db: &sled::Db, name: &str) -> Result<Store> {
+        Ok(Store { tree: db.open_tree(name)? })
     }
 
     /// The last log seq applied to projection `name` (0 when none).

@@ -166,6 +166,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     print_stream_table(&data_dir)?;
     print_template_answers(&mut conn, &streams.templates_results)?;
+    {
+        let (_dir, log) = maestro_replay::open_log(&data_dir)?;
+        let store = maestro_engine::store::Store::open(log.db())?;
+        crate::report::print_catalogue(&store)?;
+        crate::report::print_usage(&store)?;
+    }
     let report = maestro_replay::verify(&data_dir)?;
     println!(
         "verify: ok, {} records, checksums and hash chain intact (head {})",

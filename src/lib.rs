@@ -5,6 +5,7 @@ pub mod demo;
 pub mod groups;
 pub mod metrics;
 pub mod redis_server;
+pub mod report;
 pub mod settings;
 pub mod traffic;
 
@@ -13,6 +14,8 @@ use std::sync::Arc;
 
 /// The handlers the engine runs, in dispatch order.
 pub fn handlers(config: &maestro_engine::config::EngineConfig) -> Vec<Arc<dyn Handler>> {
-    let templates = maestro_handlers::templates::handler::Templates::new(&config.streams, config.admin_pairs());
-    vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(templates)]
+    use maestro_handlers::templates::{handler::Templates, usage::TemplateUsage};
+    let templates = Templates::new(&config.streams);
+    let usage = TemplateUsage { usage: config.streams.templates_usage.clone(), limits: config.limits };
+    vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(templates), Arc::new(usage)]
 }

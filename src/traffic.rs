@@ -146,7 +146,7 @@ impl Traffic {
     fn template_request(&mut self) -> Message {
         let op = *self.rng.pick(&[
             "retrieve", "retrieve", "retrieve", "retrieve", "retrieve", "search", "search", "search", "search",
-            "create", "update", "versions", "validate",
+            "create", "create", "update", "versions", "validate", "delete",
         ]);
         self.template_request_of(op)
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// Crates the pure crates may depend on. Anything else needs a reason and a change here.
-const PURE_DEPENDENCIES: [&str; 10] = [
+const PURE_DEPENDENCIES: [&str; 11] = [
     "maestro-schemas",
     "serde",
     "serde_json",
@@ -16,6 +16,7 @@ const PURE_DEPENDENCIES: [&str; 10] = [
     "prost",
     "semver",
     "regex-syntax",
+    "sha1_smol",
 ];
 
 /// Source patterns that mean I/O, a clock, randomness or the environment. Crate paths are

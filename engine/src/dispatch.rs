@@ -9,7 +9,7 @@
 use crate::error::{Result, panic_text};
 use crate::log::{Log, NewRecord};
 use crate::store::{Guard, OutboxItem, Pending, Store, View};
-use maestro_handlers::{Change, Event, Handler, Intent};
+use maestro_handlers::{Change, Event, Handler};
 use maestro_schemas::envelope::Limits;
 use maestro_schemas::ids::output_id;
 use maestro_schemas::{Body, Origin, Record, Status, StreamSet, TypedEvent, decode};
@@ -53,7 +53,7 @@ pub struct OutputStamp {
 pub struct Report {
     pub records: u64,
     pub dead_lettered: u64,
-    pub intents: Vec<Intent>,
+    pub intents: u64,
 }
 
 /// Dispatches records to handlers and keeps their projections.
@@ -141,6 +141,7 @@ impl Dispatcher {
         let own = matches!(&record.body, Body::Entry(e) if e.status == Status::Own);
         let mut failures = Vec::new();
         let mut index = 0u32;
+        let mut effect_index = 0u32;
         for (handler, position) in self.handlers.iter().zip(positions) {
             if record.seq <= *position {
                 continue;
@@ -161,7 +162,11 @@ impl Dispatcher {
                             pending.publish(self.stamped(record.seq, index, output.stream, fields, None));
                             index += 1;
                         }
-                        report.intents.extend(decision.intents);
+                        for intent in decision.intents {
+                            pending.effect(record.seq, effect_index, intent);
+                            effect_index += 1;
+                            report.intents += 1;
+                        }
                     }
                     Ok(Err(error)) => failures.push(format!("handler {name}: {error}")),
                     Err(panic) => failures.push(format!("handler {name} panicked: {}", panic_text(panic.as_ref()))),
@@ -258,7 +263,7 @@ impl Dispatcher {
             let report = self.dispatch(&records, None)?;
             total.records += report.records;
             total.dead_lettered += report.dead_lettered;
-            total.intents.extend(report.intents);
+            total.intents += report.intents;
         }
         self.store.set_guard(Guard::default())?;
         Ok(total)

@@ -1,6 +1,7 @@
 pub mod config;
 pub mod datadir;
 pub mod dispatch;
+pub mod effects;
 pub mod error;
 pub mod http;
 pub mod ingest;

@@ -27,6 +27,8 @@ const DEDUP_SINGLE: u8 = b'E';
 const CURSOR: u8 = b'C';
 const REQUEST: u8 = b'R';
 const QUARANTINE: u8 = b'Q';
+/// The seq of the last config record.
+const CONFIG: &[u8] = b"K";
 
 /// The head anchor, beside `db/` in the data dir: `<seq> <hash>` of the last durable record,
 /// rewritten after every append. sled can recover a damaged file as a shorter, self-consistent
@@ -241,6 +243,7 @@ impl Log {
                 Body::Quarantine { target_seq, .. } => {
                     batch.insert([&[QUARANTINE][..], &target_seq.to_be_bytes()].concat(), &seq_bytes);
                 }
+                Body::Config { .. } => batch.insert(CONFIG, &seq_bytes),
                 Body::Clock { .. } => {}
             }
             if let Some((stream, request_id)) = &item.request {
@@ -330,6 +333,17 @@ impl Log {
             expected += 1;
             Ok(Record::decode(seq, &stored)?)
         })
+    }
+
+    /// The configuration the log last recorded, if any.
+    pub fn config(&self) -> Result<Option<Vec<(String, String)>>> {
+        let Some(seq) = self.db.get(CONFIG)? else { return Ok(None) };
+        let seq =
+            seq.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| EngineError::Damaged("config key".into()))?;
+        match self.range(seq, seq).next().transpose()?.map(|r| r.body) {
+            Some(Body::Config { admins }) => Ok(Some(admins)),
+            _ => Err(EngineError::Damaged(format!("config index points at seq {seq}, which is not a config record"))),
+        }
     }
 
     /// The seqs of quarantined records.

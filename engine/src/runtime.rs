@@ -10,6 +10,8 @@
 use crate::config::EngineConfig;
 use crate::datadir::{DataDir, fresh_consumer_name};
 use crate::dispatch::{Decoder, Dispatcher, OutputStamp};
+use crate::effects::Effects;
+use crate::effects::git::GitHistory;
 use crate::error::{EngineError, Result};
 use crate::ingest::Ingest;
 use crate::log::Log;
@@ -101,10 +103,16 @@ async fn session(
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, decoder, config.checkpoint_every)?;
+    record_config(&mut log, config)?;
     let caught = dispatcher.catch_up(&mut log, 512, config.max_deliveries)?;
     if caught.records > 0 {
         tracing::info!(records = caught.records, "projections caught up with the log");
     }
+    let history = data_dir.path().join(HISTORY_DIR);
+    let git = GitHistory::open(&history)
+        .map_err(|e| EngineError::Config(format!("history repository {}: {e}", history.display())))?;
+    let mut effects = Effects::new(vec![Box::new(git)]);
+    run_effects(&mut effects, &dispatcher, status)?;
     Status::set(&status.log_open, true);
     Status::set(&status.storage_ok, true);
     status.head_seq.store(log.head_seq(), std::sync::atomic::Ordering::Relaxed);
@@ -122,8 +130,36 @@ async fn session(
     );
     let ingest =
         Ingest { streams: config.streams.clone(), limits: config.limits, max_deliveries: config.max_deliveries };
-    let mut cycle = Cycle { config: config.clone(), log, dispatcher, ingest, source, status: status.clone() };
+    let mut cycle = Cycle { config: config.clone(), log, dispatcher, effects, ingest, source, status: status.clone() };
     cycle.follow(shutdown).await
+}
+
+/// The template history repository, inside the data dir.
+pub const HISTORY_DIR: &str = "history.git";
+
+/// Appends a config record when the configuration handlers depend on changed since the last
+/// one, so live runs and replays decide with the same configuration.
+fn record_config(log: &mut Log, config: &EngineConfig) -> Result<()> {
+    let mut admins = config.admin_pairs();
+    admins.sort();
+    admins.dedup();
+    if log.config()?.unwrap_or_default() != admins {
+        tracing::info!(admins = admins.len(), "configuration recorded in the log");
+        log.append(vec![crate::log::NewRecord { body: maestro_schemas::Body::Config { admins }, request: None }])?;
+    }
+    Ok(())
+}
+
+/// Runs queued effect intents; a failing one is reported and retried with the next batch.
+fn run_effects(effects: &mut Effects, dispatcher: &Dispatcher, status: &Status) -> Result<()> {
+    let report = effects.run_pending(dispatcher.store())?;
+    metrics::counter!("maestro_effects_done_total").increment(report.done + report.repeated);
+    metrics::counter!("maestro_effects_dropped_total").increment(report.dropped);
+    if let Some((id, reason)) = report.failed {
+        metrics::counter!("maestro_effects_failed_total").increment(1);
+        status.error(format!("effect {id} failed (retried next batch): {reason}"));
+    }
+    Ok(())
 }
 
 /// Capped exponential back-off.
@@ -156,6 +192,7 @@ struct Cycle {
     config: EngineConfig,
     log: Log,
     dispatcher: Dispatcher,
+    effects: Effects,
     ingest: Ingest,
     source: Source,
     status: Arc<Status>,
@@ -326,11 +363,9 @@ impl Cycle {
             Status::add(&self.status.dead_lettered, report.dead_lettered);
             metrics::counter!("maestro_dead_lettered_total").increment(report.dead_lettered);
         }
-        for intent in &report.intents {
-            tracing::warn!(kind = intent.kind, id = intent.id, "no effect runner is registered for this intent");
-        }
-        // Step 5: publish outputs.
+        // Step 5: publish outputs, then run effect intents.
         self.publish_outbox().await?;
+        run_effects(&mut self.effects, &self.dispatcher, &self.status)?;
         // Step 6: acknowledge every delivered entry, new or already recorded.
         self.source.ack(&prepared.acks).await?;
         Status::add(&self.status.entries_acked, prepared.acks.len() as u64);

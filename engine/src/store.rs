@@ -2,12 +2,13 @@
 //! and the outbox of entries waiting to be published, in the sled tree `state`.
 //!
 //! Keys: `p` + name + 0 + key (state), `s` + name (position), `h` + name + 0 + seq (checkpoint
-//! hash), `o` + seq + index (outbox), `g` (dispatch guard). A commit writes state, positions,
-//! checkpoints and outbox entries in one batch, so a projection never runs ahead of its outputs.
+//! hash), `o` + seq + index (outbox), `e` + seq + index (effect intents waiting to run), `g`
+//! (dispatch guard). A commit writes state, positions, outbox entries and intents in one batch,
+//! so a projection never runs ahead of its outputs or its effects.
 //! The store is derived: it can be deleted and rebuilt from the log.
 
 use crate::error::{EngineError, Result};
-use maestro_handlers::StateView;
+use maestro_handlers::{Intent, StateView};
 use maestro_schemas::codec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,6 +32,10 @@ fn checkpoint_key(name: &str, seq: u64) -> Vec<u8> {
 
 fn outbox_key(seq: u64, index: u32) -> Vec<u8> {
     [b"o".as_slice(), &seq.to_be_bytes(), &index.to_be_bytes()].concat()
+}
+
+fn effect_key(seq: u64, index: u32) -> Vec<u8> {
+    [b"e".as_slice(), &seq.to_be_bytes(), &index.to_be_bytes()].concat()
 }
 
 const GUARD_KEY: &[u8] = b"g";
@@ -69,6 +74,7 @@ pub struct Pending {
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     positions: BTreeMap<String, u64>,
     outbox: Vec<OutboxItem>,
+    effects: Vec<(u64, u32, Intent)>,
 }
 
 impl Pending {
@@ -90,6 +96,11 @@ impl Pending {
 
     pub fn outbox(&self) -> &[OutboxItem] {
         &self.outbox
+    }
+
+    /// Queues an effect intent of the record at `seq`.
+    pub fn effect(&mut self, seq: u64, index: u32, intent: Intent) {
+        self.effects.push((seq, index, intent));
     }
 }
 
@@ -166,6 +177,10 @@ impl Store {
             let bytes = codec::encode(item).map_err(|e| EngineError::State(e.to_string()))?;
             batch.insert(outbox_key(item.seq, item.index), bytes);
         }
+        for (seq, index, intent) in &pending.effects {
+            let bytes = codec::encode(intent).map_err(|e| EngineError::State(e.to_string()))?;
+            batch.insert(effect_key(*seq, *index), bytes);
+        }
         self.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -240,6 +255,25 @@ impl Store {
             batch.remove(key.clone());
         }
         self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Effect intents waiting to run, in log order, with their keys.
+    pub fn effects(&self, limit: usize) -> Result<Vec<(sled::IVec, Intent)>> {
+        self.tree
+            .scan_prefix(b"e")
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                let intent = codec::decode(&value).map_err(|e| EngineError::State(format!("effect intent: {e}")))?;
+                Ok((key, intent))
+            })
+            .collect()
+    }
+
+    /// Forgets an effect intent that has run (or can never run).
+    pub fn remove_effect(&self, key: &sled::IVec) -> Result<()> {
+        self.tree.remove(key)?;
         Ok(())
     }
 

@@ -57,7 +57,7 @@ pub struct Output {
 
 /// A side effect for the engine to run after the log append (a git commit, a Kubernetes apply).
 /// `id` is deterministic, so that running an intent twice is harmless.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Intent {
     pub kind: String,
     pub id: String,

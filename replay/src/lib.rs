@@ -1,5 +1,7 @@
-//! Offline tools over a data directory: export and verify. They open the log directly and never
+//! Offline tools over a data directory: export, verify and rebuild. They open the log directly and never
 //! talk to Redis, so they work on a copy of a data dir on a machine with no server.
+
+pub mod rebuild;
 
 use maestro_engine::datadir::DataDir;
 use maestro_engine::error::EngineError;
@@ -19,6 +21,8 @@ pub enum ReplayError {
     Engine(#[from] EngineError),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("history repository: {0}")]
+    History(String),
 }
 
 pub type Result<T> = std::result::Result<T, ReplayError>;
@@ -77,6 +81,10 @@ pub fn record_json(record: &Record) -> Value {
             extra
         }
         Body::Clock { time_ms } => json!({ "kind": "clock", "time": format_utc_ms(*time_ms) }),
+        Body::Config { admins } => {
+            let admins: Vec<String> = admins.iter().map(|(t, u)| format!("{t}:{u}")).collect();
+            json!({ "kind": "config", "admins": admins })
+        }
         Body::Quarantine { target_seq, reason, deliveries } => {
             json!({ "kind": "quarantine", "target_seq": target_seq, "reason": reason, "deliveries": deliveries })
         }

@@ -37,6 +37,10 @@ pub enum Body {
     /// Record `target_seq` crashed the process `deliveries` times while being handled; handlers
     /// skip it from now on, in live runs and in replays alike.
     Quarantine { target_seq: u64, reason: String, deliveries: u32 },
+    /// The engine started with this configuration of domain rules (the template registry's
+    /// bootstrap admins, as tenant and user). Handlers take it from here, so a replay decides
+    /// with the configuration the live run had, whatever the replaying tool's own settings.
+    Config { admins: Vec<(String, String)> },
 }
 
 /// Field/value pairs of a stream entry, in Redis order.

@@ -6,15 +6,18 @@
 //! reads, `g/<tenant>\0<user>` granted roles, `v/<tenant>\0<id>\0<seq>` the version history.
 
 use super::access::{Role, authorize};
+use super::index::SearchIndex;
 use super::manifest::{self, DEFAULT_MIN_SCORE};
 use super::search::{Query, TemplateMeta, search};
-use crate::contract::{Change, Decision, Event, Handler, HandlerError, Output, StateView};
+use super::versions::{self, Stamp};
+use crate::contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, StateView};
 use maestro_schemas::encode::{template_result_json, template_usage_json};
 use maestro_schemas::ids::{derived_id, format_utc_ms};
 use maestro_schemas::proto::templates::{Operation, TemplateRequest, TemplateResult, TemplateUsageEvent};
 use maestro_schemas::{Body, Entry, Event as Typed, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// The projection's name.
 pub const NAME: &str = "templates";
@@ -35,29 +38,31 @@ pub struct TemplateRecord {
     pub updated_at: u64,
 }
 
-/// The handler. `admins` are the bootstrap admins from configuration, `(tenant, user)`.
+/// The handler. Bootstrap admins come from the log's config records (`a/<tenant>\0<user>`).
 #[derive(Clone, Debug)]
 pub struct Templates {
     pub requests: String,
     pub results: String,
     pub usage: String,
-    pub admins: Vec<(String, String)>,
     pub min_score: i64,
+    /// A memo of the catalogue's metadata for search (see [`super::index`]).
+    pub index: Arc<SearchIndex>,
 }
 
 impl Templates {
-    pub fn new(streams: &maestro_schemas::StreamSet, admins: Vec<(String, String)>) -> Templates {
+    pub fn new(streams: &maestro_schemas::StreamSet) -> Templates {
         Templates {
             requests: streams.templates_requests.clone(),
             results: streams.templates_results.clone(),
             usage: streams.templates_usage.clone(),
-            admins,
             min_score: DEFAULT_MIN_SCORE,
+            index: Arc::default(),
         }
     }
 }
 
-fn key(kind: &str, tenant: &str, rest: &[&str]) -> Vec<u8> {
+/// A tenant-scoped state key: `<kind>/<tenant>` then each part after a 0 byte.
+pub(crate) fn key(kind: &str, tenant: &str, rest: &[&str]) -> Vec<u8> {
     let mut key = format!("{kind}/{tenant}").into_bytes();
     for part in rest {
         key.push(0);
@@ -75,8 +80,23 @@ fn naive_time(ms: u64) -> String {
     format!("{}000", format_utc_ms(ms).trim_end_matches('Z'))
 }
 
-/// What an operation produced: its result object, the template concerned, and state changes.
-type Outcome = Result<(Value, Option<String>, Vec<Change>), String>;
+/// What an accepted operation produced.
+#[derive(Debug, Default)]
+struct Done {
+    result: Value,
+    template_id: Option<String>,
+    changes: Vec<Change>,
+    intents: Vec<Intent>,
+}
+
+impl Done {
+    fn new(result: Value, template_id: Option<String>, changes: Vec<Change>) -> Done {
+        Done { result, template_id, changes, intents: Vec::new() }
+    }
+}
+
+/// An operation's outcome: done, or the reason it was refused.
+type Outcome = Result<Done, String>;
 
 struct Request<'a> {
     req: &'a TemplateRequest,
@@ -97,7 +117,7 @@ impl Request<'_> {
 
 impl Templates {
     fn role(&self, state: &dyn StateView, tenant: &str, user: &str) -> Option<Role> {
-        if self.admins.iter().any(|(t, u)| t == tenant && u == user) {
+        if state.get(&key("a", tenant, &[user])).is_some() {
             return Some(Role::Admin);
         }
         state.get(&key("g", tenant, &[user])).and_then(|r| Role::parse(std::str::from_utf8(&r).ok()?))
@@ -109,9 +129,9 @@ impl Templates {
 
     fn respond(&self, r: &Request<'_>, operation: &str, outcome: Outcome) -> Decision {
         let timestamp = naive_time(r.entry.id.ms);
-        let (result, template_id, changes, error) = match outcome {
-            Ok((result, template_id, changes)) => (Some(result.to_string()), template_id, changes, None),
-            Err(error) => (None, r.req.template_id.clone(), Vec::new(), Some(error)),
+        let (result, template_id, changes, intents, error) = match outcome {
+            Ok(done) => (Some(done.result.to_string()), done.template_id, done.changes, done.intents, None),
+            Err(error) => (None, r.req.template_id.clone(), Vec::new(), Vec::new(), Some(error)),
         };
         let success = error.is_none();
         let result = TemplateResult {
@@ -141,7 +161,7 @@ impl Templates {
                 self.output(&self.results, template_result_json(&result)),
                 self.output(&self.usage, template_usage_json(&usage)),
             ],
-            intents: Vec::new(),
+            intents,
         }
     }
 
@@ -172,7 +192,11 @@ impl Handler for Templates {
     }
 
     fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError> {
-        let Body::Entry(entry) = &event.record.body else { return Ok(Decision::default()) };
+        let entry = match &event.record.body {
+            Body::Entry(entry) => entry,
+            Body::Config { admins } => return Ok(bootstrap_admins(state, admins)),
+            _ => return Ok(Decision::default()),
+        };
         if entry.stream != self.requests {
             return Ok(Decision::default());
         }
@@ -194,19 +218,24 @@ impl Handler for Templates {
     }
 }
 
+/// The configured bootstrap admins replace the previous configuration's.
+fn bootstrap_admins(state: &dyn StateView, admins: &[(String, String)]) -> Decision {
+    let wanted: std::collections::BTreeSet<Vec<u8>> = admins.iter().map(|(t, u)| key("a", t, &[u])).collect();
+    let mut changes: Vec<Change> = state
+        .scan(b"a/")
+        .into_iter()
+        .filter(|(k, _)| !wanted.contains(k))
+        .map(|(key, _)| Change::Delete { key })
+        .collect();
+    changes.extend(wanted.into_iter().map(|key| Change::Put { key, value: b"admin".to_vec() }));
+    Decision { changes, ..Decision::default() }
+}
+
 fn load(state: &dyn StateView, tenant: &str, id: &str) -> Result<TemplateRecord, String> {
     state
         .get(&key("t", tenant, &[id]))
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .ok_or_else(|| format!("template {id:?} does not exist in tenant {tenant:?}"))
-}
-
-/// The changes that store `record` (full record and search metadata).
-fn store(record: &TemplateRecord) -> Vec<Change> {
-    vec![
-        Change::Put { key: key("t", &record.tenant_id, &[&record.meta.id]), value: json_bytes(record) },
-        Change::Put { key: key("m", &record.tenant_id, &[&record.meta.id]), value: json_bytes(&record.meta) },
-    ]
 }
 
 /// Metadata answer: the record without its body.
@@ -220,67 +249,88 @@ fn summary(record: &TemplateRecord) -> Value {
 }
 
 impl Templates {
+    /// The changes that store `record`: the full record and its search metadata.
+    fn store(&self, state: &dyn StateView, record: &TemplateRecord) -> Vec<Change> {
+        let (tenant, id) = (&record.tenant_id, &record.meta.id);
+        let mut changes = vec![Change::Put { key: key("t", tenant, &[id]), value: json_bytes(record) }];
+        changes.extend(self.index.change(state, tenant, id, Some(&record.meta)));
+        changes
+    }
+
+    fn stamp<'a>(&self, r: &'a Request<'_>, time: &'a str) -> Stamp<'a> {
+        Stamp {
+            tenant: r.tenant(),
+            user: &r.req.user_id,
+            request_id: &r.req.request_id,
+            seq: r.seq,
+            time_ms: r.entry.id.ms,
+            time,
+        }
+    }
+
     fn operate(&self, state: &dyn StateView, r: &Request<'_>, operation: Operation) -> Outcome {
         let id = r.req.template_id.clone();
         let require_id = || id.clone().ok_or_else(|| "template_id is required".to_string());
         match operation {
             Operation::Create => self.create(state, r),
             Operation::Update => self.update(state, r, &require_id()?),
-            Operation::Delete => {
-                let id = require_id()?;
-                load(state, r.tenant(), &id)?;
-                let changes = vec![
-                    Change::Delete { key: key("t", r.tenant(), &[&id]) },
-                    Change::Delete { key: key("m", r.tenant(), &[&id]) },
-                ];
-                Ok((json!({"deleted": id}), Some(id), changes))
-            }
-            Operation::Retrieve => {
-                let id = require_id()?;
-                let mut record = load(state, r.tenant(), &id)?;
-                if let Some(version) = r.text("version").filter(|v| *v != record.version) {
-                    return Err(format!("version {version:?} of {id:?} is not stored (current {})", record.version));
-                }
-                // Retrieval counts as use; only the small metadata is rewritten.
-                record.meta.usage_count += 1;
-                let change = Change::Put { key: key("m", r.tenant(), &[&id]), value: json_bytes(&record.meta) };
-                Ok((serde_json::to_value(&record).unwrap_or(Value::Null), Some(id), vec![change]))
-            }
+            Operation::Delete => self.delete(state, r, &require_id()?),
+            Operation::Retrieve => self.retrieve(state, r, &require_id()?),
             Operation::Search => {
                 let query: Query =
                     serde_json::from_value(r.params.clone()).map_err(|e| format!("search parameters: {e}"))?;
-                let metas: Vec<TemplateMeta> = state
-                    .scan(&key("m", r.tenant(), &[""]))
-                    .into_iter()
-                    .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-                    .collect();
-                let page = search(&metas, &query)?;
-                Ok((serde_json::to_value(&page).unwrap_or(Value::Null), None, Vec::new()))
+                let index = self.index.tenant(state, r.tenant());
+                let page = search(index.templates.values(), &query)?;
+                Ok(Done::new(serde_json::to_value(&page).unwrap_or(Value::Null), None, Vec::new()))
             }
             Operation::Validate => {
                 let manifest = r.params.get("manifest").ok_or("parameters.manifest is required")?;
                 let report = manifest::check(manifest);
                 let passes = report.passes(self.min_score);
-                Ok((
-                    json!({"score": report.score, "failures": report.failures, "passes": passes, "min_score": self.min_score}),
-                    id,
-                    Vec::new(),
-                ))
+                let result = json!({"score": report.score, "failures": report.failures, "passes": passes, "min_score": self.min_score});
+                Ok(Done::new(result, id, Vec::new()))
             }
             Operation::Pin | Operation::Unpin => self.pin(state, r, &require_id()?, operation == Operation::Pin),
             Operation::Grant | Operation::Revoke => self.grant(r, operation == Operation::Grant),
             Operation::Versions => {
                 let id = require_id()?;
                 load(state, r.tenant(), &id)?;
-                let versions: Vec<Value> = state
-                    .scan(&key("v", r.tenant(), &[&id, ""]))
-                    .into_iter()
-                    .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-                    .collect();
-                Ok((json!({"template_id": id, "versions": versions}), Some(id), Vec::new()))
+                let versions = versions::list(state, r.tenant(), &id);
+                Ok(Done::new(json!({"template_id": id, "versions": versions}), Some(id), Vec::new()))
             }
             Operation::Unspecified => Err("the operation is not known".into()),
         }
+    }
+
+    fn delete(&self, state: &dyn StateView, r: &Request<'_>, id: &str) -> Outcome {
+        let record = load(state, r.tenant(), id)?;
+        let time = naive_time(r.entry.id.ms);
+        let (mut changes, intent) = versions::record(state, self.stamp(r, &time), &record, true);
+        changes.push(Change::Delete { key: key("t", r.tenant(), &[id]) });
+        changes.extend(self.index.change(state, r.tenant(), id, None));
+        let commit = intent.id.clone();
+        let done = Done::new(json!({"deleted": id, "commit": commit}), Some(id.to_string()), changes);
+        Ok(Done { intents: vec![intent], ..done })
+    }
+
+    /// The current template, or with `version` (semver or commit id) the one committed then.
+    fn retrieve(&self, state: &dyn StateView, r: &Request<'_>, id: &str) -> Outcome {
+        let mut record = load(state, r.tenant(), id)?;
+        // Retrieval counts as use; only the small metadata is rewritten.
+        record.meta.usage_count += 1;
+        let changes = self.index.change(state, r.tenant(), id, Some(&record.meta));
+        let result = match r.text("version").filter(|v| *v != record.version) {
+            None => serde_json::to_value(&record).unwrap_or(Value::Null),
+            Some(wanted) => {
+                let (entry, mut file) = versions::at(state, r.tenant(), id, &wanted)?;
+                if let Value::Object(map) = &mut file {
+                    map.insert("commit".into(), json!(entry.commit));
+                    map.insert("committed_at".into(), json!(entry.time));
+                }
+                file
+            }
+        };
+        Ok(Done::new(result, Some(id.to_string()), changes))
     }
 
     fn create(&self, state: &dyn StateView, r: &Request<'_>) -> Outcome {
@@ -300,17 +350,17 @@ impl Templates {
             created_by: r.req.user_id.clone(),
             ..TemplateRecord::default()
         };
-        self.apply_fields(r, record, true)
+        self.apply_fields(state, r, record, true)
     }
 
     fn update(&self, state: &dyn StateView, r: &Request<'_>, id: &str) -> Outcome {
         let record = load(state, r.tenant(), id)?;
-        self.apply_fields(r, record, false)
+        self.apply_fields(state, r, record, false)
     }
 
     /// Applies create/update parameters: missing record fields come from the manifest; a new
     /// manifest goes through the quality gate; every accepted change is a new version.
-    fn apply_fields(&self, r: &Request<'_>, mut t: TemplateRecord, creating: bool) -> Outcome {
+    fn apply_fields(&self, state: &dyn StateView, r: &Request<'_>, mut t: TemplateRecord, creating: bool) -> Outcome {
         if let Some(manifest) = r.params.get("manifest") {
             let report = manifest::check(manifest);
             if !report.passes(self.min_score) {
@@ -356,13 +406,14 @@ impl Templates {
             return Err(format!("version {:?} is not semver", t.version));
         }
         t.updated_at = r.entry.id.ms;
-        let mut changes = store(&t);
-        let version = json!({"version": t.version, "seq": r.seq, "time": naive_time(r.entry.id.ms), "request_id": r.req.request_id, "user_id": r.req.user_id});
-        changes.push(Change::Put {
-            key: key("v", r.tenant(), &[&t.meta.id, &format!("{:020}", r.seq)]),
-            value: json_bytes(&version),
-        });
-        Ok((summary(&t), Some(t.meta.id.clone()), changes))
+        let time = naive_time(r.entry.id.ms);
+        let (mut changes, intent) = versions::record(state, self.stamp(r, &time), &t, false);
+        changes.extend(self.store(state, &t));
+        let mut result = summary(&t);
+        if let Value::Object(map) = &mut result {
+            map.insert("commit".into(), json!(intent.id));
+        }
+        Ok(Done { intents: vec![intent], ..Done::new(result, Some(t.meta.id.clone()), changes) })
     }
 
     fn pin(&self, state: &dyn StateView, r: &Request<'_>, id: &str, pinned: bool) -> Outcome {
@@ -374,23 +425,20 @@ impl Templates {
         record.meta.is_pinned = pinned;
         record.meta.quality_tier = tier;
         record.pin_reason = if pinned { r.text("reason") } else { None };
-        Ok((summary(&record), Some(id.to_string()), store(&record)))
+        Ok(Done::new(summary(&record), Some(id.to_string()), self.store(state, &record)))
     }
 
     fn grant(&self, r: &Request<'_>, granting: bool) -> Outcome {
         let user = r.text("user").ok_or("parameters.user is required")?;
         let grant_key = key("g", r.tenant(), &[&user]);
         if !granting {
-            return Ok((json!({"revoked": user}), None, vec![Change::Delete { key: grant_key }]));
+            return Ok(Done::new(json!({"revoked": user}), None, vec![Change::Delete { key: grant_key }]));
         }
         let role = r
             .text("role")
             .and_then(|name| Role::parse(&name))
             .ok_or("parameters.role must be viewer, developer or admin")?;
-        Ok((
-            json!({"granted": user, "role": role.name()}),
-            None,
-            vec![Change::Put { key: grant_key, value: role.name().as_bytes().to_vec() }],
-        ))
+        let change = Change::Put { key: grant_key, value: role.name().as_bytes().to_vec() };
+        Ok(Done::new(json!({"granted": user, "role": role.name()}), None, vec![change]))
     }
 }

@@ -1,7 +1,11 @@
-//! The templates domain (issue 4). So far: the quality gate on template manifests, roles and
-//! tenancy, and search over template metadata, as pure functions.
+//! The templates domain (issue 4): the registry handler, the quality gate on manifests, roles
+//! and tenancy, search and its index, versions and their git history, all pure.
 
 pub mod access;
 pub mod handler;
+pub mod history;
+pub mod index;
 pub mod manifest;
 pub mod search;
+pub mod usage;
+pub mod versions;

@@ -22,6 +22,32 @@ pub struct TemplateMeta {
     pub created_at: u64,
 }
 
+/// A template's metadata with its text fields lowercased once, so a query over thousands of
+/// templates compares without allocating.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Indexed {
+    pub meta: TemplateMeta,
+    name: String,
+    text: String,
+    tags: Vec<String>,
+    language: String,
+    framework: String,
+}
+
+impl Indexed {
+    pub fn new(meta: TemplateMeta) -> Indexed {
+        Indexed {
+            name: meta.name.to_lowercase(),
+            // Description and category weigh the same, so one haystack serves both.
+            text: format!("{}\n{}", meta.description, meta.category).to_lowercase(),
+            tags: meta.tags.iter().map(|t| t.to_lowercase()).collect(),
+            language: meta.language.to_lowercase(),
+            framework: meta.framework.as_deref().unwrap_or("").to_lowercase(),
+            meta,
+        }
+    }
+}
+
 /// A search request's parameters.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
@@ -57,11 +83,9 @@ const LANGUAGE_SETS: [&[&str]; 5] = [
     &["go", "golang"],
 ];
 
-/// Whether a template in `language` answers a query for `wanted`.
+/// Whether a template in `language` answers a query for `wanted` (both lowercase).
 pub fn language_matches(wanted: &str, language: &str) -> bool {
-    let (wanted, language) = (wanted.to_lowercase(), language.to_lowercase());
-    wanted == language
-        || LANGUAGE_SETS.iter().any(|set| set.contains(&wanted.as_str()) && set.contains(&language.as_str()))
+    wanted == language || LANGUAGE_SETS.iter().any(|set| set.contains(&wanted) && set.contains(&language))
 }
 
 const SORT_KEYS: [&str; 5] = ["created_at", "quality_score", "usage_count", "name", "relevance"];
@@ -73,20 +97,20 @@ const TAGS: u64 = 2;
 const LANGUAGE_FRAMEWORK: u64 = 1;
 
 /// Relevance of `t` for the query words, or `None` when some word matches no field (AND).
-fn relevance(t: &TemplateMeta, words: &[String]) -> Option<u64> {
-    let contains = |field: &str, word: &str| field.to_lowercase().contains(word);
+fn relevance(t: &Indexed, words: &[String]) -> Option<u64> {
     words.iter().try_fold(0, |total, word| {
-        let weight = u64::from(contains(&t.name, word)) * NAME
-            + u64::from(contains(&t.description, word) || contains(&t.category, word)) * DESCRIPTION_CATEGORY
-            + u64::from(t.tags.iter().any(|tag| contains(tag, word))) * TAGS
-            + u64::from(contains(&t.language, word) || t.framework.as_deref().is_some_and(|f| contains(f, word)))
-                * LANGUAGE_FRAMEWORK;
+        let word = word.as_str();
+        let weight = u64::from(t.name.contains(word)) * NAME
+            + u64::from(t.text.contains(word)) * DESCRIPTION_CATEGORY
+            + u64::from(t.tags.iter().any(|tag| tag.contains(word))) * TAGS
+            + u64::from(t.language.contains(word) || t.framework.contains(word)) * LANGUAGE_FRAMEWORK;
         (weight > 0).then_some(total + weight)
     })
 }
 
-fn filters_pass(t: &TemplateMeta, q: &Query) -> bool {
-    q.language.as_deref().is_none_or(|l| language_matches(l, &t.language))
+fn filters_pass(indexed: &Indexed, q: &Query, language: Option<&str>) -> bool {
+    let t = &indexed.meta;
+    language.is_none_or(|l| language_matches(l, &indexed.language))
         && q.framework.as_deref().is_none_or(|f| t.framework.as_deref() == Some(f))
         && q.category.as_deref().is_none_or(|c| t.category == c)
         && (q.tags.is_empty() || q.tags.iter().any(|tag| t.tags.contains(tag)))
@@ -96,7 +120,7 @@ fn filters_pass(t: &TemplateMeta, q: &Query) -> bool {
 }
 
 /// Runs a query. Errors name the bad parameter.
-pub fn search<'a>(templates: &'a [TemplateMeta], q: &Query) -> Result<Page<'a>, String> {
+pub fn search<'a>(templates: impl IntoIterator<Item = &'a Indexed>, q: &Query) -> Result<Page<'a>, String> {
     let page = q.page.unwrap_or(1);
     let page_size = q.page_size.unwrap_or(20);
     if page < 1 {
@@ -112,11 +136,15 @@ pub fn search<'a>(templates: &'a [TemplateMeta], q: &Query) -> Result<Page<'a>, 
         "desc" => true,
         other => return Err(format!("sort_order {other:?} must be asc or desc")),
     };
-    let mut hits: Vec<(u64, &TemplateMeta)> =
-        templates.iter().filter(|t| filters_pass(t, q)).filter_map(|t| relevance(t, &words).map(|r| (r, t))).collect();
     if !SORT_KEYS.contains(&sort_by) {
         return Err(format!("sort_by {sort_by:?} must be one of {}", SORT_KEYS.join(", ")));
     }
+    let language = q.language.as_deref().map(str::to_lowercase);
+    let mut hits: Vec<(u64, &TemplateMeta)> = templates
+        .into_iter()
+        .filter(|t| filters_pass(t, q, language.as_deref()))
+        .filter_map(|t| relevance(t, &words).map(|r| (r, &t.meta)))
+        .collect();
     let key = |(relevance, t): &(u64, &TemplateMeta)| -> (u64, String) {
         match sort_by {
             "created_at" => (t.created_at, String::new()),
@@ -157,14 +185,17 @@ mod tests {
         }
     }
 
-    fn catalogue() -> Vec<TemplateMeta> {
-        vec![
+    fn catalogue() -> Vec<Indexed> {
+        [
             meta("t1", "fastapi-service", "python", &["rest", "docker"], 90, 10),
             meta("t2", "express-api", "javascript", &["rest"], 75, 20),
             meta("t3", "nest-service", "typescript", &["grpc"], 80, 30),
             meta("t4", "rails-app", "ruby", &["web"], 60, 40),
             meta("t5", "gin-api", "golang", &["rest", "api"], 95, 50),
         ]
+        .into_iter()
+        .map(Indexed::new)
+        .collect()
     }
 
     fn ids(page: &Page<'_>) -> Vec<String> {

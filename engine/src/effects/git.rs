@@ -114,3 +114,45 @@ impl EffectRunner for GitHistory {
         self.apply(&commit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maestro_handlers::contract::apply_changes;
+    use maestro_handlers::templates::history::{FileChange, commit};
+    use std::collections::BTreeMap;
+
+    /// Awkward ids, users and contents: libgit2 must write exactly the commit the pure
+    /// prediction named, every time.
+    #[test]
+    fn libgit2_writes_the_predicted_commits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let git = GitHistory::open(&tmp.path().join("h.git")).unwrap();
+        let mut state = BTreeMap::new();
+        let ids = ["tpl-1", "a/b/../c", "naïve id with spaces", "", "x".repeat(256).leak(), "tpl-1", "%41"];
+        let mut last = None;
+        for (i, id) in ids.iter().enumerate() {
+            let blob = (i % 3 != 2).then(|| format!("{{\"content\": \"v{i}\"}}\n").into_bytes());
+            let change = FileChange {
+                tenant: if i % 2 == 0 { "acme" } else { "we/ird tenant" },
+                template_id: id,
+                blob,
+                user: " <mallory>\nname ",
+                time_ms: 1_700_000_000_000 + i as u64 * 1_000,
+                message: format!("change {i}\n\nrequest: r-{i}\n"),
+            };
+            let (predicted, changes) = commit(&state, change);
+            apply_changes(&mut state, &changes);
+            assert_eq!(git.apply(&predicted), Ok(Ran::Done), "commit {i}");
+            assert_eq!(git.apply(&predicted), Ok(Ran::AlreadyDone), "a repeat is a no-op");
+            last = Some(predicted);
+        }
+        assert_eq!(git.heads().unwrap().len(), 2, "one branch per tenant");
+        // A commit whose parent is not the branch head is refused, naming both.
+        let mut stray = last.unwrap();
+        stray.parent = Some([7; 20]);
+        stray.id = [8; 20];
+        let error = git.apply(&stray).unwrap_err();
+        assert!(error.contains("does not match the log"), "{error}");
+    }
+}

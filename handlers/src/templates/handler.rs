@@ -71,6 +71,14 @@ pub(crate) fn key(kind: &str, tenant: &str, rest: &[&str]) -> Vec<u8> {
     key
 }
 
+/// The tenant a state key of this projection belongs to (`<kind>/<tenant>` then an optional
+/// 0 byte and more), for per-tenant hashes and exports.
+pub fn tenant_of(key: &[u8]) -> Option<&[u8]> {
+    let start = key.iter().position(|b| *b == b'/')? + 1;
+    let rest = &key[start..];
+    Some(&rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())])
+}
+
 fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }

@@ -288,7 +288,7 @@ impl Templates {
                 let query: Query =
                     serde_json::from_value(r.params.clone()).map_err(|e| format!("search parameters: {e}"))?;
                 let index = self.index.tenant(state, r.tenant());
-                let page = search(index.templates.values(), &query)?;
+                let page = search(index.as_ref(), &query)?;
                 Ok(Done::new(serde_json::to_value(&page).unwrap_or(Value::Null), None, Vec::new()))
             }
             Operation::Validate => {

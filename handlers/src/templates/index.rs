@@ -9,19 +9,143 @@
 //! handler's must, while a search over 10,000 templates reads no sled key but the version.
 
 use super::handler::key;
-use super::search::{Indexed, TemplateMeta};
+use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, TemplateMeta};
 use crate::contract::{Change, StateView};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The version of one tenant's metadata.
 pub type Version = [u8; 32];
 
-/// One tenant's templates by id, at a version.
+/// One tenant's templates at a version, with a trigram index over their searchable text.
 #[derive(Clone, Debug, Default)]
 pub struct TenantIndex {
     pub version: Version,
-    pub templates: BTreeMap<String, Indexed>,
+    docs: Vec<Option<Indexed>>,
+    slots: HashMap<String, u32>,
+    free: Vec<u32>,
+    /// Trigram -> sorted (slot, fields) of the templates whose text contains it.
+    grams: HashMap<[u8; 3], Vec<(u32, Fields)>>,
+}
+
+impl TenantIndex {
+    /// The number of templates.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The template `id`, if indexed.
+    pub fn get(&self, id: &str) -> Option<&Indexed> {
+        self.docs.get(*self.slots.get(id)? as usize)?.as_ref()
+    }
+
+    fn put(&mut self, meta: TemplateMeta) {
+        let indexed = Indexed::new(meta);
+        if let Some(&slot) = self.slots.get(&indexed.meta.id) {
+            if self.docs[slot as usize].as_ref().is_some_and(|old| old.same_text(&indexed)) {
+                // Only counters changed (a retrieve's usage count): the trigrams stay.
+                self.docs[slot as usize] = Some(indexed);
+                return;
+            }
+            self.remove(&indexed.meta.id.clone());
+        }
+        let slot = self.free.pop().unwrap_or(self.docs.len() as u32);
+        for (gram, fields) in indexed.trigrams() {
+            let postings = self.grams.entry(gram).or_default();
+            let at = postings.partition_point(|(s, _)| *s < slot);
+            postings.insert(at, (slot, fields));
+        }
+        self.slots.insert(indexed.meta.id.clone(), slot);
+        match self.docs.get_mut(slot as usize) {
+            Some(place) => *place = Some(indexed),
+            None => self.docs.push(Some(indexed)),
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(slot) = self.slots.remove(id) else { return };
+        if let Some(old) = self.docs[slot as usize].take() {
+            for gram in old.trigrams().into_keys() {
+                if let Some(postings) = self.grams.get_mut(&gram)
+                    && let Ok(at) = postings.binary_search_by_key(&slot, |(s, _)| *s)
+                {
+                    postings.remove(at);
+                }
+            }
+        }
+        self.free.push(slot);
+    }
+}
+
+impl Corpus for TenantIndex {
+    fn candidates(&self, words: &[String]) -> Vec<Candidate<'_>> {
+        // Per word: the templates holding all its trigrams, with the fields holding them all,
+        // packed four bits per word (see `Candidate`).
+        let mut matched: Option<Vec<(u32, u32)>> = None;
+        let mut unknown = u32::MAX;
+        for (i, word) in words.iter().enumerate() {
+            let Some(per_word) = self.word_candidates(word) else { continue };
+            let Some(shift) = (i < 8).then_some(4 * i as u32) else { continue };
+            unknown &= !(u32::from(ALL_FIELDS) << shift);
+            let packed = |f: Fields| u32::from(f) << shift;
+            matched = Some(match matched {
+                None => per_word.into_iter().map(|(slot, f)| (slot, packed(f))).collect(),
+                Some(mut so_far) => {
+                    so_far.retain_mut(|(slot, fields)| match per_word.binary_search_by_key(slot, |(s, _)| *s) {
+                        Ok(at) => {
+                            *fields |= packed(per_word[at].1);
+                            true
+                        }
+                        Err(_) => false,
+                    });
+                    so_far
+                }
+            });
+        }
+        let Some(slots) = matched else {
+            // No word of three bytes or more: every template is a candidate, any field.
+            return self
+                .docs
+                .iter()
+                .flatten()
+                .map(|template| Candidate { template, fields: u32::MAX, indexed: false })
+                .collect();
+        };
+        slots
+            .into_iter()
+            .filter_map(|(slot, fields)| {
+                let template = self.docs[slot as usize].as_ref()?;
+                Some(Candidate { template, fields: fields | unknown, indexed: true })
+            })
+            .collect()
+    }
+}
+
+impl TenantIndex {
+    /// The (slot, fields) holding every trigram of `word`, or `None` when it has none.
+    fn word_candidates(&self, word: &str) -> Option<Vec<(u32, Fields)>> {
+        let mut lists: Vec<&[(u32, Fields)]> = Vec::new();
+        for gram in word.as_bytes().windows(3) {
+            lists.push(self.grams.get(&[gram[0], gram[1], gram[2]]).map_or(&[][..], Vec::as_slice));
+        }
+        lists.sort_by_key(|l| l.len());
+        let (first, rest) = lists.split_first()?;
+        let mut out: Vec<(u32, Fields)> = first.to_vec();
+        for list in rest {
+            out.retain_mut(|(slot, fields)| match list.binary_search_by_key(slot, |(s, _)| *s) {
+                Ok(at) => {
+                    *fields &= list[at].1;
+                    *fields != 0
+                }
+                Err(_) => false,
+            });
+        }
+        Some(out)
+    }
 }
 
 /// The index of every tenant searched so far.
@@ -43,13 +167,13 @@ impl SearchIndex {
         if let Some(index) = tenants.get(tenant).filter(|i| i.version == version) {
             return Arc::clone(index);
         }
-        let templates = state
-            .scan(&key("m", tenant, &[""]))
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice::<TemplateMeta>(&v).ok())
-            .map(|meta| (meta.id.clone(), Indexed::new(meta)))
-            .collect();
-        let index = Arc::new(TenantIndex { version, templates });
+        let mut index = TenantIndex { version, ..TenantIndex::default() };
+        for (_, value) in state.scan(&key("m", tenant, &[""])) {
+            if let Ok(meta) = serde_json::from_slice::<TemplateMeta>(&value) {
+                index.put(meta);
+            }
+        }
+        let index = Arc::new(index);
         tenants.insert(tenant.to_string(), Arc::clone(&index));
         index
     }
@@ -70,9 +194,9 @@ impl SearchIndex {
             let index = Arc::make_mut(index);
             index.version = after;
             match meta {
-                Some(meta) => index.templates.insert(id.to_string(), Indexed::new(meta.clone())),
-                None => index.templates.remove(id),
-            };
+                Some(meta) => index.put(meta.clone()),
+                None => index.remove(id),
+            }
         }
         let meta_key = key("m", tenant, &[id]);
         vec![
@@ -89,6 +213,14 @@ impl SearchIndex {
 mod tests {
     use super::*;
     use crate::contract::apply_changes;
+    use std::collections::BTreeMap;
+
+    fn ids(index: &TenantIndex, words: &[&str]) -> Vec<String> {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        let mut ids: Vec<String> = index.candidates(&words).into_iter().map(|c| c.template.meta.id.clone()).collect();
+        ids.sort();
+        ids
+    }
 
     fn meta(id: &str, name: &str) -> TemplateMeta {
         TemplateMeta { id: id.into(), name: name.into(), ..TemplateMeta::default() }
@@ -100,20 +232,68 @@ mod tests {
         let mut state = BTreeMap::new();
         let changes = index.change(&state, "acme", "a", Some(&meta("a", "alpha")));
         apply_changes(&mut state, &changes);
-        assert_eq!(index.tenant(&state, "acme").templates.len(), 1);
+        assert_eq!(index.tenant(&state, "acme").len(), 1);
         // Changes made while the index is current update it in place.
         let changes = index.change(&state, "acme", "b", Some(&meta("b", "beta")));
         apply_changes(&mut state, &changes);
         let current = index.tenant(&state, "acme");
-        assert_eq!(current.templates.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(ids(&current, &[]), ["a", "b"]);
+        assert_eq!(ids(&current, &["lph"]), ["a"], "trigrams narrow the candidates");
+        assert_eq!(ids(&current, &["al", "zzz"]), Vec::<String>::new());
         // A change decided but never committed leaves the index ahead of the state: rebuilt.
         index.change(&state, "acme", "a", None);
-        assert_eq!(index.tenant(&state, "acme").templates.len(), 2);
+        assert_eq!(index.tenant(&state, "acme").len(), 2);
         // Another state (another store) with other content is never answered from this one.
         let mut other = BTreeMap::new();
         let changes = index.change(&other, "acme", "z", Some(&meta("z", "zeta")));
         apply_changes(&mut other, &changes);
-        assert_eq!(index.tenant(&other, "acme").templates.keys().collect::<Vec<_>>(), ["z"]);
-        assert_eq!(index.tenant(&state, "acme").templates.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(ids(&index.tenant(&other, "acme"), &[]), ["z"]);
+        assert_eq!(ids(&index.tenant(&state, "acme"), &[]), ["a", "b"]);
+    }
+
+    /// The trigram index answers exactly as a scan of every template does.
+    #[test]
+    fn index_search_equals_a_full_scan() {
+        use crate::templates::search::{Query, search};
+        let words = ["api", "service", "fast", "ml", "naïve", "worker", "grpc", "docker", "data-pipe", "x"];
+        let mut seed = 42u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let index = SearchIndex::default();
+        let mut state = BTreeMap::new();
+        let mut all = Vec::new();
+        for i in 0..400 {
+            let meta = TemplateMeta {
+                id: format!("t{i:03}"),
+                name: format!("{}-{}", words[next(10)], words[next(10)]),
+                description: format!("A {} template for {}", words[next(10)], words[next(10)]),
+                category: ["backend", "data", "ml"][next(3)].into(),
+                language: ["python", "go", "typescript"][next(3)].into(),
+                framework: [None, Some("fastapi".to_string()), Some("gin".to_string())][next(3)].clone(),
+                tags: (0..next(4)).map(|_| words[next(10)].to_string()).collect(),
+                usage_count: next(50) as u64,
+                created_at: next(1000) as u64,
+                ..TemplateMeta::default()
+            };
+            let changes = index.change(&state, "acme", &meta.id, Some(&meta));
+            apply_changes(&mut state, &changes);
+            all.push(Indexed::new(meta));
+        }
+        let tenant = index.tenant(&state, "acme");
+        let mut found = 0;
+        for _ in 0..300 {
+            let text: Vec<&str> = (0..1 + next(3)).map(|_| words[next(10)]).collect();
+            let mut query = Query { query: Some(text.join(" ").to_uppercase()), ..Query::default() };
+            query.sort_by = [None, Some("name"), Some("usage_count"), Some("relevance")][next(4)].map(str::to_string);
+            query.page_size = Some(1 + next(30) as u64);
+            query.page = Some(1 + next(3) as u64);
+            let from_index = search(tenant.as_ref(), &query).unwrap();
+            let from_scan = search(all.as_slice(), &query).unwrap();
+            assert_eq!(from_index, from_scan, "{query:?}");
+            found += usize::from(from_scan.total > 0);
+        }
+        assert!(found > 100, "only {found} queries found anything: the comparison proves little");
     }
 }

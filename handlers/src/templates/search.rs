@@ -46,6 +46,66 @@ impl Indexed {
             meta,
         }
     }
+
+    /// Whether `other` has the same searchable text (so only counters changed).
+    pub fn same_text(&self, other: &Indexed) -> bool {
+        (&self.name, &self.text, &self.tags, &self.language, &self.framework)
+            == (&other.name, &other.text, &other.tags, &other.language, &other.framework)
+    }
+
+    /// Every byte trigram of the searchable text, with the fields (a [`Fields`] mask) it occurs
+    /// in: a word can be in a field only if all of its trigrams are.
+    pub fn trigrams(&self) -> std::collections::BTreeMap<[u8; 3], Fields> {
+        let mut grams = std::collections::BTreeMap::new();
+        let fields = [(NAME_FIELD, &self.name), (TEXT_FIELD, &self.text), (LANGUAGE_FIELD, &self.language)]
+            .into_iter()
+            .chain([(LANGUAGE_FIELD, &self.framework)])
+            .chain(self.tags.iter().map(|t| (TAGS_FIELD, t)));
+        for (field, text) in fields {
+            for w in text.as_bytes().windows(3) {
+                *grams.entry([w[0], w[1], w[2]]).or_insert(0) |= field;
+            }
+        }
+        grams
+    }
+}
+
+/// A set of searchable fields, one bit each.
+pub type Fields = u8;
+pub const NAME_FIELD: Fields = 1;
+pub const TEXT_FIELD: Fields = 2;
+pub const TAGS_FIELD: Fields = 4;
+pub const LANGUAGE_FIELD: Fields = 8;
+pub const ALL_FIELDS: Fields = 15;
+
+/// A template that may match, with the fields each query word may be in: four bits per word,
+/// word `i` at bits `4i..4i+4` (words beyond the eighth may be anywhere).
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    pub template: &'a Indexed,
+    pub fields: u32,
+    /// Whether `fields` comes from a trigram index (exact for three-byte words).
+    pub indexed: bool,
+}
+
+impl Candidate<'_> {
+    /// The fields word `i` may be in.
+    pub fn fields_of(&self, i: usize) -> Fields {
+        if i < 8 { (self.fields >> (4 * i)) as Fields & ALL_FIELDS } else { ALL_FIELDS }
+    }
+}
+
+/// Where a search looks: something that narrows the templates down to those that may contain
+/// every query word. A plain slice offers all of them; the tenant index uses trigrams.
+pub trait Corpus {
+    /// A superset of the templates containing every word (lowercase), in any order.
+    fn candidates(&self, words: &[String]) -> Vec<Candidate<'_>>;
+}
+
+impl Corpus for [Indexed] {
+    fn candidates(&self, _words: &[String]) -> Vec<Candidate<'_>> {
+        self.iter().map(|template| Candidate { template, fields: u32::MAX, indexed: false }).collect()
+    }
 }
 
 /// A search request's parameters.
@@ -97,13 +157,19 @@ const TAGS: u64 = 2;
 const LANGUAGE_FRAMEWORK: u64 = 1;
 
 /// Relevance of `t` for the query words, or `None` when some word matches no field (AND).
-fn relevance(t: &Indexed, words: &[String]) -> Option<u64> {
-    words.iter().try_fold(0, |total, word| {
+fn relevance(c: &Candidate<'_>, words: &[String]) -> Option<u64> {
+    let t = c.template;
+    words.iter().enumerate().try_fold(0, |total, (i, word)| {
         let word = word.as_str();
-        let weight = u64::from(t.name.contains(word)) * NAME
-            + u64::from(t.text.contains(word)) * DESCRIPTION_CATEGORY
-            + u64::from(t.tags.iter().any(|tag| tag.contains(word))) * TAGS
-            + u64::from(t.language.contains(word) || t.framework.contains(word)) * LANGUAGE_FRAMEWORK;
+        let may = c.fields_of(i);
+        // A three-byte word is its own trigram: the index's field set is exact for it.
+        let exact = word.len() == 3 && c.indexed;
+        let has = |field: Fields, found: &dyn Fn() -> bool| may & field != 0 && (exact || found());
+        let weight = u64::from(has(NAME_FIELD, &|| t.name.contains(word))) * NAME
+            + u64::from(has(TEXT_FIELD, &|| t.text.contains(word))) * DESCRIPTION_CATEGORY
+            + u64::from(has(TAGS_FIELD, &|| t.tags.iter().any(|tag| tag.contains(word)))) * TAGS
+            + u64::from(has(LANGUAGE_FIELD, &|| t.language.contains(word) || t.framework.contains(word)))
+                * LANGUAGE_FRAMEWORK;
         (weight > 0).then_some(total + weight)
     })
 }
@@ -120,7 +186,7 @@ fn filters_pass(indexed: &Indexed, q: &Query, language: Option<&str>) -> bool {
 }
 
 /// Runs a query. Errors name the bad parameter.
-pub fn search<'a>(templates: impl IntoIterator<Item = &'a Indexed>, q: &Query) -> Result<Page<'a>, String> {
+pub fn search<'a, C: Corpus + ?Sized>(corpus: &'a C, q: &Query) -> Result<Page<'a>, String> {
     let page = q.page.unwrap_or(1);
     let page_size = q.page_size.unwrap_or(20);
     if page < 1 {
@@ -140,28 +206,38 @@ pub fn search<'a>(templates: impl IntoIterator<Item = &'a Indexed>, q: &Query) -
         return Err(format!("sort_by {sort_by:?} must be one of {}", SORT_KEYS.join(", ")));
     }
     let language = q.language.as_deref().map(str::to_lowercase);
-    let mut hits: Vec<(u64, &TemplateMeta)> = templates
+    // Each hit carries its sort key, computed once: (primary number, name, template).
+    let mut hits: Vec<(u64, &str, &Indexed)> = corpus
+        .candidates(&words)
         .into_iter()
-        .filter(|t| filters_pass(t, q, language.as_deref()))
-        .filter_map(|t| relevance(t, &words).map(|r| (r, &t.meta)))
+        .filter(|c| filters_pass(c.template, q, language.as_deref()))
+        .filter_map(|c| {
+            let relevance = relevance(&c, &words)?;
+            let t = c.template;
+            Some(match sort_by {
+                "created_at" => (t.meta.created_at, "", t),
+                "quality_score" => (t.meta.quality_score.max(0) as u64, "", t),
+                "usage_count" => (t.meta.usage_count, "", t),
+                "name" => (0, t.name.as_str(), t),
+                _ => (relevance, "", t),
+            })
+        })
         .collect();
-    let key = |(relevance, t): &(u64, &TemplateMeta)| -> (u64, String) {
-        match sort_by {
-            "created_at" => (t.created_at, String::new()),
-            "quality_score" => (t.quality_score.max(0) as u64, String::new()),
-            "usage_count" => (t.usage_count, String::new()),
-            "name" => (0, t.name.to_lowercase()),
-            _ => (*relevance, String::new()),
-        }
-    };
     // Ties fall back to the id, so the same state always pages the same way.
-    hits.sort_by(|a, b| {
-        let primary = if descending { key(b).cmp(&key(a)) } else { key(a).cmp(&key(b)) };
-        primary.then_with(|| a.1.id.cmp(&b.1.id))
-    });
+    let order = |a: &(u64, &str, &Indexed), b: &(u64, &str, &Indexed)| {
+        let primary = if descending { (b.0, b.1).cmp(&(a.0, a.1)) } else { (a.0, a.1).cmp(&(b.0, b.1)) };
+        primary.then_with(|| a.2.meta.id.cmp(&b.2.meta.id))
+    };
     let total = hits.len();
     let start = ((page - 1) * page_size) as usize;
-    let templates = hits.into_iter().skip(start).take(page_size as usize).map(|(_, t)| t).collect();
+    // Only the pages up to the asked one need ordering: select them, then sort those.
+    let wanted = start.saturating_add(page_size as usize);
+    if wanted < hits.len() {
+        hits.select_nth_unstable_by(wanted, order);
+        hits.truncate(wanted);
+    }
+    hits.sort_by(order);
+    let templates = hits.into_iter().skip(start).map(|(_, _, t)| &t.meta).collect();
     Ok(Page { total, page, page_size, templates })
 }
 
@@ -206,7 +282,7 @@ mod tests {
     fn language_variant_sets() {
         let all = catalogue();
         let by = |language: &str| {
-            ids(&search(&all, &Query { language: Some(language.into()), ..Query::default() }).unwrap())
+            ids(&search(all.as_slice(), &Query { language: Some(language.into()), ..Query::default() }).unwrap())
         };
         assert_eq!(by("py"), vec!["t1"]);
         assert_eq!(by("ts"), vec!["t3", "t2"], "js and ts share a set");
@@ -219,7 +295,8 @@ mod tests {
     #[test]
     fn every_word_must_match_and_the_name_weighs_most() {
         let all = catalogue();
-        let q = |text: &str| ids(&search(&all, &Query { query: Some(text.into()), ..Query::default() }).unwrap());
+        let q =
+            |text: &str| ids(&search(all.as_slice(), &Query { query: Some(text.into()), ..Query::default() }).unwrap());
         assert_eq!(q("service docker"), vec!["t1", "t3"], "AND over the words; both in name and description");
         // Words match inside fields: "api" is in every framework ("fastapi", weight 1), in three
         // names (8) and their descriptions (4), and in one tag (2): 15, 13, 13, 1, 1.
@@ -232,18 +309,21 @@ mod tests {
     #[test]
     fn filters_sorting_and_paging() {
         let all = catalogue();
-        let page = search(&all, &Query { tags: vec!["rest".into()], min_quality_score: Some(80), ..Query::default() })
-            .unwrap();
+        let page = search(
+            all.as_slice(),
+            &Query { tags: vec!["rest".into()], min_quality_score: Some(80), ..Query::default() },
+        )
+        .unwrap();
         assert_eq!(ids(&page), vec!["t5", "t1"], "newest first by default");
         let by_score = search(
-            &all,
+            all.as_slice(),
             &Query { sort_by: Some("quality_score".into()), sort_order: Some("asc".into()), ..Query::default() },
         )
         .unwrap();
         assert_eq!(ids(&by_score), vec!["t4", "t2", "t3", "t1", "t5"]);
-        let by_name = search(&all, &Query { sort_by: Some("name".into()), ..Query::default() }).unwrap();
+        let by_name = search(all.as_slice(), &Query { sort_by: Some("name".into()), ..Query::default() }).unwrap();
         assert_eq!(ids(&by_name), vec!["t2", "t1", "t5", "t3", "t4"]);
-        let second = search(&all, &Query { page: Some(2), page_size: Some(2), ..Query::default() }).unwrap();
+        let second = search(all.as_slice(), &Query { page: Some(2), page_size: Some(2), ..Query::default() }).unwrap();
         assert_eq!((second.total, ids(&second)), (5, vec!["t3".to_string(), "t2".to_string()]));
         for bad in [
             Query { page: Some(0), ..Query::default() },
@@ -251,7 +331,7 @@ mod tests {
             Query { sort_by: Some("size".into()), ..Query::default() },
             Query { sort_order: Some("up".into()), ..Query::default() },
         ] {
-            assert!(search(&all, &bad).is_err(), "{bad:?}");
+            assert!(search(all.as_slice(), &bad).is_err(), "{bad:?}");
         }
     }
 }

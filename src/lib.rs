@@ -1,6 +1,7 @@
 //! The `maestro` binary's library half: what the binary, the tests and the benches share.
 
 pub mod bench;
+pub mod bench_catalogue;
 pub mod demo;
 pub mod groups;
 pub mod metrics;

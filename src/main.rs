@@ -101,6 +101,8 @@ enum ReplayCommand {
 enum BenchCommand {
     /// Raw baseline (XREADGROUP -> sled batch -> flush -> XACK) against the engine, same run.
     Ingest(maestro::bench::IngestArgs),
+    /// Engine memory and create throughput with a large template catalogue (default 100,000).
+    Catalogue(maestro::bench_catalogue::CatalogueArgs),
     /// One side of `bench ingest`, run by it as a child process.
     #[command(hide = true)]
     IngestWorker(maestro::bench::WorkerArgs),
@@ -244,6 +246,7 @@ async fn main() {
         Command::Replay { which: ReplayCommand::Check { config } } => replay_check(config),
         Command::Replay { which: ReplayCommand::History { config, into } } => replay_history(config, into),
         Command::Bench { which: BenchCommand::Ingest(args) } => maestro::bench::ingest(args).await,
+        Command::Bench { which: BenchCommand::Catalogue(args) } => maestro::bench_catalogue::catalogue(args),
         Command::Bench { which: BenchCommand::IngestWorker(args) } => maestro::bench::worker(args).await,
     };
     if let Err(error) = result {

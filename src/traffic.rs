@@ -84,7 +84,8 @@ pub fn pytest_source(bytes: usize) -> String {
     src
 }
 
-fn manifest(rng: &mut Rng, name: &str) -> Value {
+/// A manifest that passes the quality gate (score 100 less what the mix leaves out).
+pub fn manifest(rng: &mut Rng, name: &str) -> Value {
     json!({
         "name": name, "version": "1.2.0", "description": "A production-ready service template with tests",
         "author": "platform-team", "engine": "jinja2",

@@ -26,6 +26,9 @@ impl std::fmt::Debug for GitHistory {
 impl GitHistory {
     /// Opens the bare repository at `path`, creating it when missing.
     pub fn open(path: &Path) -> Result<GitHistory, git2::Error> {
+        // The runner writes objects and reads back only the parent commit and two trees: a
+        // cache of loaded objects (256 MiB by default) would only hold memory.
+        git2::opts::enable_caching(false);
         let repo = match Repository::open_bare(path) {
             Ok(repo) => repo,
             Err(_) => Repository::init_bare(path)?,

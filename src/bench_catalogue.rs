@@ -1,0 +1,150 @@
+//! `maestro bench catalogue`: the engine's memory with a large template catalogue. A private
+//! redis-server gets N create requests with realistic bodies (2-60 KB, median about 12 KB) over
+//! several tenants; a `maestro run` child process builds the catalogue, its git history and the
+//! usage projection; the child's peak RSS (VmHWM) is read before it is stopped.
+
+use crate::redis_server::{RedisOptions, RedisServer};
+use crate::traffic::{Rng, manifest, publish, template_body};
+use anyhow::Context;
+use maestro_schemas::StreamSet;
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct CatalogueArgs {
+    /// Templates to create.
+    #[arg(long, default_value_t = 100_000)]
+    pub templates: u64,
+    /// Tenants they are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub tenants: u64,
+    /// Run the engine under this command (for example a profiler), split on spaces.
+    #[arg(long, hide = true)]
+    pub wrap: Option<String>,
+}
+
+/// A create request of about `bytes` of body, for tenant `t`.
+fn create(rng: &mut Rng, n: u64, tenants: u64) -> (String, Vec<(String, String)>) {
+    let size = match rng.below(10) {
+        0..=4 => 2_000 + rng.below(10_000),
+        5..=8 => 12_000 + rng.below(14_000),
+        _ => 26_000 + rng.below(34_000),
+    } as usize;
+    let name = format!("service-{n}");
+    let data = json!({
+        "request_id": format!("bench-{n}"), "template_id": format!("tpl-{n:07}"), "operation": "create",
+        "tenant_id": format!("tenant-{}", n % tenants), "user_id": "owner",
+        "parameters": {"name": name, "content": template_body(rng, size), "manifest": manifest(rng, &name)},
+    });
+    (StreamSet::default().templates_requests, vec![("data".into(), data.to_string())])
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn results_len(conn: &mut redis::Connection) -> u64 {
+    redis::cmd("XLEN").arg(StreamSet::default().templates_results).query(conn).unwrap_or(0)
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+fn stop(mut child: Child) -> anyhow::Result<()> {
+    // SIGTERM: the engine finishes its batch and exits cleanly.
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "the engine exited with {status}");
+    Ok(())
+}
+
+pub fn catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
+    let server = RedisServer::start(RedisOptions::default()).context("starting a private redis-server")?;
+    let data = tempfile::Builder::new().prefix("maestro-bench-catalogue-").tempdir()?;
+    let admins: Vec<String> = (0..args.tenants).map(|t| format!("tenant-{t}:owner")).collect();
+    let exe = std::env::current_exe()?;
+    let mut command = match &args.wrap {
+        Some(wrap) => {
+            let mut parts = wrap.split_whitespace();
+            let mut command = Command::new(parts.next().context("--wrap is empty")?);
+            command.args(parts).arg(&exe);
+            command
+        }
+        None => Command::new(&exe),
+    };
+    let child = command
+        .args(["run", "--redis-url", &server.url(), "--data-dir"])
+        .arg(data.path())
+        .env("MAESTRO_ADMINS", admins.join(","))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the engine")?;
+    let pid = child.id();
+    let mut conn = redis::Client::open(server.url())?.get_connection()?;
+    let started = Instant::now();
+    let (mut rng, mut sent, mut body_bytes, mut peak_seen) = (Rng::new(7), 0u64, 0u64, 0u64);
+    while sent < args.templates {
+        let chunk: Vec<_> =
+            (sent..(sent + 200).min(args.templates)).map(|n| create(&mut rng, n, args.tenants)).collect();
+        body_bytes += chunk.iter().map(|(_, f)| f[0].1.len() as u64).sum::<u64>();
+        publish(&mut conn, &chunk)?;
+        sent += chunk.len() as u64;
+        peak_seen = peak_seen.max(proc_status(pid, "VmRSS:"));
+        // Keep the producer at most 20,000 requests ahead, as a steady stream of creates.
+        while sent - results_len(&mut conn) > 20_000 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while results_len(&mut conn) < args.templates {
+        anyhow::ensure!(Instant::now() < deadline, "the engine did not answer every create within 30 minutes");
+        peak_seen = peak_seen.max(proc_status(pid, "VmRSS:"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = started.elapsed();
+    let peak = proc_status(pid, "VmHWM:");
+    stop(child)?;
+    let ok: u64 = {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(StreamSet::default().templates_results)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)?;
+        reply
+            .ids
+            .iter()
+            .filter(|e| e.get::<String>("data").is_some_and(|d| d.contains("\"status\":\"success\"")))
+            .count() as u64
+    };
+    println!(
+        "{} creates ({:.2} GB of request JSON, bodies 2-60 KB) over {} tenants in {:.1} s: {:.0} creates/s",
+        args.templates,
+        body_bytes as f64 / 1e9,
+        args.tenants,
+        elapsed.as_secs_f64(),
+        args.templates as f64 / elapsed.as_secs_f64()
+    );
+    println!("engine peak RSS (VmHWM) {} MiB; highest RSS sampled {} MiB", peak / 1024, peak_seen / 1024);
+    println!(
+        "data dir {:.2} GB (log + projections {:.2} GB, history.git {:.2} GB); last 1000 answers: {ok} successes",
+        dir_bytes(data.path()) as f64 / 1e9,
+        dir_bytes(&data.path().join("db")) as f64 / 1e9,
+        dir_bytes(&data.path().join("history.git")) as f64 / 1e9,
+    );
+    Ok(())
+}

@@ -136,12 +136,17 @@ impl TenantIndex {
         let (first, rest) = lists.split_first()?;
         let mut out: Vec<(u32, Fields)> = first.to_vec();
         for list in rest {
-            out.retain_mut(|(slot, fields)| match list.binary_search_by_key(slot, |(s, _)| *s) {
-                Ok(at) => {
-                    *fields &= list[at].1;
-                    *fields != 0
+            let mut at = 0;
+            // A merge of two slot-sorted lists, linear in both.
+            out.retain_mut(|(slot, fields)| {
+                while at < list.len() && list[at].0 < *slot {
+                    at += 1;
                 }
-                Err(_) => false,
+                let found = at < list.len() && list[at].0 == *slot;
+                if found {
+                    *fields &= list[at].1;
+                }
+                found && *fields != 0
             });
         }
         Some(out)

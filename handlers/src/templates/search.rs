@@ -32,11 +32,17 @@ pub struct Indexed {
     tags: Vec<String>,
     language: String,
     framework: String,
+    /// The id's first 16 bytes as a big-endian number: orders like the id, except for ties.
+    id_prefix: u128,
 }
 
 impl Indexed {
     pub fn new(meta: TemplateMeta) -> Indexed {
+        let mut prefix = [0u8; 16];
+        let n = meta.id.len().min(16);
+        prefix[..n].copy_from_slice(&meta.id.as_bytes()[..n]);
         Indexed {
+            id_prefix: u128::from_be_bytes(prefix),
             name: meta.name.to_lowercase(),
             // Description and category weigh the same, so one haystack serves both.
             text: format!("{}\n{}", meta.description, meta.category).to_lowercase(),
@@ -226,7 +232,7 @@ pub fn search<'a, C: Corpus + ?Sized>(corpus: &'a C, q: &Query) -> Result<Page<'
     // Ties fall back to the id, so the same state always pages the same way.
     let order = |a: &(u64, &str, &Indexed), b: &(u64, &str, &Indexed)| {
         let primary = if descending { (b.0, b.1).cmp(&(a.0, a.1)) } else { (a.0, a.1).cmp(&(b.0, b.1)) };
-        primary.then_with(|| a.2.meta.id.cmp(&b.2.meta.id))
+        primary.then_with(|| a.2.id_prefix.cmp(&b.2.id_prefix)).then_with(|| a.2.meta.id.cmp(&b.2.meta.id))
     };
     let total = hits.len();
     let start = ((page - 1) * page_size) as usize;

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod groups;
 pub mod metrics;
 pub mod redis_server;
+pub mod replay_cli;
 pub mod report;
 pub mod settings;
 pub mod traffic;

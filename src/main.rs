@@ -59,10 +59,23 @@ enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
-    /// Check every record's checksum and the hash chain; exit non-zero naming the first bad seq.
+    /// Check every record's checksum and the hash chain, the head against anchors kept outside
+    /// the data dir, the dedup index and cursors against the records, and that a replay of the
+    /// log gives every projection its live state hash. Exit non-zero naming the first bad seq,
+    /// index entry or projection.
     Verify {
-        #[arg(long, value_name = "DIR", default_value = "./maestro-data")]
-        data_dir: PathBuf,
+        /// The engine's settings and `--data-dir` (a replay needs the streams it ran with).
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The engine's `anchor_file`: its `<seq> <hash>` must be in the log.
+        #[arg(long, value_name = "FILE")]
+        anchor_file: Option<PathBuf>,
+        /// A Redis holding the engine's anchor key (`maestro:engine:<group>:anchor:<consumer>`).
+        #[arg(long, value_name = "URL")]
+        anchor_redis: Option<String>,
+        /// Only the checksums, chain and anchors: no index check, no replay.
+        #[arg(long)]
+        chain_only: bool,
     },
     /// Offline tools that replay the log (no Redis needed; the engine must not hold the dir).
     Replay {
@@ -94,6 +107,48 @@ enum ReplayCommand {
         /// Where to write the rebuilt bare repository (must not exist yet).
         #[arg(long, value_name = "DIR")]
         into: PathBuf,
+    },
+    /// Print a projection's state as canonical JSON, as of a log position or time (default:
+    /// the head), optionally only one tenant's keys; `--list` prints the projection names.
+    State {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        projection: Option<String>,
+        /// A seq, or a time like 2026-11-28T10:00:00Z (the last record at or before it).
+        #[arg(long, value_name = "SEQ|TIME", conflicts_with = "until")]
+        at: Option<maestro::replay_cli::At>,
+        /// A time: the state after the last record at or before it.
+        #[arg(long, value_name = "TIME")]
+        until: Option<maestro::replay_cli::At>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        list: bool,
+    },
+    /// The keys that differ between two log positions or times of this data dir, or between
+    /// two data dirs (give their paths): one JSON line per key, with before and after.
+    Diff {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, value_name = "SEQ|TIME|DIR")]
+        from: String,
+        #[arg(long, value_name = "SEQ|TIME|DIR")]
+        to: String,
+        #[arg(long)]
+        projection: Option<String>,
+    },
+    /// The records that wrote a key of a projection (the last one produced its current value),
+    /// as JSON lines. Keys as `replay state` prints them.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        projection: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, value_name = "SEQ|TIME")]
+        at: Option<maestro::replay_cli::At>,
     },
 }
 
@@ -156,12 +211,57 @@ fn export(data_dir: PathBuf, from: u64, to: Option<u64>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(data_dir: PathBuf) -> anyhow::Result<()> {
-    let report = maestro_replay::verify(&data_dir)?;
+fn verify(
+    config: ConfigArgs,
+    anchor_file: Option<PathBuf>,
+    anchor_redis: Option<String>,
+    chain_only: bool,
+) -> anyhow::Result<()> {
+    let config = settings::load(&config)?;
+    let (dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let report = maestro_replay::verify_log(&log)?;
     println!(
         "ok: {} records, checksums and chain intact; head seq {} hash {}",
         report.records, report.head_seq, report.head_hash
     );
+    let check = |text: &str, what: &str| -> anyhow::Result<()> {
+        let (seq, hash) = text.trim().split_once(' ').with_context(|| format!("{what} is not `<seq> <hash>`"))?;
+        let seq: u64 = seq.parse().with_context(|| format!("{what}: seq {seq:?}"))?;
+        log.check_point(seq, hash, what)?;
+        println!("ok: the log holds record {seq} as the {what} names it");
+        Ok(())
+    };
+    if let Some(file) = &anchor_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        check(&text, &format!("anchor file {}", file.display()))?;
+    }
+    if let Some(url) = &anchor_redis {
+        let consumer = dir.consumer_name(|| String::new())?;
+        let key = config.anchor_key(&consumer);
+        let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+        let text: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn)?;
+        check(&text.with_context(|| format!("no anchor at {key} in {url}"))?, &format!("redis anchor {key}"))?;
+    }
+    if chain_only {
+        return Ok(());
+    }
+    let entries = maestro_replay::verify_indexes(&log)?;
+    println!("ok: dedup index and stream cursors agree with the {entries} entry records");
+    let scratch = tempfile::tempdir()?;
+    let handlers = maestro::handlers(&config);
+    let comparisons = maestro_replay::rebuild::replay_equals_live(&log, &config, handlers, scratch.path())?;
+    for c in &comparisons {
+        anyhow::ensure!(
+            c.equal(),
+            "projection {}: live state hash {} at seq {}, a replay of the log gives {}",
+            c.projection,
+            c.live,
+            c.position,
+            c.rebuilt
+        );
+    }
+    let names: Vec<&str> = comparisons.iter().map(|c| c.projection.as_str()).collect();
+    println!("ok: a replay of the log gives the live state hash of {}", names.join(", "));
     Ok(())
 }
 
@@ -242,9 +342,20 @@ async fn main() {
         Command::Run { config, http } => run(config, http, shutdown).await,
         Command::Demo(args) => maestro::demo::demo(args).await,
         Command::Export { data_dir, from, to } => export(data_dir, from, to),
-        Command::Verify { data_dir } => verify(data_dir),
+        Command::Verify { config, anchor_file, anchor_redis, chain_only } => {
+            verify(config, anchor_file, anchor_redis, chain_only)
+        }
         Command::Replay { which: ReplayCommand::Check { config } } => replay_check(config),
         Command::Replay { which: ReplayCommand::History { config, into } } => replay_history(config, into),
+        Command::Replay { which: ReplayCommand::State { config, projection, at, until, tenant, list } } => {
+            maestro::replay_cli::state(config, projection, at.or(until), tenant, list)
+        }
+        Command::Replay { which: ReplayCommand::Diff { config, from, to, projection } } => {
+            maestro::replay_cli::diff(config, from, to, projection)
+        }
+        Command::Replay { which: ReplayCommand::Explain { config, projection, key, at } } => {
+            maestro::replay_cli::explain(config, projection, key, at)
+        }
         Command::Bench { which: BenchCommand::Ingest(args) } => maestro::bench::ingest(args).await,
         Command::Bench { which: BenchCommand::Catalogue(args) } => maestro::bench_catalogue::catalogue(args),
         Command::Bench { which: BenchCommand::IngestWorker(args) } => maestro::bench::worker(args).await,

@@ -40,6 +40,13 @@ pub struct EngineConfig {
     pub dead_letter_maxlen: u64,
     /// Bootstrap admins of the template registry, as `tenant:user`; later grants are events.
     pub admins: Vec<String>,
+    /// A file outside the data dir where the engine keeps `<seq> <hash>` of the log's head, for
+    /// `maestro verify --anchor-file` to catch truncation or a rewritten chain.
+    pub anchor_file: Option<PathBuf>,
+    /// Whether the head is also kept in Redis, at `maestro:engine:<group>:anchor:<consumer>`.
+    pub anchor_redis: bool,
+    /// How often the external anchors are written (and at every clean stop).
+    pub anchor_interval_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -61,11 +68,19 @@ impl Default for EngineConfig {
             checkpoint_every: 10_000,
             dead_letter_maxlen: 100_000,
             admins: Vec::new(),
+            anchor_file: None,
+            anchor_redis: true,
+            anchor_interval_ms: 10_000,
         }
     }
 }
 
 impl EngineConfig {
+    /// The Redis key of a consumer's external anchor.
+    pub fn anchor_key(&self, consumer: &str) -> String {
+        format!("maestro:engine:{}:anchor:{consumer}", self.group)
+    }
+
     /// The bootstrap admins as (tenant, user).
     pub fn admin_pairs(&self) -> Vec<(String, String)> {
         self.admins.iter().filter_map(|a| a.split_once(':')).map(|(t, u)| (t.to_string(), u.to_string())).collect()

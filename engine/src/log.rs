@@ -295,9 +295,15 @@ impl Log {
     /// one: a log that sled recovered shorter, or a record replaced under the anchor, is named.
     pub fn check_anchor(&self) -> Result<()> {
         let Some((seq, hash)) = self.anchor()? else { return Ok(()) };
+        self.check_point(seq, &hash, "head anchor")
+    }
+
+    /// Checks that the log holds record `seq` with hash `hash` (hex), as an anchor kept outside
+    /// the data dir (`what` names it) recorded: truncation and a rewritten chain are named.
+    pub fn check_point(&self, seq: u64, hash: &str, what: &str) -> Result<()> {
         if self.head_seq < seq {
             return Err(EngineError::Damaged(format!(
-                "record {}: missing; the log ends at seq {} but its head anchor records seq {seq}: records were lost",
+                "record {}: missing; the log ends at seq {} but its {what} records seq {seq}: records were lost",
                 self.head_seq + 1,
                 self.head_seq
             )));
@@ -308,7 +314,7 @@ impl Log {
         let stored =
             self.db.get(log_key(seq))?.ok_or_else(|| EngineError::Damaged(format!("record {seq}: missing")))?;
         if hex(&hash_stored(&stored)) != hash {
-            return Err(EngineError::Damaged(format!("record {seq}: differs from the one its head anchor names")));
+            return Err(EngineError::Damaged(format!("record {seq}: differs from the one its {what} names")));
         }
         Ok(())
     }

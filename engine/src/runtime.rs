@@ -130,7 +130,17 @@ async fn session(
     );
     let ingest =
         Ingest { streams: config.streams.clone(), limits: config.limits, max_deliveries: config.max_deliveries };
-    let mut cycle = Cycle { config: config.clone(), log, dispatcher, effects, ingest, source, status: status.clone() };
+    let mut cycle = Cycle {
+        config: config.clone(),
+        log,
+        dispatcher,
+        effects,
+        ingest,
+        anchored: None,
+        anchored_head: None,
+        source,
+        status: status.clone(),
+    };
     cycle.follow(shutdown).await
 }
 
@@ -194,6 +204,9 @@ struct Cycle {
     dispatcher: Dispatcher,
     effects: Effects,
     ingest: Ingest,
+    /// When and at which head the external anchors were last written.
+    anchored: Option<Instant>,
+    anchored_head: Option<(u64, [u8; 32])>,
     source: Source,
     status: Arc<Status>,
 }
@@ -243,7 +256,8 @@ impl Cycle {
         loop {
             if stopping(shutdown) {
                 let rest = reads.finish().await;
-                return self.run_batch(rest).await;
+                self.run_batch(rest).await?;
+                return self.anchor(true).await;
             }
             let entries = tokio::select! {
                 read = reads.next() => read,
@@ -251,7 +265,8 @@ impl Cycle {
                     // Entries Redis already delivered are recorded and acknowledged, not left
                     // pending for the next start.
                     let rest = reads.finish().await;
-                    return self.run_batch(rest).await;
+                    self.run_batch(rest).await?;
+                    return self.anchor(true).await;
                 }
             };
             let entries = match entries {
@@ -269,6 +284,7 @@ impl Cycle {
             let full = self.source.count() * self.source.config().streams.len();
             Status::set(&self.status.caught_up, entries.len() < full);
             self.run_batch(entries).await?;
+            self.anchor(false).await?;
             if Instant::now() >= next_claim {
                 self.claim_idle().await?;
                 next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
@@ -278,6 +294,31 @@ impl Cycle {
                 next_info = Instant::now() + Duration::from_millis(self.config.info_interval_ms);
             }
         }
+    }
+
+    /// Writes the log's head `(seq, hash)` outside the data dir (the configured file, and a
+    /// Redis key), at most every `anchor_interval_ms` unless `force`d: a later `maestro verify`
+    /// given either catches a truncated or rewritten log.
+    async fn anchor(&mut self, force: bool) -> Result<()> {
+        let due = self.anchored.is_none_or(|at| at.elapsed() >= Duration::from_millis(self.config.anchor_interval_ms));
+        let head = (self.log.head_seq(), self.log.head_hash());
+        if !(force || due) || head.0 == 0 || self.anchored_head == Some(head) {
+            return Ok(());
+        }
+        let text = format!("{} {}", head.0, maestro_schemas::record::hex(&head.1));
+        if let Some(path) = &self.config.anchor_file {
+            let tmp = path.with_extension("tmp");
+            let io = |source| EngineError::DataDir { path: path.clone(), source };
+            std::fs::write(&tmp, format!("{text}\n")).map_err(io)?;
+            std::fs::rename(&tmp, path).map_err(io)?;
+        }
+        if self.config.anchor_redis {
+            let key = self.config.anchor_key(&self.source.config().consumer);
+            self.source.set(&key, &text).await?;
+        }
+        self.anchored = Some(Instant::now());
+        self.anchored_head = Some(head);
+        Ok(())
     }
 
     async fn drain_pending(&mut self, shutdown: &Shutdown) -> Result<()> {

@@ -249,6 +249,12 @@ impl Source {
     }
 
     /// Answers PING.
+    /// Sets `key` to `value` (the external chain anchor).
+    pub async fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let _: () = self.run(redis::cmd("SET").arg(key).arg(value)).await?;
+        Ok(())
+    }
+
     pub async fn ping(&mut self) -> Result<()> {
         let _: String = self.run(&redis::cmd("PING")).await?;
         Ok(())

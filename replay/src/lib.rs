@@ -2,6 +2,7 @@
 //! talk to Redis, so they work on a copy of a data dir on a machine with no server.
 
 pub mod rebuild;
+pub mod state;
 
 use maestro_engine::datadir::DataDir;
 use maestro_engine::error::EngineError;
@@ -23,6 +24,8 @@ pub enum ReplayError {
     Output(#[from] std::io::Error),
     #[error("history repository: {0}")]
     History(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub type Result<T> = std::result::Result<T, ReplayError>;
@@ -120,7 +123,44 @@ pub struct VerifyReport {
 /// anchor; the error names the first bad seq.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
     let (_dir, log) = open_log(data_dir)?;
+    verify_log(&log)
+}
+
+/// [`verify`] on an open log.
+pub fn verify_log(log: &Log) -> Result<VerifyReport> {
     let summary = log.verify(1, log.head_seq())?;
     log.check_anchor()?;
     Ok(VerifyReport { records: summary.records, head_seq: log.head_seq(), head_hash: hex(&summary.head_hash) })
+}
+
+/// Checks that the derived indexes agree with the records: the dedup index finds every entry
+/// record at its seq, and each stream's cursor is the highest entry id recorded for it.
+pub fn verify_indexes(log: &Log) -> Result<u64> {
+    let mut highest: std::collections::BTreeMap<String, maestro_schemas::EntryId> = Default::default();
+    let mut checked = 0;
+    for record in log.range(1, log.head_seq()) {
+        let record = record?;
+        let Body::Entry(entry) = &record.body else { continue };
+        let found = log.seen(&entry.stream, entry.id)?;
+        if found != Some(record.seq) {
+            return Err(EngineError::Damaged(format!(
+                "dedup index entry {} {}: points at {found:?}, the record is seq {}",
+                entry.stream, entry.id, record.seq
+            ))
+            .into());
+        }
+        let top = highest.entry(entry.stream.clone()).or_insert(entry.id);
+        *top = (*top).max(entry.id);
+        checked += 1;
+    }
+    for (stream, id) in &highest {
+        let cursor = log.cursor(stream)?;
+        if cursor != Some(*id) {
+            return Err(EngineError::Damaged(format!(
+                "stream cursor {stream}: {cursor:?}, the highest recorded entry is {id}"
+            ))
+            .into());
+        }
+    }
+    Ok(checked)
 }

@@ -32,6 +32,36 @@ pub fn format_utc_ms(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
+/// Parses a UTC time as `maestro` prints it (`2026-11-28T07:40:23.123Z`; seconds, fraction and
+/// `Z` optional, a space allowed instead of `T`) or plain Unix milliseconds, into Unix
+/// milliseconds. `None` names nothing it could mean.
+pub fn parse_utc_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    let text = text.strip_suffix('Z').unwrap_or(text);
+    let (date, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00"));
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut clock = clock.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (clock.next()??, clock.next().unwrap_or(Some(0))?, clock.next().unwrap_or(Some(0))?);
+    let milli: i64 = format!("{fraction:0<3}").get(..3)?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil algorithm.
+    let y = year - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400_000 + h * 3_600_000 + m * 60_000 + s * 1000 + milli).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +82,18 @@ mod tests {
         assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_utc_ms(1_795_851_623_123), "2026-11-28T07:40:23.123Z");
         assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for ms in [0, 951_782_400_000, 1_795_851_623_123, 4_102_444_799_999] {
+            assert_eq!(parse_utc_ms(&format_utc_ms(ms)), Some(ms));
+        }
+        assert_eq!(parse_utc_ms("2026-11-28"), parse_utc_ms("2026-11-28T00:00:00Z"));
+        assert_eq!(parse_utc_ms("2026-11-28 07:40"), parse_utc_ms("2026-11-28T07:40:00.000Z"));
+        assert_eq!(parse_utc_ms("1795851623123"), Some(1_795_851_623_123));
+        for bad in ["", "yesterday", "2026-13-01", "2026-11-28T25:00", "2026-11"] {
+            assert_eq!(parse_utc_ms(bad), None, "{bad}");
+        }
     }
 }

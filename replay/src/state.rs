@@ -1,0 +1,262 @@
+//! A projection's state as of any log position, canonical JSON for it, differences between two
+//! states, and the records that produced a key: `maestro replay state`, `diff`, `explain`.
+
+use crate::Result;
+use crate::rebuild::rebuild;
+use maestro_engine::config::EngineConfig;
+use maestro_engine::log::Log;
+use maestro_handlers::{Change, Decision, Event, Handler, HandlerError, StateView};
+use maestro_schemas::Body;
+use maestro_schemas::record::hex;
+use serde_json::{Map, Value, json};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Key/value pairs of one projection, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One projection's state at a log position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub projection: String,
+    pub seq: u64,
+    pub entries: Entries,
+}
+
+impl Snapshot {
+    /// The state hash, computed as the engine's store computes it.
+    pub fn hash(&self) -> String {
+        hash_of(self.entries.iter())
+    }
+
+    /// Canonical JSON: the same state always prints the same bytes. Keys are JSON strings (a 0
+    /// byte between parts prints as `\u0000`), values are JSON when they are JSON. With a
+    /// filter, `state_hash` covers the printed keys and `projection_hash` the whole state.
+    pub fn to_json(&self, keep: impl Fn(&[u8]) -> bool) -> Value {
+        let kept: Vec<&(Vec<u8>, Vec<u8>)> = self.entries.iter().filter(|(k, _)| keep(k)).collect();
+        let mut state = Map::new();
+        for (key, value) in &kept {
+            state.insert(key_text(key), value_json(value));
+        }
+        json!({
+            "projection": self.projection,
+            "seq": self.seq,
+            "state_hash": hash_of(kept.into_iter()),
+            "projection_hash": self.hash(),
+            "state": state,
+        })
+    }
+}
+
+fn hash_of<'a>(entries: impl Iterator<Item = &'a (Vec<u8>, Vec<u8>)>) -> String {
+    let mut hasher = blake3::Hasher::new();
+    {
+        for (key, value) in entries {
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key);
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value);
+        }
+    }
+    hex(hasher.finalize().as_bytes())
+}
+
+/// A key as text: UTF-8 as is, anything else as `hex:` and its bytes.
+pub fn key_text(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("hex:{}", bytes_hex(key)),
+    }
+}
+
+fn bytes_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a key as `key_text` prints it.
+pub fn key_bytes(text: &str) -> Vec<u8> {
+    let from_hex = |h: &str| -> Option<Vec<u8>> {
+        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect()
+    };
+    text.strip_prefix("hex:").and_then(from_hex).unwrap_or_else(|| text.as_bytes().to_vec())
+}
+
+/// A value as JSON: parsed when it is JSON, else a string, else `{"hex": ...}`.
+pub fn value_json(value: &[u8]) -> Value {
+    if let Ok(parsed) = serde_json::from_slice::<Value>(value) {
+        return parsed;
+    }
+    match std::str::from_utf8(value) {
+        Ok(text) => Value::String(text.to_string()),
+        Err(_) => json!({ "hex": bytes_hex(value) }),
+    }
+}
+
+/// The handler named `name` among `handlers`.
+pub fn find(handlers: Vec<Arc<dyn Handler>>, name: &str) -> Result<Arc<dyn Handler>> {
+    let names: Vec<&str> = handlers.iter().map(|h| h.name()).collect();
+    let list = names.join(", ");
+    handlers
+        .into_iter()
+        .find(|h| h.name() == name)
+        .ok_or_else(|| crate::ReplayError::Usage(format!("no projection {name:?}; the projections are: {list}")))
+}
+
+/// The seq of the last record at or before `time_ms` (records without a time of their own
+/// take their predecessor's).
+pub fn seq_at_time(log: &Log, time_ms: u64) -> Result<u64> {
+    let mut last = 0;
+    for record in log.range(1, log.head_seq()) {
+        let record = record?;
+        let time = match &record.body {
+            Body::Entry(entry) => Some(entry.id.ms),
+            Body::Clock { time_ms } => Some(*time_ms),
+            Body::Quarantine { .. } | Body::Config { .. } => None,
+        };
+        if time.is_some_and(|t| t > time_ms) {
+            break;
+        }
+        last = record.seq;
+    }
+    Ok(last)
+}
+
+/// Projection `handler`'s state after record `seq`, rebuilt from the log.
+pub fn state_at(
+    log: &Log,
+    config: &EngineConfig,
+    handler: Arc<dyn Handler>,
+    seq: u64,
+    scratch: &Path,
+) -> Result<Snapshot> {
+    let name = handler.name();
+    let seq = seq.min(log.head_seq());
+    let rebuilt = rebuild(log, config, vec![handler], seq, scratch)?;
+    Ok(Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? })
+}
+
+/// One key that differs between two states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    pub key: Vec<u8>,
+    pub before: Option<Vec<u8>>,
+    pub after: Option<Vec<u8>>,
+}
+
+/// The keys whose values differ between `before` and `after` (both in key order).
+pub fn diff(before: &Entries, after: &Entries) -> Vec<KeyChange> {
+    let (mut a, mut b) = (before.iter().peekable(), after.iter().peekable());
+    let mut out = Vec::new();
+    loop {
+        let change = match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some((ka, _)), Some((kb, _))) if ka == kb => {
+                let ((key, va), (_, vb)) =
+                    (a.next().cloned().unwrap_or_default(), b.next().cloned().unwrap_or_default());
+                (va != vb).then_some(KeyChange { key, before: Some(va), after: Some(vb) })
+            }
+            (Some((ka, _)), Some((kb, _))) if ka < kb => a.next().map(|(k, v)| removed(k, v)),
+            (Some(_), None) => a.next().map(|(k, v)| removed(k, v)),
+            _ => b.next().map(|(k, v)| KeyChange { key: k.clone(), before: None, after: Some(v.clone()) }),
+        };
+        out.extend(change);
+    }
+}
+
+fn removed(key: &[u8], value: &[u8]) -> KeyChange {
+    KeyChange { key: key.to_vec(), before: Some(value.to_vec()), after: None }
+}
+
+impl KeyChange {
+    pub fn to_json(&self, projection: &str) -> Value {
+        json!({
+            "projection": projection,
+            "key": key_text(&self.key),
+            "before": self.before.as_deref().map(value_json),
+            "after": self.after.as_deref().map(value_json),
+        })
+    }
+}
+
+/// Wraps a handler and notes every record whose decision changed `key`.
+struct Tracing {
+    inner: Arc<dyn Handler>,
+    key: Vec<u8>,
+    seen: Mutex<Vec<(u64, bool)>>,
+}
+
+impl Handler for Tracing {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn sees_own_outputs(&self) -> bool {
+        self.inner.sees_own_outputs()
+    }
+
+    fn handle(&self, state: &dyn StateView, event: Event<'_>) -> std::result::Result<Decision, HandlerError> {
+        let decision = self.inner.handle(state, event)?;
+        for change in &decision.changes {
+            let (key, deleted) = match change {
+                Change::Put { key, .. } => (key, false),
+                Change::Delete { key } => (key, true),
+            };
+            if *key == self.key {
+                self.seen.lock().unwrap_or_else(PoisonError::into_inner).push((event.seq(), deleted));
+            }
+        }
+        Ok(decision)
+    }
+}
+
+/// The records that wrote a key, as (seq, deleted), and its current value.
+pub type Explained = (Vec<(u64, bool)>, Option<Vec<u8>>);
+
+/// Why a key holds its value: every record that wrote it (`deleted` when it removed it), in log
+/// order, up to `seq`. The last one produced the current value.
+pub fn explain(
+    log: &Log,
+    config: &EngineConfig,
+    handler: Arc<dyn Handler>,
+    key: &[u8],
+    seq: u64,
+    scratch: &Path,
+) -> Result<Explained> {
+    let name = handler.name();
+    let tracing = Arc::new(Tracing { inner: handler, key: key.to_vec(), seen: Mutex::new(Vec::new()) });
+    let rebuilt = rebuild(log, config, vec![tracing.clone() as Arc<dyn Handler>], seq, scratch)?;
+    let current = rebuilt.store.entries(name)?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let seen = std::mem::take(&mut *tracing.seen.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok((seen, current))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(&str, &str)]) -> Entries {
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn diff_names_added_removed_and_changed_keys() {
+        let before = entries(&[("a", "1"), ("b", "2"), ("d", "4")]);
+        let after = entries(&[("b", "2"), ("c", "3"), ("d", "5")]);
+        let changes = diff(&before, &after);
+        let keys: Vec<(&[u8], bool, bool)> =
+            changes.iter().map(|c| (c.key.as_slice(), c.before.is_some(), c.after.is_some())).collect();
+        assert_eq!(keys, [(&b"a"[..], true, false), (&b"c"[..], false, true), (&b"d"[..], true, true)]);
+        assert!(diff(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn keys_print_and_parse_back() {
+        for key in [&b"t/acme\0tpl-1"[..], &[0xff, 0, 1][..], b""] {
+            assert_eq!(key_bytes(&key_text(key)), key);
+        }
+        let snapshot = Snapshot { projection: "p".into(), seq: 3, entries: entries(&[("k", "{\"n\":1}"), ("s", "x")]) };
+        let text = snapshot.to_json(|_| true).to_string();
+        assert_eq!(text, snapshot.to_json(|_| true).to_string(), "canonical: the same bytes every time");
+        assert!(text.contains("\"k\":{\"n\":1}") && text.contains("\"s\":\"x\""), "{text}");
+    }
+}

@@ -1,0 +1,160 @@
+//! `maestro replay state | diff | explain`: the auditor's questions, answered from the log.
+
+use crate::settings::{self, ConfigArgs};
+use anyhow::Context;
+use maestro_handlers::templates::handler::tenant_of;
+use maestro_replay::state::{self, KeyChange, Snapshot};
+use maestro_schemas::ids::parse_utc_ms;
+use std::path::{Path, PathBuf};
+
+/// Prints one line to stdout; a reader that went away (`| head`) ends the command quietly.
+fn emit(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+/// A log position given as a seq (`1234`) or a time (`2026-11-28T10:00:00Z`).
+#[derive(Clone, Debug)]
+pub enum At {
+    Seq(u64),
+    Time(u64),
+}
+
+impl std::str::FromStr for At {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<At, String> {
+        // Plain digits are a seq; Unix milliseconds are written as a time instead.
+        if let Ok(seq) = text.parse() {
+            return Ok(At::Seq(seq));
+        }
+        parse_utc_ms(text)
+            .map(At::Time)
+            .ok_or_else(|| format!("{text:?} is neither a seq nor a time like 2026-11-28T10:00:00Z"))
+    }
+}
+
+fn seq_of(log: &maestro_engine::log::Log, at: Option<&At>) -> anyhow::Result<u64> {
+    Ok(match at {
+        None => log.head_seq(),
+        Some(At::Seq(seq)) => *seq,
+        Some(At::Time(ms)) => state::seq_at_time(log, *ms)?,
+    })
+}
+
+/// Whether `key` of `projection` belongs to `tenant`. Cross-tenant aggregates (usage per
+/// operation or day, stream counts) belong to no tenant.
+pub fn tenant_owns(projection: &str, key: &[u8], tenant: &str) -> bool {
+    let tenant = tenant.as_bytes();
+    match projection {
+        maestro_handlers::templates::handler::NAME => tenant_of(key) == Some(tenant),
+        maestro_handlers::templates::usage::NAME => match key.get(..2) {
+            Some(b"p/" | b"n/") => tenant_of(key) == Some(tenant),
+            Some(b"x/") => key.split(|b| *b == 0).nth(1) == Some(tenant),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// `maestro replay state`.
+pub fn state(
+    config: ConfigArgs,
+    projection: Option<String>,
+    at: Option<At>,
+    tenant: Option<String>,
+    list: bool,
+) -> anyhow::Result<()> {
+    let config = settings::load(&config)?;
+    let handlers = crate::handlers(&config);
+    if list {
+        for handler in &handlers {
+            emit(handler.name())?;
+        }
+        return Ok(());
+    }
+    let projection = projection.context("--projection is required (see --list)")?;
+    let handler = state::find(handlers, &projection)?;
+    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let seq = seq_of(&log, at.as_ref())?;
+    let scratch = tempfile::tempdir()?;
+    let snapshot = state::state_at(&log, &config, handler, seq, scratch.path())?;
+    let json = snapshot.to_json(|key| tenant.as_deref().is_none_or(|t| tenant_owns(&projection, key, t)));
+    emit(serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
+
+/// One side of a diff: a position in this data dir's log, or another data dir as it is now.
+fn side(config: &maestro_engine::config::EngineConfig, text: &str, scratch: &Path) -> anyhow::Result<Vec<Snapshot>> {
+    let dir = PathBuf::from(text);
+    if dir.join("db").is_dir() {
+        let (_dir, log) = maestro_replay::open_log(&dir)?;
+        let store = maestro_engine::store::Store::open(log.db())?;
+        return crate::handlers(config)
+            .iter()
+            .map(|h| {
+                let name = h.name();
+                Ok(Snapshot { projection: name.into(), seq: store.position(name)?, entries: store.entries(name)? })
+            })
+            .collect();
+    }
+    let at: At = text.parse().map_err(anyhow::Error::msg)?;
+    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let seq = seq_of(&log, Some(&at))?;
+    let rebuilt = maestro_replay::rebuild::rebuild(&log, config, crate::handlers(config), seq, scratch)?;
+    crate::handlers(config)
+        .iter()
+        .map(|h| {
+            let name = h.name();
+            Ok(Snapshot { projection: name.into(), seq, entries: rebuilt.store.entries(name)? })
+        })
+        .collect()
+}
+
+/// `maestro replay diff`: every key that differs, one JSON line each.
+pub fn diff(config: ConfigArgs, from: String, to: String, projection: Option<String>) -> anyhow::Result<()> {
+    let config = settings::load(&config)?;
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (before, after) = (side(&config, &from, a.path())?, side(&config, &to, b.path())?);
+    let mut changed = 0;
+    for (x, y) in before.iter().zip(&after) {
+        if projection.as_deref().is_some_and(|p| p != x.projection) {
+            continue;
+        }
+        let changes: Vec<KeyChange> = state::diff(&x.entries, &y.entries);
+        for change in &changes {
+            emit(change.to_json(&x.projection))?;
+        }
+        changed += changes.len();
+        eprintln!("{}: {} keys differ (seq {} -> {})", x.projection, changes.len(), x.seq, y.seq);
+    }
+    eprintln!("{changed} keys differ in all");
+    Ok(())
+}
+
+/// `maestro replay explain`.
+pub fn explain(config: ConfigArgs, projection: String, key: String, at: Option<At>) -> anyhow::Result<()> {
+    let config = settings::load(&config)?;
+    let handler = state::find(crate::handlers(&config), &projection)?;
+    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let seq = seq_of(&log, at.as_ref())?;
+    let scratch = tempfile::tempdir()?;
+    let key_bytes = state::key_bytes(&key);
+    let (writes, current) = state::explain(&log, &config, handler, &key_bytes, seq, scratch.path())?;
+    for (seq, deleted) in &writes {
+        let record = log.range(*seq, *seq).next().transpose()?.context("record vanished")?;
+        let line = maestro_replay::record_json(&record);
+        emit(serde_json::json!({ "seq": seq, "deleted": deleted, "record": line }))?;
+    }
+    match (&current, writes.last()) {
+        (Some(value), Some((last, _))) => {
+            eprintln!("{key:?} = {} , written last by seq {last}", state::value_json(value))
+        }
+        (None, Some((last, _))) => eprintln!("{key:?} is absent: removed by seq {last}"),
+        _ => eprintln!("no record up to seq {seq} wrote {key:?} in projection {projection}"),
+    }
+    Ok(())
+}

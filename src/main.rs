@@ -236,8 +236,10 @@ fn verify(
         check(&text, &format!("anchor file {}", file.display()))?;
     }
     if let Some(url) = &anchor_redis {
-        let consumer = dir.consumer_name(|| String::new())?;
-        let key = config.anchor_key(&consumer);
+        let file = dir.path().join("consumer");
+        let consumer = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let consumer = consumer.trim();
+        let key = config.anchor_key(consumer);
         let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
         let text: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn)?;
         check(&text.with_context(|| format!("no anchor at {key} in {url}"))?, &format!("redis anchor {key}"))?;

@@ -102,7 +102,7 @@ fn catalogue(handler: &Templates) -> (State, Rng) {
         format: 1,
         seq: 1,
         prev_hash: [0; 32],
-        body: Body::Config { admins: vec![(TENANT.into(), "alice".into())] },
+        body: Body::Config { admins: vec![(TENANT.into(), "alice".into())], streams: StreamSet::default() },
     };
     let admins = handler.handle(&state, Event { record: &config, typed: None }).unwrap();
     apply_changes(&mut state, &admins.changes);

@@ -217,8 +217,7 @@ fn verify(
     anchor_redis: Option<String>,
     chain_only: bool,
 ) -> anyhow::Result<()> {
-    let config = settings::load(&config)?;
-    let (dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let (config, dir, log) = maestro::replay_cli::open(&config)?;
     let report = maestro_replay::verify_log(&log)?;
     println!(
         "ok: {} records, checksums and chain intact; head seq {} hash {}",
@@ -268,8 +267,7 @@ fn verify(
 }
 
 fn replay_check(config: ConfigArgs) -> anyhow::Result<()> {
-    let config = settings::load(&config)?;
-    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let (config, _dir, log) = maestro::replay_cli::open(&config)?;
     let scratch = tempfile::tempdir()?;
     let comparisons =
         maestro_replay::rebuild::replay_equals_live(&log, &config, maestro::handlers(&config), scratch.path())?;
@@ -292,9 +290,8 @@ fn replay_check(config: ConfigArgs) -> anyhow::Result<()> {
 }
 
 fn replay_history(config: ConfigArgs, into: PathBuf) -> anyhow::Result<()> {
-    let config = settings::load(&config)?;
     anyhow::ensure!(!into.exists(), "{} exists already: the rebuild writes a fresh repository", into.display());
-    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let (config, _dir, log) = maestro::replay_cli::open(&config)?;
     let scratch = tempfile::tempdir()?;
     let templates: Vec<Arc<dyn maestro_handlers::Handler>> = maestro::handlers(&config)
         .into_iter()

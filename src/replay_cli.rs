@@ -2,6 +2,9 @@
 
 use crate::settings::{self, ConfigArgs};
 use anyhow::Context;
+use maestro_engine::config::EngineConfig;
+use maestro_engine::datadir::DataDir;
+use maestro_engine::log::Log;
 use maestro_handlers::templates::handler::tenant_of;
 use maestro_replay::state::{self, KeyChange, Snapshot};
 use maestro_schemas::ids::parse_utc_ms;
@@ -14,6 +17,22 @@ fn emit(line: impl std::fmt::Display) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),
     }
+}
+
+/// Settings and the data dir's log, with the stream keys the log recorded: a replay reads the
+/// records as the engine did, whatever this tool's own settings say.
+pub fn open(args: &ConfigArgs) -> anyhow::Result<(EngineConfig, DataDir, Log)> {
+    let config = settings::load(args)?;
+    let (dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    Ok((recorded(config, &log)?, dir, log))
+}
+
+/// `config` with the stream keys of `log`'s last config record.
+pub fn recorded(mut config: EngineConfig, log: &Log) -> anyhow::Result<EngineConfig> {
+    if let Some((_, streams)) = log.config()? {
+        config.streams = streams;
+    }
+    Ok(config)
 }
 
 /// A log position given as a seq (`1234`) or a time (`2026-11-28T10:00:00Z`).
@@ -68,17 +87,15 @@ pub fn state(
     tenant: Option<String>,
     list: bool,
 ) -> anyhow::Result<()> {
-    let config = settings::load(&config)?;
-    let handlers = crate::handlers(&config);
     if list {
-        for handler in &handlers {
+        for handler in crate::handlers(&settings::load(&config)?) {
             emit(handler.name())?;
         }
         return Ok(());
     }
+    let (config, _dir, log) = open(&config)?;
     let projection = projection.context("--projection is required (see --list)")?;
-    let handler = state::find(handlers, &projection)?;
-    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let handler = state::find(crate::handlers(&config), &projection)?;
     let seq = seq_of(&log, at.as_ref())?;
     let scratch = tempfile::tempdir()?;
     let snapshot = state::state_at(&log, &config, handler, seq, scratch.path())?;
@@ -88,12 +105,13 @@ pub fn state(
 }
 
 /// One side of a diff: a position in this data dir's log, or another data dir as it is now.
-fn side(config: &maestro_engine::config::EngineConfig, text: &str, scratch: &Path) -> anyhow::Result<Vec<Snapshot>> {
+fn side(config: &EngineConfig, text: &str, scratch: &Path) -> anyhow::Result<Vec<Snapshot>> {
     let dir = PathBuf::from(text);
     if dir.join("db").is_dir() {
         let (_dir, log) = maestro_replay::open_log(&dir)?;
         let store = maestro_engine::store::Store::open(log.db())?;
-        return crate::handlers(config)
+        let config = recorded(config.clone(), &log)?;
+        return crate::handlers(&config)
             .iter()
             .map(|h| {
                 let name = h.name();
@@ -103,6 +121,7 @@ fn side(config: &maestro_engine::config::EngineConfig, text: &str, scratch: &Pat
     }
     let at: At = text.parse().map_err(anyhow::Error::msg)?;
     let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let config = &recorded(config.clone(), &log)?;
     let seq = seq_of(&log, Some(&at))?;
     let rebuilt = maestro_replay::rebuild::rebuild(&log, config, crate::handlers(config), seq, scratch)?;
     crate::handlers(config)
@@ -137,9 +156,8 @@ pub fn diff(config: ConfigArgs, from: String, to: String, projection: Option<Str
 
 /// `maestro replay explain`.
 pub fn explain(config: ConfigArgs, projection: String, key: String, at: Option<At>) -> anyhow::Result<()> {
-    let config = settings::load(&config)?;
+    let (config, _dir, log) = open(&config)?;
     let handler = state::find(crate::handlers(&config), &projection)?;
-    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
     let seq = seq_of(&log, at.as_ref())?;
     let scratch = tempfile::tempdir()?;
     let key_bytes = state::key_bytes(&key);

@@ -30,6 +30,9 @@ const QUARANTINE: u8 = b'Q';
 /// The seq of the last config record.
 const CONFIG: &[u8] = b"K";
 
+/// What a config record holds: the bootstrap admins and the stream keys.
+pub type RecordedConfig = (Vec<(String, String)>, maestro_schemas::StreamSet);
+
 /// The head anchor, beside `db/` in the data dir: `<seq> <hash>` of the last durable record,
 /// rewritten after every append. sled can recover a damaged file as a shorter, self-consistent
 /// log; the anchor is what tells a truncated log from a short one. It is written after the log
@@ -341,13 +344,13 @@ impl Log {
         })
     }
 
-    /// The configuration the log last recorded, if any.
-    pub fn config(&self) -> Result<Option<Vec<(String, String)>>> {
+    /// The configuration the log last recorded, if any: (admins, streams).
+    pub fn config(&self) -> Result<Option<RecordedConfig>> {
         let Some(seq) = self.db.get(CONFIG)? else { return Ok(None) };
         let seq =
             seq.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| EngineError::Damaged("config key".into()))?;
         match self.range(seq, seq).next().transpose()?.map(|r| r.body) {
-            Some(Body::Config { admins }) => Ok(Some(admins)),
+            Some(Body::Config { admins, streams }) => Ok(Some((admins, streams))),
             _ => Err(EngineError::Damaged(format!("config index points at seq {seq}, which is not a config record"))),
         }
     }

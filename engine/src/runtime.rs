@@ -153,9 +153,14 @@ fn record_config(log: &mut Log, config: &EngineConfig) -> Result<()> {
     let mut admins = config.admin_pairs();
     admins.sort();
     admins.dedup();
-    if log.config()?.unwrap_or_default() != admins {
+    let wanted = (admins, config.streams.clone());
+    // A fresh log with the default configuration needs no record: replays assume the default.
+    let recorded = log.config()?.unwrap_or_else(|| (Vec::new(), maestro_schemas::StreamSet::default()));
+    if recorded != wanted {
+        let (admins, streams) = wanted;
         tracing::info!(admins = admins.len(), "configuration recorded in the log");
-        log.append(vec![crate::log::NewRecord { body: maestro_schemas::Body::Config { admins }, request: None }])?;
+        let body = maestro_schemas::Body::Config { admins, streams };
+        log.append(vec![crate::log::NewRecord { body, request: None }])?;
     }
     Ok(())
 }

@@ -84,9 +84,9 @@ pub fn record_json(record: &Record) -> Value {
             extra
         }
         Body::Clock { time_ms } => json!({ "kind": "clock", "time": format_utc_ms(*time_ms) }),
-        Body::Config { admins } => {
+        Body::Config { admins, streams } => {
             let admins: Vec<String> = admins.iter().map(|(t, u)| format!("{t}:{u}")).collect();
-            json!({ "kind": "config", "admins": admins })
+            json!({ "kind": "config", "admins": admins, "streams": streams })
         }
         Body::Quarantine { target_seq, reason, deliveries } => {
             json!({ "kind": "quarantine", "target_seq": target_seq, "reason": reason, "deliveries": deliveries })

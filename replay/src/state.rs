@@ -73,8 +73,14 @@ fn bytes_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Parses a key as `key_text` prints it.
+/// Parses a key as `key_text` prints it, or as it appears in `replay state`'s JSON (with
+/// escapes such as `\u0000`, which a command line cannot carry as bytes).
 pub fn key_bytes(text: &str) -> Vec<u8> {
+    if text.contains('\\')
+        && let Ok(unescaped) = serde_json::from_str::<String>(&format!("\"{text}\""))
+    {
+        return key_bytes(&unescaped);
+    }
     let from_hex = |h: &str| -> Option<Vec<u8>> {
         (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect()
     };
@@ -254,6 +260,7 @@ mod tests {
         for key in [&b"t/acme\0tpl-1"[..], &[0xff, 0, 1][..], b""] {
             assert_eq!(key_bytes(&key_text(key)), key);
         }
+        assert_eq!(key_bytes("t/acme\\u0000tpl-1"), b"t/acme\0tpl-1", "as printed in JSON");
         let snapshot = Snapshot { projection: "p".into(), seq: 3, entries: entries(&[("k", "{\"n\":1}"), ("s", "x")]) };
         let text = snapshot.to_json(|_| true).to_string();
         assert_eq!(text, snapshot.to_json(|_| true).to_string(), "canonical: the same bytes every time");

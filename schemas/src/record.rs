@@ -37,10 +37,11 @@ pub enum Body {
     /// Record `target_seq` crashed the process `deliveries` times while being handled; handlers
     /// skip it from now on, in live runs and in replays alike.
     Quarantine { target_seq: u64, reason: String, deliveries: u32 },
-    /// The engine started with this configuration of domain rules (the template registry's
-    /// bootstrap admins, as tenant and user). Handlers take it from here, so a replay decides
-    /// with the configuration the live run had, whatever the replaying tool's own settings.
-    Config { admins: Vec<(String, String)> },
+    /// The engine started with this configuration, which decides what records mean: the stream
+    /// keys by role, and the template registry's bootstrap admins (tenant, user). Handlers and
+    /// replay tools take it from here, so a replay decides as the live run did, whatever the
+    /// replaying tool's own settings.
+    Config { admins: Vec<(String, String)>, streams: crate::StreamSet },
 }
 
 /// Field/value pairs of a stream entry, in Redis order.

@@ -202,7 +202,7 @@ impl Handler for Templates {
     fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError> {
         let entry = match &event.record.body {
             Body::Entry(entry) => entry,
-            Body::Config { admins } => return Ok(bootstrap_admins(state, admins)),
+            Body::Config { admins, .. } => return Ok(bootstrap_admins(state, admins)),
             _ => return Ok(Decision::default()),
         };
         if entry.stream != self.requests {
@@ -270,7 +270,7 @@ impl Templates {
             tenant: r.tenant(),
             user: &r.req.user_id,
             request_id: &r.req.request_id,
-            seq: r.seq,
+            entry: r.entry.id,
             time_ms: r.entry.id.ms,
             time,
         }

@@ -2,9 +2,12 @@
 //! projection and one commit of the tenant's git history (predicted in [`super::history`] and
 //! written by the engine's git effect runner).
 //!
-//! State keys: `v/<tenant>\0<id>\0<seq>` the version entry, `vb/<tenant>\0<id>\0<seq>` the file
-//! as committed (so `retrieve` can serve any version without the repository), and
-//! `c/<tenant>\0<commit>` pointing a commit id at its version.
+//! State keys: `v/<tenant>\0<id>\0<entry>` the version entry, `vb/<tenant>\0<id>\0<entry>` the
+//! file as committed (so `retrieve` can serve any version without the repository), and
+//! `c/<tenant>\0<commit>` pointing a commit id at its version. `<entry>` is the request's
+//! stream entry id, zero-padded so keys sort in stream order. Nothing here depends on the log
+//! seq, which changes with how reads interleave the streams: the same requests give the same
+//! versions and commit ids whatever the engine's batch sizes.
 
 use super::handler::{TemplateRecord, key};
 use super::history::{self, FileChange, one_line};
@@ -18,7 +21,8 @@ pub struct VersionEntry {
     pub version: String,
     pub action: String,
     pub commit: String,
-    pub seq: u64,
+    /// The request's stream entry id.
+    pub entry: String,
     pub time: String,
     pub request_id: String,
     pub user_id: String,
@@ -30,7 +34,7 @@ pub struct Stamp<'a> {
     pub tenant: &'a str,
     pub user: &'a str,
     pub request_id: &'a str,
-    pub seq: u64,
+    pub entry: maestro_schemas::EntryId,
     pub time_ms: u64,
     pub time: &'a str,
 }
@@ -85,20 +89,20 @@ pub fn record(state: &dyn StateView, s: Stamp<'_>, record: &TemplateRecord, dele
     };
     let blob = (!deleted).then(|| file_bytes(record));
     let message = format!(
-        "{action} {}\n\nrequest: {}\nseq: {}\nversion: {}\n",
+        "{action} {}\n\nrequest: {}\nentry: {}\nversion: {}\n",
         one_line(id),
         one_line(s.request_id),
-        s.seq,
+        s.entry,
         one_line(&record.version)
     );
     let change = FileChange { tenant: s.tenant, template_id: id, blob, user: s.user, time_ms: s.time_ms, message };
     let (commit, mut changes) = history::commit(state, change);
-    let seq = format!("{:020}", s.seq);
+    let seq = entry_key(s.entry);
     let entry = VersionEntry {
         version: record.version.clone(),
         action: action.into(),
         commit: history::hex(&commit.id),
-        seq: s.seq,
+        entry: s.entry.to_string(),
         time: s.time.to_string(),
         request_id: s.request_id.to_string(),
         user_id: s.user.to_string(),
@@ -117,6 +121,11 @@ pub fn record(state: &dyn StateView, s: Stamp<'_>, record: &TemplateRecord, dele
     let payload = maestro_schemas::codec::encode(&commit).unwrap_or_default();
     let intent = Intent { kind: history::INTENT_KIND.into(), id: entry.commit.clone(), payload };
     (changes, intent)
+}
+
+/// The sortable key part of a stream entry id.
+fn entry_key(id: maestro_schemas::EntryId) -> String {
+    format!("{:020}-{:020}", id.ms, id.seq)
 }
 
 /// Every version of a template, oldest first.
@@ -138,7 +147,8 @@ pub fn at(state: &dyn StateView, tenant: &str, id: &str, wanted: &str) -> Result
         }
         None => {
             let latest = list(state, tenant, id).into_iter().rfind(|v| v.version == wanted && v.action != "delete");
-            format!("{:020}", latest.ok_or_else(missing)?.seq)
+            let entry = latest.ok_or_else(missing)?.entry;
+            maestro_schemas::EntryId::parse(&entry).map(entry_key).map_err(|_| missing())?
         }
     };
     let entry: VersionEntry =

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_catalogue;
+pub mod bench_replay;
 pub mod demo;
 pub mod groups;
 pub mod metrics;

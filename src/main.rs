@@ -156,6 +156,11 @@ enum ReplayCommand {
 enum BenchCommand {
     /// Raw baseline (XREADGROUP -> sled batch -> flush -> XACK) against the engine, same run.
     Ingest(maestro::bench::IngestArgs),
+    /// Rebuild throughput of every projection from a realistic log, and restart time.
+    Replay(maestro::bench_replay::ReplayArgs),
+    /// The measured half of `bench replay`, run by it as a child process.
+    #[command(hide = true)]
+    ReplayWorker(maestro::bench_replay::ReplayWorkerArgs),
     /// Engine memory and create throughput with a large template catalogue (default 100,000).
     Catalogue(maestro::bench_catalogue::CatalogueArgs),
     /// One side of `bench ingest`, run by it as a child process.
@@ -356,6 +361,8 @@ async fn main() {
             maestro::replay_cli::explain(config, projection, key, at)
         }
         Command::Bench { which: BenchCommand::Ingest(args) } => maestro::bench::ingest(args).await,
+        Command::Bench { which: BenchCommand::Replay(args) } => maestro::bench_replay::replay(args),
+        Command::Bench { which: BenchCommand::ReplayWorker(args) } => maestro::bench_replay::worker(args),
         Command::Bench { which: BenchCommand::Catalogue(args) } => maestro::bench_catalogue::catalogue(args),
         Command::Bench { which: BenchCommand::IngestWorker(args) } => maestro::bench::worker(args).await,
     };

@@ -1,0 +1,117 @@
+//! `maestro bench replay`: how fast every projection is rebuilt from a realistic log, with
+//! what peak memory, and how fast a data dir with current projections is ready again.
+//!
+//! The parent writes a log of N records (the ~300 B control mix over the nine streams, as
+//! `bench ingest` reads it, recorded as the engine records it) into a fresh data dir; a child
+//! process (`bench replay-worker`) then opens it as the engine does at start-up: the projections
+//! are empty, so catch-up dispatches the whole log (the rebuild); then it opens the data dir again,
+//! now with current projections, and times how long until the engine could serve.
+
+use crate::traffic::Traffic;
+use anyhow::Context;
+use maestro_engine::config::EngineConfig;
+use maestro_engine::dispatch::{Decoder, Dispatcher, OutputStamp};
+use maestro_engine::log::{Log, NewRecord};
+use maestro_engine::store::Store;
+use maestro_schemas::{Body, Entry, EntryId, Status, StreamSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// Records in the log.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayWorkerArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+/// Writes `records` accepted entries of the control mix, with their dedup index and cursors.
+fn write_log(dir: &Path, records: u64) -> anyhow::Result<u64> {
+    let mut log = Log::open(dir, 64 << 20)?;
+    let streams = StreamSet::default();
+    let mut traffic = Traffic::new(3, streams);
+    let mut bytes = 0;
+    let mut i = 0;
+    while i < records {
+        let batch: Vec<NewRecord> = (i..(i + 5_000).min(records))
+            .map(|n| {
+                let (stream, fields) = traffic.control_message(n);
+                let fields: Vec<(String, Vec<u8>)> = fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                bytes += fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u64;
+                let id = EntryId { ms: 1_795_000_000_000 + n / 9, seq: n % 9 };
+                NewRecord { body: Body::Entry(Entry { stream, id, fields, status: Status::Accepted }), request: None }
+            })
+            .collect();
+        i += batch.len() as u64;
+        log.append(batch)?;
+    }
+    Ok(bytes)
+}
+
+/// Opens the data dir as the engine does and brings every projection up to the log's head.
+fn open_and_catch_up(config: &EngineConfig) -> anyhow::Result<u64> {
+    let mut log = Log::open(&config.data_dir, config.cache_bytes)?;
+    let store = Store::open(log.db())?;
+    let stamp = OutputStamp { origin: "maestro-engine/bench".into(), dead_letter_maxlen: config.dead_letter_maxlen };
+    let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
+    let mut dispatcher =
+        Dispatcher::new(crate::handlers(config), store, &log, stamp, decoder, config.checkpoint_every)?;
+    Ok(dispatcher.catch_up(&mut log, 512, config.max_deliveries)?.records)
+}
+
+pub fn worker(args: ReplayWorkerArgs) -> anyhow::Result<()> {
+    let config = EngineConfig { data_dir: args.data_dir, ..EngineConfig::default() };
+    let started = Instant::now();
+    let records = open_and_catch_up(&config)?;
+    let rebuild = started.elapsed();
+    let peak = crate::bench::peak_rss_kib();
+    let started = Instant::now();
+    let again = open_and_catch_up(&config)?;
+    let restart = started.elapsed();
+    let figures = serde_json::json!({
+        "records": records, "rebuild_s": rebuild.as_secs_f64(), "peak_rss_kib": peak,
+        "restart_s": restart.as_secs_f64(), "restart_records": again,
+    });
+    println!("{figures}");
+    Ok(())
+}
+
+pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let data = tempfile::Builder::new().prefix("maestro-bench-replay-").tempdir()?;
+    let started = Instant::now();
+    let bytes = write_log(data.path(), args.records)?;
+    println!(
+        "wrote {} records ({:.0} MB of entry fields) in {:.1} s",
+        args.records,
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "replay-worker", "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting the replay worker")?;
+    anyhow::ensure!(out.status.success(), "the replay worker failed: {:?}", out.status);
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let seconds = figures["rebuild_s"].as_f64().unwrap_or(f64::NAN);
+    let records = figures["records"].as_u64().unwrap_or(0);
+    println!(
+        "rebuild of every projection: {records} records in {seconds:.2} s = {:.0} records/s ({:.0} MB/s of entry fields), peak RSS {} MiB",
+        records as f64 / seconds,
+        bytes as f64 / 1e6 / seconds,
+        figures["peak_rss_kib"].as_u64().unwrap_or(0) / 1024
+    );
+    println!(
+        "restart with current projections: ready in {:.3} s ({} records dispatched)",
+        figures["restart_s"].as_f64().unwrap_or(f64::NAN),
+        figures["restart_records"]
+    );
+    Ok(())
+}

@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/maestro/templates/v1/templates.proto",
         "proto/maestro/healing/v1/healing.proto",
         "proto/maestro/execution/v1/execution.proto",
+        "proto/maestro/log/v1/log.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -30,6 +30,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Proto,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -48,16 +54,25 @@ enum Command {
     /// Start a private Redis (unless MAESTRO_REDIS_URL answers), run the engine, publish a
     /// realistic mix on all streams, and print what was ingested.
     Demo(maestro::demo::DemoArgs),
-    /// Print log records as JSON lines (works with no Redis running).
+    /// Print log records with their chain hashes, as JSON lines or length-delimited protobuf
+    /// (`maestro.log.v1.ExportedRecord`); works with no Redis running.
     Export {
         #[arg(long, value_name = "DIR", default_value = "./maestro-data")]
         data_dir: PathBuf,
-        /// First seq to print.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
-        /// Last seq to print (default: the head).
+        /// First record: a seq, or a time (the first record at or after it).
+        #[arg(long, value_name = "SEQ|TIME")]
+        from: Option<maestro::replay_cli::At>,
+        /// Last record: a seq, or a time (the last record at or before it). Default: the head.
+        #[arg(long, value_name = "SEQ|TIME")]
+        to: Option<maestro::replay_cli::At>,
+        /// Only entries of this stream key.
+        #[arg(long, value_name = "KEY")]
+        stream: Option<String>,
+        /// Only entries naming this tenant (`tenant_id`).
         #[arg(long)]
-        to: Option<u64>,
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
     },
     /// Check every record's checksum and the hash chain, the head against anchors kept outside
     /// the data dir, the dedup index and cursors against the records, and that a replay of the
@@ -107,6 +122,14 @@ enum ReplayCommand {
         /// Where to write the rebuilt bare repository (must not exist yet).
         #[arg(long, value_name = "DIR")]
         into: PathBuf,
+    },
+    /// Rebuild projections (all, or one) from the log into a shadow store, then swap them into
+    /// the live state atomically; prints whether each state hash changed.
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        projection: Option<String>,
     },
     /// Print a projection's state as canonical JSON, as of a log position or time (default:
     /// the head), optionally only one tenant's keys; `--list` prints the projection names.
@@ -207,10 +230,34 @@ async fn run(config: ConfigArgs, http: Option<SocketAddr>, shutdown: watch::Rece
     Ok(())
 }
 
-fn export(data_dir: PathBuf, from: u64, to: Option<u64>) -> anyhow::Result<()> {
+fn export(
+    data_dir: PathBuf,
+    range: (Option<maestro::replay_cli::At>, Option<maestro::replay_cli::At>),
+    stream: Option<String>,
+    tenant: Option<String>,
+    format: ExportFormat,
+) -> anyhow::Result<()> {
+    use maestro::replay_cli::At;
+    use maestro_replay::export::{Filter, Format};
+    let (_dir, log) = maestro_replay::open_log(&data_dir)?;
+    let from = match range.0 {
+        None => 1,
+        Some(At::Seq(seq)) => seq,
+        Some(At::Time(ms)) => maestro_replay::state::seq_at_time(&log, ms.saturating_sub(1))? + 1,
+    };
+    let to = match range.1 {
+        None => None,
+        Some(At::Seq(seq)) => Some(seq),
+        Some(At::Time(ms)) => Some(maestro_replay::state::seq_at_time(&log, ms)?),
+    };
+    let filter = Filter { from, to, stream, tenant };
+    let format = match format {
+        ExportFormat::Jsonl => Format::Jsonl,
+        ExportFormat::Proto => Format::Proto,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = maestro_replay::export(&data_dir, from, to, &mut out)?;
+    let written = maestro_replay::export::export(&log, &filter, format, &mut out)?;
     std::io::Write::flush(&mut out)?;
     eprintln!("exported {written} records");
     Ok(())
@@ -345,12 +392,17 @@ async fn main() {
     let result = match cli.command {
         Command::Run { config, http } => run(config, http, shutdown).await,
         Command::Demo(args) => maestro::demo::demo(args).await,
-        Command::Export { data_dir, from, to } => export(data_dir, from, to),
+        Command::Export { data_dir, from, to, stream, tenant, format } => {
+            export(data_dir, (from, to), stream, tenant, format)
+        }
         Command::Verify { config, anchor_file, anchor_redis, chain_only } => {
             verify(config, anchor_file, anchor_redis, chain_only)
         }
         Command::Replay { which: ReplayCommand::Check { config } } => replay_check(config),
         Command::Replay { which: ReplayCommand::History { config, into } } => replay_history(config, into),
+        Command::Replay { which: ReplayCommand::Rebuild { config, projection } } => {
+            maestro::replay_cli::rebuild(config, projection)
+        }
         Command::Replay { which: ReplayCommand::State { config, projection, at, until, tenant, list } } => {
             maestro::replay_cli::state(config, projection, at.or(until), tenant, list)
         }

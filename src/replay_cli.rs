@@ -8,6 +8,7 @@ use maestro_engine::log::Log;
 use maestro_handlers::templates::handler::tenant_of;
 use maestro_replay::state::{self, KeyChange, Snapshot};
 use maestro_schemas::ids::parse_utc_ms;
+use maestro_schemas::record::hex;
 use std::path::{Path, PathBuf};
 
 /// Prints one line to stdout; a reader that went away (`| head`) ends the command quietly.
@@ -173,6 +174,31 @@ pub fn explain(config: ConfigArgs, projection: String, key: String, at: Option<A
         }
         (None, Some((last, _))) => eprintln!("{key:?} is absent: removed by seq {last}"),
         _ => eprintln!("no record up to seq {seq} wrote {key:?} in projection {projection}"),
+    }
+    Ok(())
+}
+
+/// `maestro replay rebuild`: projections rebuilt from the log and swapped in atomically.
+pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result<()> {
+    let (config, _dir, log) = open(&config)?;
+    let handlers = match &projection {
+        Some(name) => vec![state::find(crate::handlers(&config), name)?],
+        None => crate::handlers(&config),
+    };
+    let live = maestro_engine::store::Store::open(log.db())?;
+    let before: Vec<String> =
+        handlers.iter().map(|h| live.state_hash(h.name()).map(|h| hex(&h))).collect::<Result<_, _>>()?;
+    let bar = indicatif::ProgressBar::new(log.head_seq());
+    let style = indicatif::ProgressStyle::with_template("rebuild [{bar:40}] {pos}/{len} records {per_sec} eta {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    let swapped =
+        maestro_replay::rebuild::rebuild_in_place(&log, &config, handlers, &|done, _| bar.set_position(done))?;
+    bar.finish();
+    for ((name, keys), before) in swapped.iter().zip(before) {
+        let after = hex(&live.state_hash(name)?);
+        let verdict = if after == before { "unchanged" } else { "CHANGED: the live state differed from the log's" };
+        println!("{name:<16} {keys:>9} keys swapped in; state hash {} ({verdict})", &after[..16]);
     }
     Ok(())
 }

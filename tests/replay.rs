@@ -121,6 +121,22 @@ fn state_diff_explain_and_verify_with_external_anchors() {
         explain.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [seq_of(&records, "e1"), update]);
 
+    // A projection damaged behind the engine's back: check names it, rebuild repairs it.
+    {
+        let db = open_sled(&dir);
+        let state = db.open_tree("state").unwrap();
+        assert!(state.remove(b"ptemplates\0t/acme\0tpl-a").unwrap().is_some());
+        state.flush().unwrap();
+    }
+    let (code, out, err) = maestro(&["replay", "check", "--data-dir", d]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("templates") && out.contains("DIFFERS") && err.contains("templates"), "{out}{err}");
+    let (code, out, err) = maestro(&["replay", "rebuild", "--data-dir", d, "--projection", "templates"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("CHANGED"), "{out}");
+    let (code, out, _) = maestro(&["replay", "check", "--data-dir", d]);
+    assert_eq!(code, Some(0), "{out}");
+
     // Verify with both external anchors: clean.
     let (code, out, err) = maestro(&[
         "verify",
@@ -146,17 +162,22 @@ fn state_diff_explain_and_verify_with_external_anchors() {
     assert!(err.contains(&format!("record {}: missing", head - 2)), "{err}");
 }
 
-/// Removes records `from..` and rewrites the data dir's own head anchor to match.
-fn truncate(dir: &Path, from: u64) {
-    use maestro_engine::log::log_key;
-    let db = (0..200)
+/// Opens the data dir's sled directly, retrying while a previous handle lets go of the files.
+fn open_sled(dir: &Path) -> sled::Db {
+    (0..200)
         .find_map(|_| {
             sled::open(dir.join("db")).ok().or_else(|| {
                 std::thread::sleep(Duration::from_millis(10));
                 None
             })
         })
-        .unwrap();
+        .unwrap()
+}
+
+/// Removes records `from..` and rewrites the data dir's own head anchor to match.
+fn truncate(dir: &Path, from: u64) {
+    use maestro_engine::log::log_key;
+    let db = open_sled(dir);
     let mut seq = from;
     while db.remove(log_key(seq)).unwrap().is_some() {
         seq += 1;

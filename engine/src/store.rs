@@ -213,6 +213,35 @@ impl Store {
             .collect()
     }
 
+    /// Replaces projection `name` (state, position, checkpoints) with `other`'s, in one atomic
+    /// batch: a reader sees the old projection or the new one, never a mix. Outbox entries and
+    /// intents are not moved: what `other` queued was published and run long ago.
+    pub fn replace_projection(&self, name: &str, other: &Store) -> Result<u64> {
+        let prefixes = [state_key(name, b""), position_key(name), [b"h", name.as_bytes(), &[0]].concat()];
+        let mut batch = sled::Batch::default();
+        let mut written = 0;
+        for prefix in &prefixes {
+            // The position key is also a prefix of other names' positions (`s` + name): exact only.
+            let exact = prefix[0] == b's';
+            for item in self.tree.scan_prefix(prefix) {
+                let (key, _) = item?;
+                if !exact || key.as_ref() == prefix.as_slice() {
+                    batch.remove(key);
+                }
+            }
+            for item in other.tree.scan_prefix(prefix) {
+                let (key, value) = item?;
+                if !exact || key.as_ref() == prefix.as_slice() {
+                    batch.insert(key, value);
+                    written += 1;
+                }
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(written)
+    }
+
     /// Records the state hash of `name` at `seq`.
     pub fn checkpoint(&self, name: &str, seq: u64) -> Result<[u8; 32]> {
         let hash = self.state_hash(name)?;

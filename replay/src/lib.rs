@@ -1,6 +1,7 @@
 //! Offline tools over a data directory: export, verify and rebuild. They open the log directly and never
 //! talk to Redis, so they work on a copy of a data dir on a machine with no server.
 
+pub mod export;
 pub mod rebuild;
 pub mod state;
 
@@ -101,14 +102,8 @@ pub fn record_json(record: &Record) -> Value {
 /// Writes records `from..=to` (clamped to the log) as JSON lines. Returns how many.
 pub fn export(data_dir: &Path, from: u64, to: Option<u64>, out: &mut impl Write) -> Result<u64> {
     let (_dir, log) = open_log(data_dir)?;
-    let to = to.unwrap_or(u64::MAX).min(log.head_seq());
-    let mut written = 0;
-    for record in log.range(from.max(1), to) {
-        serde_json::to_writer(&mut *out, &record_json(&record?)).map_err(std::io::Error::from)?;
-        out.write_all(b"\n")?;
-        written += 1;
-    }
-    Ok(written)
+    let filter = export::Filter { from, to, ..export::Filter::default() };
+    export::export(&log, &filter, export::Format::Jsonl, out)
 }
 
 /// What `verify` found on a clean log.

@@ -35,6 +35,19 @@ pub fn rebuild(
 ) -> Result<Rebuilt> {
     let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
     let store = Store::open(&db)?;
+    let records = dispatch_into(log, config, handlers, &store, until, &|_, _| {})?;
+    Ok(Rebuilt { store, records, _db: db })
+}
+
+/// Dispatches records `1..=until` into `store`, reporting (done, total) after each batch.
+fn dispatch_into(
+    log: &Log,
+    config: &EngineConfig,
+    handlers: Vec<Arc<dyn Handler>>,
+    store: &Store,
+    until: u64,
+    progress: &dyn Fn(u64, u64),
+) -> Result<u64> {
     let stamp = OutputStamp { origin: "maestro-replay".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let mut dispatcher = Dispatcher::new(handlers, store.clone(), log, stamp, decoder, config.checkpoint_every)?;
@@ -46,8 +59,36 @@ pub fn rebuild(
         let batch = log.range(next, last).collect::<std::result::Result<Vec<_>, _>>()?;
         records += dispatcher.dispatch(&batch, None)?.records;
         next = last + 1;
+        progress(last, until);
     }
-    Ok(Rebuilt { store, records, _db: db })
+    Ok(records)
+}
+
+/// The shadow tree a rebuild in place writes before the swap.
+const SHADOW: &str = "state-rebuild";
+
+/// Rebuilds `handlers`' projections from the whole log into a shadow tree of the data dir's
+/// own database, then swaps each into the live state in one atomic batch; until the swap the
+/// live state is untouched. Returns (projection, keys written) per projection.
+pub fn rebuild_in_place(
+    log: &Log,
+    config: &EngineConfig,
+    handlers: Vec<Arc<dyn Handler>>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Vec<(String, u64)>> {
+    let db = log.db();
+    db.drop_tree(SHADOW).map_err(engine_error)?;
+    let shadow = Store::open_tree(db, SHADOW)?;
+    let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
+    dispatch_into(log, config, handlers, &shadow, log.head_seq(), progress)?;
+    let live = Store::open(db)?;
+    let mut swapped = Vec::new();
+    for name in names {
+        swapped.push((name.to_string(), live.replace_projection(name, &shadow)?));
+    }
+    drop(shadow);
+    db.drop_tree(SHADOW).map_err(engine_error)?;
+    Ok(swapped)
 }
 
 fn engine_error(error: sled::Error) -> crate::ReplayError {

@@ -13,3 +13,7 @@ pub mod healing {
 pub mod execution {
     include!(concat!(env!("OUT_DIR"), "/maestro.execution.v1.rs"));
 }
+
+pub mod log {
+    include!(concat!(env!("OUT_DIR"), "/maestro.log.v1.rs"));
+}

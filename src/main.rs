@@ -131,6 +131,16 @@ enum ReplayCommand {
         #[arg(long)]
         projection: Option<String>,
     },
+    /// Replay one tenant's records alone into a new data dir (projections and template
+    /// history), and compare the tenant's keys and history branch with live.
+    Sandbox {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_name = "DIR")]
+        into: PathBuf,
+    },
     /// Print a projection's state as canonical JSON, as of a log position or time (default:
     /// the head), optionally only one tenant's keys; `--list` prints the projection names.
     State {
@@ -400,6 +410,9 @@ async fn main() {
         }
         Command::Replay { which: ReplayCommand::Check { config } } => replay_check(config),
         Command::Replay { which: ReplayCommand::History { config, into } } => replay_history(config, into),
+        Command::Replay { which: ReplayCommand::Sandbox { config, tenant, into } } => {
+            maestro::replay_cli::sandbox(config, tenant, into)
+        }
         Command::Replay { which: ReplayCommand::Rebuild { config, projection } } => {
             maestro::replay_cli::rebuild(config, projection)
         }

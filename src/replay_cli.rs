@@ -202,3 +202,49 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
     }
     Ok(())
 }
+
+/// `maestro replay sandbox`: one tenant's records replayed alone, compared with live.
+pub fn sandbox(config: ConfigArgs, tenant: String, into: PathBuf) -> anyhow::Result<()> {
+    let (config, _dir, log) = open(&config)?;
+    let sandbox = maestro_replay::sandbox::sandbox(&log, &config, crate::handlers(&config), &tenant, &into)?;
+    println!(
+        "sandbox {}: {} records of tenant {tenant:?} (and the config records) replayed",
+        into.display(),
+        sandbox.records
+    );
+    let live = maestro_engine::store::Store::open(log.db())?;
+    let alone = maestro_engine::store::Store::open(sandbox.log.db())?;
+    let mut differing = 0;
+    for handler in crate::handlers(&config) {
+        let name = handler.name();
+        let owned = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<(Vec<u8>, Vec<u8>)> {
+            entries.into_iter().filter(|(k, _)| tenant_owns(name, k, &tenant)).collect()
+        };
+        let (a, b) = (owned(live.entries(name)?), owned(alone.entries(name)?));
+        if a.is_empty() && b.is_empty() {
+            continue;
+        }
+        let changes = state::diff(&a, &b);
+        for change in &changes {
+            emit(change.to_json(name))?;
+        }
+        differing += changes.len();
+        println!(
+            "{name:<16} {} keys of {tenant:?}: {}",
+            a.len(),
+            if changes.is_empty() { "equal to live" } else { "DIFFER from live" }
+        );
+    }
+    let branch = maestro_handlers::templates::history::ref_name(&tenant);
+    let head = |repo: &Path| -> anyhow::Result<Option<String>> {
+        if !repo.exists() {
+            return Ok(None);
+        }
+        Ok(maestro_replay::rebuild::heads(repo)?.into_iter().find(|(n, _)| *n == branch).map(|(_, id)| id))
+    };
+    let live_head = head(&config.data_dir.join(maestro_engine::runtime::HISTORY_DIR))?;
+    let sandbox_head = head(&into.join(maestro_engine::runtime::HISTORY_DIR))?;
+    println!("history {branch}: live {live_head:?}, sandbox {sandbox_head:?}");
+    anyhow::ensure!(differing == 0 && live_head == sandbox_head, "the tenant's state replayed alone differs from live");
+    Ok(())
+}

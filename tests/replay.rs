@@ -121,6 +121,14 @@ fn state_diff_explain_and_verify_with_external_anchors() {
         explain.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [seq_of(&records, "e1"), update]);
 
+    // One tenant replayed alone equals its part of live, history branch included.
+    let into = data.path().join("sandbox");
+    let (code, out, err) =
+        maestro(&["replay", "sandbox", "--data-dir", d, "--tenant", "acme", "--into", into.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("templates") && out.contains("equal to live"), "{out}");
+    assert!(!out.contains("DIFFER"), "{out}");
+
     // A projection damaged behind the engine's back: check names it, rebuild repairs it.
     {
         let db = open_sled(&dir);

@@ -27,7 +27,7 @@ pub struct Filter {
 }
 
 /// The tenant an entry names (`tenant_id` in its `data` JSON or as a flat field), if any.
-fn tenant_of(record: &Record) -> Option<String> {
+pub(crate) fn tenant_of(record: &Record) -> Option<String> {
     let entry = record.entry()?;
     if let Some(tenant) = entry.field("tenant_id") {
         return Some(String::from_utf8_lossy(tenant).into_owned());

@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod rebuild;
+pub mod sandbox;
 pub mod state;
 
 use maestro_engine::datadir::DataDir;

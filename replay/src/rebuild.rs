@@ -40,7 +40,7 @@ pub fn rebuild(
 }
 
 /// Dispatches records `1..=until` into `store`, reporting (done, total) after each batch.
-fn dispatch_into(
+pub(crate) fn dispatch_into(
     log: &Log,
     config: &EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,

@@ -64,6 +64,22 @@ pub struct Dispatcher {
     stamp: OutputStamp,
     decoder: Decoder,
     checkpoint_every: u64,
+    keep: Keep,
+}
+
+/// What a dispatch keeps besides state: the engine keeps everything; a replay keeps what its
+/// question needs (a history rebuild keeps intents; a state rebuild neither).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep {
+    /// Outputs and dead-letter copies, queued in the outbox.
+    pub outputs: bool,
+    /// Effect intents, queued for their runners.
+    pub intents: bool,
+}
+
+impl Keep {
+    pub const ALL: Keep = Keep { outputs: true, intents: true };
+    pub const STATE_ONLY: Keep = Keep { outputs: false, intents: false };
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -83,7 +99,14 @@ impl Dispatcher {
         checkpoint_every: u64,
     ) -> Result<Dispatcher> {
         let quarantined = log.quarantined()?.into_iter().collect();
-        Ok(Dispatcher { handlers, store, quarantined, stamp, decoder, checkpoint_every: checkpoint_every.max(1) })
+        let checkpoint_every = checkpoint_every.max(1);
+        Ok(Dispatcher { handlers, store, quarantined, stamp, decoder, checkpoint_every, keep: Keep::ALL })
+    }
+
+    /// Keeps only what `keep` names besides state (see [`Keep`]).
+    pub fn keeping(mut self, keep: Keep) -> Dispatcher {
+        self.keep = keep;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -157,12 +180,12 @@ impl Dispatcher {
                                 Change::Delete { key } => pending.delete(name, &key),
                             }
                         }
-                        for output in decision.outputs {
+                        for output in decision.outputs.into_iter().filter(|_| self.keep.outputs) {
                             let fields = output.fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
                             pending.publish(self.stamped(record.seq, index, output.stream, fields, None));
                             index += 1;
                         }
-                        for intent in decision.intents {
+                        for intent in decision.intents.into_iter().filter(|_| self.keep.intents) {
                             pending.effect(record.seq, effect_index, intent);
                             effect_index += 1;
                             report.intents += 1;
@@ -175,7 +198,7 @@ impl Dispatcher {
             pending.advance(name, record.seq);
         }
         if record.seq > own_position {
-            if let Some(item) = self.dead_letter(record, quarantined, &failures, index) {
+            if let Some(item) = self.dead_letter(record, quarantined, &failures, index).filter(|_| self.keep.outputs) {
                 pending.publish(item);
                 report.dead_lettered += 1;
             }

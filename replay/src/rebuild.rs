@@ -4,7 +4,7 @@
 
 use crate::Result;
 use maestro_engine::config::EngineConfig;
-use maestro_engine::dispatch::{Decoder, Dispatcher, OutputStamp};
+use maestro_engine::dispatch::{Decoder, Dispatcher, Keep, OutputStamp};
 use maestro_engine::effects::Effects;
 use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::Log;
@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Records dispatched per store commit while rebuilding.
-const BATCH: u64 = 1024;
+const BATCH: u64 = 4096;
 
 /// A scratch store rebuilt from a log, in its own sled database.
 #[derive(Debug)]
@@ -35,7 +35,9 @@ pub fn rebuild(
 ) -> Result<Rebuilt> {
     let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
     let store = Store::open(&db)?;
-    let records = dispatch_into(log, config, handlers, &store, until, &|_, _| {})?;
+    // Intents are kept for the history rebuild; outputs were published by the live run.
+    let keep = Keep { outputs: false, intents: true };
+    let records = dispatch_into(log, config, handlers, &store, until, keep, &|_, _| {})?;
     Ok(Rebuilt { store, records, _db: db })
 }
 
@@ -46,11 +48,13 @@ pub(crate) fn dispatch_into(
     handlers: Vec<Arc<dyn Handler>>,
     store: &Store,
     until: u64,
+    keep: Keep,
     progress: &dyn Fn(u64, u64),
 ) -> Result<u64> {
     let stamp = OutputStamp { origin: "maestro-replay".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
-    let mut dispatcher = Dispatcher::new(handlers, store.clone(), log, stamp, decoder, config.checkpoint_every)?;
+    let mut dispatcher =
+        Dispatcher::new(handlers, store.clone(), log, stamp, decoder, config.checkpoint_every)?.keeping(keep);
     let mut next = 1;
     let until = until.min(log.head_seq());
     let mut records = 0;
@@ -80,7 +84,7 @@ pub fn rebuild_in_place(
     db.drop_tree(SHADOW).map_err(engine_error)?;
     let shadow = Store::open_tree(db, SHADOW)?;
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
-    dispatch_into(log, config, handlers, &shadow, log.head_seq(), progress)?;
+    dispatch_into(log, config, handlers, &shadow, log.head_seq(), Keep::STATE_ONLY, progress)?;
     let live = Store::open(db)?;
     let mut swapped = Vec::new();
     for name in names {

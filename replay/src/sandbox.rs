@@ -54,15 +54,13 @@ pub fn sandbox(
     }
     records += log.append(batch)?.len() as u64;
     let store = Store::open(log.db())?;
-    dispatch_into(&log, config, handlers, &store, log.head_seq(), &|_, _| {})?;
+    let keep = maestro_engine::dispatch::Keep { outputs: false, intents: true };
+    dispatch_into(&log, config, handlers, &store, log.head_seq(), keep, &|_, _| {})?;
     let git =
         GitHistory::open(&dir.path().join(HISTORY_DIR)).map_err(|e| crate::ReplayError::History(e.to_string()))?;
     let report = Effects::new(vec![Box::new(git)]).run_pending(&store)?;
     if let Some((id, reason)) = report.failed {
         return Err(crate::ReplayError::History(format!("commit {id}: {reason}")));
     }
-    // Outputs a replay queued are never published: the sandbox only answers questions.
-    let queued: Vec<_> = store.outbox(usize::MAX)?.into_iter().map(|(key, _)| key).collect();
-    store.remove_outbox(&queued)?;
     Ok(Sandbox { dir, log, records })
 }

@@ -8,30 +8,9 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const REQUESTS: &str = "maestro:streams:templates:requests";
-
-fn maestro(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_maestro")).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn manifest(name: &str) -> Value {
-    json!({
-        "name": name, "version": "1.0.0", "description": "A production-ready FastAPI service with tests",
-        "author": "platform-team", "engine": "jinja2",
-        "metadata": {"language": "python", "framework": "fastapi", "category": "backend", "tags": ["rest", "docker", "ci"]},
-        "placeholders": [{"name": "PROJECT_NAME", "type": "string"}], "hooks": {"post_generation": ["hooks/init.sh"]},
-        "documentation": {"readme": "README.md", "examples": ["basic"]}, "dependencies": {"runtime": ["fastapi"]},
-        "configuration": {"supported_os": ["linux"]}
-    })
-}
 
 fn send(conn: &mut redis::Connection, id: &str, op: &str, tenant: &str, template: &str, parameters: Value) {
     let user = if tenant == "acme" { "alice" } else { "gina" };
@@ -168,18 +147,6 @@ fn state_diff_explain_and_verify_with_external_anchors() {
     let (code, _, err) = maestro(&["verify", "--data-dir", d, "--anchor-file", anchor.to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(err.contains(&format!("record {}: missing", head - 2)), "{err}");
-}
-
-/// Opens the data dir's sled directly, retrying while a previous handle lets go of the files.
-fn open_sled(dir: &Path) -> sled::Db {
-    (0..200)
-        .find_map(|_| {
-            sled::open(dir.join("db")).ok().or_else(|| {
-                std::thread::sleep(Duration::from_millis(10));
-                None
-            })
-        })
-        .unwrap()
 }
 
 /// Removes records `from..` and rewrites the data dir's own head anchor to match.

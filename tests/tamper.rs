@@ -5,6 +5,10 @@
 //! the anchor kept outside it (the engine's `anchor_file`) catches them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::open_sled;
+
 use maestro_engine::log::{Log, NewRecord, log_key};
 use maestro_schemas::record::{GENESIS_HASH, Record, hash_stored, hex};
 use maestro_schemas::{Body, Entry, EntryId, Status};
@@ -49,17 +53,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
-}
-
-/// Opens sled directly, retrying while a previous handle's flusher lets go of the files.
-fn open_sled(dir: &Path) -> sled::Db {
-    for _ in 0..200 {
-        if let Ok(db) = sled::open(dir.join("db")) {
-            return db;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    sled::open(dir.join("db")).unwrap()
 }
 
 struct Rng(u64);

@@ -14,24 +14,10 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const REQUESTS: &str = "maestro:streams:templates:requests";
 const RESULTS: &str = "maestro:streams:templates:results";
-
-fn manifest(name: &str) -> Value {
-    json!({
-        "name": name, "version": "1.0.0", "description": "A production-ready FastAPI service with tests",
-        "author": "platform-team", "engine": "jinja2",
-        "metadata": {"language": "python", "framework": "fastapi", "category": "backend", "tags": ["rest", "docker", "ci"]},
-        "placeholders": [{"name": "PROJECT_NAME", "type": "string"}],
-        "hooks": {"post_generation": ["hooks/init.sh"]},
-        "documentation": {"readme": "README.md", "examples": ["basic"]},
-        "dependencies": {"runtime": ["fastapi"]},
-        "configuration": {"supported_os": ["linux"]}
-    })
-}
 
 fn send(conn: &mut redis::Connection, data: Value) -> String {
     redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query::<String>(conn).unwrap()
@@ -52,12 +38,6 @@ fn results(conn: &mut redis::Connection) -> BTreeMap<String, Value> {
         .map(|(_, f)| serde_json::from_str::<Value>(&f["data"]).unwrap())
         .map(|v| (v["request_id"].as_str().unwrap().to_string(), v))
         .collect()
-}
-
-fn maestro(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_maestro")).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }
 
 fn body(seed: u64, bytes: usize) -> String {
@@ -154,12 +134,13 @@ fn versions_are_git_commits_that_rebuild_identically_from_the_log() {
     let data_dir = dir.to_str().unwrap();
     for into in ["rebuild-a", "rebuild-b"] {
         let into = data.path().join(into);
-        let (ok, out) = maestro(&["replay", "history", "--data-dir", data_dir, "--into", into.to_str().unwrap()]);
-        assert!(ok, "{out}");
+        let (code, out, err) =
+            maestro(&["replay", "history", "--data-dir", data_dir, "--into", into.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{out}{err}");
         assert_eq!(out.matches("= live").count(), 2, "{out}");
     }
-    let (ok, out) = maestro(&["replay", "check", "--data-dir", data_dir]);
-    assert!(ok, "replay equals live: {out}");
+    let (code, out, err) = maestro(&["replay", "check", "--data-dir", data_dir]);
+    assert_eq!(code, Some(0), "replay equals live: {out}{err}");
     assert_eq!(out.matches(" equal").count(), 3, "{out}");
 }
 

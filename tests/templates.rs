@@ -13,19 +13,6 @@ const REQUESTS: &str = "maestro:streams:templates:requests";
 const RESULTS: &str = "maestro:streams:templates:results";
 const USAGE: &str = "maestro:streams:templates:usage";
 
-fn manifest(name: &str) -> Value {
-    json!({
-        "name": name, "version": "1.2.0", "description": "A production-ready FastAPI service with tests",
-        "author": "platform-team", "engine": "jinja2",
-        "metadata": {"language": "python", "framework": "fastapi", "category": "backend", "tags": ["rest", "docker", "ci"]},
-        "placeholders": [{"name": "PROJECT_NAME", "type": "string"}],
-        "hooks": {"post_generation": ["hooks/init.sh"]},
-        "documentation": {"readme": "README.md", "examples": ["basic"]},
-        "dependencies": {"runtime": ["fastapi"]},
-        "configuration": {"supported_os": ["linux"]}
-    })
-}
-
 fn request(
     conn: &mut redis::Connection,
     id: &str,

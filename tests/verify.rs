@@ -2,10 +2,13 @@
 //! `maestro verify` and by the engine at start-up; damage to sled's files never panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{maestro, open_sled};
+
 use maestro_engine::log::{Log, NewRecord, log_key};
 use maestro_schemas::{Body, Entry, EntryId, Status};
 use std::path::Path;
-use std::process::Command;
 
 fn write_log(dir: &Path, records: u64) {
     std::fs::create_dir_all(dir).unwrap();
@@ -27,27 +30,6 @@ fn write_log(dir: &Path, records: u64) {
     for chunk in batch.chunks(500) {
         log.append(chunk.to_vec()).unwrap();
     }
-}
-
-fn maestro(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_maestro")).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Opens sled directly, retrying while the previous handle's flusher thread lets go of the
-/// files (it can hold them for a flush interval after the drop).
-fn open_sled(dir: &Path) -> sled::Db {
-    for _ in 0..100 {
-        if let Ok(db) = sled::open(dir.join("db")) {
-            return db;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    sled::open(dir.join("db")).unwrap()
 }
 
 fn flip_record_byte(dir: &Path, seq: u64, offset: usize) {

@@ -178,7 +178,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         report.records,
         &report.head_hash[..16]
     );
-    println!("\nlook closer: maestro export --data-dir {} | head", data_dir.display());
+    let dir = data_dir.display();
+    println!("\nlook closer: maestro export --data-dir {dir} | head");
+    println!("             maestro replay state --data-dir {dir} --projection templates --tenant tenant-3 | head -40");
+    println!("             maestro verify --data-dir {dir}    (chain, indexes, replay equals live)");
+    println!("             git --git-dir {dir}/history.git log --stat tenants/tenant-3 | head -20");
     Ok(())
 }
 

@@ -164,14 +164,26 @@ fn search_percentiles() {
     let (mut state, mut rng) = catalogue(&handler);
     let queries: Vec<Request> = (0..5_000).map(|k| search(&mut rng, 200_000 + k)).collect();
     handle(&handler, &mut state, &queries[0]); // the first search builds the index
-    let mut took: Vec<u128> = queries
+    let mut timed: Vec<(u128, usize)> = queries
         .iter()
-        .map(|q| {
+        .enumerate()
+        .map(|(i, q)| {
             let start = Instant::now();
             handle(&handler, &mut state, q);
-            start.elapsed().as_nanos()
+            (start.elapsed().as_nanos(), i)
         })
         .collect();
+    timed.sort_unstable();
+    if std::env::var_os("SHOW_SLOW").is_some() {
+        for (nanos, i) in timed.iter().rev().take(8) {
+            let params = match &queries[*i].typed.event {
+                maestro_schemas::Event::TemplateRequest(r) => r.parameters_json.clone(),
+                _ => String::new(),
+            };
+            println!("slow search {:.3} ms: {params}", *nanos as f64 / 1e6);
+        }
+    }
+    let mut took: Vec<u128> = timed.into_iter().map(|(n, _)| n).collect();
     took.sort_unstable();
     let totals: Vec<u64> = queries
         .iter()

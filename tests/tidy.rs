@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// Crates the pure crates may depend on. Anything else needs a reason and a change here.
-const PURE_DEPENDENCIES: [&str; 11] = [
+const PURE_DEPENDENCIES: [&str; 13] = [
     "maestro-schemas",
     "serde",
     "serde_json",
@@ -17,6 +17,8 @@ const PURE_DEPENDENCIES: [&str; 11] = [
     "semver",
     "regex-syntax",
     "sha1_smol",
+    "rustpython-ruff_python_parser",
+    "rustpython-ruff_python_ast",
 ];
 
 /// Source patterns that mean I/O, a clock, randomness or the environment. Crate paths are

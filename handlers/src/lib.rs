@@ -5,6 +5,7 @@
 //! I/O, reads a clock or draws a random number; time and ids come in with the record.
 
 pub mod contract;
+pub mod healing;
 pub mod stream_stats;
 
 pub use contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, StateView};

@@ -1,6 +1,7 @@
 //! The template registry handler on one core: a realistic request mix (retrieve and search
 //! dominating) against a catalogue of 10,000 templates, and search latency percentiles.
-//! Run: `cargo bench --bench templates`. Figures go to BENCHMARKS.md.
+//! Run: `cargo bench --bench templates` (`SHOW_SLOW=1` also lists the slowest searches).
+//! Figures go to BENCHMARKS.md.
 //!
 //! State is an in-memory map (the handler's contract, without sled), so the figures are the
 //! handler's own cost: decode is measured in `benches/decode.rs`, storage in `benches/log.rs`.

@@ -350,7 +350,8 @@ class TestRefunds:
         let source = test_file(30);
         assert!(source.len() > 4_000 && parses(&source));
         let broken = source.replace("def test_get_order(client):", "def test_get_order(client)");
-        let cases: [(Strategy, &str, &str, &dyn Fn(&str) -> bool); 7] = [
+        type Fixed<'a> = &'a dyn Fn(&str) -> bool;
+        let cases: [(Strategy, &str, &str, Fixed<'_>); 7] = [
             (Strategy::DependencyFix, &source, "ModuleNotFoundError: No module named 'requests_mock'", &|h| {
                 h.contains("\nimport requests_mock\n")
             }),

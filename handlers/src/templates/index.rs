@@ -9,7 +9,7 @@
 //! handler's must, while a search over 10,000 templates reads no sled key but the version.
 
 use super::handler::key;
-use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, TemplateMeta};
+use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, TemplateMeta, bigram};
 use crate::contract::{Change, StateView};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -107,7 +107,7 @@ impl Corpus for TenantIndex {
             });
         }
         let Some(slots) = matched else {
-            // No word of three bytes or more: every template is a candidate, any field.
+            // Only one-byte words: every template is a candidate, any field.
             return self
                 .docs
                 .iter()
@@ -129,8 +129,10 @@ impl TenantIndex {
     /// The (slot, fields) holding every trigram of `word`, or `None` when it has none.
     fn word_candidates(&self, word: &str) -> Option<Vec<(u32, Fields)>> {
         let mut lists: Vec<&[(u32, Fields)]> = Vec::new();
-        for gram in word.as_bytes().windows(3) {
-            lists.push(self.grams.get(&[gram[0], gram[1], gram[2]]).map_or(&[][..], Vec::as_slice));
+        let postings = |key: [u8; 3]| self.grams.get(&key).map_or(&[][..], Vec::as_slice);
+        match word.as_bytes() {
+            [a, b] => lists.push(postings(bigram(*a, *b))),
+            bytes => lists.extend(bytes.windows(3).map(|g| postings([g[0], g[1], g[2]]))),
         }
         lists.sort_by_key(|l| l.len());
         let (first, rest) = lists.split_first()?;

@@ -59,8 +59,9 @@ impl Indexed {
             == (&other.name, &other.text, &other.tags, &other.language, &other.framework)
     }
 
-    /// Every byte trigram of the searchable text, with the fields (a [`Fields`] mask) it occurs
-    /// in: a word can be in a field only if all of its trigrams are.
+    /// Every byte trigram of the searchable text, and every bigram (as [`bigram`] keys), with
+    /// the fields (a [`Fields`] mask) it occurs in: a word can be in a field only if all of its
+    /// trigrams are; a two-byte word is in exactly the fields of its bigram.
     pub fn trigrams(&self) -> std::collections::BTreeMap<[u8; 3], Fields> {
         let mut grams = std::collections::BTreeMap::new();
         let fields = [(NAME_FIELD, &self.name), (TEXT_FIELD, &self.text), (LANGUAGE_FIELD, &self.language)]
@@ -71,9 +72,18 @@ impl Indexed {
             for w in text.as_bytes().windows(3) {
                 *grams.entry([w[0], w[1], w[2]]).or_insert(0) |= field;
             }
+            for w in text.as_bytes().windows(2) {
+                *grams.entry(bigram(w[0], w[1])).or_insert(0) |= field;
+            }
         }
         grams
     }
+}
+
+/// The gram key of a two-byte sequence: 0xFF never occurs in UTF-8, so it cannot collide with
+/// a trigram.
+pub fn bigram(a: u8, b: u8) -> [u8; 3] {
+    [a, b, 0xFF]
 }
 
 /// A set of searchable fields, one bit each.
@@ -168,8 +178,8 @@ fn relevance(c: &Candidate<'_>, words: &[String]) -> Option<u64> {
     words.iter().enumerate().try_fold(0, |total, (i, word)| {
         let word = word.as_str();
         let may = c.fields_of(i);
-        // A three-byte word is its own trigram: the index's field set is exact for it.
-        let exact = word.len() == 3 && c.indexed;
+        // A two- or three-byte word is its own gram: the index's field set is exact for it.
+        let exact = (word.len() == 2 || word.len() == 3) && c.indexed;
         let has = |field: Fields, found: &dyn Fn() -> bool| may & field != 0 && (exact || found());
         let weight = u64::from(has(NAME_FIELD, &|| t.name.contains(word))) * NAME
             + u64::from(has(TEXT_FIELD, &|| t.text.contains(word))) * DESCRIPTION_CATEGORY

@@ -247,19 +247,10 @@ fn export(
     tenant: Option<String>,
     format: ExportFormat,
 ) -> anyhow::Result<()> {
-    use maestro::replay_cli::At;
     use maestro_replay::export::{Filter, Format};
     let (_dir, log) = maestro_replay::open_log(&data_dir)?;
-    let from = match range.0 {
-        None => 1,
-        Some(At::Seq(seq)) => seq,
-        Some(At::Time(ms)) => maestro_replay::state::seq_at_time(&log, ms.saturating_sub(1))? + 1,
-    };
-    let to = match range.1 {
-        None => None,
-        Some(At::Seq(seq)) => Some(seq),
-        Some(At::Time(ms)) => Some(maestro_replay::state::seq_at_time(&log, ms)?),
-    };
+    let from = range.0.map_or(Ok(1), |at| at.first_seq(&log))?;
+    let to = range.1.map(|at| at.last_seq(&log)).transpose()?;
     let filter = Filter { from, to, stream, tenant };
     let format = match format {
         ExportFormat::Jsonl => Format::Jsonl,
@@ -328,54 +319,6 @@ fn verify(
     Ok(())
 }
 
-fn replay_check(config: ConfigArgs) -> anyhow::Result<()> {
-    let (config, _dir, log) = maestro::replay_cli::open(&config)?;
-    let scratch = tempfile::tempdir()?;
-    let comparisons =
-        maestro_replay::rebuild::replay_equals_live(&log, &config, maestro::handlers(&config), scratch.path())?;
-    let mut differ = Vec::new();
-    for c in &comparisons {
-        let verdict = if c.equal() { "equal" } else { "DIFFERS" };
-        println!(
-            "{:<16} at seq {:>9}: live {} rebuilt {} {verdict}",
-            c.projection,
-            c.position,
-            &c.live[..16],
-            &c.rebuilt[..16]
-        );
-        if !c.equal() {
-            differ.push(c.projection.clone());
-        }
-    }
-    anyhow::ensure!(differ.is_empty(), "replay differs from live for: {}", differ.join(", "));
-    Ok(())
-}
-
-fn replay_history(config: ConfigArgs, into: PathBuf) -> anyhow::Result<()> {
-    anyhow::ensure!(!into.exists(), "{} exists already: the rebuild writes a fresh repository", into.display());
-    let (config, _dir, log) = maestro::replay_cli::open(&config)?;
-    let scratch = tempfile::tempdir()?;
-    let templates: Vec<Arc<dyn maestro_handlers::Handler>> = maestro::handlers(&config)
-        .into_iter()
-        .filter(|h| h.name() == maestro_handlers::templates::handler::NAME)
-        .collect();
-    let rebuilt = maestro_replay::rebuild::rebuild(&log, &config, templates, u64::MAX, scratch.path())?;
-    let heads = maestro_replay::rebuild::history(&rebuilt, &into)?;
-    let live_dir = config.data_dir.join(maestro_engine::runtime::HISTORY_DIR);
-    let live = if live_dir.exists() { maestro_replay::rebuild::heads(&live_dir)? } else { Vec::new() };
-    for (name, id) in &heads {
-        let mark = match live.iter().find(|(n, _)| n == name) {
-            Some((_, live_id)) if live_id == id => "= live",
-            Some(_) => "DIFFERS from live",
-            None => "not in live",
-        };
-        println!("{name} {id} {mark}");
-    }
-    println!("{} branches rebuilt from {} records into {}", heads.len(), rebuilt.records, into.display());
-    anyhow::ensure!(heads == live, "the rebuilt history differs from the live repository {}", live_dir.display());
-    Ok(())
-}
-
 /// Reports a panic as one line on stderr. Panics inside dependencies that the engine catches
 /// (sled on damaged files) still show up here, so tests can assert that none happened.
 fn report_panics() {
@@ -406,10 +349,18 @@ async fn main() {
             export(data_dir, (from, to), stream, tenant, format)
         }
         Command::Verify { config, anchor_file, anchor_redis, chain_only } => {
-            verify(config, anchor_file, anchor_redis, chain_only)
+            // sled panics on some damaged files where a read meets them; a damaged data dir must
+            // be reported (exit 1), never crash the verifier.
+            let run = std::panic::AssertUnwindSafe(|| verify(config, anchor_file, anchor_redis, chain_only));
+            std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                let text = maestro_engine::error::panic_text(panic.as_ref());
+                Err(anyhow::anyhow!("the data dir is damaged: reading it failed with: {text}"))
+            })
         }
-        Command::Replay { which: ReplayCommand::Check { config } } => replay_check(config),
-        Command::Replay { which: ReplayCommand::History { config, into } } => replay_history(config, into),
+        Command::Replay { which: ReplayCommand::Check { config } } => maestro::replay_cli::check(config),
+        Command::Replay { which: ReplayCommand::History { config, into } } => {
+            maestro::replay_cli::history(config, into)
+        }
         Command::Replay { which: ReplayCommand::Sandbox { config, tenant, into } } => {
             maestro::replay_cli::sandbox(config, tenant, into)
         }

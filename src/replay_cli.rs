@@ -28,11 +28,10 @@ pub fn open(args: &ConfigArgs) -> anyhow::Result<(EngineConfig, DataDir, Log)> {
     Ok((recorded(config, &log)?, dir, log))
 }
 
-/// `config` with the stream keys of `log`'s last config record.
+/// `config` with the stream keys of `log`'s last config record; a log without one ran with
+/// the default keys (the engine records any other configuration before it reads).
 pub fn recorded(mut config: EngineConfig, log: &Log) -> anyhow::Result<EngineConfig> {
-    if let Some((_, streams)) = log.config()? {
-        config.streams = streams;
-    }
+    config.streams = log.config()?.map(|(_, streams)| streams).unwrap_or_default();
     Ok(config)
 }
 
@@ -57,12 +56,29 @@ impl std::str::FromStr for At {
     }
 }
 
-fn seq_of(log: &maestro_engine::log::Log, at: Option<&At>) -> anyhow::Result<u64> {
-    Ok(match at {
-        None => log.head_seq(),
-        Some(At::Seq(seq)) => *seq,
-        Some(At::Time(ms)) => state::seq_at_time(log, *ms)?,
-    })
+impl At {
+    /// The last record at this position: the seq itself, or the last record at or before the
+    /// time.
+    pub fn last_seq(&self, log: &Log) -> anyhow::Result<u64> {
+        Ok(match self {
+            At::Seq(seq) => *seq,
+            At::Time(ms) => state::seq_at_time(log, *ms)?,
+        })
+    }
+
+    /// The first record at this position: the seq itself, or the first record at or after the
+    /// time.
+    pub fn first_seq(&self, log: &Log) -> anyhow::Result<u64> {
+        Ok(match self {
+            At::Seq(seq) => *seq,
+            At::Time(ms) => state::seq_at_time(log, ms.saturating_sub(1))? + 1,
+        })
+    }
+}
+
+/// The seq `at` names, the log's head when it names none.
+fn seq_of(log: &Log, at: Option<&At>) -> anyhow::Result<u64> {
+    at.map_or(Ok(log.head_seq()), |at| at.last_seq(log))
 }
 
 /// Whether `key` of `projection` belongs to `tenant`. Cross-tenant aggregates (usage per
@@ -124,7 +140,8 @@ fn side(config: &EngineConfig, text: &str, scratch: &Path) -> anyhow::Result<Vec
     let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
     let config = &recorded(config.clone(), &log)?;
     let seq = seq_of(&log, Some(&at))?;
-    let rebuilt = maestro_replay::rebuild::rebuild(&log, config, crate::handlers(config), seq, scratch)?;
+    let keep = maestro_engine::dispatch::Keep::STATE_ONLY;
+    let rebuilt = maestro_replay::rebuild::rebuild(&log, config, crate::handlers(config), seq, keep, scratch)?;
     crate::handlers(config)
         .iter()
         .map(|h| {
@@ -246,5 +263,56 @@ pub fn sandbox(config: ConfigArgs, tenant: String, into: PathBuf) -> anyhow::Res
     let sandbox_head = head(&into.join(maestro_engine::runtime::HISTORY_DIR))?;
     println!("history {branch}: live {live_head:?}, sandbox {sandbox_head:?}");
     anyhow::ensure!(differing == 0 && live_head == sandbox_head, "the tenant's state replayed alone differs from live");
+    Ok(())
+}
+
+/// `maestro replay check`: every projection rebuilt from the log, compared with live.
+pub fn check(config: ConfigArgs) -> anyhow::Result<()> {
+    let (config, _dir, log) = open(&config)?;
+    let scratch = tempfile::tempdir()?;
+    let comparisons =
+        maestro_replay::rebuild::replay_equals_live(&log, &config, crate::handlers(&config), scratch.path())?;
+    let mut differ = Vec::new();
+    for c in &comparisons {
+        let verdict = if c.equal() { "equal" } else { "DIFFERS" };
+        println!(
+            "{:<16} at seq {:>9}: live {} rebuilt {} {verdict}",
+            c.projection,
+            c.position,
+            &c.live[..16],
+            &c.rebuilt[..16]
+        );
+        if !c.equal() {
+            differ.push(c.projection.clone());
+        }
+    }
+    anyhow::ensure!(differ.is_empty(), "replay differs from live for: {}", differ.join(", "));
+    Ok(())
+}
+
+/// `maestro replay history`: the history repository rebuilt from the log, compared with live.
+pub fn history(config: ConfigArgs, into: PathBuf) -> anyhow::Result<()> {
+    anyhow::ensure!(!into.exists(), "{} exists already: the rebuild writes a fresh repository", into.display());
+    let (config, _dir, log) = open(&config)?;
+    let scratch = tempfile::tempdir()?;
+    let templates: Vec<std::sync::Arc<dyn maestro_handlers::Handler>> = crate::handlers(&config)
+        .into_iter()
+        .filter(|h| h.name() == maestro_handlers::templates::handler::NAME)
+        .collect();
+    let keep = maestro_engine::dispatch::Keep::INTENTS;
+    let rebuilt = maestro_replay::rebuild::rebuild(&log, &config, templates, u64::MAX, keep, scratch.path())?;
+    let heads = maestro_replay::rebuild::history(&rebuilt, &into)?;
+    let live_dir = config.data_dir.join(maestro_engine::runtime::HISTORY_DIR);
+    let live = if live_dir.exists() { maestro_replay::rebuild::heads(&live_dir)? } else { Vec::new() };
+    for (name, id) in &heads {
+        let mark = match live.iter().find(|(n, _)| n == name) {
+            Some((_, live_id)) if live_id == id => "= live",
+            Some(_) => "DIFFERS from live",
+            None => "not in live",
+        };
+        println!("{name} {id} {mark}");
+    }
+    println!("{} branches rebuilt from {} records into {}", heads.len(), rebuilt.records, into.display());
+    anyhow::ensure!(heads == live, "the rebuilt history differs from the live repository {}", live_dir.display());
     Ok(())
 }

@@ -80,6 +80,8 @@ pub struct Keep {
 impl Keep {
     pub const ALL: Keep = Keep { outputs: true, intents: true };
     pub const STATE_ONLY: Keep = Keep { outputs: false, intents: false };
+    /// State and intents: what rebuilding the history repository needs.
+    pub const INTENTS: Keep = Keep { outputs: false, intents: true };
 }
 
 impl std::fmt::Debug for Dispatcher {

@@ -137,7 +137,6 @@ async fn session(
         effects,
         ingest,
         anchored: None,
-        anchored_head: None,
         source,
         status: status.clone(),
     };
@@ -209,9 +208,8 @@ struct Cycle {
     dispatcher: Dispatcher,
     effects: Effects,
     ingest: Ingest,
-    /// When and at which head the external anchors were last written.
-    anchored: Option<Instant>,
-    anchored_head: Option<(u64, [u8; 32])>,
+    /// When, and at which head `(seq, hash)`, the external anchors were last written.
+    anchored: Option<(Instant, (u64, [u8; 32]))>,
     source: Source,
     status: Arc<Status>,
 }
@@ -305,9 +303,10 @@ impl Cycle {
     /// Redis key), at most every `anchor_interval_ms` unless `force`d: a later `maestro verify`
     /// given either catches a truncated or rewritten log.
     async fn anchor(&mut self, force: bool) -> Result<()> {
-        let due = self.anchored.is_none_or(|at| at.elapsed() >= Duration::from_millis(self.config.anchor_interval_ms));
         let head = (self.log.head_seq(), self.log.head_hash());
-        if !(force || due) || head.0 == 0 || self.anchored_head == Some(head) {
+        let interval = Duration::from_millis(self.config.anchor_interval_ms);
+        let due = self.anchored.is_none_or(|(at, _)| at.elapsed() >= interval);
+        if !(force || due) || head.0 == 0 || self.anchored.is_some_and(|(_, last)| last == head) {
             return Ok(());
         }
         let text = format!("{} {}", head.0, maestro_schemas::record::hex(&head.1));
@@ -321,8 +320,7 @@ impl Cycle {
             let key = self.config.anchor_key(&self.source.config().consumer);
             self.source.set(&key, &text).await?;
         }
-        self.anchored = Some(Instant::now());
-        self.anchored_head = Some(head);
+        self.anchored = Some((Instant::now(), head));
         Ok(())
     }
 

@@ -248,13 +248,13 @@ impl Source {
         Ok(result?)
     }
 
-    /// Answers PING.
     /// Sets `key` to `value` (the external chain anchor).
     pub async fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let _: () = self.run(redis::cmd("SET").arg(key).arg(value)).await?;
         Ok(())
     }
 
+    /// Answers PING.
     pub async fn ping(&mut self) -> Result<()> {
         let _: String = self.run(&redis::cmd("PING")).await?;
         Ok(())

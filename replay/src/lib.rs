@@ -1,5 +1,6 @@
-//! Offline tools over a data directory: export, verify and rebuild. They open the log directly and never
-//! talk to Redis, so they work on a copy of a data dir on a machine with no server.
+//! Offline tools over a data directory: export, verify, rebuild, state, diff, explain, sandbox.
+//! They open the log directly and never talk to Redis, so they work on a copy of a data dir on
+//! a machine with no server.
 
 pub mod export;
 pub mod rebuild;
@@ -48,7 +49,7 @@ pub fn open_log(data_dir: &Path) -> Result<(DataDir, Log)> {
 fn field_value(value: &[u8]) -> Value {
     match std::str::from_utf8(value) {
         Ok(text) => Value::String(text.to_string()),
-        Err(_) => json!({ "hex": value.iter().map(|b| format!("{b:02x}")).collect::<String>() }),
+        Err(_) => json!({ "hex": hex(value) }),
     }
 }
 

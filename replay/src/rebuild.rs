@@ -1,6 +1,7 @@
 //! Rebuilding projections from the log, offline: every record dispatched again to the same
-//! handlers into a scratch store, which is then compared with the live one. Effects are queued
-//! in the scratch store like live, and run only when asked (the history repository rebuild).
+//! handlers into a scratch store, which is then compared with the live one. Outputs are never
+//! kept (the live run published them); intents only when the caller will run them (the history
+//! repository rebuild).
 
 use crate::Result;
 use maestro_engine::config::EngineConfig;
@@ -25,18 +26,18 @@ pub struct Rebuilt {
     _db: sled::Db,
 }
 
-/// Dispatches records `1..=until` of `log` to `handlers` into a fresh store under `scratch`.
+/// Dispatches records `1..=until` of `log` to `handlers` into a fresh store under `scratch`,
+/// keeping what `keep` names besides state.
 pub fn rebuild(
     log: &Log,
     config: &EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,
     until: u64,
+    keep: Keep,
     scratch: &Path,
 ) -> Result<Rebuilt> {
     let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
     let store = Store::open(&db)?;
-    // Intents are kept for the history rebuild; outputs were published by the live run.
-    let keep = Keep { outputs: false, intents: true };
     let records = dispatch_into(log, config, handlers, &store, until, keep, &|_, _| {})?;
     Ok(Rebuilt { store, records, _db: db })
 }
@@ -128,7 +129,7 @@ pub fn replay_equals_live(
         position = position.min(live.position(handler.name())?);
     }
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
-    let rebuilt = rebuild(log, config, handlers, position, scratch)?;
+    let rebuilt = rebuild(log, config, handlers, position, Keep::STATE_ONLY, scratch)?;
     names
         .into_iter()
         .map(|name| {
@@ -142,7 +143,7 @@ pub fn replay_equals_live(
         .collect()
 }
 
-/// Writes the template history of a rebuilt store into a fresh bare repository at `into` and
+/// Writes the template history of a store rebuilt with [`Keep::INTENTS`] into a fresh bare repository at `into` and
 /// returns its branch heads.
 pub fn history(rebuilt: &Rebuilt, into: &Path) -> Result<Vec<(String, String)>> {
     let git = GitHistory::open(into).map_err(|e| crate::ReplayError::History(e.to_string()))?;

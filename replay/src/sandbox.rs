@@ -5,6 +5,7 @@ use crate::Result;
 use crate::rebuild::dispatch_into;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::datadir::DataDir;
+use maestro_engine::dispatch::Keep;
 use maestro_engine::effects::Effects;
 use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::{Log, NewRecord};
@@ -54,8 +55,7 @@ pub fn sandbox(
     }
     records += log.append(batch)?.len() as u64;
     let store = Store::open(log.db())?;
-    let keep = maestro_engine::dispatch::Keep { outputs: false, intents: true };
-    dispatch_into(&log, config, handlers, &store, log.head_seq(), keep, &|_, _| {})?;
+    dispatch_into(&log, config, handlers, &store, log.head_seq(), Keep::INTENTS, &|_, _| {})?;
     let git =
         GitHistory::open(&dir.path().join(HISTORY_DIR)).map_err(|e| crate::ReplayError::History(e.to_string()))?;
     let report = Effects::new(vec![Box::new(git)]).run_pending(&store)?;

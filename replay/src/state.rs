@@ -4,6 +4,7 @@
 use crate::Result;
 use crate::rebuild::rebuild;
 use maestro_engine::config::EngineConfig;
+use maestro_engine::dispatch::Keep;
 use maestro_engine::log::Log;
 use maestro_handlers::{Change, Decision, Event, Handler, HandlerError, StateView};
 use maestro_schemas::Body;
@@ -65,12 +66,8 @@ fn hash_of<'a>(entries: impl Iterator<Item = &'a (Vec<u8>, Vec<u8>)>) -> String 
 pub fn key_text(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(text) => text.to_string(),
-        Err(_) => format!("hex:{}", bytes_hex(key)),
+        Err(_) => format!("hex:{}", hex(key)),
     }
-}
-
-fn bytes_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses a key as `key_text` prints it, or as it appears in `replay state`'s JSON (with
@@ -94,7 +91,7 @@ pub fn value_json(value: &[u8]) -> Value {
     }
     match std::str::from_utf8(value) {
         Ok(text) => Value::String(text.to_string()),
-        Err(_) => json!({ "hex": bytes_hex(value) }),
+        Err(_) => json!({ "hex": hex(value) }),
     }
 }
 
@@ -137,7 +134,7 @@ pub fn state_at(
 ) -> Result<Snapshot> {
     let name = handler.name();
     let seq = seq.min(log.head_seq());
-    let rebuilt = rebuild(log, config, vec![handler], seq, scratch)?;
+    let rebuilt = rebuild(log, config, vec![handler], seq, Keep::STATE_ONLY, scratch)?;
     Ok(Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? })
 }
 
@@ -230,7 +227,8 @@ pub fn explain(
 ) -> Result<Explained> {
     let name = handler.name();
     let tracing = Arc::new(Tracing { inner: handler, key: key.to_vec(), seen: Mutex::new(Vec::new()) });
-    let rebuilt = rebuild(log, config, vec![tracing.clone() as Arc<dyn Handler>], seq, scratch)?;
+    let handlers = vec![tracing.clone() as Arc<dyn Handler>];
+    let rebuilt = rebuild(log, config, handlers, seq, Keep::STATE_ONLY, scratch)?;
     let current = rebuilt.store.entries(name)?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let seen = std::mem::take(&mut *tracing.seen.lock().unwrap_or_else(PoisonError::into_inner));
     Ok((seen, current))

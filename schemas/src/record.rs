@@ -132,9 +132,9 @@ pub fn hash_stored(stored: &[u8]) -> [u8; 32] {
     *blake3::hash(stored).as_bytes()
 }
 
-/// Short hex of a hash, for messages.
-pub fn hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+/// Lowercase hex of bytes (hashes, git object ids, binary keys), for messages and exports.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Record {

@@ -5,7 +5,8 @@
 use super::{EffectRunner, Ran};
 use git2::{Oid, Repository, Signature, Time, TreeBuilder};
 use maestro_handlers::Intent;
-use maestro_handlers::templates::history::{Commit, INTENT_KIND, hex};
+use maestro_handlers::templates::history::{Commit, INTENT_KIND};
+use maestro_schemas::record::hex;
 use std::path::Path;
 
 /// Regular file and directory modes, as git writes them.

@@ -1,6 +1,7 @@
 //! Python source, read by a real Python parser (ruff's, as published by RustPython), never by
-//! patterns. It was chosen over rustpython-parser for speed: 0.24 ms against about 1 ms for a
-//! 10 KB test file (release build, this machine).
+//! patterns. It was chosen over rustpython-parser for speed: 0.24 ms per 10 KB test file
+//! (release build); with it and half the parses, heals on 10 KB files ran ten times faster
+//! (BENCHMARKS.md).
 
 use rustpython_ruff_python_ast::Stmt;
 use rustpython_ruff_python_parser::parse_module;

@@ -13,7 +13,9 @@
 //! projection): `hb/<tenant>\0<shard>\0<file>` blob id, `hs/<tenant>\0<shard>` shard tree id,
 //! `hh/<tenant>` the branch head.
 
+use super::handler::key;
 use crate::contract::{Change, StateView};
+use maestro_schemas::record::hex;
 use serde::{Deserialize, Serialize};
 
 /// The intent kind the git effect runner executes.
@@ -126,11 +128,6 @@ fn tree_id(mode: &str, entries: &[(String, Oid)]) -> Oid {
     object_id("tree", &content)
 }
 
-/// Lowercase hex of an object id.
-pub fn hex(id: &Oid) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The object id named by 40 hex digits.
 pub fn parse_hex(text: &str) -> Option<Oid> {
     if text.len() != 40 {
@@ -151,10 +148,6 @@ fn commit_bytes(tree: &Oid, c: &Commit) -> Vec<u8> {
     let person = format!("{} <{}> {} +0000", c.author, c.email, c.time);
     text.push_str(&format!("author {person}\ncommitter {person}\n\n{}", c.message));
     text.into_bytes()
-}
-
-fn key(kind: &str, tenant: &str, rest: &[&str]) -> Vec<u8> {
-    super::handler::key(kind, tenant, rest)
 }
 
 fn oid_of(bytes: &[u8]) -> Option<Oid> {

@@ -101,7 +101,7 @@ pub fn record(state: &dyn StateView, s: Stamp<'_>, record: &TemplateRecord, dele
     let entry = VersionEntry {
         version: record.version.clone(),
         action: action.into(),
-        commit: history::hex(&commit.id),
+        commit: maestro_schemas::record::hex(&commit.id),
         entry: s.entry.to_string(),
         time: s.time.to_string(),
         request_id: s.request_id.to_string(),

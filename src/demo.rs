@@ -45,7 +45,13 @@ fn pick_redis() -> anyhow::Result<(String, Option<RedisServer>, StreamSet)> {
     }
     let server = RedisServer::start(RedisOptions::default()).context("starting a private redis-server")?;
     println!("started a private redis-server on {} (data in {})", server.addr(), server.dir().display());
-    Ok((server.url(), Some(server), StreamSet::default()))
+    // The demo plays the validator of applied fixes too, so it reads the validation stream.
+    let streams = StreamSet {
+        automation_errors: Some("maestro:streams:automation:errors".into()),
+        automation_validation: Some("maestro:streams:automation:validation".into()),
+        ..StreamSet::default()
+    };
+    Ok((server.url(), Some(server), streams))
 }
 
 fn prefixed(prefix: &str) -> StreamSet {
@@ -58,8 +64,8 @@ fn prefixed(prefix: &str) -> StreamSet {
         automation_jobs: p(&d.automation_jobs),
         automation_healing: p(&d.automation_healing),
         automation_results: p(&d.automation_results),
-        automation_errors: None,
-        automation_validation: None,
+        automation_errors: Some(p("maestro:streams:automation:errors")),
+        automation_validation: Some(p("maestro:streams:automation:validation")),
         k8s_jobs: p(&d.k8s_jobs),
         k8s_results: p(&d.k8s_results),
         k8s_status: p(&d.k8s_status),
@@ -150,6 +156,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     ingest.finish();
+    let orchestrator = crate::heal_demo::run(&mut conn, &streams)?;
     let _ = stop.send(true);
     engine.await?.context("engine")?;
 
@@ -171,6 +178,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let store = maestro_engine::store::Store::open(log.db())?;
         crate::report::print_catalogue(&store)?;
         crate::report::print_usage(&store)?;
+        crate::report::print_healing(&store, &orchestrator)?;
     }
     let report = maestro_replay::verify(&data_dir)?;
     println!(
@@ -181,6 +189,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = data_dir.display();
     println!("\nlook closer: maestro export --data-dir {dir} | head");
     println!("             maestro replay state --data-dir {dir} --projection templates --tenant tenant-3 | head -40");
+    println!("             maestro replay state --data-dir {dir} --projection healing | head -40");
     println!("             maestro verify --data-dir {dir}    (chain, indexes, replay equals live)");
     println!("             git --git-dir {dir}/history.git log --stat tenants/tenant-3 | head -20");
     Ok(())

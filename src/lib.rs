@@ -5,6 +5,7 @@ pub mod bench_catalogue;
 pub mod bench_replay;
 pub mod demo;
 pub mod groups;
+pub mod heal_demo;
 pub mod metrics;
 pub mod redis_server;
 pub mod replay_cli;
@@ -20,5 +21,6 @@ pub fn handlers(config: &maestro_engine::config::EngineConfig) -> Vec<Arc<dyn Ha
     use maestro_handlers::templates::{handler::Templates, usage::TemplateUsage};
     let templates = Templates::new(&config.streams);
     let usage = TemplateUsage { usage: config.streams.templates_usage.clone(), limits: config.limits };
-    vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(templates), Arc::new(usage)]
+    let healing = maestro_handlers::healing::handler::Healing::new(&config.streams);
+    vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(templates), Arc::new(usage), Arc::new(healing)]
 }

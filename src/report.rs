@@ -65,3 +65,60 @@ pub fn print_usage(store: &Store) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The healing scenario's repairs and the statistics of the healing projection.
+pub fn print_healing(store: &Store, orchestrator: &str) -> anyhow::Result<()> {
+    use maestro_handlers::healing::handler::NAME as HEALING;
+    use maestro_handlers::healing::model::{Repair, Stats, StrategyStats, stats_key};
+    let entries: BTreeMap<Vec<u8>, Vec<u8>> = store.entries(HEALING)?.into_iter().collect();
+    let mut repairs: Vec<Repair> = entries
+        .iter()
+        .filter(|(k, _)| k.starts_with(b"r/"))
+        .filter_map(|(_, v)| serde_json::from_slice::<Repair>(v).ok())
+        .filter(|r| r.orchestrator_id == orchestrator)
+        .collect();
+    repairs.sort_by_key(|r| r.seq);
+    println!("\nhealing (projection `{HEALING}`): repairs of orchestrator {orchestrator}");
+    println!("{:<34} {:<18} {:<25} {:>5} {:<18} {:<9}", "test file", "class", "strategy", "conf", "decision", "status");
+    for r in &repairs {
+        let file = r.error.file.as_deref().unwrap_or("-").trim_start_matches("tests/");
+        println!(
+            "{file:<34} {:<18} {:<25} {:>5} {:<18} {:<9}",
+            r.failure_class.as_deref().unwrap_or("-"),
+            r.strategy.as_deref().unwrap_or("-"),
+            r.confidence_score.map_or("-".into(), |c| format!("{c:.2}")),
+            r.decision.as_deref().unwrap_or("-"),
+            r.status.name()
+        );
+    }
+    let stats = |key: &[u8]| entries.get(key).and_then(|v| serde_json::from_slice::<Stats>(v).ok()).unwrap_or_default();
+    println!(
+        "\n{:<28} {:>8} {:>9} {:>9} {:>6} {:>7} {:>8}",
+        "statistics", "detected", "attempted", "succeeded", "failed", "skipped", "success"
+    );
+    for (name, s) in
+        [("this orchestrator", stats(&stats_key(orchestrator))), ("all (generated traffic too)", stats(b"g"))]
+    {
+        println!(
+            "{name:<28} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7.1}%",
+            s.errors_detected,
+            s.repairs_attempted,
+            s.succeeded,
+            s.failed,
+            s.skipped,
+            100.0 * s.success_rate
+        );
+    }
+    println!("\n{:<25} {:>8} {:>9} {:>15}", "strategy", "attempts", "successes", "mean confidence");
+    for (key, value) in entries.iter().filter(|(k, _)| k.starts_with(b"k/")) {
+        let s: StrategyStats = serde_json::from_slice(value)?;
+        println!(
+            "{:<25} {:>8} {:>9} {:>15.3}",
+            String::from_utf8_lossy(&key[2..]),
+            s.attempts,
+            s.successes,
+            s.mean_confidence
+        );
+    }
+    Ok(())
+}

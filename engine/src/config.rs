@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub anchor_redis: bool,
     /// How often the external anchors are written (and at every clean stop).
     pub anchor_interval_ms: u64,
+    /// How often a clock record with the Redis server's time is appended to the log, so that
+    /// time-outs and expiries are decided on logged time; 0 appends none.
+    pub clock_interval_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +74,7 @@ impl Default for EngineConfig {
             anchor_file: None,
             anchor_redis: true,
             anchor_interval_ms: 10_000,
+            clock_interval_ms: 10_000,
         }
     }
 }

@@ -137,6 +137,7 @@ async fn session(
         effects,
         ingest,
         anchored: None,
+        clocked: None,
         source,
         status: status.clone(),
     };
@@ -210,6 +211,8 @@ struct Cycle {
     ingest: Ingest,
     /// When, and at which head `(seq, hash)`, the external anchors were last written.
     anchored: Option<(Instant, (u64, [u8; 32]))>,
+    /// When, and with which time, the last clock record was appended.
+    clocked: Option<(Instant, u64)>,
     source: Source,
     status: Arc<Status>,
 }
@@ -287,6 +290,7 @@ impl Cycle {
             let full = self.source.count() * self.source.config().streams.len();
             Status::set(&self.status.caught_up, entries.len() < full);
             self.run_batch(entries).await?;
+            self.tick().await?;
             self.anchor(false).await?;
             if Instant::now() >= next_claim {
                 self.claim_idle().await?;
@@ -322,6 +326,28 @@ impl Cycle {
         }
         self.anchored = Some((Instant::now(), head));
         Ok(())
+    }
+
+    /// Appends a clock record every `clock_interval_ms`, with the Redis server's time (the
+    /// clock entry ids are stamped with), and hands it to the handlers: time-outs and expiries
+    /// are decided on these records, so a replay decides them at the same seq.
+    async fn tick(&mut self) -> Result<()> {
+        let interval = Duration::from_millis(self.config.clock_interval_ms);
+        if interval.is_zero() || self.clocked.is_some_and(|(at, _)| at.elapsed() < interval) {
+            return Ok(());
+        }
+        // Never backwards within a run, even if the server's clock is stepped back.
+        let time_ms = self.source.time_ms().await?.max(self.clocked.map_or(0, |(_, last)| last));
+        let body = maestro_schemas::Body::Clock { time_ms };
+        let records = self.log.append(vec![crate::log::NewRecord { body, request: None }])?;
+        self.clocked = Some((Instant::now(), time_ms));
+        Status::add(&self.status.records_appended, 1);
+        self.status.head_seq.store(self.log.head_seq(), std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("maestro_records_appended_total").increment(1);
+        metrics::counter!("maestro_clock_records_total").increment(1);
+        self.dispatcher.dispatch(&records, None)?;
+        self.publish_outbox().await?;
+        run_effects(&mut self.effects, &self.dispatcher, &self.status)
     }
 
     async fn drain_pending(&mut self, shutdown: &Shutdown) -> Result<()> {

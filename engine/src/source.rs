@@ -254,6 +254,12 @@ impl Source {
         Ok(())
     }
 
+    /// The Redis server's time in Unix milliseconds: the clock entry ids are stamped with.
+    pub async fn time_ms(&mut self) -> Result<u64> {
+        let (seconds, micros): (u64, u64) = self.run(&redis::cmd("TIME")).await?;
+        Ok(seconds * 1000 + micros / 1000)
+    }
+
     /// Answers PING.
     pub async fn ping(&mut self) -> Result<()> {
         let _: String = self.run(&redis::cmd("PING")).await?;

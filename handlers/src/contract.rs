@@ -106,3 +106,61 @@ pub fn apply_changes(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: &[Change])
         }
     }
 }
+
+/// A state view with the writes of the event being handled laid over it, for handlers that
+/// read back what they changed earlier in the same event (a repair finished, then the next one
+/// started). [`Overlay::into_changes`] gives the net changes in key order.
+pub struct Overlay<'a> {
+    base: &'a dyn StateView,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Overlay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay").field("writes", &self.writes.len()).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(base: &'a dyn StateView) -> Overlay<'a> {
+        Overlay { base, writes: BTreeMap::new() }
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    pub fn into_changes(self) -> Vec<Change> {
+        self.writes
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => Change::Put { key, value },
+                None => Change::Delete { key },
+            })
+            .collect()
+    }
+}
+
+impl StateView for Overlay<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.writes.get(key) {
+            Some(written) => written.clone(),
+            None => self.base.get(key),
+        }
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self.base.scan(prefix).into_iter().collect();
+        for (key, value) in self.writes.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        merged.into_iter().collect()
+    }
+}

@@ -8,5 +8,5 @@ pub mod contract;
 pub mod healing;
 pub mod stream_stats;
 
-pub use contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, StateView};
+pub use contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, Overlay, StateView};
 pub mod templates;

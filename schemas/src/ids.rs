@@ -32,6 +32,12 @@ pub fn format_utc_ms(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
+/// The naive ISO-8601 time the old Python services wrote (`2026-11-28T07:40:23.123000`, no
+/// zone, microseconds), from Unix milliseconds.
+pub fn naive_iso(ms: u64) -> String {
+    format!("{}000", format_utc_ms(ms).trim_end_matches('Z'))
+}
+
 /// Parses a UTC time as `maestro` prints it (`2026-11-28T07:40:23.123Z`; seconds, fraction and
 /// `Z` optional, a space allowed instead of `T`) or plain Unix milliseconds, into Unix
 /// milliseconds. `None` names nothing it could mean.

@@ -1,9 +1,12 @@
-//! The healing domain (issue 5), so far its pure core: failure classification, the seven
-//! repair strategies as text transforms, and the confidence of a fix, read with a real Python
-//! parser. Not yet wired into the engine (no handler, no projections).
+//! The healing domain (domain.md section 3): failure classification, the seven repair
+//! strategies as text transforms, the confidence of a fix read with a real Python parser, and
+//! the handler that runs orchestrators and the repair lifecycle as the `healing` projection.
 
 pub mod classify;
 pub mod confidence;
+pub mod handler;
+pub mod lifecycle;
+pub mod model;
 pub mod python;
 pub mod strategies;
 
@@ -30,3 +33,6 @@ pub fn plan(source: &str, message: &str) -> Plan {
     let assessment = healed.as_deref().map(|h| confidence::assess_parsed(source, &original, h));
     Plan { class, strategy, healed, assessment }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,7 @@ use super::search::{Query, TemplateMeta, search};
 use super::versions::{self, Stamp};
 use crate::contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, StateView};
 use maestro_schemas::encode::{template_result_json, template_usage_json};
-use maestro_schemas::ids::{derived_id, format_utc_ms};
+use maestro_schemas::ids::{derived_id, naive_iso};
 use maestro_schemas::proto::templates::{Operation, TemplateRequest, TemplateResult, TemplateUsageEvent};
 use maestro_schemas::{Body, Entry, Event as Typed, Status};
 use serde::{Deserialize, Serialize};
@@ -83,11 +83,6 @@ fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// The naive ISO time the old services wrote, from the entry's time.
-fn naive_time(ms: u64) -> String {
-    format!("{}000", format_utc_ms(ms).trim_end_matches('Z'))
-}
-
 /// What an accepted operation produced.
 #[derive(Debug, Default)]
 struct Done {
@@ -136,7 +131,7 @@ impl Templates {
     }
 
     fn respond(&self, r: &Request<'_>, operation: &str, outcome: Outcome) -> Decision {
-        let timestamp = naive_time(r.entry.id.ms);
+        let timestamp = naive_iso(r.entry.id.ms);
         let (result, template_id, changes, intents, error) = match outcome {
             Ok(done) => (Some(done.result.to_string()), done.template_id, done.changes, done.intents, None),
             Err(error) => (None, r.req.template_id.clone(), Vec::new(), Vec::new(), Some(error)),
@@ -187,7 +182,7 @@ impl Templates {
             result_json: None,
             error: Some(reason.to_string()),
             duration_ms: 0,
-            timestamp: naive_time(entry.id.ms),
+            timestamp: naive_iso(entry.id.ms),
             extra: Default::default(),
         };
         Decision { outputs: vec![self.output(&self.results, template_result_json(&result))], ..Decision::default() }
@@ -312,7 +307,7 @@ impl Templates {
 
     fn delete(&self, state: &dyn StateView, r: &Request<'_>, id: &str) -> Outcome {
         let record = load(state, r.tenant(), id)?;
-        let time = naive_time(r.entry.id.ms);
+        let time = naive_iso(r.entry.id.ms);
         let (mut changes, intent) = versions::record(state, self.stamp(r, &time), &record, true);
         changes.push(Change::Delete { key: key("t", r.tenant(), &[id]) });
         changes.extend(self.index.change(state, r.tenant(), id, None));
@@ -414,7 +409,7 @@ impl Templates {
             return Err(format!("version {:?} is not semver", t.version));
         }
         t.updated_at = r.entry.id.ms;
-        let time = naive_time(r.entry.id.ms);
+        let time = naive_iso(r.entry.id.ms);
         let (mut changes, intent) = versions::record(state, self.stamp(r, &time), &t, false);
         changes.extend(self.store(state, &t));
         let mut result = summary(&t);

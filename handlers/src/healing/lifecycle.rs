@@ -1,0 +1,268 @@
+//! The repair lifecycle over the healing projection: admission, the wait queue, planning,
+//! validation outcomes and time-outs, with the statistics they move.
+//!
+//! `pending -> analyzing -> healing -> validating -> success | failed`, or `skipped`. A repair
+//! is active from admission to its final state; at most `max_concurrent_repairs` are active
+//! per orchestrator and the rest wait in arrival order. Every repair gets one `repair_result`
+//! when its plan is decided and one more when it reaches a final state later.
+
+use super::model::*;
+use crate::contract::{Output, Overlay, StateView};
+use maestro_schemas::encode::to_fields;
+use maestro_schemas::ids::naive_iso;
+use maestro_schemas::proto::healing::{AutomationResult, OrchestratorStatus, RepairResult, automation_result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// One event's work: the state with this event's writes laid over it, and the entries to
+/// publish on `automation:results`.
+#[derive(Debug)]
+pub struct Session<'a> {
+    pub tx: Overlay<'a>,
+    pub outputs: Vec<Output>,
+    results: &'a str,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(state: &'a dyn StateView, results: &'a str) -> Session<'a> {
+        Session { tx: Overlay::new(state), outputs: Vec::new(), results }
+    }
+
+    pub fn load<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        serde_json::from_slice(&self.tx.get(key)?).ok()
+    }
+
+    pub fn save<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        // Serialising these plain structs cannot fail; an empty value would show up in any hash.
+        self.tx.put(key, serde_json::to_vec(value).unwrap_or_default());
+    }
+
+    /// A registered orchestrator, or the implicit default one.
+    pub fn orchestrator(&self, id: &str) -> Option<Orchestrator> {
+        self.load(&orchestrator_key(id)).or_else(|| (id == DEFAULT_ORCHESTRATOR).then(Orchestrator::default_one))
+    }
+
+    fn publish(&mut self, result: automation_result::Result) {
+        let fields = to_fields(&maestro_schemas::Event::AutomationResult(AutomationResult { result: Some(result) }));
+        self.outputs.push(Output { stream: self.results.to_string(), fields });
+    }
+
+    /// `{type: status_update, orchestrator_id, status, timestamp}`.
+    pub fn status_update(&mut self, orchestrator_id: &str, status: &str, ms: u64) {
+        self.publish(automation_result::Result::StatusUpdate(OrchestratorStatus {
+            orchestrator_id: orchestrator_id.to_string(),
+            status: status.to_string(),
+            timestamp: naive_iso(ms),
+        }));
+    }
+
+    /// `{type: repair_result, orchestrator_id, result, timestamp}`.
+    fn repair_result(&mut self, repair: &Repair, ms: u64) {
+        let result = json!({
+            "repair_id": repair.repair_id,
+            "error": {
+                "type": repair.error.error_type,
+                "message": repair.error.message,
+                "file": repair.error.file,
+                "line": repair.error.line,
+            },
+            "status": repair.status.name(),
+            "strategy": repair.strategy,
+            "healed_code": repair.healed_code,
+            "confidence_score": repair.confidence_score,
+            "decision": repair.decision,
+            "validation_passed": repair.validation_passed,
+            "failure_class": repair.failure_class,
+            "reason": repair.reason,
+            "timestamp": naive_iso(ms),
+        });
+        self.publish(automation_result::Result::RepairResult(RepairResult {
+            orchestrator_id: repair.orchestrator_id.clone(),
+            result_json: result.to_string(),
+            timestamp: naive_iso(ms),
+        }));
+    }
+
+    /// Applies `change` to the orchestrator's statistics and to the overall ones.
+    pub fn count(&mut self, orchestrator_id: &str, change: impl Fn(&mut Stats)) {
+        for key in [stats_key(orchestrator_id), GLOBAL_STATS_KEY.to_vec()] {
+            let mut stats: Stats = self.load(&key).unwrap_or_default();
+            change(&mut stats);
+            stats.success_rate = if stats.repairs_attempted == 0 {
+                0.0
+            } else {
+                stats.succeeded as f64 / stats.repairs_attempted as f64
+            };
+            self.save(key, &stats);
+        }
+    }
+
+    fn count_strategy(&mut self, strategy: &str, change: impl Fn(&mut StrategyStats)) {
+        let key = strategy_key(strategy);
+        let mut stats: StrategyStats = self.load(&key).unwrap_or_default();
+        change(&mut stats);
+        stats.mean_confidence = if stats.attempts == 0 { 0.0 } else { stats.confidence_sum / stats.attempts as f64 };
+        self.save(key, &stats);
+    }
+
+    /// Records a detected error in the tallies and the history.
+    pub fn note_error(&mut self, error: &Failure, seen: ErrorSeen, seq: u64) {
+        let key = tally_key(&error.error_type, &error.severity);
+        let mut tally: ErrorTally = self.load(&key).unwrap_or_default();
+        if tally.count == 0 {
+            tally.first_ms = seen.time_ms;
+        }
+        tally.count += 1;
+        tally.last_ms = seen.time_ms;
+        self.save(key, &tally);
+        self.save(history_key(&error.error_type, &error.severity, seq), &seen);
+        self.count(&seen.orchestrator_id, |s| s.errors_detected += 1);
+    }
+
+    /// Admits a new repair, or skips it with the reason. Admitted repairs start at once when
+    /// their orchestrator has a free slot and wait in the queue otherwise.
+    pub fn admit(&mut self, mut repair: Repair, source: String, ms: u64) {
+        let orchestrator = self.orchestrator(&repair.orchestrator_id);
+        let refusal = match &orchestrator {
+            None => Some(format!("orchestrator {} is not registered", repair.orchestrator_id)),
+            Some(o) if !o.running() => Some(format!("orchestrator {} is stopped", o.orchestrator_id)),
+            Some(o) if repair.detection_confidence + 1e-9 < o.settings.confidence_threshold => Some(format!(
+                "detection confidence {:.2} of {} is below the orchestrator's threshold {:.2}",
+                repair.detection_confidence, repair.error.error_type, o.settings.confidence_threshold
+            )),
+            Some(_) => None,
+        };
+        if let Some(reason) = refusal {
+            return self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
+        }
+        repair.source = Some(source);
+        self.save(queue_key(&repair.orchestrator_id, repair.seq), &repair.repair_id);
+        let orchestrator_id = repair.orchestrator_id.clone();
+        self.save(repair_key(&repair.repair_id), &repair);
+        self.fill_slots(&orchestrator_id, ms);
+    }
+
+    /// Starts queued repairs, oldest first, while the orchestrator has free slots.
+    pub fn fill_slots(&mut self, orchestrator_id: &str, ms: u64) {
+        let Some(orchestrator) = self.orchestrator(orchestrator_id) else { return };
+        let cap = orchestrator.settings.max_concurrent_repairs.max(1) as usize;
+        while orchestrator.running() && self.tx.scan(&active_prefix(orchestrator_id)).len() < cap {
+            let Some((queue_key, id)) = self.tx.scan(&queue_prefix(orchestrator_id)).into_iter().next() else {
+                return;
+            };
+            self.tx.delete(queue_key);
+            let id: String = serde_json::from_slice(&id).unwrap_or_default();
+            if let Some(repair) = self.load::<Repair>(&repair_key(&id)) {
+                self.start(repair, &orchestrator, ms);
+            }
+        }
+    }
+
+    /// Plans an admitted repair: analyzing (classification), healing (the strategy's
+    /// transform), then validating when the fix parses and stays similar, failed when it does
+    /// not, skipped when the strategy found nothing to change.
+    fn start(&mut self, mut repair: Repair, orchestrator: &Orchestrator, ms: u64) {
+        self.save(active_key(&repair.orchestrator_id, &repair.repair_id), &ms);
+        repair.enter(RepairStatus::Analyzing, ms);
+        let source = repair.source.take().unwrap_or_default();
+        let plan = super::plan(&source, &repair.error.message);
+        repair.failure_class = Some(plan.class.name().to_string());
+        repair.strategy = Some(plan.strategy.name().to_string());
+        repair.enter(RepairStatus::Healing, ms);
+        let (Some(healed), Some(assessment)) = (plan.healed, plan.assessment) else {
+            let reason = format!("strategy {} found nothing to change in the source", plan.strategy.name());
+            return self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
+        };
+        repair.healed_code = Some(healed);
+        repair.confidence_score = Some(assessment.confidence);
+        repair.similarity = Some(assessment.similarity);
+        repair.decision = Some(assessment.decision.name().to_string());
+        let confidence = assessment.confidence;
+        self.count(&repair.orchestrator_id, |s| s.repairs_attempted += 1);
+        self.count_strategy(plan.strategy.name(), |s| {
+            s.attempts += 1;
+            s.confidence_sum += confidence;
+        });
+        if !assessment.success {
+            let reason = if assessment.parses {
+                format!(
+                    "the healed source is too different from the original (similarity {:.2})",
+                    assessment.similarity
+                )
+            } else {
+                "the healed source does not parse as Python".to_string()
+            };
+            return self.finish(repair, RepairStatus::Failed, Some(reason), ms);
+        }
+        let deadline = ms.saturating_add(orchestrator.settings.validation_timeout_ms);
+        repair.deadline_ms = Some(deadline);
+        repair.enter(RepairStatus::Validating, ms);
+        self.save(deadline_key(deadline, &repair.repair_id), &"");
+        self.repair_result(&repair, ms);
+        self.save(repair_key(&repair.repair_id), &repair);
+    }
+
+    /// Moves a repair to a final state: out of the active set and the deadlines, counted, and
+    /// announced. The caller refills the orchestrator's slots.
+    pub fn finish(&mut self, mut repair: Repair, status: RepairStatus, reason: Option<String>, ms: u64) {
+        repair.enter(status, ms);
+        repair.reason = reason;
+        repair.source = None;
+        self.tx.delete(active_key(&repair.orchestrator_id, &repair.repair_id));
+        if let Some(deadline) = repair.deadline_ms {
+            self.tx.delete(deadline_key(deadline, &repair.repair_id));
+        }
+        self.count(&repair.orchestrator_id, |s| match status {
+            RepairStatus::Success => s.succeeded += 1,
+            RepairStatus::Failed => s.failed += 1,
+            _ => s.skipped += 1,
+        });
+        if let (RepairStatus::Success, Some(strategy)) = (status, repair.strategy.clone()) {
+            self.count_strategy(&strategy, |s| s.successes += 1);
+        }
+        self.repair_result(&repair, ms);
+        self.save(repair_key(&repair.repair_id), &repair);
+    }
+
+    /// Fails every validating repair whose deadline is at or before `now` (a clock record's
+    /// time), oldest deadline first, then refills the slots they held.
+    pub fn expire(&mut self, now: u64) {
+        let due: Vec<(u64, String)> = self
+            .tx
+            .scan(DEADLINE_PREFIX)
+            .into_iter()
+            .filter_map(|(key, _)| {
+                let deadline = deadline_of(&key)?;
+                let id = String::from_utf8(key.get(23..)?.to_vec()).ok()?;
+                (deadline <= now).then_some((deadline, id))
+            })
+            .collect();
+        let mut touched = Vec::new();
+        for (_, id) in due {
+            let Some(repair) = self.load::<Repair>(&repair_key(&id)) else { continue };
+            let since = repair.transitions.last().map_or(now, |(_, at)| *at);
+            let allowed = repair.deadline_ms.unwrap_or(now).saturating_sub(since);
+            let reason = format!("timed out: no validation outcome within {} ms", allowed);
+            if !touched.contains(&repair.orchestrator_id) {
+                touched.push(repair.orchestrator_id.clone());
+            }
+            self.finish(repair, RepairStatus::Failed, Some(reason), now);
+        }
+        for orchestrator_id in touched {
+            self.fill_slots(&orchestrator_id, now);
+        }
+    }
+
+    /// Skips every repair still waiting in a stopped orchestrator's queue.
+    pub fn drain_queue(&mut self, orchestrator_id: &str, ms: u64) {
+        for (key, id) in self.tx.scan(&queue_prefix(orchestrator_id)) {
+            self.tx.delete(key);
+            let id: String = serde_json::from_slice(&id).unwrap_or_default();
+            if let Some(repair) = self.load::<Repair>(&repair_key(&id)) {
+                let reason = format!("orchestrator {orchestrator_id} was stopped before the repair started");
+                self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! What the healing projection stores, and under which keys.
+//!
+//! Keys: `o/<orchestrator>` orchestrators, `r/<repair>` repairs, `a/<orchestrator>\0<repair>`
+//! the active set, `q/<orchestrator>\0<seq>` the wait queue in arrival order,
+//! `d/<deadline ms>\0<repair>` validation deadlines, `s/<orchestrator>` and `g` statistics,
+//! `k/<strategy>` strategy effectiveness, `t/<type>\0<severity>` error tallies and
+//! `e/<type>\0<severity>\0<seq>` the error history. Numbers in keys are zero-padded to 20
+//! digits so that key order is numeric order.
+
+use serde::{Deserialize, Serialize};
+
+/// The orchestrator heal requests without an `orchestrator_id` belong to: always running, with
+/// the old service's default settings.
+pub const DEFAULT_ORCHESTRATOR: &str = "default";
+
+/// How long a repair may wait in `validating` for its outcome (domain.md: 30 minutes).
+pub const DEFAULT_VALIDATION_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
+/// An orchestrator's settings: the old defaults, plus the validation time-out, which producers
+/// may set as `config.validation_timeout_seconds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub auto_fix: bool,
+    pub require_approval: bool,
+    pub confidence_threshold: f64,
+    pub auto_commit: bool,
+    pub create_pr: bool,
+    pub max_concurrent_repairs: u32,
+    pub validation_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            auto_fix: true,
+            require_approval: false,
+            confidence_threshold: 0.75,
+            auto_commit: false,
+            create_pr: false,
+            max_concurrent_repairs: 3,
+            validation_timeout_ms: DEFAULT_VALIDATION_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A registered orchestrator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Orchestrator {
+    pub orchestrator_id: String,
+    pub project_path: String,
+    pub settings: Settings,
+    /// `started` or `stopped`.
+    pub status: String,
+    pub started_ms: u64,
+    pub stopped_ms: Option<u64>,
+}
+
+impl Orchestrator {
+    /// The implicit orchestrator of heal requests that name none.
+    pub fn default_one() -> Orchestrator {
+        Orchestrator {
+            orchestrator_id: DEFAULT_ORCHESTRATOR.into(),
+            project_path: String::new(),
+            settings: Settings::default(),
+            status: "started".into(),
+            started_ms: 0,
+            stopped_ms: None,
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.status == "started"
+    }
+}
+
+/// The failure a repair is about, as the request described it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<i64>,
+    pub test_id: Option<String>,
+    pub severity: String,
+}
+
+/// Where a repair is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairStatus {
+    Pending,
+    Analyzing,
+    Healing,
+    Validating,
+    Success,
+    Failed,
+    Skipped,
+}
+
+impl RepairStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            RepairStatus::Pending => "pending",
+            RepairStatus::Analyzing => "analyzing",
+            RepairStatus::Healing => "healing",
+            RepairStatus::Validating => "validating",
+            RepairStatus::Success => "success",
+            RepairStatus::Failed => "failed",
+            RepairStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, RepairStatus::Success | RepairStatus::Failed | RepairStatus::Skipped)
+    }
+}
+
+/// One repair: a heal request from arrival to its final state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Repair {
+    pub repair_id: String,
+    pub orchestrator_id: String,
+    pub error: Failure,
+    pub status: RepairStatus,
+    /// The detection confidence of the error type, compared with the orchestrator's threshold.
+    pub detection_confidence: f64,
+    pub failure_class: Option<String>,
+    pub strategy: Option<String>,
+    pub healed_code: Option<String>,
+    pub confidence_score: Option<f64>,
+    pub similarity: Option<f64>,
+    pub decision: Option<String>,
+    pub validation_passed: Option<bool>,
+    /// Why a repair was skipped or failed, in words.
+    pub reason: Option<String>,
+    /// The test source, kept only while the repair waits for a slot.
+    pub source: Option<String>,
+    /// The log record that asked for the repair.
+    pub seq: u64,
+    pub requested_ms: u64,
+    pub deadline_ms: Option<u64>,
+    /// Every state the repair passed through, with the log time it entered it.
+    pub transitions: Vec<(RepairStatus, u64)>,
+}
+
+impl Repair {
+    /// Moves the repair to `status` at `ms`.
+    pub fn enter(&mut self, status: RepairStatus, ms: u64) {
+        self.status = status;
+        self.transitions.push((status, ms));
+    }
+}
+
+/// Counters kept per orchestrator and overall.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub errors_detected: u64,
+    pub repairs_attempted: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    /// Succeeded over attempted, 0 before the first attempt.
+    pub success_rate: f64,
+}
+
+/// How well one strategy works.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StrategyStats {
+    pub attempts: u64,
+    pub successes: u64,
+    pub confidence_sum: f64,
+    pub mean_confidence: f64,
+}
+
+/// Errors seen of one type and severity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorTally {
+    pub count: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+/// One entry of the error history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorSeen {
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<i64>,
+    pub orchestrator_id: String,
+    /// The repair it opened; `None` for an error report, which carries no source to heal.
+    pub repair_id: Option<String>,
+    pub time_ms: u64,
+}
+
+fn join(kind: &str, parts: &[&str]) -> Vec<u8> {
+    let mut key = kind.as_bytes().to_vec();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn padded(n: u64) -> String {
+    format!("{n:020}")
+}
+
+pub fn orchestrator_key(id: &str) -> Vec<u8> {
+    join("o/", &[id])
+}
+
+pub fn repair_key(id: &str) -> Vec<u8> {
+    join("r/", &[id])
+}
+
+pub fn active_prefix(orchestrator: &str) -> Vec<u8> {
+    join("a/", &[orchestrator, ""])
+}
+
+pub fn active_key(orchestrator: &str, repair: &str) -> Vec<u8> {
+    join("a/", &[orchestrator, repair])
+}
+
+pub fn queue_prefix(orchestrator: &str) -> Vec<u8> {
+    join("q/", &[orchestrator, ""])
+}
+
+pub fn queue_key(orchestrator: &str, seq: u64) -> Vec<u8> {
+    join("q/", &[orchestrator, &padded(seq)])
+}
+
+pub const DEADLINE_PREFIX: &[u8] = b"d/";
+
+pub fn deadline_key(ms: u64, repair: &str) -> Vec<u8> {
+    join("d/", &[&padded(ms), repair])
+}
+
+/// The deadline in a deadline key.
+pub fn deadline_of(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key.get(2..22)?).ok()?.parse().ok()
+}
+
+pub fn stats_key(orchestrator: &str) -> Vec<u8> {
+    join("s/", &[orchestrator])
+}
+
+pub const GLOBAL_STATS_KEY: &[u8] = b"g";
+
+pub fn strategy_key(strategy: &str) -> Vec<u8> {
+    join("k/", &[strategy])
+}
+
+pub fn tally_key(error_type: &str, severity: &str) -> Vec<u8> {
+    join("t/", &[error_type, severity])
+}
+
+pub fn history_key(error_type: &str, severity: &str, seq: u64) -> Vec<u8> {
+    join("e/", &[error_type, severity, &padded(seq)])
+}

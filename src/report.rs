@@ -77,7 +77,7 @@ pub fn print_healing(store: &Store, orchestrator: &str) -> anyhow::Result<()> {
         .filter_map(|(_, v)| serde_json::from_slice::<Repair>(v).ok())
         .filter(|r| r.orchestrator_id == orchestrator)
         .collect();
-    repairs.sort_by_key(|r| r.seq);
+    repairs.sort_by(|a, b| (a.requested_ms, &a.entry_id).cmp(&(b.requested_ms, &b.entry_id)));
     println!("\nhealing (projection `{HEALING}`): repairs of orchestrator {orchestrator}");
     println!("{:<34} {:<18} {:<25} {:>5} {:<18} {:<9}", "test file", "class", "strategy", "conf", "decision", "status");
     for r in &repairs {

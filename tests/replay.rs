@@ -11,6 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 const REQUESTS: &str = "maestro:streams:templates:requests";
+const HEALING: &str = "maestro:streams:automation:healing";
+const JOBS: &str = "maestro:streams:automation:jobs";
 
 fn send(conn: &mut redis::Connection, id: &str, op: &str, tenant: &str, template: &str, parameters: Value) {
     let user = if tenant == "acme" { "alice" } else { "gina" };
@@ -192,7 +194,8 @@ fn batch_sizes_do_not_change_any_projection() {
         ];
         let mut engine = EngineProc::start(&server.url(), &dir, &env);
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while !maestro::groups::drained(&mut conn, &[REQUESTS.to_string(), results.clone(), usage.clone()], &group) {
+        let read = [REQUESTS.to_string(), HEALING.to_string(), JOBS.to_string(), results.clone(), usage.clone()];
+        while !maestro::groups::drained(&mut conn, &read, &group) {
             assert!(std::time::Instant::now() < deadline, "run {count} did not drain");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -200,13 +203,19 @@ fn batch_sizes_do_not_change_any_projection() {
         assert!(engine.terminate().success(), "{}", engine.stderr());
         let d = dir.to_str().unwrap();
         let mut hashes = Vec::new();
-        for projection in ["templates", "template_usage"] {
+        for projection in ["templates", "template_usage", "healing"] {
             let args = ["replay", "state", "--data-dir", d, "--projection", projection];
             let (code, out, err) = maestro(&args);
             assert_eq!(code, Some(0), "{err}");
             let state: Value = serde_json::from_str(&out).unwrap();
-            let keys = state["state"].as_object().unwrap().keys().filter(|k| k.starts_with("t/")).count();
-            assert!(projection != "templates" || keys > 20, "only {keys} templates: the comparison proves little");
+            let count =
+                |prefix: &str| state["state"].as_object().unwrap().keys().filter(|k| k.starts_with(prefix)).count();
+            let (templates, repairs) = (count("t/"), count("r/"));
+            assert!(
+                projection != "templates" || templates > 20,
+                "only {templates} templates: the comparison proves little"
+            );
+            assert!(projection != "healing" || repairs > 20, "only {repairs} repairs: the comparison proves little");
             hashes.push(state["state_hash"].as_str().unwrap().to_string());
         }
         let (code, out, err) = maestro(&["replay", "check", "--data-dir", d]);

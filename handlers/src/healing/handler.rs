@@ -117,7 +117,7 @@ impl Healing {
         Ok(())
     }
 
-    fn heal(&self, s: &mut Session<'_>, heal: &he::HealRequest, entry: &Entry, seq: u64) {
+    fn heal(&self, s: &mut Session<'_>, heal: &he::HealRequest, entry: &Entry) {
         let path = heal.file_path.clone().or_else(|| heal.test_id.clone()).unwrap_or_default();
         let failure = Failure {
             error_type: heal.error_type.clone(),
@@ -142,7 +142,8 @@ impl Healing {
             validation_passed: None,
             reason: None,
             source: None,
-            seq,
+            stream: entry.stream.clone(),
+            entry_id: entry.id.to_string(),
             requested_ms: entry.id.ms,
             deadline_ms: None,
             transitions: vec![(RepairStatus::Pending, entry.id.ms)],
@@ -155,14 +156,15 @@ impl Healing {
             repair_id: Some(repair.repair_id.clone()),
             time_ms: entry.id.ms,
         };
-        s.note_error(&failure, seen, seq);
-        s.admit(repair, heal.source.clone(), entry.id.ms);
+        let arrival = arrival(&entry.stream, entry.id);
+        s.note_error(&failure, seen, &arrival);
+        s.admit(repair, heal.source.clone(), &arrival, entry.id.ms);
     }
 
     /// An error report carries no test source, so it opens no repair: it is counted as
     /// detected, against the running orchestrator whose project holds the file (the longest
     /// matching `project_path`), else the default one.
-    fn error_report(&self, s: &mut Session<'_>, report: &he::ErrorReport, entry: &Entry, seq: u64) {
+    fn error_report(&self, s: &mut Session<'_>, report: &he::ErrorReport, entry: &Entry) {
         let owner =
             s.tx.scan(b"o/")
                 .into_iter()
@@ -186,7 +188,7 @@ impl Healing {
             repair_id: None,
             time_ms: entry.id.ms,
         };
-        s.note_error(&failure, seen, seq);
+        s.note_error(&failure, seen, &arrival(&entry.stream, entry.id));
     }
 
     fn validation(&self, s: &mut Session<'_>, outcome: &he::ValidationOutcome, ms: u64) -> Result<(), HandlerError> {
@@ -224,16 +226,16 @@ impl Handler for Healing {
         match (&event.record.body, event.typed.map(|t| &t.event)) {
             (Body::Clock { time_ms }, _) => s.expire(*time_ms),
             (Body::Entry(entry), Some(typed)) => {
-                let (seq, ms) = (event.seq(), entry.id.ms);
+                let ms = entry.id.ms;
                 match typed {
                     Typed::AutomationJob(job) => match &job.job {
                         Some(Job::StartMonitoring(start)) => self.start_monitoring(&mut s, start, entry)?,
                         Some(Job::StopMonitoring(stop)) => self.stop_monitoring(&mut s, &stop.orchestrator_id, ms)?,
-                        Some(Job::HealTestFailure(heal)) => self.heal(&mut s, heal, entry, seq),
+                        Some(Job::HealTestFailure(heal)) => self.heal(&mut s, heal, entry),
                         None => {}
                     },
-                    Typed::HealRequest(heal) => self.heal(&mut s, heal, entry, seq),
-                    Typed::ErrorReport(report) => self.error_report(&mut s, report, entry, seq),
+                    Typed::HealRequest(heal) => self.heal(&mut s, heal, entry),
+                    Typed::ErrorReport(report) => self.error_report(&mut s, report, entry),
                     Typed::ValidationOutcome(outcome) => self.validation(&mut s, outcome, ms)?,
                     _ => {}
                 }

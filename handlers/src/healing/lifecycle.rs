@@ -107,22 +107,22 @@ impl<'a> Session<'a> {
     }
 
     /// Records a detected error in the tallies and the history.
-    pub fn note_error(&mut self, error: &Failure, seen: ErrorSeen, seq: u64) {
+    pub fn note_error(&mut self, error: &Failure, seen: ErrorSeen, arrival: &str) {
         let key = tally_key(&error.error_type, &error.severity);
         let mut tally: ErrorTally = self.load(&key).unwrap_or_default();
-        if tally.count == 0 {
-            tally.first_ms = seen.time_ms;
-        }
+        // Min and max, not first and last seen: entries of two streams may be recorded in
+        // either order, and the state must not depend on it.
+        tally.first_ms = if tally.count == 0 { seen.time_ms } else { tally.first_ms.min(seen.time_ms) };
+        tally.last_ms = tally.last_ms.max(seen.time_ms);
         tally.count += 1;
-        tally.last_ms = seen.time_ms;
         self.save(key, &tally);
-        self.save(history_key(&error.error_type, &error.severity, seq), &seen);
+        self.save(history_key(&error.error_type, &error.severity, arrival), &seen);
         self.count(&seen.orchestrator_id, |s| s.errors_detected += 1);
     }
 
     /// Admits a new repair, or skips it with the reason. Admitted repairs start at once when
     /// their orchestrator has a free slot and wait in the queue otherwise.
-    pub fn admit(&mut self, mut repair: Repair, source: String, ms: u64) {
+    pub fn admit(&mut self, mut repair: Repair, source: String, arrival: &str, ms: u64) {
         let orchestrator = self.orchestrator(&repair.orchestrator_id);
         let refusal = match &orchestrator {
             None => Some(format!("orchestrator {} is not registered", repair.orchestrator_id)),
@@ -137,7 +137,7 @@ impl<'a> Session<'a> {
             return self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
         }
         repair.source = Some(source);
-        self.save(queue_key(&repair.orchestrator_id, repair.seq), &repair.repair_id);
+        self.save(queue_key(&repair.orchestrator_id, arrival), &repair.repair_id);
         let orchestrator_id = repair.orchestrator_id.clone();
         self.save(repair_key(&repair.repair_id), &repair);
         self.fill_slots(&orchestrator_id, ms);

@@ -1,11 +1,12 @@
 //! What the healing projection stores, and under which keys.
 //!
 //! Keys: `o/<orchestrator>` orchestrators, `r/<repair>` repairs, `a/<orchestrator>\0<repair>`
-//! the active set, `q/<orchestrator>\0<seq>` the wait queue in arrival order,
+//! the active set, `q/<orchestrator>\0<arrival>` the wait queue in arrival order,
 //! `d/<deadline ms>\0<repair>` validation deadlines, `s/<orchestrator>` and `g` statistics,
 //! `k/<strategy>` strategy effectiveness, `t/<type>\0<severity>` error tallies and
-//! `e/<type>\0<severity>\0<seq>` the error history. Numbers in keys are zero-padded to 20
-//! digits so that key order is numeric order.
+//! `e/<type>\0<severity>\0<arrival>` the error history. Numbers in keys are zero-padded to 20
+//! digits so that key order is numeric order. An arrival is the request's entry id and stream,
+//! never its log seq: the state does not depend on how reads were cut into batches.
 
 use serde::{Deserialize, Serialize};
 
@@ -136,8 +137,9 @@ pub struct Repair {
     pub reason: Option<String>,
     /// The test source, kept only while the repair waits for a slot.
     pub source: Option<String>,
-    /// The log record that asked for the repair.
-    pub seq: u64,
+    /// The stream entry that asked for the repair.
+    pub stream: String,
+    pub entry_id: String,
     pub requested_ms: u64,
     pub deadline_ms: Option<u64>,
     /// Every state the repair passed through, with the log time it entered it.
@@ -228,8 +230,13 @@ pub fn queue_prefix(orchestrator: &str) -> Vec<u8> {
     join("q/", &[orchestrator, ""])
 }
 
-pub fn queue_key(orchestrator: &str, seq: u64) -> Vec<u8> {
-    join("q/", &[orchestrator, &padded(seq)])
+/// Where an entry stands in arrival order: its entry id (time first), then its stream.
+pub fn arrival(stream: &str, id: maestro_schemas::EntryId) -> String {
+    format!("{}-{}-{stream}", padded(id.ms), padded(id.seq))
+}
+
+pub fn queue_key(orchestrator: &str, arrival: &str) -> Vec<u8> {
+    join("q/", &[orchestrator, arrival])
 }
 
 pub const DEADLINE_PREFIX: &[u8] = b"d/";
@@ -257,6 +264,6 @@ pub fn tally_key(error_type: &str, severity: &str) -> Vec<u8> {
     join("t/", &[error_type, severity])
 }
 
-pub fn history_key(error_type: &str, severity: &str, seq: u64) -> Vec<u8> {
-    join("e/", &[error_type, severity, &padded(seq)])
+pub fn history_key(error_type: &str, severity: &str, arrival: &str) -> Vec<u8> {
+    join("e/", &[error_type, severity, arrival])
 }

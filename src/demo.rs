@@ -125,6 +125,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         streams: streams.clone(),
         // Every demo user is an admin of its tenant, so that creates reach the quality gate.
         admins: (0..8).flat_map(|t| (0..50).map(move |u| format!("tenant-{t}:user-{u}"))).collect(),
+        // Clock records twice a second, so that the scenario's short TTL runs out quickly.
+        clock_interval_ms: 500,
+        // The compressed traffic asks for hundreds of environments at once, and no cluster
+        // finishes them: a cap of 10 would queue nearly all.
+        max_active_environments: 1000,
         ..EngineConfig::default()
     };
     let config_group = config.group.clone();
@@ -157,6 +162,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     ingest.finish();
     let orchestrator = crate::heal_demo::run(&mut conn, &streams)?;
+    crate::exec_demo::run(&mut conn, &streams)?;
     let _ = stop.send(true);
     engine.await?.context("engine")?;
 
@@ -179,6 +185,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         crate::report::print_catalogue(&store)?;
         crate::report::print_usage(&store)?;
         crate::report::print_healing(&store, &orchestrator)?;
+        crate::report::print_environments(&store)?;
     }
     let report = maestro_replay::verify(&data_dir)?;
     println!(
@@ -190,6 +197,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("\nlook closer: maestro export --data-dir {dir} | head");
     println!("             maestro replay state --data-dir {dir} --projection templates --tenant tenant-3 | head -40");
     println!("             maestro replay state --data-dir {dir} --projection healing | head -40");
+    println!("             maestro manifests demo-exec-05 --data-dir {dir}    (YAML for kubectl apply -f -)");
     println!("             maestro verify --data-dir {dir}    (chain, indexes, replay equals live)");
     println!("             git --git-dir {dir}/history.git log --stat tenants/tenant-3 | head -20");
     Ok(())

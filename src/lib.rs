@@ -4,8 +4,10 @@ pub mod bench;
 pub mod bench_catalogue;
 pub mod bench_replay;
 pub mod demo;
+pub mod exec_demo;
 pub mod groups;
 pub mod heal_demo;
+pub mod manifests_cli;
 pub mod metrics;
 pub mod redis_server;
 pub mod replay_cli;
@@ -22,5 +24,12 @@ pub fn handlers(config: &maestro_engine::config::EngineConfig) -> Vec<Arc<dyn Ha
     let templates = Templates::new(&config.streams);
     let usage = TemplateUsage { usage: config.streams.templates_usage.clone(), limits: config.limits };
     let healing = maestro_handlers::healing::handler::Healing::new(&config.streams);
-    vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(templates), Arc::new(usage), Arc::new(healing)]
+    let execution = maestro_handlers::execution::handler::Execution::new(&config.streams);
+    vec![
+        Arc::new(maestro_handlers::stream_stats::StreamStats),
+        Arc::new(templates),
+        Arc::new(usage),
+        Arc::new(healing),
+        Arc::new(execution),
+    ]
 }

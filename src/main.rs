@@ -92,6 +92,14 @@ enum Command {
         #[arg(long)]
         chain_only: bool,
     },
+    /// Print every Kubernetes object of an execution's environment as one multi-document YAML,
+    /// for `kubectl apply -f -` (rendered again from the request in the log).
+    Manifests {
+        /// The execution's id (from its request, or derived from its entry).
+        execution_id: String,
+        #[arg(long, value_name = "DIR", default_value = "./maestro-data")]
+        data_dir: PathBuf,
+    },
     /// Offline tools that replay the log (no Redis needed; the engine must not hold the dir).
     Replay {
         #[command(subcommand)]
@@ -345,6 +353,7 @@ async fn main() {
     let result = match cli.command {
         Command::Run { config, http } => run(config, http, shutdown).await,
         Command::Demo(args) => maestro::demo::demo(args).await,
+        Command::Manifests { execution_id, data_dir } => maestro::manifests_cli::print(&data_dir, &execution_id),
         Command::Export { data_dir, from, to, stream, tenant, format } => {
             export(data_dir, (from, to), stream, tenant, format)
         }

@@ -12,7 +12,7 @@ use maestro_schemas::record::hex;
 use std::path::{Path, PathBuf};
 
 /// Prints one line to stdout; a reader that went away (`| head`) ends the command quietly.
-fn emit(line: impl std::fmt::Display) -> anyhow::Result<()> {
+pub fn emit(line: impl std::fmt::Display) -> anyhow::Result<()> {
     use std::io::Write;
     match writeln!(std::io::stdout().lock(), "{line}") {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),

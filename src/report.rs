@@ -122,3 +122,36 @@ pub fn print_healing(store: &Store, orchestrator: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Ephemeral test environments by status, and the ones with job results.
+pub fn print_environments(store: &Store) -> anyhow::Result<()> {
+    use maestro_handlers::execution::handler::NAME as EXECUTION;
+    use maestro_handlers::execution::model::Environment;
+    let mut environments: Vec<Environment> = store
+        .entries(EXECUTION)?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(b"x/"))
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect();
+    environments.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
+    let mut by_status: BTreeMap<&str, u64> = BTreeMap::new();
+    for env in &environments {
+        *by_status.entry(env.status.name()).or_default() += 1;
+    }
+    println!("\ntest environments (projection `{EXECUTION}`; no cluster here: the demo played the runner for 02-04)");
+    println!("by status: {by_status:?}");
+    println!("{:<14} {:<13} {:<36} {:>5}  path", "execution", "status", "namespace", "jobs");
+    for env in environments.iter().filter(|e| e.execution_id.starts_with("demo-exec-")) {
+        let path: Vec<&str> = env.transitions.iter().map(|(s, _)| s.name()).collect();
+        let passed = env.results.iter().filter(|r| r["success"] == true).count();
+        let jobs = if env.results.is_empty() { "-".to_string() } else { format!("{passed}/{}", env.results.len()) };
+        println!(
+            "{:<14} {:<13} {:<36} {jobs:>5}  {}",
+            env.execution_id,
+            env.status.name(),
+            env.namespace,
+            path.join(" > ")
+        );
+    }
+    Ok(())
+}

@@ -110,11 +110,15 @@ fn poison_of_each_kind_is_dead_lettered_with_its_reason_and_never_stalls() {
             assert!(!copy.1.contains_key("data"), "an oversized payload is not copied");
         }
     }
-    let dead_total: usize = ["templates:requests", "k8s:jobs"]
+    // Besides the poison, the generated traffic asks for logs of executions that were never
+    // requested: the execution handler refuses those (handler_failed), naming the reason.
+    let dead: Vec<_> = ["templates:requests", "k8s:jobs"]
         .iter()
-        .map(|s| read_stream(&mut conn, &format!("maestro:streams:{s}:dead")).len())
-        .sum();
-    assert_eq!(dead_total, expected.len(), "exactly the poison entries are dead-lettered");
+        .flat_map(|s| read_stream(&mut conn, &format!("maestro:streams:{s}:dead")))
+        .collect();
+    let (refused, poisoned): (Vec<_>, Vec<_>) = dead.iter().partition(|(_, f)| f["dead_reason"] == "handler_failed");
+    assert_eq!(poisoned.len(), expected.len(), "exactly the poison entries are dead-lettered as poison");
+    assert!(refused.iter().all(|(_, f)| f["dead_detail"].contains("no execution")), "{refused:?}");
     let records = export(&dir);
     let rejected: Vec<_> = records.iter().filter(|r| r["status"] == "rejected").collect();
     assert_eq!(rejected.len(), expected.len());

@@ -69,7 +69,10 @@ fn state_diff_explain_and_verify_with_external_anchors() {
     assert!(!keys.is_empty() && keys.iter().all(|k| !k.contains("acme")), "{keys:?}");
     assert_ne!(globex["state_hash"], globex["projection_hash"]);
     let (_, list, _) = maestro(&["replay", "state", "--data-dir", d, "--list"]);
-    assert_eq!(list.lines().collect::<Vec<_>>(), ["stream_stats", "templates", "template_usage", "healing"]);
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        ["stream_stats", "templates", "template_usage", "healing", "execution"]
+    );
 
     // Diff between two positions names exactly the keys that changed, with before and after.
     let (code, diff, _) = maestro(&[

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// Crates the pure crates may depend on. Anything else needs a reason and a change here.
-const PURE_DEPENDENCIES: [&str; 13] = [
+const PURE_DEPENDENCIES: [&str; 14] = [
     "maestro-schemas",
     "serde",
     "serde_json",
@@ -19,6 +19,8 @@ const PURE_DEPENDENCIES: [&str; 13] = [
     "sha1_smol",
     "rustpython-ruff_python_parser",
     "rustpython-ruff_python_ast",
+    // Kubernetes object types: plain data with serde, no client.
+    "k8s-openapi",
 ];
 
 /// Source patterns that mean I/O, a clock, randomness or the environment. Crate paths are

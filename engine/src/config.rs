@@ -50,6 +50,8 @@ pub struct EngineConfig {
     /// How often a clock record with the Redis server's time is appended to the log, so that
     /// time-outs and expiries are decided on logged time; 0 appends none.
     pub clock_interval_ms: u64,
+    /// Ephemeral test environments active at once; more wait in order (recorded in the log).
+    pub max_active_environments: u32,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +77,7 @@ impl Default for EngineConfig {
             anchor_redis: true,
             anchor_interval_ms: 10_000,
             clock_interval_ms: 10_000,
+            max_active_environments: maestro_handlers::execution::DEFAULT_MAX_ACTIVE,
         }
     }
 }
@@ -83,6 +86,12 @@ impl EngineConfig {
     /// The Redis key of a consumer's external anchor.
     pub fn anchor_key(&self, consumer: &str) -> String {
         format!("maestro:engine:{}:anchor:{consumer}", self.group)
+    }
+
+    /// The handler settings recorded in the log: (name, value, default value).
+    pub fn settings(&self) -> Vec<(&'static str, String, String)> {
+        use maestro_handlers::execution::{DEFAULT_MAX_ACTIVE, MAX_ACTIVE_SETTING};
+        vec![(MAX_ACTIVE_SETTING, self.max_active_environments.to_string(), DEFAULT_MAX_ACTIVE.to_string())]
     }
 
     /// The bootstrap admins as (tenant, user).
@@ -100,6 +109,9 @@ impl EngineConfig {
         }
         if self.group.is_empty() {
             return Err("group: must not be empty".into());
+        }
+        if self.max_active_environments == 0 {
+            return Err("max_active_environments: must be at least 1".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());

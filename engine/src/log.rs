@@ -29,6 +29,12 @@ const REQUEST: u8 = b'R';
 const QUARANTINE: u8 = b'Q';
 /// The seq of the last config record.
 const CONFIG: &[u8] = b"K";
+/// `S` + name: the seq of the last setting record of that name.
+const SETTING: u8 = b'S';
+
+fn setting_key(name: &str) -> Vec<u8> {
+    [&[SETTING][..], name.as_bytes()].concat()
+}
 
 /// What a config record holds: the bootstrap admins and the stream keys.
 pub type RecordedConfig = (Vec<(String, String)>, maestro_schemas::StreamSet);
@@ -247,6 +253,7 @@ impl Log {
                     batch.insert([&[QUARANTINE][..], &target_seq.to_be_bytes()].concat(), &seq_bytes);
                 }
                 Body::Config { .. } => batch.insert(CONFIG, &seq_bytes),
+                Body::Setting { name, .. } => batch.insert(setting_key(name), &seq_bytes),
                 Body::Clock { .. } => {}
             }
             if let Some((stream, request_id)) = &item.request {
@@ -352,6 +359,17 @@ impl Log {
         match self.range(seq, seq).next().transpose()?.map(|r| r.body) {
             Some(Body::Config { admins, streams }) => Ok(Some((admins, streams))),
             _ => Err(EngineError::Damaged(format!("config index points at seq {seq}, which is not a config record"))),
+        }
+    }
+
+    /// The value the log last recorded for a setting, if any.
+    pub fn setting(&self, name: &str) -> Result<Option<String>> {
+        let Some(seq) = self.db.get(setting_key(name))? else { return Ok(None) };
+        let seq =
+            seq.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| EngineError::Damaged("setting key".into()))?;
+        match self.range(seq, seq).next().transpose()?.map(|r| r.body) {
+            Some(Body::Setting { value, .. }) => Ok(Some(value)),
+            _ => Err(EngineError::Damaged(format!("setting index points at seq {seq}, which is not a setting record"))),
         }
     }
 

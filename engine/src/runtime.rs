@@ -111,7 +111,12 @@ async fn session(
     let history = data_dir.path().join(HISTORY_DIR);
     let git = GitHistory::open(&history)
         .map_err(|e| EngineError::Config(format!("history repository {}: {e}", history.display())))?;
-    let mut effects = Effects::new(vec![Box::new(git)]);
+    let (facts, fact_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let mut runners: Vec<Box<dyn crate::effects::EffectRunner>> = vec![Box::new(git)];
+    if let Some(kube) = kube_runner(facts).await {
+        runners.push(Box::new(kube));
+    }
+    let mut effects = Effects::new(runners);
     run_effects(&mut effects, &dispatcher, status)?;
     Status::set(&status.log_open, true);
     Status::set(&status.storage_ok, true);
@@ -138,10 +143,45 @@ async fn session(
         ingest,
         anchored: None,
         clocked: None,
+        facts: fact_receiver,
+        unpublished: std::collections::VecDeque::new(),
         source,
         status: status.clone(),
     };
     cycle.follow(shutdown).await
+}
+
+/// The Kubernetes effect runner when a cluster is configured (`KUBECONFIG` or in-cluster);
+/// without one, says so: test environments are planned and recorded but stay in
+/// `provisioning`.
+async fn kube_runner(
+    facts: tokio::sync::mpsc::UnboundedSender<crate::effects::kube::Fact>,
+) -> Option<crate::effects::kube::KubeRunner> {
+    let kubeconfig = std::env::var_os("KUBECONFIG").is_some();
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if !kubeconfig && !in_cluster {
+        tracing::warn!(
+            "no Kubernetes cluster configured (KUBECONFIG unset, not in a cluster): test environments stay in \
+             provisioning; `maestro manifests EXECUTION_ID --data-dir DIR` prints their manifests for kubectl"
+        );
+        return None;
+    }
+    match kube::Client::try_default().await {
+        Ok(client) => {
+            tracing::info!("kubernetes cluster configured: the effect runner applies test environments");
+            let settings = crate::effects::kube::KubeSettings::default();
+            Some(crate::effects::kube::KubeRunner {
+                client,
+                settings,
+                facts,
+                runtime: tokio::runtime::Handle::current(),
+            })
+        }
+        Err(error) => {
+            tracing::error!(%error, "a Kubernetes cluster is configured but no client could be built; environments stay in provisioning");
+            None
+        }
+    }
 }
 
 /// The template history repository, inside the data dir.
@@ -161,6 +201,14 @@ fn record_config(log: &mut Log, config: &EngineConfig) -> Result<()> {
         tracing::info!(admins = admins.len(), "configuration recorded in the log");
         let body = maestro_schemas::Body::Config { admins, streams };
         log.append(vec![crate::log::NewRecord { body, request: None }])?;
+    }
+    for (name, value, default) in config.settings() {
+        // As above: a setting never recorded has its default value.
+        if log.setting(name)?.unwrap_or(default) != value {
+            tracing::info!(name, value, "setting recorded in the log");
+            let body = maestro_schemas::Body::Setting { name: name.to_string(), value };
+            log.append(vec![crate::log::NewRecord { body, request: None }])?;
+        }
     }
     Ok(())
 }
@@ -213,6 +261,9 @@ struct Cycle {
     anchored: Option<(Instant, (u64, [u8; 32]))>,
     /// When, and with which time, the last clock record was appended.
     clocked: Option<(Instant, u64)>,
+    /// Facts from the Kubernetes effect runner, and those not yet published.
+    facts: tokio::sync::mpsc::UnboundedReceiver<crate::effects::kube::Fact>,
+    unpublished: std::collections::VecDeque<crate::effects::kube::Fact>,
     source: Source,
     status: Arc<Status>,
 }
@@ -290,6 +341,7 @@ impl Cycle {
             let full = self.source.count() * self.source.config().streams.len();
             Status::set(&self.status.caught_up, entries.len() < full);
             self.run_batch(entries).await?;
+            self.publish_facts().await?;
             self.tick().await?;
             self.anchor(false).await?;
             if Instant::now() >= next_claim {
@@ -325,6 +377,23 @@ impl Cycle {
             self.source.set(&key, &text).await?;
         }
         self.anchored = Some((Instant::now(), head));
+        Ok(())
+    }
+
+    /// Publishes the Kubernetes runner's facts as plain entries: the engine reads them back as
+    /// input, like any producer's. One that fails stays first, for the next round.
+    async fn publish_facts(&mut self) -> Result<()> {
+        while let Ok(fact) = self.facts.try_recv() {
+            self.unpublished.push_back(fact);
+        }
+        while let Some(fact) = self.unpublished.front() {
+            let stream = match fact.stream {
+                crate::effects::kube::FactStream::Status => &self.config.streams.k8s_status,
+                crate::effects::kube::FactStream::Results => &self.config.streams.k8s_results,
+            };
+            self.source.xadd(stream, &fact.fields).await?;
+            self.unpublished.pop_front();
+        }
         Ok(())
     }
 

@@ -254,6 +254,17 @@ impl Source {
         Ok(())
     }
 
+    /// Appends one entry as any producer would (no origin): the effect runners' facts.
+    pub async fn xadd(&mut self, stream: &str, fields: &[(String, String)]) -> Result<()> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (name, value) in fields {
+            cmd.arg(name).arg(value);
+        }
+        let _: String = self.run(&cmd).await?;
+        Ok(())
+    }
+
     /// The Redis server's time in Unix milliseconds: the clock entry ids are stamped with.
     pub async fn time_ms(&mut self) -> Result<u64> {
         let (seconds, micros): (u64, u64) = self.run(&redis::cmd("TIME")).await?;

@@ -201,6 +201,11 @@ impl Store {
         Ok(*hasher.finalize().as_bytes())
     }
 
+    /// One key of projection `name`.
+    pub fn value(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(state_key(name, key))?.map(|v| v.to_vec()))
+    }
+
     /// Every (key, value) of projection `name`, in key order.
     pub fn entries(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = state_key(name, b"");

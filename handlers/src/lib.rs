@@ -5,6 +5,9 @@
 //! I/O, reads a clock or draws a random number; time and ids come in with the record.
 
 pub mod contract;
+pub mod execution;
+#[cfg(test)]
+pub(crate) mod fold;
 pub mod healing;
 pub mod stream_stats;
 

@@ -68,6 +68,9 @@ fn to_proto(record: &Record, stored: &[u8]) -> pb::ExportedRecord {
             reason: reason.clone(),
             deliveries: *deliveries,
         }),
+        Body::Setting { name, value } => {
+            pb::exported_record::Body::Setting(pb::Setting { name: name.clone(), value: value.clone() })
+        }
         Body::Config { admins, streams } => pb::exported_record::Body::Config(pb::Config {
             admins: admins.iter().map(|(t, u)| format!("{t}:{u}")).collect(),
             streams_json: serde_json::to_string(streams).unwrap_or_default(),

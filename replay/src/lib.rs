@@ -87,6 +87,7 @@ pub fn record_json(record: &Record) -> Value {
             extra
         }
         Body::Clock { time_ms } => json!({ "kind": "clock", "time": format_utc_ms(*time_ms) }),
+        Body::Setting { name, value } => json!({ "kind": "setting", "name": name, "value": value }),
         Body::Config { admins, streams } => {
             let admins: Vec<String> = admins.iter().map(|(t, u)| format!("{t}:{u}")).collect();
             json!({ "kind": "config", "admins": admins, "streams": streams })

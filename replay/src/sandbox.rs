@@ -44,8 +44,8 @@ pub fn sandbox(
     let mut batch = Vec::new();
     for record in live.range(1, live.head_seq()) {
         let record = record?;
-        let keep =
-            matches!(record.body, Body::Config { .. }) || crate::export::tenant_of(&record).as_deref() == Some(tenant);
+        let keep = matches!(record.body, Body::Config { .. } | Body::Setting { .. })
+            || crate::export::tenant_of(&record).as_deref() == Some(tenant);
         if keep {
             batch.push(NewRecord { body: record.body, request: None });
         }

@@ -114,7 +114,7 @@ pub fn seq_at_time(log: &Log, time_ms: u64) -> Result<u64> {
         let time = match &record.body {
             Body::Entry(entry) => Some(entry.id.ms),
             Body::Clock { time_ms } => Some(*time_ms),
-            Body::Quarantine { .. } | Body::Config { .. } => None,
+            Body::Quarantine { .. } | Body::Config { .. } | Body::Setting { .. } => None,
         };
         if time.is_some_and(|t| t > time_ms) {
             break;

@@ -32,6 +32,13 @@ pub fn format_utc_ms(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
+/// Where an entry stands in arrival order, as a key part: its entry id (time first), then its
+/// stream. Projections order waiting work by it, never by log seq, so that their state does not
+/// depend on how reads were cut into batches.
+pub fn arrival(stream: &str, id: EntryId) -> String {
+    format!("{:020}-{:020}-{stream}", id.ms, id.seq)
+}
+
 /// The naive ISO-8601 time the old Python services wrote (`2026-11-28T07:40:23.123000`, no
 /// zone, microseconds), from Unix milliseconds.
 pub fn naive_iso(ms: u64) -> String {

@@ -42,6 +42,10 @@ pub enum Body {
     /// replay tools take it from here, so a replay decides as the live run did, whatever the
     /// replaying tool's own settings.
     Config { admins: Vec<(String, String)>, streams: crate::StreamSet },
+    /// A handler setting the engine started with (`execution.max_active_environments`, ...),
+    /// recorded when it differs from the last record of that name, so that replays decide with
+    /// the value the live run had at that point.
+    Setting { name: String, value: String },
 }
 
 /// Field/value pairs of a stream entry, in Redis order.

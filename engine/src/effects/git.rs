@@ -108,8 +108,8 @@ impl GitHistory {
 }
 
 impl EffectRunner for GitHistory {
-    fn kind(&self) -> &'static str {
-        INTENT_KIND
+    fn handles(&self, kind: &str) -> bool {
+        kind == INTENT_KIND
     }
 
     fn run(&mut self, intent: &Intent) -> Result<Ran, String> {

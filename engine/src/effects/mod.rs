@@ -9,6 +9,7 @@
 //! its own store and never runs them.
 
 pub mod git;
+pub mod kube;
 
 use crate::error::Result;
 use crate::store::Store;
@@ -24,9 +25,10 @@ pub enum Ran {
     AlreadyDone,
 }
 
-/// Executes the intents of one kind.
+/// Executes the intents of some kinds.
 pub trait EffectRunner: Send {
-    fn kind(&self) -> &'static str;
+    /// Whether this runner takes intents of `kind`.
+    fn handles(&self, kind: &str) -> bool;
     /// Runs one intent; an error leaves it queued, to be retried.
     fn run(&mut self, intent: &Intent) -> std::result::Result<Ran, String>;
 }
@@ -50,8 +52,7 @@ pub struct Effects {
 
 impl std::fmt::Debug for Effects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kinds: Vec<_> = self.runners.iter().map(|r| r.kind()).collect();
-        f.debug_struct("Effects").field("runners", &kinds).finish_non_exhaustive()
+        f.debug_struct("Effects").field("runners", &self.runners.len()).finish_non_exhaustive()
     }
 }
 
@@ -69,7 +70,7 @@ impl Effects {
                 return Ok(report);
             }
             for (key, intent) in queued {
-                let Some(runner) = self.runners.iter_mut().find(|r| r.kind() == intent.kind) else {
+                let Some(runner) = self.runners.iter_mut().find(|r| r.handles(&intent.kind)) else {
                     // Nothing here can ever run it: keeping it would stall every later intent.
                     if self.warned.insert(intent.kind.clone()) {
                         tracing::warn!(kind = intent.kind, "no effect runner for this kind: its intents are dropped");

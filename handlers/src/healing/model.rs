@@ -230,10 +230,7 @@ pub fn queue_prefix(orchestrator: &str) -> Vec<u8> {
     join("q/", &[orchestrator, ""])
 }
 
-/// Where an entry stands in arrival order: its entry id (time first), then its stream.
-pub fn arrival(stream: &str, id: maestro_schemas::EntryId) -> String {
-    format!("{}-{}-{stream}", padded(id.ms), padded(id.seq))
-}
+pub use maestro_schemas::ids::arrival;
 
 pub fn queue_key(orchestrator: &str, arrival: &str) -> Vec<u8> {
     join("q/", &[orchestrator, arrival])

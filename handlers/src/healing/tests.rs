@@ -4,49 +4,25 @@
 
 use super::handler::{Healing, detection_confidence};
 use super::model::*;
-use crate::contract::{Event, Handler, apply_changes};
-use maestro_schemas::envelope::Limits;
-use maestro_schemas::{Body, Entry, EntryId, Origin, Record, Status, StreamSet, decode};
+use crate::fold::Fold;
+use maestro_schemas::{Body, StreamSet};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 const JOBS: &str = "maestro:streams:automation:jobs";
 const HEALING: &str = "maestro:streams:automation:healing";
 
-/// A fold of records through the handler, keeping the state and what was published.
-#[derive(Default)]
-struct Fold {
-    state: BTreeMap<Vec<u8>, Vec<u8>>,
-    published: Vec<BTreeMap<String, String>>,
-    seq: u64,
+/// The healing handler's own steps over a fold.
+trait Steps {
+    fn start(&mut self, ms: u64, config: Value) -> String;
+    fn heal(&mut self, ms: u64, orchestrator: &str, error_type: &str, file: &str) -> String;
+    fn repair(&self, id: &str) -> Repair;
 }
 
-impl Fold {
-    fn body(&mut self, body: Body, fields: Option<(&str, maestro_schemas::record::Fields)>) -> Result<(), String> {
-        self.seq += 1;
-        let record = Record { format: 1, seq: self.seq, prev_hash: [0; 32], body };
-        let typed = fields.map(|(stream, fields)| {
-            let role = StreamSet::default().role_of(stream).unwrap();
-            let Body::Entry(entry) = &record.body else { unreachable!() };
-            decode(role, Origin { stream, entry: entry.id }, &fields, &Limits::default()).unwrap().event
-        });
-        let handler = Healing::new(&StreamSet::default());
-        let decision =
-            handler.handle(&self.state, Event { record: &record, typed: typed.as_ref() }).map_err(|e| e.to_string())?;
-        apply_changes(&mut self.state, &decision.changes);
-        self.published.extend(decision.outputs.into_iter().map(|o| o.fields.into_iter().collect()));
-        Ok(())
-    }
+fn fold() -> Fold {
+    Fold::new(Healing::new(&StreamSet::default()))
+}
 
-    fn entry(&mut self, stream: &str, ms: u64, fields: &[(&str, String)]) -> Result<EntryId, String> {
-        let id = EntryId { ms, seq: 0 };
-        let fields: Vec<(String, Vec<u8>)> =
-            fields.iter().map(|(k, v)| (k.to_string(), v.clone().into_bytes())).collect();
-        let entry = Entry { stream: stream.into(), id, fields: fields.clone(), status: Status::Accepted };
-        self.body(Body::Entry(entry), Some((stream, fields)))?;
-        Ok(id)
-    }
-
+impl Steps for Fold {
     fn start(&mut self, ms: u64, config: Value) -> String {
         let payload = json!({"project_path": "/p", "config": config}).to_string();
         let id = self.entry(JOBS, ms, &[("type", "start_monitoring".into()), ("payload", payload)]).unwrap();
@@ -80,7 +56,7 @@ fn detection_confidence_follows_the_type_and_the_runner() {
 
 #[test]
 fn admission_at_the_threshold_edge() {
-    let mut fold = Fold::default();
+    let mut fold = fold();
     let orch = fold.start(1_000, json!({"confidence_threshold": 0.85, "max_concurrent_repairs": 5}));
     let at_edge = fold.heal(2_000, &orch, "test_failure", "tests/test_a.py"); // 0.85 = threshold
     let below = fold.heal(3_000, &orch, "test_failure", "web/a.test.js"); // 0.80 < 0.85
@@ -96,15 +72,15 @@ fn admission_at_the_threshold_edge() {
 
 #[test]
 fn a_clock_record_fails_only_what_is_past_its_deadline() {
-    let mut fold = Fold::default();
+    let mut fold = fold();
     let orch = fold.start(1_000, json!({"max_concurrent_repairs": 1, "validation_timeout_seconds": 60}));
     let first = fold.heal(10_000, &orch, "test_failure", "t.py");
     let second = fold.heal(20_000, &orch, "test_failure", "t.py");
     assert_eq!(fold.repair(&first).deadline_ms, Some(70_000));
-    fold.body(Body::Clock { time_ms: 69_999 }, None).unwrap();
+    fold.body(Body::Clock { time_ms: 69_999 }).unwrap();
     assert_eq!(fold.repair(&first).status, RepairStatus::Validating);
     assert_eq!(fold.repair(&second).status, RepairStatus::Pending);
-    fold.body(Body::Clock { time_ms: 70_000 }, None).unwrap();
+    fold.body(Body::Clock { time_ms: 70_000 }).unwrap();
     assert_eq!(fold.repair(&first).status, RepairStatus::Failed);
     // The freed slot goes to the waiting repair at the clock's time, with a deadline from it.
     let started = fold.repair(&second);
@@ -119,7 +95,7 @@ fn a_clock_record_fails_only_what_is_past_its_deadline() {
 
 #[test]
 fn bad_commands_are_refused_with_their_reason_and_change_nothing() {
-    let mut fold = Fold::default();
+    let mut fold = fold();
     let zero = json!({"project_path": "/p", "config": {"max_concurrent_repairs": 0}}).to_string();
     let error = fold.entry(JOBS, 1, &[("type", "start_monitoring".into()), ("payload", zero)]).unwrap_err();
     assert!(error.contains("max_concurrent_repairs is 0"), "{error}");

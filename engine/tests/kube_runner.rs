@@ -1,0 +1,260 @@
+//! The Kubernetes effect runner against a mocked API server (`tower_test::mock::pair`): every
+//! request's method, path, `fieldManager`, `force` and content type is checked, for
+//! provisioning, readiness, job completion, logs and deletion, with API errors and retries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use http::{Request, Response};
+use kube::client::Body;
+use maestro_engine::effects::kube::{Fact, FactStream, KubeRunner, KubeSettings};
+use maestro_handlers::execution::handler::render;
+use maestro_schemas::proto::execution::{EnvironmentSpec, ExecuteEphemeralTest, TestConfig};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const NS: &str = "maestro-exec-e1";
+const APPLY: &str = "application/apply-patch+yaml";
+
+/// One expected request and the mocked API server's answer.
+struct Expect {
+    method: &'static str,
+    path: String,
+    query: Vec<&'static str>,
+    content_type: Option<&'static str>,
+    status: u16,
+    /// The answer; `None` echoes the request body (what an apply returns).
+    body: Option<Value>,
+    text: Option<&'static str>,
+}
+
+fn apply(path: &str) -> Expect {
+    Expect {
+        method: "PATCH",
+        path: path.into(),
+        query: vec!["fieldManager=maestro", "force=true"],
+        content_type: Some(APPLY),
+        status: 200,
+        body: None,
+        text: None,
+    }
+}
+
+fn get(path: &str, body: Value) -> Expect {
+    Expect {
+        method: "GET",
+        path: path.into(),
+        query: vec![],
+        content_type: None,
+        status: 200,
+        body: Some(body),
+        text: None,
+    }
+}
+
+fn failure(mut expect: Expect, code: u16) -> Expect {
+    expect.status = code;
+    expect.body = Some(json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": "etcd is sad",
+        "reason": "InternalError", "code": code}));
+    expect
+}
+
+/// A client whose API server answers `script` in order, checking each request; the task
+/// fails the test on any surprise and returns how many requests it served.
+fn mock(script: Vec<Expect>) -> (kube::Client, tokio::task::JoinHandle<usize>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut served = 0;
+        for expect in script {
+            let (request, respond) = handle.next_request().await.expect("the runner stopped early");
+            let (parts, body) = request.into_parts();
+            let at = format!("request {served}: {} {}", parts.method, parts.uri);
+            assert_eq!(parts.method.as_str(), expect.method, "{at}");
+            assert_eq!(parts.uri.path(), expect.path, "{at}");
+            let query = parts.uri.query().unwrap_or_default();
+            for wanted in &expect.query {
+                assert!(query.split('&').any(|q| q == *wanted), "{at}: query lacks {wanted}");
+            }
+            let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok());
+            if let Some(wanted) = expect.content_type {
+                assert_eq!(content_type, Some(wanted), "{at}");
+            }
+            let sent = body.collect_bytes().await.unwrap();
+            let answer = match (&expect.body, expect.text) {
+                (_, Some(text)) => text.as_bytes().to_vec(),
+                (Some(body), None) => serde_json::to_vec(body).unwrap(),
+                (None, None) => {
+                    let object: Value = serde_json::from_slice(&sent).unwrap();
+                    let name = expect.path.rsplit('/').next().unwrap();
+                    assert_eq!(object["metadata"]["name"], name, "{at}: applies the object it names");
+                    sent.to_vec()
+                }
+            };
+            let response = Response::builder().status(expect.status).body(Body::from(answer)).unwrap();
+            respond.send_response(response);
+            served += 1;
+        }
+        served
+    });
+    (kube::Client::new(service, "default"), server)
+}
+
+fn runner(client: kube::Client) -> (KubeRunner, UnboundedReceiver<Fact>) {
+    let (facts, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let settings = KubeSettings {
+        log_cap_bytes: 4096,
+        poll: Duration::from_millis(5),
+        ready_timeout: Duration::from_secs(5),
+        attempts: 3,
+    };
+    (KubeRunner { client, settings, facts, runtime: tokio::runtime::Handle::current() }, receiver)
+}
+
+fn facts(receiver: &mut UnboundedReceiver<Fact>) -> Vec<(FactStream, Value)> {
+    let mut out = Vec::new();
+    while let Ok(fact) = receiver.try_recv() {
+        out.push((fact.stream, fact.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect()));
+    }
+    out
+}
+
+/// The handler's apply intent for an app-only environment with one test command.
+fn apply_payload() -> Value {
+    let spec =
+        EnvironmentSpec { app_image: "shop/api:1.0".into(), app_port: 8080, replicas: Some(2), ..Default::default() };
+    let test = TestConfig { commands: vec!["pytest -x".into()], timeout_minutes: Some(1), ttl_minutes: Some(60) };
+    let request = ExecuteEphemeralTest { environment_spec: Some(spec), test_config: Some(test), ..Default::default() };
+    let manifests = render(&request, "e1", 0, 3_600_000).unwrap();
+    json!({"execution_id": "e1", "namespace": NS, "commands": ["pytest -x"], "timeout_minutes": 1, "manifests": manifests})
+}
+
+fn deployment(ready: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": NS},
+        "status": {"readyReplicas": ready}})
+}
+
+fn job(status: Value) -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "test-1", "namespace": NS}, "status": status})
+}
+
+fn pod_list(names: &[&str]) -> Value {
+    let items: Vec<Value> = names.iter().map(|n| json!({"metadata": {"name": n}})).collect();
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+}
+
+#[tokio::test]
+async fn provisioning_readiness_job_completion_and_logs_with_a_retried_api_error() {
+    let ns = format!("/api/v1/namespaces/{NS}");
+    let apps = format!("/apis/apps/v1/namespaces/{NS}");
+    let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs/test-1");
+    let finished =
+        json!({"succeeded": 1, "startTime": "2026-11-28T10:00:00Z", "completionTime": "2026-11-28T10:00:42Z"});
+    let log = Expect {
+        query: vec!["limitBytes=4096"],
+        text: Some("===== 12 passed in 3.1s ====="),
+        ..get(&format!("{ns}/pods/test-1-x7k2p/log"), Value::Null)
+    };
+    let script = vec![
+        apply(&ns),
+        apply(&format!("{ns}/resourcequotas/maestro-quota")),
+        apply(&format!("{ns}/limitranges/maestro-limits")),
+        failure(apply(&format!("{apps}/deployments/app")), 500),
+        apply(&format!("{apps}/deployments/app")),
+        apply(&format!("{ns}/services/app-service")),
+        get(&format!("{apps}/deployments/app"), deployment(1)),
+        get(&format!("{apps}/deployments/app"), deployment(2)),
+        apply(&jobs),
+        get(&jobs, job(json!({"active": 1}))),
+        get(&jobs, job(finished)),
+        Expect {
+            query: vec!["labelSelector=job-name%3Dtest-1"],
+            ..get(&format!("{ns}/pods"), pod_list(&["test-1-x7k2p"]))
+        },
+        log,
+    ];
+    let (client, server) = mock(script);
+    let (runner, mut receiver) = runner(client);
+    runner.provision("k8s_apply/e1/1", &apply_payload()).await;
+    assert_eq!(server.await.unwrap(), 13, "every expected request was made");
+    let facts = facts(&mut receiver);
+    let kinds: Vec<String> = facts
+        .iter()
+        .map(|(_, f)| {
+            format!("{}:{}", f["type"].as_str().unwrap(), f.get("status").and_then(Value::as_str).unwrap_or("-"))
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["status_update:ready", "status_update:running", "execution_result:-", "status_update:completed"]
+    );
+    let (stream, result) = &facts[2];
+    assert_eq!(*stream, FactStream::Results);
+    let result: Value = serde_json::from_str(result["result"].as_str().unwrap()).unwrap();
+    let expected = json!({"job_name": "test-1", "command": "pytest -x", "success": true,
+        "output": "===== 12 passed in 3.1s =====", "duration": 42.0});
+    assert_eq!(result["jobs"][0], expected);
+    assert_eq!(facts[3].1["fact_id"], "k8s_apply/e1/1/completed", "deterministic: a repeat is recognisable");
+}
+
+#[tokio::test]
+async fn a_persistent_api_error_is_reported_as_a_failed_fact_naming_it() {
+    let path = format!("/api/v1/namespaces/{NS}");
+    let script = vec![failure(apply(&path), 503), failure(apply(&path), 503), failure(apply(&path), 503)];
+    let (client, server) = mock(script);
+    let (runner, mut receiver) = runner(client);
+    runner.provision("k8s_apply/e1/1", &apply_payload()).await;
+    assert_eq!(server.await.unwrap(), 3, "three attempts");
+    let facts = facts(&mut receiver);
+    assert_eq!(facts.len(), 1, "{facts:?}");
+    assert_eq!(facts[0].1["status"], "failed");
+    let details = facts[0].1["details"].as_str().unwrap();
+    assert!(details.contains("apply maestro-exec-e1") && details.contains("after 3 attempts"), "{details}");
+}
+
+#[tokio::test]
+async fn deletion_reports_cleaned_also_when_the_namespace_is_gone_already() {
+    let path = format!("/api/v1/namespaces/{NS}");
+    for status in [200, 404] {
+        let body = if status == 404 {
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "gone"})
+        } else {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}, "status": {"phase": "Terminating"}})
+        };
+        let delete =
+            Expect { method: "DELETE", content_type: None, status, body: Some(body), ..get(&path, Value::Null) };
+        let (client, server) = mock(vec![delete]);
+        let (runner, mut receiver) = runner(client);
+        runner.delete("k8s_delete/e1/3", &json!({"execution_id": "e1", "namespace": NS})).await;
+        assert_eq!(server.await.unwrap(), 1);
+        let facts = facts(&mut receiver);
+        assert_eq!(facts.len(), 1, "{status}: {facts:?}");
+        assert_eq!(facts[0].1["status"], "cleaned", "{status}");
+    }
+}
+
+#[tokio::test]
+async fn logs_are_fetched_per_job_and_capped() {
+    let ns = format!("/api/v1/namespaces/{NS}");
+    let log = Expect {
+        query: vec!["limitBytes=4096"],
+        text: Some("collected 3 items"),
+        ..get(&format!("{ns}/pods/test-1-a/log"), Value::Null)
+    };
+    let script = vec![
+        Expect {
+            query: vec!["labelSelector=job-name%3Dtest-1"],
+            ..get(&format!("{ns}/pods"), pod_list(&["test-1-a"]))
+        },
+        log,
+        get(&format!("{ns}/pods"), pod_list(&[])),
+    ];
+    let (client, server) = mock(script);
+    let (runner, mut receiver) = runner(client);
+    let payload = json!({"execution_id": "e1", "namespace": NS, "jobs": ["test-1", "test-2"]});
+    runner.logs("k8s_logs/e1/2", &payload).await;
+    assert_eq!(server.await.unwrap(), 3);
+    let facts = facts(&mut receiver);
+    assert_eq!(facts[0].1["type"], "execution_logs");
+    let logs = facts[0].1["logs"].as_str().unwrap();
+    assert!(logs.contains("=== test-1 ===\ncollected 3 items"), "{logs}");
+    assert!(logs.contains("=== test-2 ===\n(no log: no pod of test-2)"), "{logs}");
+}

@@ -1,0 +1,317 @@
+//! The execution handler: `execute_ephemeral_test`, `cleanup_environment` and `get_logs` in,
+//! status and result facts back from `k8s:status` and `k8s:results`, clock records for TTL
+//! expiry. Out: `status_update`s on `k8s:status` for what the engine decides itself (requested
+//! or queued, provisioning, expired, failed), and intents for the Kubernetes effect runner
+//! (`k8s_apply`, `k8s_delete`, `k8s_logs`). Facts the runner learns from the cluster come back
+//! as entries on the streams and move the environment forward, never back.
+
+use super::manifests::{self, Request, namespace_of};
+use super::model::*;
+use crate::contract::{Decision, Event, Handler, HandlerError, Intent, Output, Overlay, StateView};
+use maestro_schemas::encode::to_fields;
+use maestro_schemas::ids::naive_iso;
+use maestro_schemas::proto::execution::{self as ex, ExecuteEphemeralTest, k8s_job::Job, k8s_result};
+use maestro_schemas::{Body, Entry, Event as Typed};
+use prost::Message;
+use serde_json::{Value, json};
+
+/// The projection's name.
+pub const NAME: &str = "execution";
+
+/// The handler, with the stream its status updates go to.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    pub status: String,
+}
+
+impl Execution {
+    pub fn new(streams: &maestro_schemas::StreamSet) -> Execution {
+        Execution { status: streams.k8s_status.clone() }
+    }
+}
+
+/// One event's work over the projection.
+struct Session<'a> {
+    tx: Overlay<'a>,
+    outputs: Vec<Output>,
+    intents: Vec<Intent>,
+    status_stream: &'a str,
+}
+
+impl Session<'_> {
+    fn load(&self, id: &str) -> Option<Environment> {
+        serde_json::from_slice(&self.tx.get(&env_key(id))?).ok()
+    }
+
+    fn save(&mut self, env: &Environment) {
+        self.tx.put(env_key(&env.execution_id), serde_json::to_vec(env).unwrap_or_default());
+    }
+
+    fn cap(&self) -> usize {
+        let recorded = self.tx.get(CAP_KEY).and_then(|v| String::from_utf8(v).ok()?.parse::<usize>().ok());
+        recorded.unwrap_or(super::DEFAULT_MAX_ACTIVE as usize).max(1)
+    }
+
+    /// `{type: status_update, execution_id, status, details, timestamp}` on `k8s:status`.
+    fn publish(&mut self, env: &Environment, details: Value, ms: u64) {
+        let status = ex::ExecutionStatus {
+            execution_id: env.execution_id.clone(),
+            status: env.status.name().to_string(),
+            details_json: details.to_string(),
+            timestamp: naive_iso(ms),
+        };
+        let fields = to_fields(&maestro_schemas::Event::K8sStatus(status));
+        self.outputs.push(Output { stream: self.status_stream.to_string(), fields });
+    }
+
+    fn intent(&mut self, kind: &str, env: &Environment, payload: Value) {
+        let id = format!("{kind}/{}/{}", env.execution_id, env.transitions.len());
+        self.intents.push(Intent { kind: kind.into(), id, payload: payload.to_string().into_bytes() });
+    }
+
+    /// Gives queued environments their slot, oldest first, while slots are free.
+    fn fill_slots(&mut self, ms: u64) {
+        while self.tx.scan(ACTIVE_PREFIX).len() < self.cap() {
+            let Some((key, id)) = self.tx.scan(QUEUE_PREFIX).into_iter().next() else { return };
+            self.tx.delete(key);
+            let id = String::from_utf8(id).unwrap_or_default();
+            let Some(env) = self.load(&id) else { continue };
+            let request = self.tx.get(&request_key(&id)).and_then(|b| ExecuteEphemeralTest::decode(b.as_slice()).ok());
+            if let Some(request) = request {
+                self.admit(env, &request, ms);
+            }
+        }
+    }
+
+    /// Takes a slot: `requested`, the manifests to the effect runner, `provisioning`.
+    fn admit(&mut self, mut env: Environment, request: &ExecuteEphemeralTest, ms: u64) {
+        let expires = ms.saturating_add(env.ttl_ms);
+        env.admitted_ms = Some(ms);
+        env.expires_ms = Some(expires);
+        env.enter(EnvStatus::Requested, ms);
+        self.publish(&env, json!({"namespace": env.namespace, "expires_at": naive_iso(expires)}), ms);
+        let rendered = render(request, &env.execution_id, ms, expires).unwrap_or_default();
+        let names: Vec<String> = rendered.iter().map(|m| format!("{}/{}", m.kind(), m.name())).collect();
+        let payload = json!({"execution_id": env.execution_id, "namespace": env.namespace, "commands": env.commands,
+            "timeout_minutes": env.timeout_minutes, "manifests": rendered});
+        self.intent("k8s_apply", &env, payload);
+        env.enter(EnvStatus::Provisioning, ms);
+        self.publish(&env, json!({"namespace": env.namespace, "objects": names}), ms);
+        self.tx.put(active_key(&env.execution_id), ms.to_string().into_bytes());
+        self.tx.put(expiry_key(expires, &env.execution_id), Vec::new());
+        self.save(&env);
+    }
+
+    /// Moves an environment to a state that ends its activity, freeing its slot.
+    fn leave(&mut self, env: &mut Environment, status: EnvStatus, ms: u64) {
+        env.enter(status, ms);
+        self.tx.delete(active_key(&env.execution_id));
+        if let (EnvStatus::Cleaned, Some(expires)) = (status, env.expires_ms) {
+            self.tx.delete(expiry_key(expires, &env.execution_id));
+        }
+    }
+
+    /// Expires every environment whose TTL ran out at or before `now`: its namespace goes.
+    fn expire(&mut self, now: u64) {
+        for (key, _) in self.tx.scan(EXPIRY_PREFIX) {
+            let Some((deadline, id)) = expiry_of(&key) else { continue };
+            if deadline > now {
+                break;
+            }
+            self.tx.delete(key);
+            let Some(mut env) = self.load(&id) else { continue };
+            if env.status >= EnvStatus::Expired {
+                continue;
+            }
+            self.leave(&mut env, EnvStatus::Expired, now);
+            self.publish(&env, json!({"reason": format!("TTL of {} s ran out", env.ttl_ms / 1000)}), now);
+            self.intent("k8s_delete", &env, json!({"execution_id": env.execution_id, "namespace": env.namespace}));
+            self.save(&env);
+        }
+        self.fill_slots(now);
+    }
+}
+
+/// The manifests of a request, as JSON objects.
+pub fn render(
+    request: &ExecuteEphemeralTest,
+    execution_id: &str,
+    requested_ms: u64,
+    expires_ms: u64,
+) -> Result<Vec<manifests::Manifest>, String> {
+    let spec = request.environment_spec.clone().unwrap_or_default();
+    let test = request.test_config.clone().unwrap_or_default();
+    manifests::render(&Request { execution_id, spec: &spec, test: &test, requested_ms, expires_ms })
+}
+
+/// The TTL of a request in milliseconds.
+fn ttl_ms(run: &ExecuteEphemeralTest) -> Result<u64, HandlerError> {
+    let minutes = run.test_config.as_ref().and_then(|t| t.ttl_minutes).unwrap_or(60);
+    match run.extra.get("test_config.ttl_seconds") {
+        None => Ok(u64::from(minutes) * 60_000),
+        Some(text) => match text.parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Ok(seconds * 1000),
+            _ => Err(HandlerError::Invalid(format!("test_config.ttl_seconds is {text}, not a positive whole number"))),
+        },
+    }
+}
+
+impl Execution {
+    fn execute(&self, s: &mut Session<'_>, run: &ExecuteEphemeralTest, entry: &Entry) -> Result<(), HandlerError> {
+        let id = run.execution_id.clone().unwrap_or_default();
+        if s.load(&id).is_some() {
+            return Err(HandlerError::Invalid(format!("execution {id} exists already")));
+        }
+        let test = run.test_config.clone().unwrap_or_default();
+        let ms = entry.id.ms;
+        let mut env = Environment {
+            execution_id: id.clone(),
+            namespace: namespace_of(&id),
+            status: EnvStatus::Queued,
+            app_image: run.environment_spec.as_ref().map(|s| s.app_image.clone()).unwrap_or_default(),
+            commands: test.commands.clone(),
+            ttl_ms: ttl_ms(run)?,
+            timeout_minutes: test.timeout_minutes.unwrap_or(30),
+            stream: entry.stream.clone(),
+            entry_id: entry.id.to_string(),
+            requested_ms: ms,
+            admitted_ms: None,
+            expires_ms: None,
+            cleanup_requested: false,
+            results: Vec::new(),
+            logs_bytes: None,
+            logs_ms: None,
+            reason: None,
+            transitions: Vec::new(),
+        };
+        // A request whose manifests cannot be rendered is answered as failed, with the reason.
+        if let Err(reason) = render(run, &id, ms, ms) {
+            env.enter(EnvStatus::Failed, ms);
+            env.reason = Some(reason.clone());
+            s.publish(&env, json!({"error": reason}), ms);
+            s.save(&env);
+            return Ok(());
+        }
+        s.tx.put(request_key(&id), run.encode_to_vec());
+        if s.tx.scan(ACTIVE_PREFIX).len() < s.cap() && s.tx.scan(QUEUE_PREFIX).is_empty() {
+            s.admit(env, run, ms);
+        } else {
+            let position = s.tx.scan(QUEUE_PREFIX).len() + 1;
+            env.enter(EnvStatus::Queued, ms);
+            s.publish(&env, json!({"position": position}), ms);
+            s.tx.put(queue_key(&arrival(&entry.stream, entry.id)), id.into_bytes());
+            s.save(&env);
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self, s: &mut Session<'_>, id: &str, ms: u64) -> Result<(), HandlerError> {
+        let mut env =
+            s.load(id).ok_or_else(|| HandlerError::Invalid(format!("cleanup_environment: no execution {id}")))?;
+        match env.status {
+            EnvStatus::Cleaned => {}
+            // Nothing was created yet: it is clean as it is.
+            EnvStatus::Queued => {
+                let queued = s.tx.scan(QUEUE_PREFIX).into_iter().find(|(_, v)| v.as_slice() == id.as_bytes());
+                if let Some((key, _)) = queued {
+                    s.tx.delete(key);
+                }
+                s.leave(&mut env, EnvStatus::Cleaned, ms);
+                s.publish(&env, json!({"reason": "cleaned up before it was provisioned"}), ms);
+            }
+            _ if env.cleanup_requested => {}
+            _ => {
+                env.cleanup_requested = true;
+                if env.status.is_active() {
+                    s.tx.delete(active_key(id));
+                }
+                s.intent("k8s_delete", &env, json!({"execution_id": id, "namespace": env.namespace}));
+            }
+        }
+        s.save(&env);
+        s.fill_slots(ms);
+        Ok(())
+    }
+
+    fn get_logs(&self, s: &mut Session<'_>, id: &str) -> Result<(), HandlerError> {
+        let env = s.load(id).ok_or_else(|| HandlerError::Invalid(format!("get_logs: no execution {id}")))?;
+        let jobs: Vec<String> = (1..=env.commands.len()).map(|n| format!("test-{n}")).collect();
+        s.intent("k8s_logs", &env, json!({"execution_id": id, "namespace": env.namespace, "jobs": jobs}));
+        Ok(())
+    }
+
+    /// A status fact: moves the environment forward; a stale or repeated fact changes nothing.
+    fn status_fact(&self, s: &mut Session<'_>, fact: &ex::ExecutionStatus, ms: u64) -> Result<(), HandlerError> {
+        let id = &fact.execution_id;
+        let mut env =
+            s.load(id).ok_or_else(|| HandlerError::Invalid(format!("status {}: no execution {id}", fact.status)))?;
+        let next = EnvStatus::parse(&fact.status)
+            .ok_or_else(|| HandlerError::Invalid(format!("status {:?} is not a lifecycle state", fact.status)))?;
+        // The cluster cannot know of an environment still waiting for a slot.
+        if env.status == EnvStatus::Queued || !env.status.moves_to(next) {
+            return Ok(());
+        }
+        if next.is_active() {
+            env.enter(next, ms);
+        } else {
+            s.leave(&mut env, next, ms);
+        }
+        s.save(&env);
+        s.fill_slots(ms);
+        Ok(())
+    }
+
+    fn result_fact(&self, s: &mut Session<'_>, result: &k8s_result::Result, ms: u64) -> Result<(), HandlerError> {
+        let (id, what) = match result {
+            k8s_result::Result::ExecutionResult(r) => (&r.execution_id, "execution_result"),
+            k8s_result::Result::ExecutionLogs(l) => (&l.execution_id, "execution_logs"),
+        };
+        let mut env = s.load(id).ok_or_else(|| HandlerError::Invalid(format!("{what}: no execution {id}")))?;
+        match result {
+            k8s_result::Result::ExecutionResult(r) => {
+                let parsed: Value = serde_json::from_str(&r.result_json).unwrap_or(Value::Null);
+                let jobs = parsed.get("jobs").or(Some(&parsed)).and_then(Value::as_array).cloned();
+                env.results = jobs.unwrap_or_else(|| vec![parsed]);
+            }
+            k8s_result::Result::ExecutionLogs(l) => {
+                env.logs_bytes = Some(l.logs.len() as u64);
+                env.logs_ms = Some(ms);
+            }
+        }
+        s.save(&env);
+        Ok(())
+    }
+}
+
+impl Handler for Execution {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError> {
+        let mut s =
+            Session { tx: Overlay::new(state), outputs: Vec::new(), intents: Vec::new(), status_stream: &self.status };
+        match (&event.record.body, event.typed.map(|t| &t.event)) {
+            (Body::Clock { time_ms }, _) => s.expire(*time_ms),
+            (Body::Setting { name, value }, _) if name == super::MAX_ACTIVE_SETTING => {
+                s.tx.put(CAP_KEY.to_vec(), value.clone().into_bytes());
+            }
+            (Body::Entry(entry), Some(typed)) => {
+                let ms = entry.id.ms;
+                match typed {
+                    Typed::K8sJob(job) => match &job.job {
+                        Some(Job::ExecuteEphemeralTest(run)) => self.execute(&mut s, run, entry)?,
+                        Some(Job::CleanupEnvironment(c)) => self.cleanup(&mut s, &c.execution_id, ms)?,
+                        Some(Job::GetLogs(g)) => self.get_logs(&mut s, &g.execution_id)?,
+                        None => {}
+                    },
+                    Typed::K8sStatus(fact) => self.status_fact(&mut s, fact, ms)?,
+                    Typed::K8sResult(ex::K8sResult { result: Some(result) }) => self.result_fact(&mut s, result, ms)?,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        Ok(Decision { changes: s.tx.into_changes(), outputs: s.outputs, intents: s.intents })
+    }
+}

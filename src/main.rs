@@ -315,11 +315,12 @@ fn verify(
     for c in &comparisons {
         anyhow::ensure!(
             c.equal(),
-            "projection {}: live state hash {} at seq {}, a replay of the log gives {}",
+            "projection {}: live state hash {} at seq {}, a replay of the log gives {}{}",
             c.projection,
             c.live,
             c.position,
-            c.rebuilt
+            c.rebuilt,
+            if c.kept_matches { "" } else { "; its kept digest does not match its stored state" }
         );
     }
     let names: Vec<&str> = comparisons.iter().map(|c| c.projection.as_str()).collect();

@@ -203,8 +203,9 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
         None => crate::handlers(&config),
     };
     let live = maestro_engine::store::Store::open(log.db())?;
+    // From the stored keys, not the kept digest: a state changed behind the engine's back shows.
     let before: Vec<String> =
-        handlers.iter().map(|h| live.state_hash(h.name()).map(|h| hex(&h))).collect::<Result<_, _>>()?;
+        handlers.iter().map(|h| live.scan_digest(h.name()).map(|d| hex(&d.to_bytes()))).collect::<Result<_, _>>()?;
     let bar = indicatif::ProgressBar::new(log.head_seq());
     let style = indicatif::ProgressStyle::with_template("rebuild [{bar:40}] {pos}/{len} records {per_sec} eta {eta}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
@@ -274,7 +275,11 @@ pub fn check(config: ConfigArgs) -> anyhow::Result<()> {
         maestro_replay::rebuild::replay_equals_live(&log, &config, crate::handlers(&config), scratch.path())?;
     let mut differ = Vec::new();
     for c in &comparisons {
-        let verdict = if c.equal() { "equal" } else { "DIFFERS" };
+        let verdict = match (c.equal(), c.kept_matches) {
+            (true, _) => "equal",
+            (false, true) => "DIFFERS",
+            (false, false) => "DIFFERS (its kept digest does not match its stored state)",
+        };
         println!(
             "{:<16} at seq {:>9}: live {} rebuilt {} {verdict}",
             c.projection,

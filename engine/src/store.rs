@@ -1,15 +1,17 @@
 //! The projection store: every handler's key/value state, its log position, checkpoint hashes
 //! and the outbox of entries waiting to be published, in the sled tree `state`.
 //!
-//! Keys: `p` + name + 0 + key (state), `s` + name (position), `h` + name + 0 + seq (checkpoint
-//! hash), `o` + seq + index (outbox), `e` + seq + index (effect intents waiting to run), `g`
-//! (dispatch guard). A commit writes state, positions, outbox entries and intents in one batch,
+//! Keys: `p` + name + 0 + key (state), `s` + name (position), `d` + name (state digest, kept
+//! current by every commit), `h` + name + 0 + seq (checkpoint hash), `o` + seq + index
+//! (outbox), `e` + seq + index (effect intents waiting to run), `g` (dispatch guard), `r` +
+//! name (a swap in progress). A commit writes state, positions, outbox entries and intents in one batch,
 //! so a projection never runs ahead of its outputs or its effects.
 //! The store is derived: it can be deleted and rebuilt from the log.
 
 use crate::error::{EngineError, Result};
 use maestro_handlers::{Intent, StateView};
 use maestro_schemas::codec;
+use maestro_schemas::digest::StateDigest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,6 +23,24 @@ fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
     out.extend_from_slice(key);
     out
 }
+
+fn digest_key(name: &str) -> Vec<u8> {
+    [b"d", name.as_bytes()].concat()
+}
+
+/// The projection name of a state key (`p` + name + 0 + key).
+fn name_of(state_key: &[u8]) -> Option<&[u8]> {
+    let rest = state_key.strip_prefix(b"p")?;
+    Some(&rest[..rest.iter().position(|b| *b == 0)?])
+}
+
+/// Present while projection `name` is being swapped in (see [`Store::replace_projection`]).
+fn swap_key(name: &str) -> Vec<u8> {
+    [b"r", name.as_bytes()].concat()
+}
+
+/// Keys per batch of a swap: bounds its memory.
+const SWAP_CHUNK: usize = 10_000;
 
 fn position_key(name: &str) -> Vec<u8> {
     [b"s", name.as_bytes()].concat()
@@ -123,18 +143,24 @@ impl StateView for View<'_> {
         }
     }
 
-    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn scan_limit(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         let full = state_key(self.name, prefix);
         let strip = state_key(self.name, b"").len();
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for (key, value) in self.store.tree.scan_prefix(&full).flatten() {
-            merged.insert(key.to_vec(), Some(value.to_vec()));
-        }
         // The batch's own changes win over what the store holds.
-        for (key, value) in self.pending.overlay.range(full.clone()..).take_while(|(k, _)| k.starts_with(&full)) {
-            merged.insert(key.clone(), value.clone());
-        }
-        merged.into_iter().filter_map(|(k, v)| Some((k[strip..].to_vec(), v?))).collect()
+        let under = || self.pending.overlay.range(full.clone()..).take_while(|(k, _)| k.starts_with(&full));
+        let deletes = under().filter(|(_, v)| v.is_none()).count();
+        let stored = self
+            .store
+            .tree
+            .scan_prefix(&full)
+            .flatten()
+            .take(limit.saturating_add(deletes))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        maestro_handlers::contract::merge_scan(stored, under(), limit)
+            .into_iter()
+            .map(|(k, v)| (k[strip..].to_vec(), v))
+            .collect()
     }
 }
 
@@ -152,7 +178,9 @@ impl Store {
     /// A store in sled tree `name`: a second, independent set of projections over the same log
     /// (a shadow rebuild, or a comparison in tests).
     pub fn open_tree(db: &sled::Db, name: &str) -> Result<Store> {
-        Ok(Store { tree: db.open_tree(name)? })
+        let store = Store { tree: db.open_tree(name)? };
+        store.recover_swaps()?;
+        Ok(store)
     }
 
     /// The last log seq applied to projection `name` (0 when none).
@@ -164,11 +192,34 @@ impl Store {
     /// store is derived, and after a crash the engine re-dispatches the log's tail.
     pub fn commit(&self, pending: Pending) -> Result<()> {
         let mut batch = sled::Batch::default();
+        let mut digests: BTreeMap<Vec<u8>, StateDigest> = BTreeMap::new();
         for (key, value) in pending.overlay {
+            let old = self.tree.get(&key)?;
+            if old.as_deref() == value.as_deref() {
+                continue;
+            }
+            if let Some(name) = name_of(&key) {
+                let digest = match digests.entry(name.to_vec()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(self.digest(&String::from_utf8_lossy(name))?)
+                    }
+                };
+                let short = &key[name.len() + 2..];
+                if let Some(old) = &old {
+                    digest.remove(short, old);
+                }
+                if let Some(new) = &value {
+                    digest.add(short, new);
+                }
+            }
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
             }
+        }
+        for (name, digest) in digests {
+            batch.insert([b"d".as_slice(), &name].concat(), &digest.to_bytes());
         }
         for (name, seq) in &pending.positions {
             batch.insert(position_key(name), &seq.to_be_bytes());
@@ -185,20 +236,36 @@ impl Store {
         Ok(())
     }
 
-    /// Canonical hash of projection `name`'s state: every (key, value) in key order, each
-    /// length-prefixed. The same state always hashes the same, however it was built.
+    /// The state hash of projection `name` (see `maestro_schemas::digest`): the same state
+    /// always hashes the same, however it was built. Kept current by every commit, so a
+    /// checkpoint costs one read, not a scan of the state.
     pub fn state_hash(&self, name: &str) -> Result<[u8; 32]> {
-        let mut hasher = blake3::Hasher::new();
+        Ok(self.digest(name)?.to_bytes())
+    }
+
+    /// The kept digest, or, for a store written before digests were kept, one computed from
+    /// the state (and kept from then on).
+    fn digest(&self, name: &str) -> Result<StateDigest> {
+        if let Some(bytes) = self.tree.get(digest_key(name))? {
+            return StateDigest::from_bytes(&bytes)
+                .ok_or_else(|| EngineError::State(format!("state digest of {name} is damaged")));
+        }
+        let digest = self.scan_digest(name)?;
+        if digest != StateDigest::default() {
+            self.tree.insert(digest_key(name), &digest.to_bytes())?;
+        }
+        Ok(digest)
+    }
+
+    /// The digest of projection `name` computed from every key, ignoring the kept one.
+    pub fn scan_digest(&self, name: &str) -> Result<StateDigest> {
         let prefix = state_key(name, b"");
+        let mut digest = StateDigest::default();
         for item in self.tree.scan_prefix(&prefix) {
             let (key, value) = item?;
-            let key = &key[prefix.len()..];
-            hasher.update(&(key.len() as u64).to_le_bytes());
-            hasher.update(key);
-            hasher.update(&(value.len() as u64).to_le_bytes());
-            hasher.update(&value);
+            digest.add(&key[prefix.len()..], &value);
         }
-        Ok(*hasher.finalize().as_bytes())
+        Ok(digest)
     }
 
     /// One key of projection `name`.
@@ -218,33 +285,81 @@ impl Store {
             .collect()
     }
 
-    /// Replaces projection `name` (state, position, checkpoints) with `other`'s, in one atomic
-    /// batch: a reader sees the old projection or the new one, never a mix. Outbox entries and
-    /// intents are not moved: what `other` queued was published and run long ago.
+    /// Replaces projection `name` (state, digest, checkpoints, position) with `other`'s, in
+    /// chunks, so that memory stays bounded whatever the projection's size. A swap marker and a
+    /// cleared position go first: a crash in the middle leaves the marker, and the next
+    /// [`Store::open`] clears the half-swapped projection so that catch-up rebuilds it from the
+    /// log. (Only a holder of the data dir's lock swaps, so no reader sees the middle.) Outbox
+    /// entries and intents are not moved: what `other` queued was published and run long ago.
     pub fn replace_projection(&self, name: &str, other: &Store) -> Result<u64> {
-        let prefixes = [state_key(name, b""), position_key(name), [b"h", name.as_bytes(), &[0]].concat()];
-        let mut batch = sled::Batch::default();
+        let mut start = sled::Batch::default();
+        start.insert(swap_key(name), b"swapping".as_slice());
+        start.remove(position_key(name));
+        start.remove(digest_key(name));
+        self.tree.apply_batch(start)?;
+        self.tree.flush()?;
+        self.clear_projection_keys(name)?;
         let mut written = 0;
-        for prefix in &prefixes {
-            // The position key is also a prefix of other names' positions (`s` + name): exact only.
-            let exact = prefix[0] == b's';
-            for item in self.tree.scan_prefix(prefix) {
-                let (key, _) = item?;
-                if !exact || key.as_ref() == prefix.as_slice() {
-                    batch.remove(key);
-                }
-            }
-            for item in other.tree.scan_prefix(prefix) {
+        for prefix in [state_key(name, b""), [b"h", name.as_bytes(), &[0]].concat()] {
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for item in other.tree.scan_prefix(&prefix) {
                 let (key, value) = item?;
-                if !exact || key.as_ref() == prefix.as_slice() {
-                    batch.insert(key, value);
-                    written += 1;
+                batch.insert(key, value);
+                in_batch += 1;
+                written += 1;
+                if in_batch == SWAP_CHUNK {
+                    self.tree.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
                 }
             }
+            self.tree.apply_batch(batch)?;
         }
-        self.tree.apply_batch(batch)?;
+        let mut finish = sled::Batch::default();
+        finish.insert(position_key(name), &other.position(name)?.to_be_bytes());
+        finish.insert(digest_key(name), &other.digest(name)?.to_bytes());
+        finish.remove(swap_key(name));
+        self.tree.apply_batch(finish)?;
         self.tree.flush()?;
         Ok(written)
+    }
+
+    /// Deletes projection `name`'s state and checkpoints, in bounded batches.
+    fn clear_projection_keys(&self, name: &str) -> Result<()> {
+        for prefix in [state_key(name, b""), [b"h", name.as_bytes(), &[0]].concat()] {
+            loop {
+                let keys: Vec<sled::IVec> =
+                    self.tree.scan_prefix(&prefix).keys().take(SWAP_CHUNK).collect::<std::result::Result<_, _>>()?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut batch = sled::Batch::default();
+                keys.into_iter().for_each(|key| batch.remove(key));
+                self.tree.apply_batch(batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears every projection a crash left half swapped (its position is gone already, so
+    /// catch-up rebuilds it from the log). Returns their names.
+    fn recover_swaps(&self) -> Result<Vec<String>> {
+        let names: Vec<String> = self
+            .tree
+            .scan_prefix(b"r")
+            .keys()
+            .map(|key| key.map(|k| String::from_utf8_lossy(&k[1..]).into_owned()))
+            .collect::<std::result::Result<_, _>>()?;
+        for name in &names {
+            tracing::warn!(projection = name, "a swap was interrupted: the projection is rebuilt from the log");
+            self.clear_projection_keys(name)?;
+            let mut batch = sled::Batch::default();
+            batch.remove(position_key(name));
+            batch.remove(digest_key(name));
+            batch.remove(swap_key(name));
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(names)
     }
 
     /// Records the state hash of `name` at `seq`.
@@ -324,5 +439,60 @@ impl Store {
         self.tree.insert(GUARD_KEY, bytes)?;
         self.tree.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(store: &Store, name: &str, n: u32, seq: u64) {
+        let mut pending = Pending::default();
+        for i in 0..n {
+            pending.put(name, format!("k{i:06}").as_bytes(), format!("v{i}-{seq}").into_bytes());
+        }
+        pending.advance(name, seq);
+        store.commit(pending).unwrap();
+    }
+
+    /// The kept digest always equals one computed from scratch, through puts, overwrites and
+    /// deletes, and a swap moves state, position and digest.
+    #[test]
+    fn digest_stays_exact_and_a_swap_moves_everything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let live = Store::open(&db).unwrap();
+        fill(&live, "p", 25_000, 7);
+        let mut pending = Pending::default();
+        pending.delete("p", b"k000003");
+        pending.put("p", b"k000004", b"changed".to_vec());
+        pending.put("p", b"k000005", b"v5-7".to_vec()); // unchanged value: no digest change
+        live.commit(pending).unwrap();
+        assert_eq!(live.digest("p").unwrap(), live.scan_digest("p").unwrap());
+        let shadow = Store::open_tree(&db, "shadow").unwrap();
+        fill(&shadow, "p", 12_000, 9);
+        let written = live.replace_projection("p", &shadow).unwrap();
+        assert_eq!(written, 12_000);
+        assert_eq!(live.position("p").unwrap(), 9);
+        assert_eq!(live.entries("p").unwrap(), shadow.entries("p").unwrap());
+        assert_eq!(live.state_hash("p").unwrap(), shadow.state_hash("p").unwrap());
+        assert_eq!(live.digest("p").unwrap(), live.scan_digest("p").unwrap());
+    }
+
+    /// A swap interrupted after its marker leaves a projection that the next open clears, so
+    /// that catch-up rebuilds it from the log.
+    #[test]
+    fn an_interrupted_swap_is_cleared_at_the_next_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let live = Store::open(&db).unwrap();
+        fill(&live, "p", 100, 5);
+        fill(&live, "q", 10, 5);
+        live.tree.insert(swap_key("p"), b"swapping".as_slice()).unwrap();
+        let reopened = Store::open(&db).unwrap();
+        assert_eq!(reopened.position("p").unwrap(), 0);
+        assert!(reopened.entries("p").unwrap().is_empty());
+        assert_eq!(reopened.entries("q").unwrap().len(), 10, "other projections are untouched");
+        assert_eq!(reopened.position("q").unwrap(), 5);
     }
 }

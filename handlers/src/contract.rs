@@ -23,8 +23,35 @@ impl Event<'_> {
 /// Read access to a handler's own projection, as of just before the event.
 pub trait StateView {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+    /// The first `limit` (key, value) pairs whose key starts with `prefix`, in key order: a
+    /// queue's head without reading the whole queue.
+    fn scan_limit(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
+    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.scan_limit(prefix, usize::MAX)
+    }
+    /// The first (key, value) under `prefix`.
+    fn first(&self, prefix: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.scan_limit(prefix, 1).into_iter().next()
+    }
+}
+
+/// Merges a base scan with writes laid over it (`None` deletes), keeping the first `limit`.
+/// `base` must hold the base's first `limit` + (deletes under the prefix) pairs, so that the
+/// deleted ones cannot push a live key out.
+pub fn merge_scan<'w>(
+    base: Vec<(Vec<u8>, Vec<u8>)>,
+    writes: impl Iterator<Item = (&'w Vec<u8>, &'w Option<Vec<u8>>)>,
+    limit: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+    for (key, value) in writes {
+        match value {
+            Some(value) => merged.insert(key.clone(), value.clone()),
+            None => merged.remove(key),
+        };
+    }
+    merged.into_iter().take(limit).collect()
 }
 
 /// A map is a state view: handy for tests and for folding a log in memory.
@@ -33,9 +60,10 @@ impl StateView for BTreeMap<Vec<u8>, Vec<u8>> {
         BTreeMap::get(self, key).cloned()
     }
 
-    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn scan_limit(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
@@ -153,14 +181,9 @@ impl StateView for Overlay<'_> {
         }
     }
 
-    fn scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self.base.scan(prefix).into_iter().collect();
-        for (key, value) in self.writes.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
-            match value {
-                Some(value) => merged.insert(key.clone(), value.clone()),
-                None => merged.remove(key),
-            };
-        }
-        merged.into_iter().collect()
+    fn scan_limit(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let under = || self.writes.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix));
+        let deletes = under().filter(|(_, v)| v.is_none()).count();
+        merge_scan(self.base.scan_limit(prefix, limit.saturating_add(deletes)), under(), limit)
     }
 }

@@ -105,18 +105,23 @@ fn engine_error(error: sled::Error) -> crate::ReplayError {
 pub struct Comparison {
     pub projection: String,
     pub position: u64,
+    /// The live state's hash, from its stored keys.
     pub live: String,
     pub rebuilt: String,
+    /// Whether the digest the live store keeps (and checkpoints from) matches its stored keys.
+    pub kept_matches: bool,
 }
 
 impl Comparison {
     pub fn equal(&self) -> bool {
-        self.live == self.rebuilt
+        self.live == self.rebuilt && self.kept_matches
     }
 }
 
 /// Compares every projection's state hash in the live store with a rebuild up to the live
-/// position (the lowest over the projections, so all are compared at the same seq).
+/// position (the lowest over the projections, so all are compared at the same seq). The live
+/// hash is computed from the state as it is stored, not taken from the kept digest, so a
+/// changed state store is caught too; a kept digest that disagrees with its state differs too.
 pub fn replay_equals_live(
     log: &Log,
     config: &EngineConfig,
@@ -133,11 +138,13 @@ pub fn replay_equals_live(
     names
         .into_iter()
         .map(|name| {
+            let stored = live.scan_digest(name)?.to_bytes();
             Ok(Comparison {
                 projection: name.to_string(),
                 position,
-                live: hex(&live.state_hash(name)?),
+                live: hex(&stored),
                 rebuilt: hex(&rebuilt.store.state_hash(name)?),
+                kept_matches: stored == live.state_hash(name)?,
             })
         })
         .collect()

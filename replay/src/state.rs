@@ -50,16 +50,8 @@ impl Snapshot {
 }
 
 fn hash_of<'a>(entries: impl Iterator<Item = &'a (Vec<u8>, Vec<u8>)>) -> String {
-    let mut hasher = blake3::Hasher::new();
-    {
-        for (key, value) in entries {
-            hasher.update(&(key.len() as u64).to_le_bytes());
-            hasher.update(key);
-            hasher.update(&(value.len() as u64).to_le_bytes());
-            hasher.update(value);
-        }
-    }
-    hex(hasher.finalize().as_bytes())
+    let digest = maestro_schemas::digest::StateDigest::of(entries.map(|(k, v)| (k.as_slice(), v.as_slice())));
+    hex(&digest.to_bytes())
 }
 
 /// A key as text: UTF-8 as is, anything else as `hex:` and its bytes.

@@ -4,6 +4,7 @@
 //! Nothing here does I/O, reads a clock or draws a random number: a tidy test keeps it so.
 
 pub mod codec;
+pub mod digest;
 pub mod encode;
 pub mod entry_id;
 pub mod envelope;

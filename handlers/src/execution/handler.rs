@@ -47,6 +47,28 @@ impl Session<'_> {
         self.tx.put(env_key(&env.execution_id), serde_json::to_vec(env).unwrap_or_default());
     }
 
+    fn has_free_slot(&self) -> bool {
+        let cap = self.cap();
+        self.tx.scan_limit(ACTIVE_PREFIX, cap).len() < cap
+    }
+
+    /// How many environments wait for a slot (kept as a counter: the queue is never read whole).
+    fn queued(&self) -> u64 {
+        self.tx.get(QUEUED_KEY).and_then(|v| String::from_utf8(v).ok()?.parse().ok()).unwrap_or(0)
+    }
+
+    fn enqueue(&mut self, key: Vec<u8>, id: &str) {
+        self.tx.put(key, id.as_bytes().to_vec());
+        self.tx.put(QUEUED_KEY.to_vec(), (self.queued() + 1).to_string().into_bytes());
+    }
+
+    fn dequeue(&mut self, key: Vec<u8>) {
+        if self.tx.get(&key).is_some() {
+            self.tx.delete(key);
+            self.tx.put(QUEUED_KEY.to_vec(), self.queued().saturating_sub(1).to_string().into_bytes());
+        }
+    }
+
     fn cap(&self) -> usize {
         let recorded = self.tx.get(CAP_KEY).and_then(|v| String::from_utf8(v).ok()?.parse::<usize>().ok());
         recorded.unwrap_or(super::DEFAULT_MAX_ACTIVE as usize).max(1)
@@ -71,9 +93,9 @@ impl Session<'_> {
 
     /// Gives queued environments their slot, oldest first, while slots are free.
     fn fill_slots(&mut self, ms: u64) {
-        while self.tx.scan(ACTIVE_PREFIX).len() < self.cap() {
-            let Some((key, id)) = self.tx.scan(QUEUE_PREFIX).into_iter().next() else { return };
-            self.tx.delete(key);
+        while self.has_free_slot() {
+            let Some((key, id)) = self.tx.first(QUEUE_PREFIX) else { return };
+            self.dequeue(key);
             let id = String::from_utf8(id).unwrap_or_default();
             let Some(env) = self.load(&id) else { continue };
             let request = self.tx.get(&request_key(&id)).and_then(|b| ExecuteEphemeralTest::decode(b.as_slice()).ok());
@@ -113,11 +135,9 @@ impl Session<'_> {
 
     /// Expires every environment whose TTL ran out at or before `now`: its namespace goes.
     fn expire(&mut self, now: u64) {
-        for (key, _) in self.tx.scan(EXPIRY_PREFIX) {
-            let Some((deadline, id)) = expiry_of(&key) else { continue };
-            if deadline > now {
-                break;
-            }
+        // Expiry keys in key order are in time order: take them from the front while they are due.
+        while let Some((key, _)) = self.tx.first(EXPIRY_PREFIX) {
+            let Some((_, id)) = expiry_of(&key).filter(|(deadline, _)| *deadline <= now) else { break };
             self.tx.delete(key);
             let Some(mut env) = self.load(&id) else { continue };
             if env.status >= EnvStatus::Expired {
@@ -193,13 +213,12 @@ impl Execution {
             return Ok(());
         }
         s.tx.put(request_key(&id), run.encode_to_vec());
-        if s.tx.scan(ACTIVE_PREFIX).len() < s.cap() && s.tx.scan(QUEUE_PREFIX).is_empty() {
+        if s.has_free_slot() && s.tx.first(QUEUE_PREFIX).is_none() {
             s.admit(env, run, ms);
         } else {
-            let position = s.tx.scan(QUEUE_PREFIX).len() + 1;
             env.enter(EnvStatus::Queued, ms);
-            s.publish(&env, json!({"position": position}), ms);
-            s.tx.put(queue_key(&arrival(&entry.stream, entry.id)), id.into_bytes());
+            s.enqueue(queue_key(&arrival(&entry.stream, entry.id)), &id);
+            s.publish(&env, json!({"position": s.queued()}), ms);
             s.save(&env);
         }
         Ok(())
@@ -212,10 +231,8 @@ impl Execution {
             EnvStatus::Cleaned => {}
             // Nothing was created yet: it is clean as it is.
             EnvStatus::Queued => {
-                let queued = s.tx.scan(QUEUE_PREFIX).into_iter().find(|(_, v)| v.as_slice() == id.as_bytes());
-                if let Some((key, _)) = queued {
-                    s.tx.delete(key);
-                }
+                let entry = maestro_schemas::EntryId::parse(&env.entry_id).unwrap_or_default();
+                s.dequeue(queue_key(&arrival(&env.stream, entry)));
                 s.leave(&mut env, EnvStatus::Cleaned, ms);
                 s.publish(&env, json!({"reason": "cleaned up before it was provisioned"}), ms);
             }

@@ -2,8 +2,8 @@
 //!
 //! Keys: `x/<execution>` environments, `p/<execution>` the request as protobuf bytes (to render
 //! its manifests again), `a/<execution>` the active set, `q/<arrival>` the wait queue in
-//! arrival order (entry id, then stream), `t/<expiry ms>\0<execution>` TTL deadlines, and
-//! `cfg/max_active` the cap recorded in the log.
+//! arrival order (entry id, then stream), `n/queued` its length, `t/<expiry ms>\0<execution>`
+//! TTL deadlines, and `cfg/max_active` the cap recorded in the log.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -157,5 +157,8 @@ pub fn expiry_of(key: &[u8]) -> Option<(u64, String)> {
 }
 
 pub const CAP_KEY: &[u8] = b"cfg/max_active";
+
+/// How many environments wait in the queue.
+pub const QUEUED_KEY: &[u8] = b"n/queued";
 
 pub use maestro_schemas::ids::arrival;

@@ -71,6 +71,12 @@ fn settings_of(start: &he::StartMonitoring) -> Result<Settings, HandlerError> {
         create_pr: config.create_pr.unwrap_or(defaults.create_pr),
         max_concurrent_repairs: config.max_concurrent_repairs.unwrap_or(defaults.max_concurrent_repairs),
         validation_timeout_ms: timeout,
+        max_queued_repairs: match start.extra.get("config.max_queued_repairs") {
+            None => defaults.max_queued_repairs,
+            Some(text) => text.parse().map_err(|_| {
+                HandlerError::Invalid(format!("config.max_queued_repairs is {text}, not a whole number"))
+            })?,
+        },
     };
     if settings.max_concurrent_repairs == 0 {
         return Err(HandlerError::Invalid("config.max_concurrent_repairs is 0: no repair could ever start".into()));

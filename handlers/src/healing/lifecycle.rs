@@ -120,6 +120,17 @@ impl<'a> Session<'a> {
         self.count(&seen.orchestrator_id, |s| s.errors_detected += 1);
     }
 
+    /// How many repairs wait in an orchestrator's queue (a counter: the queue is never read
+    /// whole on the hot path).
+    fn queued(&self, orchestrator_id: &str) -> u64 {
+        self.load(&queued_key(orchestrator_id)).unwrap_or(0)
+    }
+
+    fn add_queued(&mut self, orchestrator_id: &str, change: i64) {
+        let count = self.queued(orchestrator_id).saturating_add_signed(change);
+        self.save(queued_key(orchestrator_id), &count);
+    }
+
     /// Admits a new repair, or skips it with the reason. Admitted repairs start at once when
     /// their orchestrator has a free slot and wait in the queue otherwise.
     pub fn admit(&mut self, mut repair: Repair, source: String, arrival: &str, ms: u64) {
@@ -131,6 +142,10 @@ impl<'a> Session<'a> {
                 "detection confidence {:.2} of {} is below the orchestrator's threshold {:.2}",
                 repair.detection_confidence, repair.error.error_type, o.settings.confidence_threshold
             )),
+            Some(o) if self.queued(&o.orchestrator_id) >= u64::from(o.settings.max_queued_repairs) => Some(format!(
+                "orchestrator {} has {} repairs waiting already (max_queued_repairs)",
+                o.orchestrator_id, o.settings.max_queued_repairs
+            )),
             Some(_) => None,
         };
         if let Some(reason) = refusal {
@@ -138,6 +153,7 @@ impl<'a> Session<'a> {
         }
         repair.source = Some(source);
         self.save(queue_key(&repair.orchestrator_id, arrival), &repair.repair_id);
+        self.add_queued(&repair.orchestrator_id, 1);
         let orchestrator_id = repair.orchestrator_id.clone();
         self.save(repair_key(&repair.repair_id), &repair);
         self.fill_slots(&orchestrator_id, ms);
@@ -147,11 +163,12 @@ impl<'a> Session<'a> {
     pub fn fill_slots(&mut self, orchestrator_id: &str, ms: u64) {
         let Some(orchestrator) = self.orchestrator(orchestrator_id) else { return };
         let cap = orchestrator.settings.max_concurrent_repairs.max(1) as usize;
-        while orchestrator.running() && self.tx.scan(&active_prefix(orchestrator_id)).len() < cap {
-            let Some((queue_key, id)) = self.tx.scan(&queue_prefix(orchestrator_id)).into_iter().next() else {
+        while orchestrator.running() && self.tx.scan_limit(&active_prefix(orchestrator_id), cap).len() < cap {
+            let Some((queue_key, id)) = self.tx.first(&queue_prefix(orchestrator_id)) else {
                 return;
             };
             self.tx.delete(queue_key);
+            self.add_queued(orchestrator_id, -1);
             let id: String = serde_json::from_slice(&id).unwrap_or_default();
             if let Some(repair) = self.load::<Repair>(&repair_key(&id)) {
                 self.start(repair, &orchestrator, ms);
@@ -228,18 +245,14 @@ impl<'a> Session<'a> {
     /// Fails every validating repair whose deadline is at or before `now` (a clock record's
     /// time), oldest deadline first, then refills the slots they held.
     pub fn expire(&mut self, now: u64) {
-        let due: Vec<(u64, String)> = self
-            .tx
-            .scan(DEADLINE_PREFIX)
-            .into_iter()
-            .filter_map(|(key, _)| {
-                let deadline = deadline_of(&key)?;
-                let id = String::from_utf8(key.get(23..)?.to_vec()).ok()?;
-                (deadline <= now).then_some((deadline, id))
-            })
-            .collect();
         let mut touched = Vec::new();
-        for (_, id) in due {
+        // Deadlines in key order are in time order: take them from the front while they are due.
+        while let Some((key, _)) = self.tx.first(DEADLINE_PREFIX) {
+            if deadline_of(&key).is_none_or(|deadline| deadline > now) {
+                break;
+            }
+            self.tx.delete(key.clone());
+            let id = String::from_utf8_lossy(key.get(23..).unwrap_or_default()).into_owned();
             let Some(repair) = self.load::<Repair>(&repair_key(&id)) else { continue };
             let since = repair.transitions.last().map_or(now, |(_, at)| *at);
             let allowed = repair.deadline_ms.unwrap_or(now).saturating_sub(since);
@@ -258,6 +271,7 @@ impl<'a> Session<'a> {
     pub fn drain_queue(&mut self, orchestrator_id: &str, ms: u64) {
         for (key, id) in self.tx.scan(&queue_prefix(orchestrator_id)) {
             self.tx.delete(key);
+            self.add_queued(orchestrator_id, -1);
             let id: String = serde_json::from_slice(&id).unwrap_or_default();
             if let Some(repair) = self.load::<Repair>(&repair_key(&id)) {
                 let reason = format!("orchestrator {orchestrator_id} was stopped before the repair started");

@@ -4,7 +4,7 @@
 //! the active set, `q/<orchestrator>\0<arrival>` the wait queue in arrival order,
 //! `d/<deadline ms>\0<repair>` validation deadlines, `s/<orchestrator>` and `g` statistics,
 //! `k/<strategy>` strategy effectiveness, `t/<type>\0<severity>` error tallies and
-//! `e/<type>\0<severity>\0<arrival>` the error history. Numbers in keys are zero-padded to 20
+//! `e/<type>\0<severity>\0<arrival>` the error history, `n/<orchestrator>` queue lengths. Numbers in keys are zero-padded to 20
 //! digits so that key order is numeric order. An arrival is the request's entry id and stream,
 //! never its log seq: the state does not depend on how reads were cut into batches.
 
@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// The orchestrator heal requests without an `orchestrator_id` belong to: always running, with
 /// the old service's default settings.
 pub const DEFAULT_ORCHESTRATOR: &str = "default";
+
+/// How many repairs may wait for a slot per orchestrator; more are skipped (engine rule: an
+/// orchestrator whose fixes are never validated must not grow without bound).
+pub const DEFAULT_MAX_QUEUED: u32 = 1_000;
 
 /// How long a repair may wait in `validating` for its outcome (domain.md: 30 minutes).
 pub const DEFAULT_VALIDATION_TIMEOUT_MS: u64 = 30 * 60 * 1000;
@@ -28,6 +32,7 @@ pub struct Settings {
     pub create_pr: bool,
     pub max_concurrent_repairs: u32,
     pub validation_timeout_ms: u64,
+    pub max_queued_repairs: u32,
 }
 
 impl Default for Settings {
@@ -40,6 +45,7 @@ impl Default for Settings {
             create_pr: false,
             max_concurrent_repairs: 3,
             validation_timeout_ms: DEFAULT_VALIDATION_TIMEOUT_MS,
+            max_queued_repairs: DEFAULT_MAX_QUEUED,
         }
     }
 }
@@ -231,6 +237,11 @@ pub fn queue_prefix(orchestrator: &str) -> Vec<u8> {
 }
 
 pub use maestro_schemas::ids::arrival;
+
+/// The length of an orchestrator's queue.
+pub fn queued_key(orchestrator: &str) -> Vec<u8> {
+    join("n/", &[orchestrator])
+}
 
 pub fn queue_key(orchestrator: &str, arrival: &str) -> Vec<u8> {
     join("q/", &[orchestrator, arrival])

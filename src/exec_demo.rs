@@ -9,12 +9,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)]) -> anyhow::Result<()> {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(v);
-    }
-    let _: String = cmd.query(conn)?;
+    crate::traffic::xadd(conn, stream, fields)?;
     Ok(())
 }
 
@@ -47,14 +42,7 @@ fn wait_for(
 }
 
 fn fact(conn: &mut redis::Connection, streams: &StreamSet, id: &str, status: &str) -> anyhow::Result<()> {
-    let fields = [
-        ("type", "status_update".to_string()),
-        ("execution_id", id.to_string()),
-        ("status", status.to_string()),
-        ("details", "{}".to_string()),
-        ("timestamp", "2026-11-28T10:00:00".to_string()),
-    ];
-    xadd(conn, &streams.k8s_status, &fields)
+    xadd(conn, &streams.k8s_status, &crate::traffic::status_fact(id, status))
 }
 
 /// Runs the scenario against a running engine.

@@ -74,12 +74,7 @@ pub fn sources() -> Vec<&'static str> {
 }
 
 fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)]) -> anyhow::Result<EntryId> {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(v);
-    }
-    let id: String = cmd.query(conn)?;
+    let id = crate::traffic::xadd(conn, stream, fields)?;
     EntryId::parse(&id).map_err(|e| anyhow::anyhow!("redis returned entry id {id}: {e}"))
 }
 

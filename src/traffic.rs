@@ -319,6 +319,27 @@ impl Traffic {
     }
 }
 
+/// Appends one entry to a stream as a producer would; returns its entry id.
+pub fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)]) -> redis::RedisResult<String> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(v);
+    }
+    cmd.query(conn)
+}
+
+/// A `status_update` fact for `k8s:status`, as the Kubernetes effect runner publishes it.
+pub fn status_fact(execution_id: &str, status: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("type", "status_update".to_string()),
+        ("execution_id", execution_id.to_string()),
+        ("status", status.to_string()),
+        ("details", "{}".to_string()),
+        ("timestamp", "2026-11-28T10:00:00".to_string()),
+    ]
+}
+
 /// Pads the first JSON-object field so that the entry reaches about `target` bytes.
 fn pad_json_fields(fields: &mut [(String, String)], target: usize) {
     let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();

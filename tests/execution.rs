@@ -14,12 +14,7 @@ const STATUS: &str = "maestro:streams:k8s:status";
 const RESULTS: &str = "maestro:streams:k8s:results";
 
 fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)]) {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(v);
-    }
-    let _: String = cmd.query(conn).unwrap();
+    maestro::traffic::xadd(conn, stream, fields).unwrap();
 }
 
 fn job(conn: &mut redis::Connection, kind: &str, payload: Value) {
@@ -38,14 +33,7 @@ fn execute(conn: &mut redis::Connection, id: &str, test_config: Value) {
 
 /// A fact as the Kubernetes effect runner publishes it (no engine origin: it is input).
 fn fact(conn: &mut redis::Connection, id: &str, status: &str) {
-    let fields = [
-        ("type", "status_update".to_string()),
-        ("execution_id", id.to_string()),
-        ("status", status.to_string()),
-        ("details", "{}".to_string()),
-        ("timestamp", "2026-11-28T10:00:00".to_string()),
-    ];
-    xadd(conn, STATUS, &fields);
+    xadd(conn, STATUS, &maestro::traffic::status_fact(id, status));
 }
 
 /// The engine's own status updates: (execution id, status, output id), in order.

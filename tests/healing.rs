@@ -36,12 +36,7 @@ fn engine(server: &RedisServer, dir: &Path) -> EngineProc {
 }
 
 fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)]) -> String {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(v);
-    }
-    cmd.query(conn).unwrap()
+    maestro::traffic::xadd(conn, stream, fields).unwrap()
 }
 
 fn start_monitoring(conn: &mut redis::Connection, config: Value) -> String {

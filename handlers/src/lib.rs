@@ -9,6 +9,7 @@ pub mod execution;
 #[cfg(test)]
 pub(crate) mod fold;
 pub mod healing;
+pub mod keys;
 pub mod stream_stats;
 
 pub use contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, Overlay, StateView};

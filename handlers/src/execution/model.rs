@@ -113,16 +113,7 @@ impl Environment {
     }
 }
 
-fn join(kind: &str, parts: &[&str]) -> Vec<u8> {
-    let mut key = kind.as_bytes().to_vec();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            key.push(0);
-        }
-        key.extend_from_slice(part.as_bytes());
-    }
-    key
-}
+use crate::keys::join;
 
 pub fn env_key(id: &str) -> Vec<u8> {
     join("x/", &[id])

@@ -155,9 +155,9 @@ impl Healing {
             transitions: vec![(RepairStatus::Pending, entry.id.ms)],
         };
         let seen = ErrorSeen {
-            message: failure.message.chars().take(500).collect(),
-            file: failure.file.clone(),
-            line: failure.line,
+            message: None,
+            file: None,
+            line: None,
             orchestrator_id: repair.orchestrator_id.clone(),
             repair_id: Some(repair.repair_id.clone()),
             time_ms: entry.id.ms,
@@ -187,7 +187,7 @@ impl Healing {
             severity: report.severity.clone().unwrap_or_else(|| "unspecified".into()),
         };
         let seen = ErrorSeen {
-            message: failure.message.chars().take(500).collect(),
+            message: Some(failure.message.chars().take(500).collect()),
             file: failure.file.clone(),
             line: failure.line,
             orchestrator_id: owner,

@@ -192,8 +192,13 @@ pub struct ErrorTally {
 /// One entry of the error history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorSeen {
-    pub message: String,
+    /// The error's message, file and line: kept here for error reports only; a heal request's
+    /// are in its repair (`repair_id`), and are not stored twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<i64>,
     pub orchestrator_id: String,
     /// The repair it opened; `None` for an error report, which carries no source to heal.
@@ -201,16 +206,7 @@ pub struct ErrorSeen {
     pub time_ms: u64,
 }
 
-fn join(kind: &str, parts: &[&str]) -> Vec<u8> {
-    let mut key = kind.as_bytes().to_vec();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            key.push(0);
-        }
-        key.extend_from_slice(part.as_bytes());
-    }
-    key
-}
+use crate::keys::join;
 
 fn padded(n: u64) -> String {
     format!("{n:020}")

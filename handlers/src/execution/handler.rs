@@ -112,6 +112,8 @@ impl Session<'_> {
         env.expires_ms = Some(expires);
         env.enter(EnvStatus::Requested, ms);
         self.publish(&env, json!({"namespace": env.namespace, "expires_at": naive_iso(expires)}), ms);
+        // `execute` rendered this request already (times only go into annotations), so this
+        // cannot fail here; an empty list would still leave a visible, failing apply.
         let rendered = render(request, &env.execution_id, ms, expires).unwrap_or_default();
         let names: Vec<String> = rendered.iter().map(|m| format!("{}/{}", m.kind(), m.name())).collect();
         let payload = json!({"execution_id": env.execution_id, "namespace": env.namespace, "commands": env.commands,

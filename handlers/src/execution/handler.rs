@@ -86,8 +86,14 @@ impl Session<'_> {
         self.outputs.push(Output { stream: self.status_stream.to_string(), fields });
     }
 
+    /// An intent for the runner. Its id names the environment's lifecycle step, so that a
+    /// retried effect repeats the same id; `get_logs`, which is no step, names its request.
     fn intent(&mut self, kind: &str, env: &Environment, payload: Value) {
-        let id = format!("{kind}/{}/{}", env.execution_id, env.transitions.len());
+        self.intent_at(kind, env, &env.transitions.len().to_string(), payload);
+    }
+
+    fn intent_at(&mut self, kind: &str, env: &Environment, at: &str, payload: Value) {
+        let id = format!("{kind}/{}/{at}", env.execution_id);
         self.intents.push(Intent { kind: kind.into(), id, payload: payload.to_string().into_bytes() });
     }
 
@@ -252,10 +258,11 @@ impl Execution {
         Ok(())
     }
 
-    fn get_logs(&self, s: &mut Session<'_>, id: &str) -> Result<(), HandlerError> {
+    fn get_logs(&self, s: &mut Session<'_>, id: &str, entry: &Entry) -> Result<(), HandlerError> {
         let env = s.load(id).ok_or_else(|| HandlerError::Invalid(format!("get_logs: no execution {id}")))?;
         let jobs: Vec<String> = (1..=env.commands.len()).map(|n| format!("test-{n}")).collect();
-        s.intent("k8s_logs", &env, json!({"execution_id": id, "namespace": env.namespace, "jobs": jobs}));
+        let payload = json!({"execution_id": id, "namespace": env.namespace, "jobs": jobs});
+        s.intent_at("k8s_logs", &env, &entry.id.to_string(), payload);
         Ok(())
     }
 
@@ -321,7 +328,7 @@ impl Handler for Execution {
                     Typed::K8sJob(job) => match &job.job {
                         Some(Job::ExecuteEphemeralTest(run)) => self.execute(&mut s, run, entry)?,
                         Some(Job::CleanupEnvironment(c)) => self.cleanup(&mut s, &c.execution_id, ms)?,
-                        Some(Job::GetLogs(g)) => self.get_logs(&mut s, &g.execution_id)?,
+                        Some(Job::GetLogs(g)) => self.get_logs(&mut s, &g.execution_id, entry)?,
                         None => {}
                     },
                     Typed::K8sStatus(fact) => self.status_fact(&mut s, fact, ms)?,

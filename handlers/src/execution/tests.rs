@@ -116,6 +116,13 @@ fn facts_out_of_order_or_twice_only_move_forward() {
     )
     .unwrap();
     assert_eq!(env(&fold, "e1").results[0]["output"], "2 passed");
+    // Two log requests are two effects, each named by its request.
+    for ms in [1_900, 1_901] {
+        let payload = json!({"execution_id": "e1"}).to_string();
+        fold.entry(JOBS, ms, &[("type", "get_logs".into()), ("payload", payload)]).unwrap();
+    }
+    let logs: Vec<&str> = fold.intents.iter().filter(|i| i.kind == "k8s_logs").map(|i| i.id.as_str()).collect();
+    assert_eq!(logs, ["k8s_logs/e1/1900-0", "k8s_logs/e1/1901-0"]);
 }
 
 #[test]

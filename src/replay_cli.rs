@@ -210,13 +210,13 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
     let style = indicatif::ProgressStyle::with_template("rebuild [{bar:40}] {pos}/{len} records {per_sec} eta {eta}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
-    let swapped =
+    let (live, swapped) =
         maestro_replay::rebuild::rebuild_in_place(&log, &config, handlers, &|done, _| bar.set_position(done))?;
     bar.finish();
     for ((name, keys), before) in swapped.iter().zip(before) {
         let after = hex(&live.state_hash(name)?);
         let verdict = if after == before { "unchanged" } else { "CHANGED: the live state differed from the log's" };
-        println!("{name:<16} {keys:>9} keys swapped in; state hash {} ({verdict})", &after[..16]);
+        println!("{name:<16} {keys:>9} keys rebuilt; state hash {} ({verdict})", &after[..16]);
     }
     Ok(())
 }

@@ -65,6 +65,10 @@ pub struct Dispatcher {
     decoder: Decoder,
     checkpoint_every: u64,
     keep: Keep,
+    /// Changes not yet written: empty between calls unless `load_bytes` is set.
+    pending: Pending,
+    /// Load once this many bytes are staged instead of committing at the end of every call.
+    load_bytes: Option<usize>,
 }
 
 /// What a dispatch keeps besides state: the engine keeps everything; a replay keeps what its
@@ -102,7 +106,36 @@ impl Dispatcher {
     ) -> Result<Dispatcher> {
         let quarantined = log.quarantined()?.into_iter().collect();
         let checkpoint_every = checkpoint_every.max(1);
-        Ok(Dispatcher { handlers, store, quarantined, stamp, decoder, checkpoint_every, keep: Keep::ALL })
+        Ok(Dispatcher {
+            handlers,
+            store,
+            quarantined,
+            stamp,
+            decoder,
+            checkpoint_every,
+            keep: Keep::ALL,
+            pending: Pending::default(),
+            load_bytes: None,
+        })
+    }
+
+    /// Writes only once about `bytes` of changes are staged (and at [`Dispatcher::flush`]),
+    /// with [`Store::load`], instead of committing at the end of every call: a rebuild's reads
+    /// then mostly hit its staged changes and its writes go in few, chunked loads. Loads are not
+    /// atomic, so only a dispatch into a store nobody reads until it is done (a rebuild's scratch
+    /// or shadow store) uses it.
+    pub fn loading_every(mut self, bytes: usize) -> Dispatcher {
+        self.load_bytes = Some(bytes);
+        self
+    }
+
+    /// Writes whatever is staged.
+    pub fn flush(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        match self.load_bytes {
+            Some(_) => self.store.load(pending),
+            None => self.store.commit(pending),
+        }
     }
 
     /// Keeps only what `keep` names besides state (see [`Keep`]).
@@ -117,39 +150,52 @@ impl Dispatcher {
 
     /// The lowest position over the dispatcher and every handler: where dispatch resumes.
     pub fn position(&self) -> Result<u64> {
-        let mut lowest = self.store.position(DISPATCH)?;
+        let mut lowest = self.store.position_with(&self.pending, DISPATCH)?;
         for handler in &self.handlers {
-            lowest = lowest.min(self.store.position(handler.name())?);
+            lowest = lowest.min(self.store.position_with(&self.pending, handler.name())?);
         }
         Ok(lowest)
     }
 
     /// Dispatches records (consecutive, in log order) with their typed events when the caller
-    /// has them (`decoded[i]` belongs to `records[i]`); otherwise they are decoded here. State
-    /// is committed at every checkpoint seq and at the end, so checkpoints fall on the same
-    /// seqs however batches were cut.
+    /// has them (`decoded[i]` belongs to `records[i]`); otherwise they are decoded here. Every
+    /// `checkpoint_every` seqs each projection's state hash is staged as a checkpoint, so
+    /// checkpoints fall on the same seqs however batches were cut and commits spaced.
     pub fn dispatch(&mut self, records: &[Record], decoded: Option<Vec<Option<TypedEvent>>>) -> Result<Report> {
         let decoded = match decoded {
             Some(decoded) if decoded.len() == records.len() => decoded,
             _ => records.iter().map(|r| self.decoder.typed(r)).collect(),
         };
+        let mut pending = std::mem::take(&mut self.pending);
+        let result = self.dispatch_staged(records, &decoded, &mut pending);
+        self.pending = pending;
+        let report = result?;
+        if self.load_bytes.is_none_or(|limit| self.pending.bytes() >= limit) {
+            self.flush()?;
+        }
+        Ok(report)
+    }
+
+    fn dispatch_staged(
+        &self,
+        records: &[Record],
+        decoded: &[Option<TypedEvent>],
+        pending: &mut Pending,
+    ) -> Result<Report> {
         let mut report = Report::default();
         let mut positions = Vec::with_capacity(self.handlers.len());
         for handler in &self.handlers {
-            positions.push(self.store.position(handler.name())?);
+            positions.push(self.store.position_with(pending, handler.name())?);
         }
-        let own_position = self.store.position(DISPATCH)?;
-        let mut pending = Pending::default();
-        for (record, typed) in records.iter().zip(&decoded) {
-            self.dispatch_one(record, typed.as_ref(), &positions, own_position, &mut pending, &mut report);
+        let own_position = self.store.position_with(pending, DISPATCH)?;
+        for (record, typed) in records.iter().zip(decoded) {
+            self.dispatch_one(record, typed.as_ref(), &positions, own_position, pending, &mut report)?;
             if record.seq % self.checkpoint_every == 0 {
-                self.store.commit(std::mem::take(&mut pending))?;
                 for handler in &self.handlers {
-                    self.store.checkpoint(handler.name(), record.seq)?;
+                    self.store.stage_checkpoint(pending, handler.name(), record.seq)?;
                 }
             }
         }
-        self.store.commit(pending)?;
         Ok(report)
     }
 
@@ -161,7 +207,7 @@ impl Dispatcher {
         own_position: u64,
         pending: &mut Pending,
         report: &mut Report,
-    ) {
+    ) -> Result<()> {
         let quarantined = self.quarantined.contains(&record.seq);
         let own = matches!(&record.body, Body::Entry(e) if e.status == Status::Own);
         let mut failures = Vec::new();
@@ -177,10 +223,11 @@ impl Dispatcher {
                 match catch_unwind(AssertUnwindSafe(|| handler.handle(&view, Event { record, typed }))) {
                     Ok(Ok(decision)) => {
                         for change in decision.changes {
-                            match change {
-                                Change::Put { key, value } => pending.put(name, &key, value),
-                                Change::Delete { key } => pending.delete(name, &key),
-                            }
+                            let (key, value) = match change {
+                                Change::Put { key, value } => (key, Some(value)),
+                                Change::Delete { key } => (key, None),
+                            };
+                            self.store.stage(pending, name, &key, value)?;
                         }
                         for output in decision.outputs.into_iter().filter(|_| self.keep.outputs) {
                             let fields = output.fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
@@ -207,6 +254,7 @@ impl Dispatcher {
             pending.advance(DISPATCH, record.seq);
         }
         report.records += 1;
+        Ok(())
     }
 
     fn stamped(

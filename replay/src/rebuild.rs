@@ -12,6 +12,7 @@ use maestro_engine::log::Log;
 use maestro_engine::store::Store;
 use maestro_handlers::Handler;
 use maestro_schemas::record::hex;
+use maestro_schemas::{Record, TypedEvent};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -42,7 +43,18 @@ pub fn rebuild(
     Ok(Rebuilt { store, records, _db: db })
 }
 
-/// Dispatches records `1..=until` into `store`, reporting (done, total) after each batch.
+/// Staged changes a rebuild holds before it writes them: large enough that a log of a million
+/// records is rebuilt in memory and written once, small enough to bound its memory.
+const LOAD_BYTES: usize = 128 << 20;
+
+/// Read-ahead between the thread that reads and decodes the log and the one that dispatches.
+const READ_AHEAD: usize = 4;
+
+/// Records and their typed events, as the reading thread hands them over.
+type Decoded = (Vec<Record>, Vec<Option<TypedEvent>>);
+
+/// Dispatches records `1..=until` into `store`, reporting (done, total) after each batch. One
+/// thread reads, checks and decodes records while this one dispatches them.
 pub(crate) fn dispatch_into(
     log: &Log,
     config: &EngineConfig,
@@ -55,45 +67,66 @@ pub(crate) fn dispatch_into(
     let stamp = OutputStamp { origin: "maestro-replay".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let mut dispatcher =
-        Dispatcher::new(handlers, store.clone(), log, stamp, decoder, config.checkpoint_every)?.keeping(keep);
-    let mut next = 1;
+        Dispatcher::new(handlers, store.clone(), log, stamp, decoder.clone(), config.checkpoint_every)?
+            .keeping(keep)
+            .loading_every(LOAD_BYTES);
     let until = until.min(log.head_seq());
-    let mut records = 0;
-    while next <= until {
-        let last = until.min(next + BATCH - 1);
-        let batch = log.range(next, last).collect::<std::result::Result<Vec<_>, _>>()?;
-        records += dispatcher.dispatch(&batch, None)?.records;
-        next = last + 1;
-        progress(last, until);
-    }
-    Ok(records)
+    std::thread::scope(|scope| {
+        let (sender, batches) = std::sync::mpsc::sync_channel::<Result<Decoded>>(READ_AHEAD);
+        scope.spawn(move || read_batches(log, &decoder, until, &sender));
+        let mut records = 0;
+        for batch in batches {
+            let (batch, typed) = batch?;
+            records += dispatcher.dispatch(&batch, Some(typed))?.records;
+            progress(batch.last().map_or(until, |r| r.seq), until);
+        }
+        dispatcher.flush()?;
+        // The reader stops early only on an error, which it sent: reaching here means all of
+        // `1..=until` was dispatched.
+        Ok(records)
+    })
 }
 
-/// The shadow tree a rebuild in place writes before the swap.
-const SHADOW: &str = "state-rebuild";
+/// Reads records `1..=until` in batches and decodes them, until done, a read fails (the error
+/// is sent) or the dispatching side hangs up.
+fn read_batches(log: &Log, decoder: &Decoder, until: u64, sender: &std::sync::mpsc::SyncSender<Result<Decoded>>) {
+    let mut next = 1;
+    while next <= until {
+        let last = until.min(next + BATCH - 1);
+        let batch = log
+            .range(next, last)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(|records| {
+                let typed = records.iter().map(|r| decoder.typed(r)).collect();
+                (records, typed)
+            })
+            .map_err(crate::ReplayError::from);
+        let failed = batch.is_err();
+        if sender.send(batch).is_err() || failed {
+            return;
+        }
+        next = last + 1;
+    }
+}
 
-/// Rebuilds `handlers`' projections from the whole log into a shadow tree of the data dir's
-/// own database, then swaps each into the live state in one atomic batch; until the swap the
-/// live state is untouched. Returns (projection, keys written) per projection.
+/// Rebuilds `handlers`' projections from the whole log into the next generation of the data
+/// dir's store, then makes it the live one in one flushed write (see
+/// [`Store::replace_live`]); until then the live store is untouched. Returns the new live
+/// store and (projection, keys) per projection.
 pub fn rebuild_in_place(
     log: &Log,
     config: &EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,
     progress: &dyn Fn(u64, u64),
-) -> Result<Vec<(String, u64)>> {
+) -> Result<(Store, Vec<(String, u64)>)> {
     let db = log.db();
-    db.drop_tree(SHADOW).map_err(engine_error)?;
-    let shadow = Store::open_tree(db, SHADOW)?;
-    let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
-    dispatch_into(log, config, handlers, &shadow, log.head_seq(), Keep::STATE_ONLY, progress)?;
     let live = Store::open(db)?;
-    let mut swapped = Vec::new();
-    for name in names {
-        swapped.push((name.to_string(), live.replace_projection(name, &shadow)?));
-    }
-    drop(shadow);
-    db.drop_tree(SHADOW).map_err(engine_error)?;
-    Ok(swapped)
+    let next = Store::next_generation(db)?;
+    let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
+    dispatch_into(log, config, handlers, &next, log.head_seq(), Keep::STATE_ONLY, progress)?;
+    let keys = names.iter().map(|name| Ok((name.to_string(), next.count(name)?))).collect::<Result<Vec<_>>>()?;
+    next.replace_live(db, &live, &names)?;
+    Ok((next, keys))
 }
 
 fn engine_error(error: sled::Error) -> crate::ReplayError {

@@ -46,6 +46,13 @@ impl StateDigest {
         }
     }
 
+    /// Adds another digest's entries (a digest of changes kept apart, say).
+    pub fn merge(&mut self, other: &StateDigest) {
+        for (word, e) in self.0.iter_mut().zip(other.0) {
+            *word = word.wrapping_add(e);
+        }
+    }
+
     pub fn to_bytes(self) -> [u8; 32] {
         let mut out = [0u8; 32];
         for (chunk, word) in out.chunks_exact_mut(8).zip(self.0) {

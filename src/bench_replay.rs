@@ -137,7 +137,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     );
     let replay = figures["replay_rebuild_s"].as_f64().unwrap_or(f64::NAN);
     println!(
-        "maestro replay rebuild (every projection into a shadow store, then swapped in): {:.2} s = {:.0} records/s ({:.0} MB/s), peak RSS over all phases {} MiB",
+        "maestro replay rebuild (every projection into a new store generation, then made live): {:.2} s = {:.0} records/s ({:.0} MB/s), peak RSS over all phases {} MiB",
         replay,
         records as f64 / replay,
         bytes as f64 / 1e6 / replay,

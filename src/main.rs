@@ -131,8 +131,8 @@ enum ReplayCommand {
         #[arg(long, value_name = "DIR")]
         into: PathBuf,
     },
-    /// Rebuild projections (all, or one) from the log into a shadow store, then swap them into
-    /// the live state atomically; prints whether each state hash changed.
+    /// Rebuild projections (all, or one) from the log into a new generation of the store, then
+    /// make it live with one write; prints whether each state hash changed.
     Rebuild {
         #[command(flatten)]
         config: ConfigArgs,

@@ -410,16 +410,6 @@ impl Store {
         Ok(self.tree.get(state_key(name, key))?.map(|v| v.to_vec()))
     }
 
-    /// How many keys projection `name` holds.
-    pub fn count(&self, name: &str) -> Result<u64> {
-        let mut keys = 0;
-        for key in self.tree.scan_prefix(state_key(name, b"")).keys() {
-            key?;
-            keys += 1;
-        }
-        Ok(keys)
-    }
-
     /// Every (key, value) of projection `name`, in key order.
     pub fn entries(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = state_key(name, b"");

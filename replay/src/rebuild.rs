@@ -112,21 +112,20 @@ fn read_batches(log: &Log, decoder: &Decoder, until: u64, sender: &std::sync::mp
 /// Rebuilds `handlers`' projections from the whole log into the next generation of the data
 /// dir's store, then makes it the live one in one flushed write (see
 /// [`Store::replace_live`]); until then the live store is untouched. Returns the new live
-/// store and (projection, keys) per projection.
+/// store.
 pub fn rebuild_in_place(
     log: &Log,
     config: &EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,
     progress: &dyn Fn(u64, u64),
-) -> Result<(Store, Vec<(String, u64)>)> {
+) -> Result<Store> {
     let db = log.db();
     let live = Store::open(db)?;
     let next = Store::next_generation(db)?;
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
     dispatch_into(log, config, handlers, &next, log.head_seq(), Keep::STATE_ONLY, progress)?;
-    let keys = names.iter().map(|name| Ok((name.to_string(), next.count(name)?))).collect::<Result<Vec<_>>>()?;
     next.replace_live(db, &live, &names)?;
-    Ok((next, keys))
+    Ok(next)
 }
 
 fn engine_error(error: sled::Error) -> crate::ReplayError {

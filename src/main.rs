@@ -166,6 +166,9 @@ enum ReplayCommand {
         tenant: Option<String>,
         #[arg(long)]
         list: bool,
+        /// Replay from the log's first record instead of starting from the live store's state.
+        #[arg(long)]
+        from_log: bool,
     },
     /// The keys that differ between two log positions or times of this data dir, or between
     /// two data dirs (give their paths): one JSON line per key, with before and after.
@@ -377,8 +380,9 @@ async fn main() {
         Command::Replay { which: ReplayCommand::Rebuild { config, projection } } => {
             maestro::replay_cli::rebuild(config, projection)
         }
-        Command::Replay { which: ReplayCommand::State { config, projection, at, until, tenant, list } } => {
-            maestro::replay_cli::state(config, projection, at.or(until), tenant, list)
+        Command::Replay { which: ReplayCommand::State { config, projection, at, until, tenant, list, from_log } } => {
+            let what = maestro::replay_cli::StateQuery { projection, at: at.or(until), tenant, from_log };
+            maestro::replay_cli::state(config, what, list)
         }
         Command::Replay { which: ReplayCommand::Diff { config, from, to, projection } } => {
             maestro::replay_cli::diff(config, from, to, projection)

@@ -97,13 +97,7 @@ pub fn tenant_owns(projection: &str, key: &[u8], tenant: &str) -> bool {
 }
 
 /// `maestro replay state`.
-pub fn state(
-    config: ConfigArgs,
-    projection: Option<String>,
-    at: Option<At>,
-    tenant: Option<String>,
-    list: bool,
-) -> anyhow::Result<()> {
+pub fn state(config: ConfigArgs, query: StateQuery, list: bool) -> anyhow::Result<()> {
     if list {
         for handler in crate::handlers(&settings::load(&config)?) {
             emit(handler.name())?;
@@ -111,14 +105,32 @@ pub fn state(
         return Ok(());
     }
     let (config, _dir, log) = open(&config)?;
-    let projection = projection.context("--projection is required (see --list)")?;
+    let projection = query.projection.context("--projection is required (see --list)")?;
     let handler = state::find(crate::handlers(&config), &projection)?;
-    let seq = seq_of(&log, at.as_ref())?;
+    let seq = seq_of(&log, query.at.as_ref())?;
     let scratch = tempfile::tempdir()?;
-    let snapshot = state::state_at(&log, &config, handler, seq, scratch.path())?;
+    let (snapshot, source) = state::state_at(&log, &config, handler, seq, scratch.path(), query.from_log)?;
+    let tenant = query.tenant;
     let json = snapshot.to_json(|key| tenant.as_deref().is_none_or(|t| tenant_owns(&projection, key, t)));
     emit(serde_json::to_string_pretty(&json)?)?;
+    match source {
+        state::Source::Live { at, tail } => {
+            eprintln!(
+                "from the live store at seq {at} (its keys match its kept digest), then {tail} records of the log"
+            )
+        }
+        state::Source::Log => eprintln!("replayed from the log's first record"),
+    }
     Ok(())
+}
+
+/// What `maestro replay state` is asked.
+#[derive(Debug)]
+pub struct StateQuery {
+    pub projection: Option<String>,
+    pub at: Option<At>,
+    pub tenant: Option<String>,
+    pub from_log: bool,
 }
 
 /// One side of a diff: a position in this data dir's log, or another data dir as it is now.
@@ -140,13 +152,11 @@ fn side(config: &EngineConfig, text: &str, scratch: &Path) -> anyhow::Result<Vec
     let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
     let config = &recorded(config.clone(), &log)?;
     let seq = seq_of(&log, Some(&at))?;
-    let keep = maestro_engine::dispatch::Keep::STATE_ONLY;
-    let rebuilt = maestro_replay::rebuild::rebuild(&log, config, crate::handlers(config), seq, keep, scratch)?;
     crate::handlers(config)
-        .iter()
-        .map(|h| {
-            let name = h.name();
-            Ok(Snapshot { projection: name.into(), seq, entries: rebuilt.store.entries(name)? })
+        .into_iter()
+        .map(|handler| {
+            let scratch = scratch.join(handler.name());
+            Ok(state::state_at(&log, config, handler, seq, &scratch, false)?.0)
         })
         .collect()
 }

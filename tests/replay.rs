@@ -52,9 +52,13 @@ fn state_diff_explain_and_verify_with_external_anchors() {
     let d = dir.to_str().unwrap();
 
     // State: canonical, as of any seq, per tenant.
-    let (code, now, _) = maestro(&["replay", "state", "--data-dir", d, "--projection", "templates"]);
+    let (code, now, err) = maestro(&["replay", "state", "--data-dir", d, "--projection", "templates"]);
     assert_eq!(code, Some(0));
+    assert!(err.contains(&format!("from the live store at seq {head}")), "the nearest checkpoint: {err}");
     assert_eq!(now, maestro(&["replay", "state", "--data-dir", d, "--projection", "templates"]).1, "same bytes");
+    let (_, replayed, err) = maestro(&["replay", "state", "--data-dir", d, "--projection", "templates", "--from-log"]);
+    assert!(err.contains("from the log's first record"), "{err}");
+    assert_eq!(now, replayed, "the same bytes from the log's first record");
     let now: Value = serde_json::from_str(&now).unwrap();
     assert_eq!(now["state"]["t/acme\u{0}tpl-a"]["content"], "second body");
     let before = format!("{}", update - 1);

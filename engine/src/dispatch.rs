@@ -148,9 +148,10 @@ impl Dispatcher {
         &self.store
     }
 
-    /// The lowest position over the dispatcher and every handler: where dispatch resumes.
+    /// The lowest position over every handler and the dispatcher's own (which only dead
+    /// letters need, so not when outputs are not kept): where dispatch resumes.
     pub fn position(&self) -> Result<u64> {
-        let mut lowest = self.store.position_with(&self.pending, DISPATCH)?;
+        let mut lowest = if self.keep.outputs { self.store.position_with(&self.pending, DISPATCH)? } else { u64::MAX };
         for handler in &self.handlers {
             lowest = lowest.min(self.store.position_with(&self.pending, handler.name())?);
         }

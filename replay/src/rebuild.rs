@@ -9,7 +9,7 @@ use maestro_engine::dispatch::{Decoder, Dispatcher, Keep, OutputStamp};
 use maestro_engine::effects::Effects;
 use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::Log;
-use maestro_engine::store::Store;
+use maestro_engine::store::{Pending, Store};
 use maestro_handlers::Handler;
 use maestro_schemas::record::hex;
 use maestro_schemas::{Record, TypedEvent};
@@ -37,8 +37,38 @@ pub fn rebuild(
     keep: Keep,
     scratch: &Path,
 ) -> Result<Rebuilt> {
+    rebuild_from(log, config, handlers, until, keep, scratch, None)
+}
+
+/// A projection's state at a log position, to start a rebuild from instead of the log's start.
+#[derive(Debug)]
+pub struct Seed<'a> {
+    pub projection: &'a str,
+    pub position: u64,
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Like [`rebuild`], but when `seed` is given, its projection starts from the seed's state and
+/// only records after its position are dispatched.
+pub fn rebuild_from(
+    log: &Log,
+    config: &EngineConfig,
+    handlers: Vec<Arc<dyn Handler>>,
+    until: u64,
+    keep: Keep,
+    scratch: &Path,
+    seed: Option<Seed<'_>>,
+) -> Result<Rebuilt> {
     let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
     let store = Store::open(&db)?;
+    if let Some(seed) = seed {
+        let mut pending = Pending::default();
+        for (key, value) in seed.entries {
+            store.stage(&mut pending, seed.projection, &key, Some(value))?;
+        }
+        pending.advance(seed.projection, seed.position);
+        store.load(pending)?;
+    }
     let records = dispatch_into(log, config, handlers, &store, until, keep, &|_, _| {})?;
     Ok(Rebuilt { store, records, _db: db })
 }
@@ -53,8 +83,9 @@ const READ_AHEAD: usize = 4;
 /// Records and their typed events, as the reading thread hands them over.
 type Decoded = (Vec<Record>, Vec<Option<TypedEvent>>);
 
-/// Dispatches records `1..=until` into `store`, reporting (done, total) after each batch. One
-/// thread reads, checks and decodes records while this one dispatches them.
+/// Dispatches records `1..=until` into `store` (those after the store's positions), reporting
+/// (done, total) after each batch. One thread reads, checks and decodes records while this one
+/// dispatches them.
 pub(crate) fn dispatch_into(
     log: &Log,
     config: &EngineConfig,
@@ -71,9 +102,10 @@ pub(crate) fn dispatch_into(
             .keeping(keep)
             .loading_every(LOAD_BYTES);
     let until = until.min(log.head_seq());
+    let from = dispatcher.position()?.saturating_add(1);
     std::thread::scope(|scope| {
         let (sender, batches) = std::sync::mpsc::sync_channel::<Result<Decoded>>(READ_AHEAD);
-        scope.spawn(move || read_batches(log, &decoder, until, &sender));
+        scope.spawn(move || read_batches(log, &decoder, from, until, &sender));
         let mut records = 0;
         for batch in batches {
             let (batch, typed) = batch?;
@@ -87,10 +119,16 @@ pub(crate) fn dispatch_into(
     })
 }
 
-/// Reads records `1..=until` in batches and decodes them, until done, a read fails (the error
-/// is sent) or the dispatching side hangs up.
-fn read_batches(log: &Log, decoder: &Decoder, until: u64, sender: &std::sync::mpsc::SyncSender<Result<Decoded>>) {
-    let mut next = 1;
+/// Reads records `from..=until` in batches and decodes them, until done, a read fails (the
+/// error is sent) or the dispatching side hangs up.
+fn read_batches(
+    log: &Log,
+    decoder: &Decoder,
+    from: u64,
+    until: u64,
+    sender: &std::sync::mpsc::SyncSender<Result<Decoded>>,
+) {
+    let mut next = from;
     while next <= until {
         let last = until.min(next + BATCH - 1);
         let batch = log

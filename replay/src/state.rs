@@ -2,10 +2,11 @@
 //! states, and the records that produced a key: `maestro replay state`, `diff`, `explain`.
 
 use crate::Result;
-use crate::rebuild::rebuild;
+use crate::rebuild::{Seed, rebuild, rebuild_from};
 use maestro_engine::config::EngineConfig;
 use maestro_engine::dispatch::Keep;
 use maestro_engine::log::Log;
+use maestro_engine::store::Store;
 use maestro_handlers::{Change, Decision, Event, Handler, HandlerError, StateView};
 use maestro_schemas::Body;
 use maestro_schemas::record::hex;
@@ -116,18 +117,44 @@ pub fn seq_at_time(log: &Log, time_ms: u64) -> Result<u64> {
     Ok(last)
 }
 
-/// Projection `handler`'s state after record `seq`, rebuilt from the log.
+/// Where a state was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The live store at its position `at` (the latest checkpoint), whose stored keys match
+    /// its kept digest, and then `tail` records of the log.
+    Live { at: u64, tail: u64 },
+    /// Every record of the log from the first.
+    Log,
+}
+
+/// Projection `handler`'s state after record `seq`: from the nearest checkpoint, the live
+/// store's state at its position, plus the log's tail when `seq` is beyond it; from the log's
+/// first record when `seq` is before it, when the live state does not match its kept digest,
+/// or when `from_log` asks for it.
 pub fn state_at(
     log: &Log,
     config: &EngineConfig,
     handler: Arc<dyn Handler>,
     seq: u64,
     scratch: &Path,
-) -> Result<Snapshot> {
+    from_log: bool,
+) -> Result<(Snapshot, Source)> {
     let name = handler.name();
     let seq = seq.min(log.head_seq());
+    let live = Store::open(log.db())?;
+    let at = live.position(name)?;
+    if !from_log && at > 0 && at <= seq && live.scan_digest(name)?.to_bytes() == live.state_hash(name)? {
+        let entries = live.entries(name)?;
+        if at == seq {
+            return Ok((Snapshot { projection: name.to_string(), seq, entries }, Source::Live { at, tail: 0 }));
+        }
+        let seed = Seed { projection: name, position: at, entries };
+        let rebuilt = rebuild_from(log, config, vec![handler], seq, Keep::STATE_ONLY, scratch, Some(seed))?;
+        let snapshot = Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? };
+        return Ok((snapshot, Source::Live { at, tail: rebuilt.records }));
+    }
     let rebuilt = rebuild(log, config, vec![handler], seq, Keep::STATE_ONLY, scratch)?;
-    Ok(Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? })
+    Ok((Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? }, Source::Log))
 }
 
 /// One key that differs between two states.
@@ -232,6 +259,58 @@ mod tests {
 
     fn entries(pairs: &[(&str, &str)]) -> Entries {
         pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    }
+
+    fn append(log: &mut maestro_engine::log::Log, streams: &[&str], from: u64, n: u64) {
+        use maestro_schemas::{Entry, EntryId, Status};
+        let records = (from..from + n)
+            .map(|i| maestro_engine::log::NewRecord {
+                body: Body::Entry(Entry {
+                    stream: streams[i as usize % streams.len()].to_string(),
+                    id: EntryId { ms: 1_000 + i, seq: 0 },
+                    fields: vec![("data".into(), b"{}".to_vec())],
+                    status: Status::Accepted,
+                }),
+                request: None,
+            })
+            .collect();
+        log.append(records).unwrap();
+    }
+
+    /// The nearest checkpoint is the live store at its position: from there plus the log's
+    /// tail, the state equals a replay from the first record; before that position, and when
+    /// the live state does not match its kept digest, the log is replayed from the start.
+    #[test]
+    fn state_from_the_live_store_and_the_tail_equals_a_replay_from_the_start() {
+        use maestro_engine::dispatch::{Decoder, Dispatcher, OutputStamp};
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig { data_dir: dir.path().to_path_buf(), ..EngineConfig::default() };
+        let streams = [config.streams.templates_usage.as_str(), config.streams.k8s_status.as_str()];
+        let mut log = Log::open(dir.path(), 8 << 20).unwrap();
+        append(&mut log, &streams, 0, 50);
+        let handler: Arc<dyn Handler> = Arc::new(maestro_handlers::stream_stats::StreamStats);
+        let stamp = OutputStamp { origin: "test".into(), dead_letter_maxlen: 100 };
+        let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
+        let live = Store::open(log.db()).unwrap();
+        let mut dispatcher = Dispatcher::new(vec![handler.clone()], live, &log, stamp, decoder, 10).unwrap();
+        assert_eq!(dispatcher.catch_up(&mut log, 16, 3).unwrap().records, 50);
+        append(&mut log, &streams, 50, 30);
+        let scratch = tempfile::tempdir().unwrap();
+        let at = |seq: u64, from_log: bool, sub: &str| {
+            state_at(&log, &config, handler.clone(), seq, &scratch.path().join(sub), from_log).unwrap()
+        };
+        let (replayed, source) = at(80, true, "a");
+        assert_eq!(source, Source::Log);
+        let (seeded, source) = at(80, false, "b");
+        assert_eq!(source, Source::Live { at: 50, tail: 30 });
+        assert_eq!(seeded, replayed);
+        assert_eq!(at(50, false, "c"), (at(50, true, "d").0, Source::Live { at: 50, tail: 0 }));
+        assert_eq!(at(20, false, "e"), (at(20, true, "f").0, Source::Log), "before the live position");
+        // A live state changed behind the engine's back is not trusted.
+        let tree = log.db().open_tree("state").unwrap();
+        let key: Vec<u8> = [b"pstream_stats\0".as_slice(), streams[0].as_bytes()].concat();
+        assert!(tree.insert(key, b"{}".as_slice()).unwrap().is_some());
+        assert_eq!(at(80, false, "g"), (replayed.clone(), Source::Log));
     }
 
     #[test]

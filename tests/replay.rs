@@ -133,6 +133,19 @@ fn state_diff_explain_and_verify_with_external_anchors() {
     let (code, out, _) = maestro(&["replay", "check", "--data-dir", d]);
     assert_eq!(code, Some(0), "{out}");
 
+    // The engine goes on from the store generation the rebuild made live.
+    let mut engine = EngineProc::start(&server.url(), &dir, &env);
+    send(&mut conn, "e5", "create", "acme", "tpl-c", create("delta", "third body"));
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    let (code, now, err) = maestro(&["replay", "state", "--data-dir", d, "--projection", "templates"]);
+    assert_eq!(code, Some(0), "{err}");
+    let now: Value = serde_json::from_str(&now).unwrap();
+    assert_eq!(now["state"]["t/acme\u{0}tpl-a"]["content"], "second body", "repaired by the rebuild");
+    assert_eq!(now["state"]["t/acme\u{0}tpl-c"]["content"], "third body");
+    let (code, out, _) = maestro(&["replay", "check", "--data-dir", d]);
+    assert_eq!(code, Some(0), "{out}");
+
     // Verify with both external anchors: clean.
     let (code, out, err) = maestro(&[
         "verify",

@@ -212,23 +212,20 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
         Some(name) => vec![state::find(crate::handlers(&config), name)?],
         None => crate::handlers(&config),
     };
-    let live = maestro_engine::store::Store::open(log.db())?;
-    // From the stored keys, not the kept digest: a state changed behind the engine's back shows.
-    let before: Vec<(&'static str, String)> = handlers
-        .iter()
-        .map(|h| live.scan_digest(h.name()).map(|d| (h.name(), hex(&d.to_bytes()))))
-        .collect::<Result<_, _>>()?;
-    drop(live);
     let bar = indicatif::ProgressBar::new(log.head_seq());
     let style = indicatif::ProgressStyle::with_template("rebuild [{bar:40}] {pos}/{len} records {per_sec} eta {eta}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
-    let live = maestro_replay::rebuild::rebuild_in_place(&log, &config, handlers, &|done, _| bar.set_position(done))?;
+    let rebuilt =
+        maestro_replay::rebuild::rebuild_in_place(&log, &config, handlers, &|done, _| bar.set_position(done))?;
     bar.finish();
-    for (name, before) in before {
-        let after = hex(&live.state_hash(name)?);
-        let verdict = if after == before { "unchanged" } else { "CHANGED: the live state differed from the log's" };
-        println!("{name:<16} rebuilt; state hash {} ({verdict})", &after[..16]);
+    for projection in rebuilt {
+        let verdict = if projection.after == projection.before {
+            "unchanged"
+        } else {
+            "CHANGED: the live state differed from the log's"
+        };
+        println!("{:<16} rebuilt; state hash {} ({verdict})", projection.projection, &hex(&projection.after)[..16]);
     }
     Ok(())
 }

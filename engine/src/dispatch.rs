@@ -123,7 +123,7 @@ impl Dispatcher {
     /// with [`Store::load`], instead of committing at the end of every call: a rebuild's reads
     /// then mostly hit its staged changes and its writes go in few, chunked loads. Loads are not
     /// atomic, so only a dispatch into a store nobody reads until it is done (a rebuild's scratch
-    /// or shadow store) uses it.
+    /// store or the store's next generation) uses it.
     pub fn loading_every(mut self, bytes: usize) -> Dispatcher {
         self.load_bytes = Some(bytes);
         self
@@ -167,10 +167,11 @@ impl Dispatcher {
             Some(decoded) if decoded.len() == records.len() => decoded,
             _ => records.iter().map(|r| self.decoder.typed(r)).collect(),
         };
+        // A call that fails keeps nothing staged (not even earlier calls' changes, which were
+        // never written): the store stays at its last write, and its positions say so.
         let mut pending = std::mem::take(&mut self.pending);
-        let result = self.dispatch_staged(records, &decoded, &mut pending);
+        let report = self.dispatch_staged(records, &decoded, &mut pending)?;
         self.pending = pending;
-        let report = result?;
         if self.load_bytes.is_none_or(|limit| self.pending.bytes() >= limit) {
             self.flush()?;
         }

@@ -300,7 +300,8 @@ impl Store {
     /// a last batch. sled handles a batch of many thousand keys badly (measured: 250,000 keys
     /// of 400 B in one batch took 6 s and 2-3 GB, in batches of 1,000 about 1 s and 110 MB),
     /// but chunks are not atomic together: only for a store nobody reads until the writer is
-    /// done and that is thrown away if it stops half way (a rebuild's scratch or shadow store).
+    /// done and that is thrown away if it stops half way (a rebuild's scratch store or the next
+    /// generation).
     pub fn load(&self, mut pending: Pending) -> Result<()> {
         let digests = self.digests_after(&pending)?;
         let mut batch = sled::Batch::default();

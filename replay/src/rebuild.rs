@@ -147,23 +147,41 @@ fn read_batches(
     }
 }
 
+/// One projection rebuilt in place: its state hash before (from the old store's keys, not its
+/// kept digest, so a state changed behind the engine's back shows) and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuiltProjection {
+    pub projection: String,
+    pub before: [u8; 32],
+    pub after: [u8; 32],
+}
+
 /// Rebuilds `handlers`' projections from the whole log into the next generation of the data
 /// dir's store, then makes it the live one in one flushed write (see
-/// [`Store::replace_live`]); until then the live store is untouched. Returns the new live
-/// store.
+/// [`Store::replace_live`]); until then the live store is untouched.
 pub fn rebuild_in_place(
     log: &Log,
     config: &EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,
     progress: &dyn Fn(u64, u64),
-) -> Result<Store> {
+) -> Result<Vec<RebuiltProjection>> {
     let db = log.db();
     let live = Store::open(db)?;
-    let next = Store::next_generation(db)?;
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
+    // Hashed before the rebuild: after it, the pages of the old state come on top of the
+    // rebuild's own (measured: 378-385 MiB peak against 352-360).
+    let before = names.iter().map(|name| Ok(live.scan_digest(name)?.to_bytes())).collect::<Result<Vec<_>>>()?;
+    let next = Store::next_generation(db)?;
     dispatch_into(log, config, handlers, &next, log.head_seq(), Keep::STATE_ONLY, progress)?;
+    let outcome = names
+        .iter()
+        .zip(before)
+        .map(|(name, before)| {
+            Ok(RebuiltProjection { projection: name.to_string(), before, after: next.state_hash(name)? })
+        })
+        .collect::<Result<Vec<_>>>()?;
     next.replace_live(db, &live, &names)?;
-    Ok(next)
+    Ok(outcome)
 }
 
 fn engine_error(error: sled::Error) -> crate::ReplayError {

@@ -155,7 +155,7 @@ pub struct Pending {
     checkpoints: Vec<(String, u64, [u8; 32])>,
     outbox: Vec<OutboxItem>,
     effects: Vec<(u64, u32, Intent)>,
-    /// Bytes of keys and values staged: what a commit of this batch will write.
+    /// Bytes of the keys and values staged (a change staged again replaces the earlier one).
     bytes: usize,
 }
 
@@ -272,8 +272,11 @@ impl Store {
         if let Some(new) = &value {
             delta.add(key, new);
         }
-        pending.bytes += full.len() + value.as_ref().map_or(0, Vec::len);
-        pending.overlay.insert(full, value);
+        let key_len = full.len();
+        let size = |value: &Option<Vec<u8>>| key_len + value.as_ref().map_or(0, Vec::len);
+        let added = size(&value);
+        let replaced = pending.overlay.insert(full, value).map_or(0, |staged| size(&staged));
+        pending.bytes = pending.bytes + added - replaced;
         Ok(())
     }
 

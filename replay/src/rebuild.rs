@@ -73,9 +73,11 @@ pub fn rebuild_from(
     Ok(Rebuilt { store, records, _db: db })
 }
 
-/// Staged changes a rebuild holds before it writes them: large enough that a log of a million
-/// records is rebuilt in memory and written once, small enough to bound its memory.
-const LOAD_BYTES: usize = 128 << 20;
+/// Staged changes a rebuild holds before it writes them. Measured on the 1M-record bench log
+/// (three runs each): 8 MiB 14.9 s and 357 MiB peak RSS, 32 MiB 12.0-12.9 s and 345-355 MiB,
+/// 64 MiB 11.1-11.6 s and 399-409 MiB, 128 MiB 9.8-10.6 s and 429-452 MiB. Below 32 MiB the
+/// peak is sled's own; above it each second saved costs about 40 MiB.
+const LOAD_BYTES: usize = 32 << 20;
 
 /// Read-ahead between the thread that reads and decodes the log and the one that dispatches.
 const READ_AHEAD: usize = 4;

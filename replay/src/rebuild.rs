@@ -116,7 +116,7 @@ pub(crate) fn dispatch_into(
         }
         dispatcher.flush()?;
         // The reader stops early only on an error, which it sent: reaching here means all of
-        // `1..=until` was dispatched.
+        // `from..=until` was dispatched.
         Ok(records)
     })
 }

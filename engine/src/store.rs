@@ -14,7 +14,7 @@ use maestro_handlers::{Intent, StateView};
 use maestro_schemas::codec;
 use maestro_schemas::digest::StateDigest;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 
 fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + name.len() + key.len());
@@ -88,6 +88,27 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// Moves projection `name`'s digest delta from `old` to `new` for `key`.
+fn shift_digest(
+    deltas: &mut BTreeMap<String, StateDigest>,
+    name: &str,
+    key: &[u8],
+    old: Option<&[u8]>,
+    new: Option<&[u8]>,
+) {
+    if !deltas.contains_key(name) {
+        deltas.insert(name.to_string(), StateDigest::default());
+    }
+    if let Some(delta) = deltas.get_mut(name) {
+        if let Some(old) = old {
+            delta.remove(key, old);
+        }
+        if let Some(new) = new {
+            delta.add(key, new);
+        }
+    }
 }
 
 /// Keys per batch of [`Store::load`].
@@ -258,25 +279,29 @@ impl Store {
     /// already there stages nothing.
     pub fn stage(&self, pending: &mut Pending, name: &str, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
         let full = state_key(name, key);
-        let old = match pending.overlay.get(&full) {
-            Some(staged) => staged.clone(),
-            None => self.tree.get(&full)?.map(|v| v.to_vec()),
-        };
-        if old == value {
-            return Ok(());
-        }
-        let delta = pending.deltas.entry(name.to_string()).or_default();
-        if let Some(old) = &old {
-            delta.remove(key, old);
-        }
-        if let Some(new) = &value {
-            delta.add(key, new);
-        }
         let key_len = full.len();
-        let size = |value: &Option<Vec<u8>>| key_len + value.as_ref().map_or(0, Vec::len);
-        let added = size(&value);
-        let replaced = pending.overlay.insert(full, value).map_or(0, |staged| size(&staged));
-        pending.bytes = pending.bytes + added - replaced;
+        let size = |value: Option<&[u8]>| key_len + value.map_or(0, <[u8]>::len);
+        // One look-up of the staged changes, and no copy of the value replaced: this runs for
+        // every change a handler makes.
+        match pending.overlay.entry(full) {
+            btree_map::Entry::Occupied(mut staged) => {
+                if *staged.get() == value {
+                    return Ok(());
+                }
+                pending.bytes = pending.bytes + size(value.as_deref()) - size(staged.get().as_deref());
+                let old = staged.insert(value);
+                shift_digest(&mut pending.deltas, name, key, old.as_deref(), staged.get().as_deref());
+            }
+            btree_map::Entry::Vacant(slot) => {
+                let old = self.tree.get(slot.key())?;
+                if old.as_deref() == value.as_deref() {
+                    return Ok(());
+                }
+                pending.bytes += size(value.as_deref());
+                let new = slot.insert(value);
+                shift_digest(&mut pending.deltas, name, key, old.as_deref(), new.as_deref());
+            }
+        }
         Ok(())
     }
 

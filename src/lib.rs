@@ -1,5 +1,6 @@
 //! The `maestro` binary's library half: what the binary, the tests and the benches share.
 
+pub mod ask_engine;
 pub mod bench;
 pub mod bench_catalogue;
 pub mod bench_replay;

@@ -245,7 +245,8 @@ async fn run(config: ConfigArgs, http: Option<SocketAddr>, shutdown: watch::Rece
     if let Some(addr) = http {
         let handle = maestro::metrics::install()?;
         let (bound, _task) = maestro_engine::http::serve(addr, status.clone(), Some(handle), shutdown.clone()).await?;
-        tracing::info!(%bound, "serving /healthz /readyz /status /metrics");
+        tracing::info!(%bound, "serving /healthz /readyz /status /metrics /state/<projection>");
+        *status.http.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bound);
     }
     maestro_engine::runtime::run(config.clone(), maestro::handlers(&config), status, shutdown).await?;
     Ok(())

@@ -104,14 +104,26 @@ pub fn state(config: ConfigArgs, query: StateQuery, list: bool) -> anyhow::Resul
         }
         return Ok(());
     }
-    let (config, _dir, log) = open(&config)?;
     let projection = query.projection.context("--projection is required (see --list)")?;
+    let tenant = query.tenant;
+    let keep = |key: &[u8]| tenant.as_deref().is_none_or(|t| tenant_owns(&projection, key, t));
+    let (config, _dir, log) = match open(&config) {
+        Ok(opened) => opened,
+        // The engine holds the data dir: it can answer for its own position.
+        Err(error) if crate::ask_engine::is_locked(&error) && query.at.is_none() && !query.from_log => {
+            let data_dir = settings::load(&config)?.data_dir;
+            let (snapshot, addr) = crate::ask_engine::state(&data_dir, &projection)?;
+            emit(serde_json::to_string_pretty(&snapshot.to_json(keep))?)?;
+            eprintln!("answered by the running engine at {addr}: its store at seq {}", snapshot.seq);
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
     let handler = state::find(crate::handlers(&config), &projection)?;
     let seq = seq_of(&log, query.at.as_ref())?;
     let scratch = tempfile::tempdir()?;
     let (snapshot, source) = state::state_at(&log, &config, handler, seq, scratch.path(), query.from_log)?;
-    let tenant = query.tenant;
-    let json = snapshot.to_json(|key| tenant.as_deref().is_none_or(|t| tenant_owns(&projection, key, t)));
+    let json = snapshot.to_json(keep);
     emit(serde_json::to_string_pretty(&json)?)?;
     match source {
         state::Source::Live { at, tail } => {

@@ -247,6 +247,20 @@ fn http_serves_health_readiness_status_and_metrics() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
+    // The replay tools, kept out by the lock, ask the engine for the state at its position;
+    // a state as of another position needs the data dir, and the tool says so.
+    let d = dir.to_str().unwrap();
+    let (code, live, err) = maestro(&["replay", "state", "--data-dir", d, "--projection", "stream_stats"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("answered by the running engine at {addr}")), "{err}");
+    let live: serde_json::Value = serde_json::from_str(&live).unwrap();
+    assert!(live["state"]["maestro:streams:templates:requests"]["accepted"].as_u64() > Some(0), "{live}");
+    let (code, _, err) = maestro(&["replay", "state", "--data-dir", d, "--projection", "stream_stats", "--at", "1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is locked by another process"), "{err}");
+    let (code, _, err) = maestro(&["replay", "state", "--data-dir", d, "--projection", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no projection \"nope\""), "{err}");
     // Redis gone: readiness drops, the engine stays up.
     drop(conn);
     let mut server = server;
@@ -258,6 +272,13 @@ fn http_serves_health_readiness_status_and_metrics() {
     assert_eq!(http_get(&addr, "/readyz").0, 503);
     assert!(engine.child.try_wait().unwrap().is_none(), "the engine keeps running without Redis");
     assert!(engine.terminate().success());
+    assert!(!dir.join("HTTP").exists(), "the address file goes with the engine");
+    // What the engine answered is what a replay of its log to the same seq gives.
+    let seq = live["seq"].to_string();
+    let (code, replayed, err) =
+        maestro(&["replay", "state", "--data-dir", d, "--projection", "stream_stats", "--at", &seq, "--from-log"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&replayed).unwrap(), live);
 }
 
 #[test]

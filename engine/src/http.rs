@@ -1,13 +1,17 @@
 //! `--http ADDR`: `/healthz` (the process answers), `/readyz` (Redis reachable, log open,
-//! storage writable, caught up), `/status` (the counters as JSON) and `/metrics` (Prometheus).
+//! storage writable, caught up), `/status` (the counters as JSON), `/metrics` (Prometheus) and
+//! `/state/<projection>` (a projection's state at the engine's position, for the replay tools).
 
 use crate::error::{EngineError, Result};
 use crate::status::Status;
+use crate::store::Store;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use maestro_schemas::digest::StateDigest;
+use maestro_schemas::record::hex;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +50,53 @@ async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
     }
 }
 
+/// How often `/state` reads again when the engine committed while it read.
+const STATE_READS: usize = 20;
+
+/// A projection's stored state, read consistently while the engine writes: position and kept
+/// digest before and after the scan must agree, and the scanned keys must hash to that digest
+/// (a scan is not isolated from a commit that lands in the middle of it). The answer carries
+/// keys and values in hex: `maestro replay state` prints them as it prints its own.
+async fn state(State(shared): State<Shared>, Path(projection): Path<String>) -> impl IntoResponse {
+    let json = |code: StatusCode, body: serde_json::Value| {
+        (code, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+    };
+    let store = shared.status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let Some((store, names)) = store else {
+        return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "the log is not open"}));
+    };
+    let Some(name) = names.iter().find(|n| **n == projection) else {
+        let error = format!("no projection {projection:?}; the projections are: {}", names.join(", "));
+        return json(StatusCode::NOT_FOUND, serde_json::json!({ "error": error }));
+    };
+    let read = tokio::task::spawn_blocking({
+        let name = *name;
+        move || read_consistent(&store, name)
+    });
+    match read.await {
+        Ok(Ok(Some(body))) => json(StatusCode::OK, body),
+        Ok(Ok(None)) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "the state kept changing while it was read; ask again"}),
+        ),
+        Ok(Err(error)) => json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": error.to_string() })),
+        Err(error) => json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "error": error.to_string() })),
+    }
+}
+
+fn read_consistent(store: &Store, name: &str) -> Result<Option<serde_json::Value>> {
+    for _ in 0..STATE_READS {
+        let (seq, digest) = (store.position(name)?, store.state_hash(name)?);
+        let entries = store.entries(name)?;
+        let scanned = StateDigest::of(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).to_bytes();
+        if (seq, digest) == (store.position(name)?, store.state_hash(name)?) && scanned == digest {
+            let entries: Vec<[String; 2]> = entries.iter().map(|(k, v)| [hex(k), hex(v)]).collect();
+            return Ok(Some(serde_json::json!({ "projection": name, "seq": seq, "entries": entries })));
+        }
+    }
+    Ok(None)
+}
+
 /// Binds `addr` and serves until `shutdown` fires. Returns the bound address (useful with port 0)
 /// and the server task.
 pub async fn serve(
@@ -59,6 +110,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
+        .route("/state/{projection}", get(state))
         .with_state(Shared { status, metrics: metrics_handle });
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(EngineError::Http)?;
     let bound = listener.local_addr().map_err(EngineError::Http)?;

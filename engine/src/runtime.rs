@@ -61,6 +61,7 @@ pub async fn run(
 ) -> Result<()> {
     config.validate().map_err(EngineError::Config)?;
     let data_dir = DataDir::open(&config.data_dir)?;
+    let _address = AddressFile::write(&data_dir, &status)?;
     let consumer = data_dir.consumer_name(fresh_consumer_name)?;
     let client = redis::Client::open(config.redis_url.as_str())?;
     tracing::info!(consumer, data_dir = %config.data_dir.display(), group = config.group, "engine starting");
@@ -68,6 +69,7 @@ pub async fn run(
     loop {
         let result = session(&config, &data_dir, &consumer, &client, &handlers, &status, &mut shutdown).await;
         Status::set(&status.log_open, false);
+        *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         match result {
             Ok(()) => {
                 tracing::info!("engine stopped");
@@ -83,6 +85,33 @@ pub async fn run(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// The file in the data dir that names the engine's HTTP address while it runs.
+pub const HTTP_FILE: &str = "HTTP";
+
+/// The data dir's [`HTTP_FILE`], written once the engine holds the data dir's lock (so a second
+/// engine that is refused never overwrites it) and removed when the engine stops.
+struct AddressFile(Option<std::path::PathBuf>);
+
+impl AddressFile {
+    fn write(data_dir: &DataDir, status: &Status) -> Result<AddressFile> {
+        let Some(addr) = *status.http.lock().unwrap_or_else(std::sync::PoisonError::into_inner) else {
+            return Ok(AddressFile(None));
+        };
+        let path = data_dir.path().join(HTTP_FILE);
+        std::fs::write(&path, format!("{addr}\n"))
+            .map_err(|source| EngineError::DataDir { path: path.clone(), source })?;
+        Ok(AddressFile(Some(path)))
+    }
+}
+
+impl Drop for AddressFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -121,6 +150,8 @@ async fn session(
     Status::set(&status.log_open, true);
     Status::set(&status.storage_ok, true);
     status.head_seq.store(log.head_seq(), std::sync::atomic::Ordering::Relaxed);
+    let names = handlers.iter().map(|h| h.name()).collect();
+    *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((dispatcher.store().clone(), names));
     let streams = config.streams.all().into_iter().map(|(_, key)| key.to_string()).collect();
     let source = Source::new(
         client.clone(),

@@ -22,6 +22,12 @@ pub struct Status {
     pub last_error: Mutex<String>,
     /// Durations of the most recent batches, in microseconds (at most [`LATENCY_SAMPLES`]).
     pub batch_latency: Mutex<std::collections::VecDeque<u64>>,
+    /// The store and the projections' names while a session has the log open and the
+    /// projections caught up: what `/state/<projection>` reads.
+    pub store: Mutex<Option<(crate::store::Store, Vec<&'static str>)>>,
+    /// Where the HTTP server listens, if it does: the runtime writes it into the data dir, so
+    /// that the replay tools, kept out by the lock, can ask the engine instead.
+    pub http: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// How many batch durations [`Status`] keeps.

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use maestro_engine::error::EngineError;
 use maestro_replay::ReplayError;
-use maestro_replay::state::Snapshot;
+use maestro_replay::state::{Snapshot, from_hex};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -62,8 +62,4 @@ fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let (head, body) = response.split_once("\r\n\r\n").context("a response without a header end")?;
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("a response without a status")?;
     Ok((code, body.to_string()))
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }

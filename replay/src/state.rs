@@ -71,10 +71,12 @@ pub fn key_bytes(text: &str) -> Vec<u8> {
     {
         return key_bytes(&unescaped);
     }
-    let from_hex = |h: &str| -> Option<Vec<u8>> {
-        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect()
-    };
     text.strip_prefix("hex:").and_then(from_hex).unwrap_or_else(|| text.as_bytes().to_vec())
+}
+
+/// The bytes of a hex string, if it is one.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// A value as JSON: parsed when it is JSON, else a string, else `{"hex": ...}`.

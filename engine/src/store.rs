@@ -44,12 +44,45 @@ fn live_tree_name(db: &sled::Db) -> Result<String> {
     })
 }
 
+/// Writes changes into a tree in batches of at most `chunk` keys. sled handles a batch of many
+/// thousand keys badly (measured: 250,000 keys of 400 B in one batch took 6 s and 2-3 GB, in
+/// batches of 1,000 about 1 s and 110 MB), but batches are not atomic together.
+struct Chunked<'a> {
+    tree: &'a sled::Tree,
+    chunk: usize,
+    batch: sled::Batch,
+    keys: usize,
+}
+
+impl<'a> Chunked<'a> {
+    fn new(tree: &'a sled::Tree, chunk: usize) -> Chunked<'a> {
+        Chunked { tree, chunk, batch: sled::Batch::default(), keys: 0 }
+    }
+
+    fn write(&mut self, key: impl Into<sled::IVec>, value: Option<impl Into<sled::IVec>>) -> Result<()> {
+        match value {
+            Some(value) => self.batch.insert(key, value),
+            None => self.batch.remove(key),
+        }
+        self.keys += 1;
+        if self.keys == self.chunk {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.keys = 0;
+        }
+        Ok(())
+    }
+
+    /// What is left to apply: the caller may add to it before applying it.
+    fn rest(self) -> sled::Batch {
+        self.batch
+    }
+}
+
 /// Copies every key of `from` into `to` except those under `skip_prefixes` (jumped over, not
 /// read) and `skip_keys`, in chunks. Returns how many were copied.
 fn copy_except(from: &sled::Tree, to: &sled::Tree, skip_prefixes: &[Vec<u8>], skip_keys: &[Vec<u8>]) -> Result<u64> {
     let mut copied = 0;
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0;
+    let mut writer = Chunked::new(to, LOAD_CHUNK);
     let mut start = Vec::new();
     'scan: loop {
         for item in from.range(start.clone()..) {
@@ -61,20 +94,14 @@ fn copy_except(from: &sled::Tree, to: &sled::Tree, skip_prefixes: &[Vec<u8>], sk
                 }
                 continue 'scan;
             }
-            if skip_keys.iter().any(|k| k.as_slice() == key.as_ref()) {
-                continue;
-            }
-            batch.insert(key, value);
-            copied += 1;
-            in_batch += 1;
-            if in_batch == LOAD_CHUNK {
-                to.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
+            if !skip_keys.iter().any(|k| k.as_slice() == key.as_ref()) {
+                writer.write(key, Some(value))?;
+                copied += 1;
             }
         }
         break;
     }
-    to.apply_batch(batch)?;
+    to.apply_batch(writer.rest())?;
     Ok(copied)
 }
 
@@ -142,6 +169,9 @@ fn u64_value(value: &[u8]) -> Result<u64> {
         .map(u64::from_be_bytes)
         .map_err(|_| EngineError::State(format!("position of {} bytes", value.len())))
 }
+
+/// Key/value pairs of one projection, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// An entry waiting to be published.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,50 +353,34 @@ impl Store {
         Ok(())
     }
 
-    /// Writes `pending` like [`Store::commit`], but state changes go first, in chunks of
-    /// [`LOAD_CHUNK`] keys, and the rest (digests, positions, checkpoints, outbox, intents) in
-    /// a last batch. sled handles a batch of many thousand keys badly (measured: 250,000 keys
-    /// of 400 B in one batch took 6 s and 2-3 GB, in batches of 1,000 about 1 s and 110 MB),
-    /// but chunks are not atomic together: only for a store nobody reads until the writer is
-    /// done and that is thrown away if it stops half way (a rebuild's scratch store or the next
-    /// generation).
-    pub fn load(&self, mut pending: Pending) -> Result<()> {
-        let digests = self.digests_after(&pending)?;
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for (key, value) in std::mem::take(&mut pending.overlay) {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-            in_batch += 1;
-            if in_batch == LOAD_CHUNK {
-                self.tree.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        self.tree.apply_batch(batch)?;
-        self.apply_rest(sled::Batch::default(), digests, &pending)
+    /// Writes `pending` like [`Store::commit`], but its state changes in chunks of
+    /// [`LOAD_CHUNK`] keys (see [`Chunked`]) and the rest (digests, positions, checkpoints,
+    /// outbox, intents) with the last chunk. Chunks are not atomic together: only for a store
+    /// nobody reads until the writer is done and that is thrown away if it stops half way (a
+    /// rebuild's scratch store or the next generation).
+    pub fn load(&self, pending: Pending) -> Result<()> {
+        self.write(pending, LOAD_CHUNK)
     }
 
     /// Writes a batch of changes, digests, positions, checkpoints, outbox entries and intents
     /// atomically. Not fsynced: the store is derived, and after a crash the engine re-dispatches
     /// the log's tail.
-    pub fn commit(&self, mut pending: Pending) -> Result<()> {
-        let digests = self.digests_after(&pending)?;
-        let mut batch = sled::Batch::default();
-        for (key, value) in std::mem::take(&mut pending.overlay) {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        self.apply_rest(batch, digests, &pending)
+    pub fn commit(&self, pending: Pending) -> Result<()> {
+        self.write(pending, usize::MAX)
     }
 
-    /// The digest of each projection `pending` changes, as it will be once it is written. Read
-    /// before any of its state is written: a store without a kept digest computes one from its
-    /// state.
+    fn write(&self, mut pending: Pending, chunk: usize) -> Result<()> {
+        // Read before any state is written: a store without a kept digest computes one from
+        // its state.
+        let digests = self.digests_after(&pending)?;
+        let mut writer = Chunked::new(&self.tree, chunk);
+        for (key, value) in std::mem::take(&mut pending.overlay) {
+            writer.write(key, value)?;
+        }
+        self.apply_rest(writer.rest(), digests, &pending)
+    }
+
+    /// The digest of each projection `pending` changes, as it will be once it is written.
     fn digests_after(&self, pending: &Pending) -> Result<Vec<(String, StateDigest)>> {
         pending
             .deltas
@@ -440,7 +454,7 @@ impl Store {
     }
 
     /// Every (key, value) of projection `name`, in key order.
-    pub fn entries(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn entries(&self, name: &str) -> Result<Entries> {
         let prefix = state_key(name, b"");
         self.tree
             .scan_prefix(&prefix)
@@ -449,6 +463,16 @@ impl Store {
                 Ok((key[prefix.len()..].to_vec(), value.to_vec()))
             })
             .collect()
+    }
+
+    /// Every (key, value) of projection `name` if they hash to its kept digest; `None` when
+    /// they do not (the state was changed behind the engine's back, or, read beside a running
+    /// engine, a commit landed during the scan).
+    pub fn entries_if_kept(&self, name: &str) -> Result<Option<Entries>> {
+        let kept = self.digest(name)?;
+        let entries = self.entries(name)?;
+        let scanned = StateDigest::of(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        Ok((scanned == kept).then_some(entries))
     }
 
     /// A fresh, empty store in the next generation's tree, to be filled (by a rebuild) and

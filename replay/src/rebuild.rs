@@ -1,7 +1,8 @@
 //! Rebuilding projections from the log, offline: every record dispatched again to the same
-//! handlers into a scratch store, which is then compared with the live one. Outputs are never
-//! kept (the live run published them); intents only when the caller will run them (the history
-//! repository rebuild).
+//! handlers into a scratch store (to compare with the live one, or to answer a question about
+//! the past) or into the next generation of the data dir's store (`replay rebuild`). Outputs
+//! are never kept (the live run published them); intents only when the caller will run them
+//! (the history repository rebuild).
 
 use crate::Result;
 use maestro_engine::config::EngineConfig;
@@ -16,7 +17,7 @@ use maestro_schemas::{Record, TypedEvent};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Records dispatched per store commit while rebuilding.
+/// Records read, decoded and handed to the dispatching thread at once.
 const BATCH: u64 = 4096;
 
 /// A scratch store rebuilt from a log, in its own sled database.
@@ -45,7 +46,7 @@ pub fn rebuild(
 pub struct Seed<'a> {
     pub projection: &'a str,
     pub position: u64,
-    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    pub entries: maestro_engine::store::Entries,
 }
 
 /// Like [`rebuild`], but when `seed` is given, its projection starts from the seed's state and

@@ -14,8 +14,7 @@ use serde_json::{Map, Value, json};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Key/value pairs of one projection, in key order.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub use maestro_engine::store::Entries;
 
 /// One projection's state at a log position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +144,11 @@ pub fn state_at(
     let seq = seq.min(log.head_seq());
     let live = Store::open(log.db())?;
     let at = live.position(name)?;
-    if !from_log && at > 0 && at <= seq && live.scan_digest(name)?.to_bytes() == live.state_hash(name)? {
-        let entries = live.entries(name)?;
+    if !from_log
+        && at > 0
+        && at <= seq
+        && let Some(entries) = live.entries_if_kept(name)?
+    {
         if at == seq {
             return Ok((Snapshot { projection: name.to_string(), seq, entries }, Source::Live { at, tail: 0 }));
         }

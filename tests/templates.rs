@@ -63,6 +63,7 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
         json!({"name": "bad", "content": body, "manifest": bad}),
     );
     request(&mut conn, "r6", "retrieve", "acme", "bob", Some("tpl-api"), json!({}));
+    request(&mut conn, "r6b", "retrieve", "acme", "alice", Some("tpl-api"), json!({}));
     request(&mut conn, "r7", "search", "acme", "bob", None, json!({"query": "service", "language": "py"}));
     request(&mut conn, "r8", "retrieve", "acme", "gina", Some("tpl-api"), json!({}));
     request(&mut conn, "r9", "search", "globex", "gina", None, json!({"query": "service"}));
@@ -76,7 +77,7 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
     assert!(engine.terminate().success(), "{}", engine.stderr());
 
     let results = results(&mut conn);
-    assert_eq!(results.len(), 15, "exactly one result per request");
+    assert_eq!(results.len(), 16, "exactly one result per request");
     let ok = |id: &str| results[id]["status"] == "success";
     let error = |id: &str| results[id]["error"].as_str().unwrap_or_default().to_string();
     assert!(ok("r1"), "{}", results["r1"]);
@@ -90,8 +91,21 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
     );
     assert!(ok("r6"));
     assert_eq!(results["r6"]["result"]["content"].as_str().unwrap().len(), 12_000, "retrieve returns the body");
+    // Every retrieve counts a use, and search sees the count.
+    assert_eq!(
+        (&results["r6"]["result"]["usage_count"], &results["r6b"]["result"]["usage_count"]),
+        (&json!(1), &json!(2))
+    );
+    let keys: Vec<&String> = results["r6"]["result"].as_object().unwrap().keys().collect();
+    let fields = "id name description category language framework tags quality_score is_pinned quality_tier \
+                  usage_count created_at tenant_id version templating_engine content manifest status pin_reason \
+                  created_by updated_at";
+    assert_eq!(keys, fields.split_whitespace().collect::<Vec<_>>(), "a retrieve answers the whole record");
     assert!(ok("r7"));
     assert_eq!(results["r7"]["result"]["total"], 2);
+    let found = results["r7"]["result"]["templates"].as_array().unwrap();
+    let api = found.iter().find(|t| t["id"] == "tpl-api").unwrap();
+    assert_eq!(api["usage_count"], 2, "{api}");
     assert!(results["r7"]["result"]["templates"][0].get("content").is_none(), "search results carry no bodies");
     assert!(error("r8").starts_with("denied:"), "another tenant's admin cannot read acme");
     assert_eq!(results["r9"]["result"]["total"], 0, "globex sees none of acme's templates");
@@ -106,7 +120,7 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
     let keys: Vec<&String> = results["r1"].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["request_id", "template_id", "status", "result", "error", "duration_ms", "timestamp"]);
     let usage = read_stream(&mut conn, USAGE);
-    assert_eq!(usage.len(), 15, "one usage event per parsed request");
+    assert_eq!(usage.len(), 16, "one usage event per parsed request");
     let first: Value = serde_json::from_str(&usage[0].1["data"]).unwrap();
     let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
     assert_eq!(

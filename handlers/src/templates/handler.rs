@@ -2,8 +2,9 @@
 //! `TemplateUsageEvent` per request, with the catalogue as a projection of the log.
 //!
 //! State keys (all tenant-scoped, so no request can reach another tenant's templates):
-//! `t/<tenant>\0<id>` the full record with its body, `m/<tenant>\0<id>` the metadata search
-//! reads, `g/<tenant>\0<user>` granted roles, `v/<tenant>\0<id>\0<seq>` the version history.
+//! `m/<tenant>\0<id>` a template's metadata (what search reads, and the usage count),
+//! `t/<tenant>\0<id>` the rest of it (body, manifest, status), `g/<tenant>\0<user>` granted
+//! roles, `v/<tenant>\0<id>\0<entry>` the version history (see [`super::versions`]).
 
 use super::access::{Role, authorize};
 use super::index::SearchIndex;
@@ -22,11 +23,20 @@ use std::sync::Arc;
 /// The projection's name.
 pub const NAME: &str = "templates";
 
-/// A stored template.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A template: its search metadata (`m/`) and the rest (`t/`). They are stored apart so that a
+/// retrieve, which counts a use, rewrites only the small metadata and answers with the stored
+/// body's bytes as they are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TemplateRecord {
     #[serde(flatten)]
     pub meta: TemplateMeta,
+    #[serde(flatten)]
+    pub body: TemplateBody,
+}
+
+/// What `t/` holds: everything of a template but its metadata.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TemplateBody {
     pub tenant_id: String,
     pub version: String,
     pub templating_engine: String,
@@ -86,7 +96,8 @@ fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 /// What an accepted operation produced.
 #[derive(Debug, Default)]
 struct Done {
-    result: Value,
+    /// The answer's `result`, as JSON text.
+    result: String,
     template_id: Option<String>,
     changes: Vec<Change>,
     intents: Vec<Intent>,
@@ -94,7 +105,7 @@ struct Done {
 
 impl Done {
     fn new(result: Value, template_id: Option<String>, changes: Vec<Change>) -> Done {
-        Done { result, template_id, changes, intents: Vec::new() }
+        Done { result: result.to_string(), template_id, changes, intents: Vec::new() }
     }
 }
 
@@ -133,7 +144,7 @@ impl Templates {
     fn respond(&self, r: &Request<'_>, operation: &str, outcome: Outcome) -> Decision {
         let timestamp = naive_iso(r.entry.id.ms);
         let (result, template_id, changes, intents, error) = match outcome {
-            Ok(done) => (Some(done.result.to_string()), done.template_id, done.changes, done.intents, None),
+            Ok(done) => (Some(done.result), done.template_id, done.changes, done.intents, None),
             Err(error) => (None, r.req.template_id.clone(), Vec::new(), Vec::new(), Some(error)),
         };
         let success = error.is_none();
@@ -234,11 +245,40 @@ fn bootstrap_admins(state: &dyn StateView, admins: &[(String, String)]) -> Decis
     Decision { changes, ..Decision::default() }
 }
 
-fn load(state: &dyn StateView, tenant: &str, id: &str) -> Result<TemplateRecord, String> {
+fn missing(tenant: &str, id: &str) -> String {
+    format!("template {id:?} does not exist in tenant {tenant:?}")
+}
+
+/// A template's metadata, the source of truth for its counters.
+fn load_meta(state: &dyn StateView, tenant: &str, id: &str) -> Result<TemplateMeta, String> {
     state
+        .get(&key("m", tenant, &[id]))
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| missing(tenant, id))
+}
+
+fn load(state: &dyn StateView, tenant: &str, id: &str) -> Result<TemplateRecord, String> {
+    let meta = load_meta(state, tenant, id)?;
+    let body = state
         .get(&key("t", tenant, &[id]))
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| format!("template {id:?} does not exist in tenant {tenant:?}"))
+        .ok_or_else(|| missing(tenant, id))?;
+    Ok(TemplateRecord { meta, body })
+}
+
+/// The JSON object with `meta`'s members, then `body`'s: a record's serialisation, made from
+/// the two stored objects without parsing the body (which holds the template's content).
+fn joined_objects(meta: &[u8], body: &[u8]) -> Option<String> {
+    let meta = meta.strip_suffix(b"}")?;
+    let body = body.strip_prefix(b"{")?;
+    if meta.len() < 2 || body.len() < 2 {
+        return None;
+    }
+    let mut joined = Vec::with_capacity(meta.len() + 1 + body.len());
+    joined.extend_from_slice(meta);
+    joined.push(b',');
+    joined.extend_from_slice(body);
+    String::from_utf8(joined).ok()
 }
 
 /// Metadata answer: the record without its body.
@@ -254,8 +294,8 @@ fn summary(record: &TemplateRecord) -> Value {
 impl Templates {
     /// The changes that store `record`: the full record and its search metadata.
     fn store(&self, state: &dyn StateView, record: &TemplateRecord) -> Vec<Change> {
-        let (tenant, id) = (&record.tenant_id, &record.meta.id);
-        let mut changes = vec![Change::Put { key: key("t", tenant, &[id]), value: json_bytes(record) }];
+        let (tenant, id) = (&record.body.tenant_id, &record.meta.id);
+        let mut changes = vec![Change::Put { key: key("t", tenant, &[id]), value: json_bytes(&record.body) }];
         changes.extend(self.index.change(state, tenant, id, Some(&record.meta)));
         changes
     }
@@ -284,7 +324,7 @@ impl Templates {
                     serde_json::from_value(r.params.clone()).map_err(|e| format!("search parameters: {e}"))?;
                 let index = self.index.tenant(state, r.tenant());
                 let page = search(index.as_ref(), &query)?;
-                Ok(Done::new(serde_json::to_value(&page).unwrap_or(Value::Null), None, Vec::new()))
+                Ok(Done { result: page.json(), ..Done::default() })
             }
             Operation::Validate => {
                 let manifest = r.params.get("manifest").ok_or("parameters.manifest is required")?;
@@ -318,22 +358,26 @@ impl Templates {
 
     /// The current template, or with `version` (semver or commit id) the one committed then.
     fn retrieve(&self, state: &dyn StateView, r: &Request<'_>, id: &str) -> Outcome {
-        let mut record = load(state, r.tenant(), id)?;
+        let mut meta = load_meta(state, r.tenant(), id)?;
+        let body = state.get(&key("t", r.tenant(), &[id])).ok_or_else(|| missing(r.tenant(), id))?;
         // Retrieval counts as use; only the small metadata is rewritten.
-        record.meta.usage_count += 1;
-        let changes = self.index.change(state, r.tenant(), id, Some(&record.meta));
-        let result = match r.text("version").filter(|v| *v != record.version) {
-            None => serde_json::to_value(&record).unwrap_or(Value::Null),
+        meta.usage_count += 1;
+        let changes = self.index.change(state, r.tenant(), id, Some(&meta));
+        let current =
+            |wanted: &str| serde_json::from_slice::<TemplateBody>(&body).is_ok_and(|stored| stored.version == wanted);
+        let result = match r.text("version").filter(|v| !current(v)) {
+            None => joined_objects(&json_bytes(&meta), &body)
+                .ok_or_else(|| format!("template {id:?} is stored in a form this engine cannot read"))?,
             Some(wanted) => {
                 let (entry, mut file) = versions::at(state, r.tenant(), id, &wanted)?;
                 if let Value::Object(map) = &mut file {
                     map.insert("commit".into(), json!(entry.commit));
                     map.insert("committed_at".into(), json!(entry.time));
                 }
-                file
+                file.to_string()
             }
         };
-        Ok(Done::new(result, Some(id.to_string()), changes))
+        Ok(Done { result, template_id: Some(id.to_string()), changes, intents: Vec::new() })
     }
 
     fn create(&self, state: &dyn StateView, r: &Request<'_>) -> Outcome {
@@ -348,10 +392,12 @@ impl Templates {
                 quality_tier: "standard".into(),
                 ..TemplateMeta::default()
             },
-            tenant_id: r.tenant().to_string(),
-            status: "draft".into(),
-            created_by: r.req.user_id.clone(),
-            ..TemplateRecord::default()
+            body: TemplateBody {
+                tenant_id: r.tenant().to_string(),
+                status: "draft".into(),
+                created_by: r.req.user_id.clone(),
+                ..TemplateBody::default()
+            },
         };
         self.apply_fields(state, r, record, true)
     }
@@ -369,12 +415,12 @@ impl Templates {
             if !report.passes(self.min_score) {
                 return Err(format!("quality gate: {}", report.reason(self.min_score)));
             }
-            t.manifest = manifest.clone();
+            t.body.manifest = manifest.clone();
             t.meta.quality_score = report.score;
         } else if creating {
             return Err("parameters.manifest is required".into());
         }
-        let m = t.manifest.clone();
+        let m = t.body.manifest.clone();
         let from = |param: &str, path: &[&str]| -> Option<String> {
             r.text(param)
                 .or_else(|| path.iter().try_fold(&m, |v, k| v.get(k)).and_then(Value::as_str).map(str::to_string))
@@ -384,14 +430,14 @@ impl Templates {
             t.meta.name = name;
         }
         if let Some(content) = r.text("content") {
-            t.content = content;
+            t.body.content = content;
         }
         t.meta.description = from("description", &["description"]).unwrap_or(t.meta.description);
         t.meta.category = from("category", &["metadata", "category"]).unwrap_or(t.meta.category);
         t.meta.language = from("language", &["metadata", "language"]).unwrap_or(t.meta.language);
         t.meta.framework = from("framework", &["metadata", "framework"]).or(t.meta.framework);
-        t.version = from("version", &["version"]).unwrap_or(t.version);
-        t.templating_engine = from("templating_engine", &["engine"]).unwrap_or(t.templating_engine);
+        t.body.version = from("version", &["version"]).unwrap_or(t.body.version);
+        t.body.templating_engine = from("templating_engine", &["engine"]).unwrap_or(t.body.templating_engine);
         let tags = r.params.get("tags").or_else(|| m.pointer("/metadata/tags"));
         if let Some(tags) = tags.and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok()) {
             t.meta.tags = tags;
@@ -402,13 +448,13 @@ impl Templates {
         if !(10..=1000).contains(&t.meta.description.chars().count()) {
             return Err("description must be 10-1000 characters".into());
         }
-        if t.content.is_empty() {
+        if t.body.content.is_empty() {
             return Err("parameters.content is required".into());
         }
-        if semver::Version::parse(&t.version).is_err() {
-            return Err(format!("version {:?} is not semver", t.version));
+        if semver::Version::parse(&t.body.version).is_err() {
+            return Err(format!("version {:?} is not semver", t.body.version));
         }
-        t.updated_at = r.entry.id.ms;
+        t.body.updated_at = r.entry.id.ms;
         let time = naive_iso(r.entry.id.ms);
         let (mut changes, intent) = versions::record(state, self.stamp(r, &time), &t, false);
         changes.extend(self.store(state, &t));
@@ -427,7 +473,7 @@ impl Templates {
         }
         record.meta.is_pinned = pinned;
         record.meta.quality_tier = tier;
-        record.pin_reason = if pinned { r.text("reason") } else { None };
+        record.body.pin_reason = if pinned { r.text("reason") } else { None };
         Ok(Done::new(summary(&record), Some(id.to_string()), self.store(state, &record)))
     }
 

@@ -9,7 +9,7 @@
 //! handler's must, while a search over 10,000 templates reads no sled key but the version.
 
 use super::handler::key;
-use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, TemplateMeta, bigram};
+use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, Matching, TemplateMeta, bigram};
 use crate::contract::{Change, StateView};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub type Version = [u8; 32];
 
 /// One tenant's templates at a version, with a trigram index over their searchable text.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct TenantIndex {
     pub version: Version,
     docs: Vec<Option<Indexed>>,
@@ -26,6 +26,85 @@ pub struct TenantIndex {
     free: Vec<u32>,
     /// Trigram -> sorted (slot, fields) of the templates whose text contains it.
     grams: HashMap<[u8; 3], Vec<(u32, Fields)>>,
+    /// The matches of recent queries, kept exact as templates change (see [`Memo`]).
+    memo: Mutex<Memo>,
+}
+
+impl Clone for TenantIndex {
+    fn clone(&self) -> TenantIndex {
+        TenantIndex {
+            version: self.version,
+            docs: self.docs.clone(),
+            slots: self.slots.clone(),
+            free: self.free.clone(),
+            grams: self.grams.clone(),
+            memo: Mutex::new(self.memo.lock().unwrap_or_else(PoisonError::into_inner).clone()),
+        }
+    }
+}
+
+/// How many queries' matches the memo keeps, and how many matches in all.
+const MEMO_QUERIES: usize = 256;
+const MEMO_MATCHES: usize = 1 << 20;
+
+/// The matches of recent queries (their words and filters; sorting and paging come after), as
+/// (slot, relevance) sorted by slot. Every change to a template's text or filtered fields
+/// updates each entry, so an entry always equals a fresh evaluation: the memo changes how fast
+/// a search answers, never what. A retrieve only moves the usage count, which no entry holds.
+#[derive(Clone, Debug, Default)]
+struct Memo {
+    entries: HashMap<Matching, MemoEntry>,
+    matches: usize,
+    clock: u64,
+}
+
+#[derive(Clone, Debug)]
+struct MemoEntry {
+    hits: Vec<(u32, u64)>,
+    used: u64,
+}
+
+impl Memo {
+    fn get(&mut self, m: &Matching) -> Option<&[(u32, u64)]> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(m)?;
+        entry.used = self.clock;
+        Some(&entry.hits)
+    }
+
+    fn insert(&mut self, m: Matching, hits: Vec<(u32, u64)>) {
+        if hits.len() > MEMO_MATCHES {
+            return;
+        }
+        while self.entries.len() >= MEMO_QUERIES || self.matches + hits.len() > MEMO_MATCHES {
+            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.used).map(|(m, _)| m.clone()) else { break };
+            if let Some(gone) = self.entries.remove(&oldest) {
+                self.matches -= gone.hits.len();
+            }
+        }
+        self.matches += hits.len();
+        self.entries.insert(m, MemoEntry { hits, used: self.clock });
+    }
+
+    /// The template in `slot` changed to `now` (`None`: removed): each entry drops or rescores it.
+    fn update(&mut self, slot: u32, now: Option<&Indexed>) {
+        for (m, entry) in &mut self.entries {
+            let at = entry.hits.binary_search_by_key(&slot, |(s, _)| *s);
+            let score = now.and_then(|t| m.score_template(t));
+            match (at, score) {
+                (Ok(at), Some(relevance)) => entry.hits[at].1 = relevance,
+                (Ok(at), None) => {
+                    entry.hits.remove(at);
+                    self.matches -= 1;
+                }
+                (Err(at), Some(relevance)) => {
+                    entry.hits.insert(at, (slot, relevance));
+                    self.matches += 1;
+                }
+                (Err(_), None) => {}
+            }
+        }
+    }
 }
 
 impl TenantIndex {
@@ -43,11 +122,19 @@ impl TenantIndex {
         self.docs.get(*self.slots.get(id)? as usize)?.as_ref()
     }
 
-    fn put(&mut self, meta: TemplateMeta) {
-        let indexed = Indexed::new(meta);
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn put(&mut self, meta: TemplateMeta, json: String) {
+        let indexed = Indexed::with_json(meta, json);
         if let Some(&slot) = self.slots.get(&indexed.meta.id) {
-            if self.docs[slot as usize].as_ref().is_some_and(|old| old.same_text(&indexed)) {
-                // Only counters changed (a retrieve's usage count): the trigrams stay.
+            if let Some(old) = self.docs[slot as usize].as_ref().filter(|old| old.same_text(&indexed)) {
+                // The trigrams stay. Only counters changed (a retrieve's usage count) when the
+                // filtered fields are the same too, and then no memo entry changes.
+                if !old.same_filtered_fields(&indexed) {
+                    self.memo.get_mut().unwrap_or_else(PoisonError::into_inner).update(slot, Some(&indexed));
+                }
                 self.docs[slot as usize] = Some(indexed);
                 return;
             }
@@ -59,6 +146,7 @@ impl TenantIndex {
             let at = postings.partition_point(|(s, _)| *s < slot);
             postings.insert(at, (slot, fields));
         }
+        self.memo.get_mut().unwrap_or_else(PoisonError::into_inner).update(slot, Some(&indexed));
         self.slots.insert(indexed.meta.id.clone(), slot);
         match self.docs.get_mut(slot as usize) {
             Some(place) => *place = Some(indexed),
@@ -68,6 +156,7 @@ impl TenantIndex {
 
     fn remove(&mut self, id: &str) {
         let Some(slot) = self.slots.remove(id) else { return };
+        self.memo.get_mut().unwrap_or_else(PoisonError::into_inner).update(slot, None);
         if let Some(old) = self.docs[slot as usize].take() {
             for gram in old.trigrams().into_keys() {
                 if let Some(postings) = self.grams.get_mut(&gram)
@@ -82,6 +171,27 @@ impl TenantIndex {
 }
 
 impl Corpus for TenantIndex {
+    fn matching(&self, m: &Matching) -> Vec<(&Indexed, u64)> {
+        let resolve = |hits: &[(u32, u64)]| -> Vec<(&Indexed, u64)> {
+            let mut found = Vec::with_capacity(hits.len());
+            for (slot, relevance) in hits {
+                if let Some(Some(template)) = self.docs.get(*slot as usize) {
+                    found.push((template, *relevance));
+                }
+            }
+            found
+        };
+        if let Some(hits) = self.memo().get(m) {
+            return resolve(hits);
+        }
+        let mut hits: Vec<(u32, u64)> =
+            self.candidates(&m.words).into_iter().filter_map(|c| Some((c.slot, m.score(&c)?))).collect();
+        hits.sort_unstable_by_key(|(slot, _)| *slot);
+        let found = resolve(&hits);
+        self.memo().insert(m.clone(), hits);
+        found
+    }
+
     fn candidates(&self, words: &[String]) -> Vec<Candidate<'_>> {
         // Per word: the templates holding all its trigrams, with the fields holding them all,
         // packed four bits per word (see `Candidate`).
@@ -111,15 +221,17 @@ impl Corpus for TenantIndex {
             return self
                 .docs
                 .iter()
-                .flatten()
-                .map(|template| Candidate { template, fields: u32::MAX, indexed: false })
+                .enumerate()
+                .filter_map(|(slot, t)| {
+                    Some(Candidate { template: t.as_ref()?, slot: slot as u32, fields: u32::MAX, indexed: false })
+                })
                 .collect();
         };
         slots
             .into_iter()
             .filter_map(|(slot, fields)| {
                 let template = self.docs[slot as usize].as_ref()?;
-                Some(Candidate { template, fields: fields | unknown, indexed: true })
+                Some(Candidate { template, slot, fields: fields | unknown, indexed: true })
             })
             .collect()
     }
@@ -176,8 +288,10 @@ impl SearchIndex {
         }
         let mut index = TenantIndex { version, ..TenantIndex::default() };
         for (_, value) in state.scan(&key("m", tenant, &[""])) {
-            if let Ok(meta) = serde_json::from_slice::<TemplateMeta>(&value) {
-                index.put(meta);
+            if let Ok(meta) = serde_json::from_slice::<TemplateMeta>(&value)
+                && let Ok(json) = String::from_utf8(value)
+            {
+                index.put(meta, json);
             }
         }
         let index = Arc::new(index);
@@ -185,30 +299,38 @@ impl SearchIndex {
         index
     }
 
+    /// Forgets every remembered query's matches, so the next search of each evaluates it
+    /// afresh: for measuring that cost (answers are the same either way).
+    pub fn forget_matches(&self) {
+        for index in self.tenants.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            *index.memo() = Memo::default();
+        }
+    }
+
     /// The changes that store (`Some`) or remove (`None`) one template's metadata and move the
     /// tenant's version; the remembered index follows when it was current.
     pub fn change(&self, state: &dyn StateView, tenant: &str, id: &str, meta: Option<&TemplateMeta>) -> Vec<Change> {
         let before = version_of(state, tenant);
-        let bytes = meta.map(|m| serde_json::to_vec(m).unwrap_or_default());
+        let json = meta.map(|m| serde_json::to_string(m).unwrap_or_default());
         let mut hasher = blake3::Hasher::new();
         hasher.update(&before);
         hasher.update(&(id.len() as u64).to_le_bytes());
         hasher.update(id.as_bytes());
-        hasher.update(bytes.as_deref().unwrap_or(b"\xffdeleted"));
+        hasher.update(json.as_ref().map_or(&b"\xffdeleted"[..], |j| j.as_bytes()));
         let after = *hasher.finalize().as_bytes();
         let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(index) = tenants.get_mut(tenant).filter(|i| i.version == before) {
             let index = Arc::make_mut(index);
             index.version = after;
             match meta {
-                Some(meta) => index.put(meta.clone()),
+                Some(meta) => index.put(meta.clone(), json.clone().unwrap_or_default()),
                 None => index.remove(id),
             }
         }
         let meta_key = key("m", tenant, &[id]);
         vec![
-            match bytes {
-                Some(value) => Change::Put { key: meta_key, value },
+            match json {
+                Some(json) => Change::Put { key: meta_key, value: json.into_bytes() },
                 None => Change::Delete { key: meta_key },
             },
             Change::Put { key: key("mv", tenant, &[]), value: after.to_vec() },
@@ -302,5 +424,76 @@ mod tests {
             found += usize::from(from_scan.total > 0);
         }
         assert!(found > 100, "only {found} queries found anything: the comparison proves little");
+    }
+
+    /// Remembered matches stay exact while templates are created, renamed, refiltered,
+    /// counted and deleted between queries that repeat.
+    #[test]
+    fn remembered_matches_equal_a_full_scan_as_templates_change() {
+        use crate::templates::search::{Query, search};
+        let words = ["api", "service", "ml", "worker", "docker", "x"];
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let index = SearchIndex::default();
+        let mut state = BTreeMap::new();
+        let mut live: BTreeMap<String, TemplateMeta> = BTreeMap::new();
+        let queries: Vec<Query> = (0..12)
+            .map(|i| Query {
+                query: Some(format!("{} {}", words[i % 6], ["", "api", "docker"][i % 3]).trim().to_string()),
+                language: (i % 4 == 0).then(|| "py".to_string()),
+                tags: if i % 5 == 0 { vec!["ml".to_string()] } else { Vec::new() },
+                min_quality_score: (i % 3 == 0).then_some(50),
+                sort_by: Some(["usage_count", "relevance", "name"][i % 3].to_string()),
+                page_size: Some(100),
+                ..Query::default()
+            })
+            .collect();
+        let (mut answered, mut changed_filters) = (0, 0);
+        for step in 0..1500 {
+            let id = format!("t{:02}", next(60));
+            let mut meta =
+                live.get(&id).cloned().unwrap_or_else(|| TemplateMeta { id: id.clone(), ..TemplateMeta::default() });
+            match (live.contains_key(&id), next(6)) {
+                (true, 0) => {
+                    let changes = index.change(&state, "acme", &id, None);
+                    apply_changes(&mut state, &changes);
+                    live.remove(&id);
+                    continue;
+                }
+                (true, 1 | 2) => meta.usage_count += 1,
+                (true, 3) => {
+                    meta.quality_score = next(100) as i64;
+                    meta.tags = vec![words[next(6)].to_string()];
+                    changed_filters += 1;
+                }
+                _ => {
+                    meta.name = format!("{}-{}", words[next(6)], words[next(6)]);
+                    meta.description = format!("A {} template", words[next(6)]);
+                    meta.language = ["python", "go"][next(2)].into();
+                    meta.quality_score = next(100) as i64;
+                }
+            }
+            let changes = index.change(&state, "acme", &id, Some(&meta));
+            apply_changes(&mut state, &changes);
+            live.insert(id, meta);
+            if step % 3 == 0 {
+                let query = &queries[next(queries.len())];
+                let tenant = index.tenant(&state, "acme");
+                let all: Vec<Indexed> = live.values().cloned().map(Indexed::new).collect();
+                assert_eq!(
+                    search(tenant.as_ref(), query).unwrap(),
+                    search(all.as_slice(), query).unwrap(),
+                    "step {step}: {query:?}"
+                );
+                answered += 1;
+            }
+        }
+        assert!(answered > 400 && changed_filters > 100, "{answered} queries, {changed_filters} filter changes");
+        let distinct: std::collections::HashSet<Matching> = queries.iter().map(Matching::of).collect();
+        let remembered = index.tenant(&state, "acme").memo().entries.len();
+        assert_eq!(remembered, distinct.len(), "every query's matches were remembered, and kept current");
     }
 }

@@ -3,6 +3,7 @@
 //! metadata, never bodies. Pure: the caller hands over one tenant's templates.
 
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 
 /// What search sees of a template.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -34,10 +35,20 @@ pub struct Indexed {
     framework: String,
     /// The id's first 16 bytes as a big-endian number: orders like the id, except for ties.
     id_prefix: u128,
+    /// The variant sets of the language (see [`LANGUAGE_SETS`]).
+    language_sets: u8,
+    /// `meta` as JSON, as a page of results shows it.
+    json: String,
 }
 
 impl Indexed {
     pub fn new(meta: TemplateMeta) -> Indexed {
+        let json = serde_json::to_string(&meta).unwrap_or_default();
+        Indexed::with_json(meta, json)
+    }
+
+    /// The template with `json`, its metadata already serialised (as stored).
+    pub fn with_json(meta: TemplateMeta, json: String) -> Indexed {
         let mut prefix = [0u8; 16];
         let n = meta.id.len().min(16);
         prefix[..n].copy_from_slice(&meta.id.as_bytes()[..n]);
@@ -48,8 +59,10 @@ impl Indexed {
             text: format!("{}\n{}", meta.description, meta.category).to_lowercase(),
             tags: meta.tags.iter().map(|t| t.to_lowercase()).collect(),
             language: meta.language.to_lowercase(),
+            language_sets: language_sets(&meta.language.to_lowercase()),
             framework: meta.framework.as_deref().unwrap_or("").to_lowercase(),
             meta,
+            json,
         }
     }
 
@@ -57,6 +70,14 @@ impl Indexed {
     pub fn same_text(&self, other: &Indexed) -> bool {
         (&self.name, &self.text, &self.tags, &self.language, &self.framework)
             == (&other.name, &other.text, &other.tags, &other.language, &other.framework)
+    }
+
+    /// Whether `other` has the same values in the fields search filters on (the lowercased
+    /// language and framework are compared by [`Indexed::same_text`]).
+    pub fn same_filtered_fields(&self, other: &Indexed) -> bool {
+        let (a, b) = (&self.meta, &other.meta);
+        (&a.framework, &a.category, &a.tags, a.quality_score, a.is_pinned, &a.quality_tier)
+            == (&b.framework, &b.category, &b.tags, b.quality_score, b.is_pinned, &b.quality_tier)
     }
 
     /// Every byte trigram of the searchable text, and every bigram (as [`bigram`] keys), with
@@ -99,6 +120,8 @@ pub const ALL_FIELDS: Fields = 15;
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate<'a> {
     pub template: &'a Indexed,
+    /// Where the corpus keeps it.
+    pub slot: u32,
     pub fields: u32,
     /// Whether `fields` comes from a trigram index (exact for three-byte words).
     pub indexed: bool,
@@ -116,11 +139,19 @@ impl Candidate<'_> {
 pub trait Corpus {
     /// A superset of the templates containing every word (lowercase), in any order.
     fn candidates(&self, words: &[String]) -> Vec<Candidate<'_>>;
+
+    /// Every template that `m` matches, with its relevance, in any order.
+    fn matching(&self, m: &Matching) -> Vec<(&Indexed, u64)> {
+        self.candidates(&m.words).into_iter().filter_map(|c| Some((c.template, m.score(&c)?))).collect()
+    }
 }
 
 impl Corpus for [Indexed] {
     fn candidates(&self, _words: &[String]) -> Vec<Candidate<'_>> {
-        self.iter().map(|template| Candidate { template, fields: u32::MAX, indexed: false }).collect()
+        self.iter()
+            .enumerate()
+            .map(|(slot, template)| Candidate { template, slot: slot as u32, fields: u32::MAX, indexed: false })
+            .collect()
     }
 }
 
@@ -142,13 +173,86 @@ pub struct Query {
     pub page_size: Option<u64>,
 }
 
+/// What decides whether a template matches a query and how relevant it is: the query's words
+/// and filters, normalised (sorting and paging only order the matches).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Matching {
+    /// The free-text words, lowercased.
+    pub words: Vec<String>,
+    /// The language filter, lowercased, and the variant sets it is in.
+    pub language: Option<String>,
+    language_sets: u8,
+    pub framework: Option<String>,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+    pub min_quality_score: Option<i64>,
+    pub pinned: Option<bool>,
+    pub quality_tier: Option<String>,
+}
+
+impl Matching {
+    pub fn of(q: &Query) -> Matching {
+        Matching {
+            words: q.query.as_deref().unwrap_or("").split_whitespace().map(str::to_lowercase).collect(),
+            language: q.language.as_deref().map(str::to_lowercase),
+            language_sets: q.language.as_deref().map_or(0, |l| language_sets(&l.to_lowercase())),
+            framework: q.framework.clone(),
+            category: q.category.clone(),
+            tags: q.tags.clone(),
+            min_quality_score: q.min_quality_score,
+            pinned: q.pinned,
+            quality_tier: q.quality_tier.clone(),
+        }
+    }
+
+    /// The relevance of a candidate, or `None` when a filter or a word does not match it.
+    pub fn score(&self, c: &Candidate<'_>) -> Option<u64> {
+        self.filters_pass(c.template).then(|| relevance(c, &self.words))?
+    }
+
+    /// [`Matching::score`] of a template the index has not narrowed down.
+    pub fn score_template(&self, template: &Indexed) -> Option<u64> {
+        self.score(&Candidate { template, slot: 0, fields: u32::MAX, indexed: false })
+    }
+
+    fn filters_pass(&self, indexed: &Indexed) -> bool {
+        let t = &indexed.meta;
+        // A template answers a language when it names it, or a variant of the same set.
+        self.language
+            .as_deref()
+            .is_none_or(|l| l == indexed.language || self.language_sets & indexed.language_sets != 0)
+            && self.framework.as_deref().is_none_or(|f| t.framework.as_deref() == Some(f))
+            && self.category.as_deref().is_none_or(|c| t.category == c)
+            && (self.tags.is_empty() || self.tags.iter().any(|tag| t.tags.contains(tag)))
+            && self.min_quality_score.is_none_or(|min| t.quality_score >= min)
+            && self.pinned.is_none_or(|p| t.is_pinned == p)
+            && self.quality_tier.as_deref().is_none_or(|tier| t.quality_tier == tier)
+    }
+}
+
 /// One page of results.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Page<'a> {
     pub total: usize,
     pub page: u64,
     pub page_size: u64,
-    pub templates: Vec<&'a TemplateMeta>,
+    pub templates: Vec<&'a Indexed>,
+}
+
+impl Page<'_> {
+    /// The page as JSON, each template's metadata as stored.
+    pub fn json(&self) -> String {
+        let mut out =
+            format!(r#"{{"total":{},"page":{},"page_size":{},"templates":["#, self.total, self.page, self.page_size);
+        for (i, template) in self.templates.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&template.json);
+        }
+        out.push_str("]}");
+        out
+    }
 }
 
 const LANGUAGE_SETS: [&[&str]; 5] = [
@@ -159,9 +263,9 @@ const LANGUAGE_SETS: [&[&str]; 5] = [
     &["go", "golang"],
 ];
 
-/// Whether a template in `language` answers a query for `wanted` (both lowercase).
-pub fn language_matches(wanted: &str, language: &str) -> bool {
-    wanted == language || LANGUAGE_SETS.iter().any(|set| set.contains(&wanted) && set.contains(&language))
+/// The variant sets `language` (lowercase) is in, one bit each.
+fn language_sets(language: &str) -> u8 {
+    LANGUAGE_SETS.iter().enumerate().filter(|(_, set)| set.contains(&language)).fold(0, |bits, (i, _)| bits | 1 << i)
 }
 
 const SORT_KEYS: [&str; 5] = ["created_at", "quality_score", "usage_count", "name", "relevance"];
@@ -190,15 +294,49 @@ fn relevance(c: &Candidate<'_>, words: &[String]) -> Option<u64> {
     })
 }
 
-fn filters_pass(indexed: &Indexed, q: &Query, language: Option<&str>) -> bool {
-    let t = &indexed.meta;
-    language.is_none_or(|l| language_matches(l, &indexed.language))
-        && q.framework.as_deref().is_none_or(|f| t.framework.as_deref() == Some(f))
-        && q.category.as_deref().is_none_or(|c| t.category == c)
-        && (q.tags.is_empty() || q.tags.iter().any(|tag| t.tags.contains(tag)))
-        && q.min_quality_score.is_none_or(|min| t.quality_score >= min)
-        && q.pinned.is_none_or(|p| t.is_pinned == p)
-        && q.quality_tier.as_deref().is_none_or(|tier| t.quality_tier == tier)
+/// The first eight bytes of `text` as a big-endian number: orders like the text, except for ties.
+fn prefix(text: &str) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = text.len().min(8);
+    bytes[..n].copy_from_slice(&text.as_bytes()[..n]);
+    u64::from_be_bytes(bytes)
+}
+
+/// The `k` smallest of `items` by `order`, in order: one pass with a heap of the `k` kept, whose
+/// largest is at the root, so most items are turned away by one comparison with it.
+fn smallest<T: Copy>(items: impl Iterator<Item = T>, k: usize, order: impl Fn(&T, &T) -> Ordering) -> Vec<T> {
+    let less = |a: &T, b: &T| order(a, b) == Ordering::Less;
+    let mut heap: Vec<T> = Vec::with_capacity(k.min(1 << 16));
+    for item in items {
+        if heap.len() < k {
+            heap.push(item);
+            let mut at = heap.len() - 1;
+            while at > 0 && less(&heap[(at - 1) / 2], &heap[at]) {
+                heap.swap(at, (at - 1) / 2);
+                at = (at - 1) / 2;
+            }
+        } else if heap.first().is_some_and(|root| less(&item, root)) {
+            heap[0] = item;
+            let mut at = 0;
+            loop {
+                let (left, right) = (2 * at + 1, 2 * at + 2);
+                let mut largest = at;
+                if left < heap.len() && less(&heap[largest], &heap[left]) {
+                    largest = left;
+                }
+                if right < heap.len() && less(&heap[largest], &heap[right]) {
+                    largest = right;
+                }
+                if largest == at {
+                    break;
+                }
+                heap.swap(at, largest);
+                at = largest;
+            }
+        }
+    }
+    heap.sort_by(order);
+    heap
 }
 
 /// Runs a query. Errors name the bad parameter.
@@ -211,8 +349,8 @@ pub fn search<'a, C: Corpus + ?Sized>(corpus: &'a C, q: &Query) -> Result<Page<'
     if !(1..=100).contains(&page_size) {
         return Err(format!("page_size {page_size} must be 1-100"));
     }
-    let words: Vec<String> = q.query.as_deref().unwrap_or("").split_whitespace().map(str::to_lowercase).collect();
-    let sort_by = q.sort_by.as_deref().unwrap_or(if words.is_empty() { "created_at" } else { "relevance" });
+    let matching = Matching::of(q);
+    let sort_by = q.sort_by.as_deref().unwrap_or(if matching.words.is_empty() { "created_at" } else { "relevance" });
     let descending = match q.sort_order.as_deref().unwrap_or(if sort_by == "name" { "asc" } else { "desc" }) {
         "asc" => false,
         "desc" => true,
@@ -221,39 +359,37 @@ pub fn search<'a, C: Corpus + ?Sized>(corpus: &'a C, q: &Query) -> Result<Page<'
     if !SORT_KEYS.contains(&sort_by) {
         return Err(format!("sort_by {sort_by:?} must be one of {}", SORT_KEYS.join(", ")));
     }
-    let language = q.language.as_deref().map(str::to_lowercase);
-    // Each hit carries its sort key, computed once: (primary number, name, template).
-    let mut hits: Vec<(u64, &str, &Indexed)> = corpus
-        .candidates(&words)
-        .into_iter()
-        .filter(|c| filters_pass(c.template, q, language.as_deref()))
-        .filter_map(|c| {
-            let relevance = relevance(&c, &words)?;
-            let t = c.template;
-            Some(match sort_by {
-                "created_at" => (t.meta.created_at, "", t),
-                "quality_score" => (t.meta.quality_score.max(0) as u64, "", t),
-                "usage_count" => (t.meta.usage_count, "", t),
-                "name" => (0, t.name.as_str(), t),
-                _ => (relevance, "", t),
-            })
-        })
-        .collect();
-    // Ties fall back to the id, so the same state always pages the same way.
-    let order = |a: &(u64, &str, &Indexed), b: &(u64, &str, &Indexed)| {
-        let primary = if descending { (b.0, b.1).cmp(&(a.0, a.1)) } else { (a.0, a.1).cmp(&(b.0, b.1)) };
-        primary.then_with(|| a.2.id_prefix.cmp(&b.2.id_prefix)).then_with(|| a.2.meta.id.cmp(&b.2.meta.id))
+    let found = corpus.matching(&matching);
+    // Each hit gets a sort key of plain numbers, computed once: the primary key turned so that
+    // smaller comes first (a name by its first eight bytes), then the id's first 16 bytes. Only
+    // hits whose keys tie are compared in full: by name, then by id, so the same state always
+    // pages the same way.
+    let turn = |key: u64| if descending { !key } else { key };
+    let primary: fn(&Indexed, u64) -> u64 = match sort_by {
+        "created_at" => |t, _| t.meta.created_at,
+        "quality_score" => |t, _| t.meta.quality_score.max(0) as u64,
+        "usage_count" => |t, _| t.meta.usage_count,
+        "name" => |t, _| prefix(&t.name),
+        _ => |_, relevance| relevance,
     };
-    let total = hits.len();
+    let by_name = sort_by == "name";
+    let order = |a: &(u64, u128, u32), b: &(u64, u128, u32)| {
+        let (x, y) = (|| found[a.2 as usize].0, || found[b.2 as usize].0);
+        let names = || match (by_name, descending) {
+            (false, _) => Ordering::Equal,
+            (true, false) => x().name.cmp(&y().name),
+            (true, true) => y().name.cmp(&x().name),
+        };
+        a.0.cmp(&b.0).then_with(names).then_with(|| a.1.cmp(&b.1)).then_with(|| x().meta.id.cmp(&y().meta.id))
+    };
+    let keys =
+        found.iter().enumerate().map(|(i, (t, relevance))| (turn(primary(t, *relevance)), t.id_prefix, i as u32));
     let start = ((page - 1) * page_size) as usize;
-    // Only the pages up to the asked one need ordering: select them, then sort those.
+    // Only the pages up to the asked one need ordering.
     let wanted = start.saturating_add(page_size as usize);
-    if wanted < hits.len() {
-        hits.select_nth_unstable_by(wanted, order);
-        hits.truncate(wanted);
-    }
-    hits.sort_by(order);
-    let templates = hits.into_iter().skip(start).map(|(_, _, t)| &t.meta).collect();
+    let top = smallest(keys, wanted, order);
+    let total = found.len();
+    let templates = top.into_iter().skip(start).map(|(_, _, i)| found[i as usize].0).collect();
     Ok(Page { total, page, page_size, templates })
 }
 
@@ -291,7 +427,7 @@ mod tests {
     }
 
     fn ids(page: &Page<'_>) -> Vec<String> {
-        page.templates.iter().map(|t| t.id.clone()).collect()
+        page.templates.iter().map(|t| t.meta.id.clone()).collect()
     }
 
     #[test]
@@ -320,6 +456,53 @@ mod tests {
         assert!(q("service cobol").is_empty());
         let rest = q("rest");
         assert_eq!(rest, vec!["t1", "t2", "t5"], "tag-only matches tie and fall back to the id");
+    }
+
+    /// Pages cut from the order the docs define (key, then name for a name sort, then id),
+    /// with many ties, through both ways of ordering (kept top and full sort).
+    #[test]
+    fn pages_follow_the_documented_order_through_ties() {
+        let all: Vec<Indexed> = (0..300u64)
+            .map(|i| {
+                let name = format!("{}-template", ["alpha", "beta", "alphabet"][(i % 3) as usize]);
+                let mut t = meta(&format!("t{:03}", (i * 7919) % 300), &name, "go", &[], (i % 4) as i64, i % 5);
+                t.usage_count = i % 6;
+                Indexed::new(t)
+            })
+            .collect();
+        for (sort_by, order) in [
+            ("created_at", "desc"),
+            ("usage_count", "asc"),
+            ("name", "asc"),
+            ("name", "desc"),
+            ("quality_score", "desc"),
+        ] {
+            let mut expected: Vec<&Indexed> = all.iter().collect();
+            let key = |t: &Indexed| match sort_by {
+                "created_at" => (t.meta.created_at, String::new()),
+                "usage_count" => (t.meta.usage_count, String::new()),
+                "quality_score" => (t.meta.quality_score as u64, String::new()),
+                _ => (0, t.name.clone()),
+            };
+            expected.sort_by(|a, b| {
+                let primary = if order == "desc" { key(b).cmp(&key(a)) } else { key(a).cmp(&key(b)) };
+                primary.then_with(|| a.meta.id.cmp(&b.meta.id))
+            });
+            let expected: Vec<String> = expected.iter().map(|t| t.meta.id.clone()).collect();
+            let q = |page: u64, page_size: u64| {
+                let query = Query {
+                    sort_by: Some(sort_by.into()),
+                    sort_order: Some(order.into()),
+                    page: Some(page),
+                    page_size: Some(page_size),
+                    ..Query::default()
+                };
+                ids(&search(all.as_slice(), &query).unwrap())
+            };
+            let small: Vec<String> = (1..=5).flat_map(|page| q(page, 7)).collect();
+            assert_eq!(small, expected[..35], "{sort_by} {order}");
+            assert_eq!(q(2, 100), expected[100..200], "{sort_by} {order}");
+        }
     }
 
     #[test]

@@ -60,16 +60,16 @@ fn file_bytes(t: &TemplateRecord) -> Vec<u8> {
     let file = TemplateFile {
         id: &t.meta.id,
         name: &t.meta.name,
-        version: &t.version,
+        version: &t.body.version,
         description: &t.meta.description,
         category: &t.meta.category,
         language: &t.meta.language,
         framework: &t.meta.framework,
         tags: &t.meta.tags,
-        templating_engine: &t.templating_engine,
-        created_by: &t.created_by,
-        manifest: &t.manifest,
-        content: &t.content,
+        templating_engine: &t.body.templating_engine,
+        created_by: &t.body.created_by,
+        manifest: &t.body.manifest,
+        content: &t.body.content,
     };
     let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
     bytes.push(b'\n');
@@ -93,13 +93,13 @@ pub fn record(state: &dyn StateView, s: Stamp<'_>, record: &TemplateRecord, dele
         one_line(id),
         one_line(s.request_id),
         s.entry,
-        one_line(&record.version)
+        one_line(&record.body.version)
     );
     let change = FileChange { tenant: s.tenant, template_id: id, blob, user: s.user, time_ms: s.time_ms, message };
     let (commit, mut changes) = history::commit(state, change);
     let seq = entry_key(s.entry);
     let entry = VersionEntry {
-        version: record.version.clone(),
+        version: record.body.version.clone(),
         action: action.into(),
         commit: maestro_schemas::record::hex(&commit.id),
         entry: s.entry.to_string(),

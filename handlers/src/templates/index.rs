@@ -430,7 +430,7 @@ mod tests {
     /// counted and deleted between queries that repeat.
     #[test]
     fn remembered_matches_equal_a_full_scan_as_templates_change() {
-        use crate::templates::search::{Query, search};
+        use crate::templates::search::{Filters, Query, search};
         let words = ["api", "service", "ml", "worker", "docker", "x"];
         let mut seed = 7u64;
         let mut next = |n: usize| {
@@ -444,8 +444,11 @@ mod tests {
             .map(|i| Query {
                 query: Some(format!("{} {}", words[i % 6], ["", "api", "docker"][i % 3]).trim().to_string()),
                 language: (i % 4 == 0).then(|| "py".to_string()),
-                tags: if i % 5 == 0 { vec!["ml".to_string()] } else { Vec::new() },
-                min_quality_score: (i % 3 == 0).then_some(50),
+                filters: Filters {
+                    tags: if i % 5 == 0 { vec!["ml".to_string()] } else { Vec::new() },
+                    min_quality_score: (i % 3 == 0).then_some(50),
+                    ..Filters::default()
+                },
                 sort_by: Some(["usage_count", "relevance", "name"][i % 3].to_string()),
                 page_size: Some(100),
                 ..Query::default()

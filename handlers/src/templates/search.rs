@@ -161,16 +161,24 @@ impl Corpus for [Indexed] {
 pub struct Query {
     pub query: Option<String>,
     pub language: Option<String>,
+    #[serde(flatten)]
+    pub filters: Filters,
+    pub sort_by: Option<String>,
+    pub sort_order: Option<String>,
+    pub page: Option<u64>,
+    pub page_size: Option<u64>,
+}
+
+/// The filters of a search compared as given (the language, in variant sets, is apart).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(default)]
+pub struct Filters {
     pub framework: Option<String>,
     pub category: Option<String>,
     pub tags: Vec<String>,
     pub min_quality_score: Option<i64>,
     pub pinned: Option<bool>,
     pub quality_tier: Option<String>,
-    pub sort_by: Option<String>,
-    pub sort_order: Option<String>,
-    pub page: Option<u64>,
-    pub page_size: Option<u64>,
 }
 
 /// What decides whether a template matches a query and how relevant it is: the query's words
@@ -182,12 +190,7 @@ pub struct Matching {
     /// The language filter, lowercased, and the variant sets it is in.
     pub language: Option<String>,
     language_sets: u8,
-    pub framework: Option<String>,
-    pub category: Option<String>,
-    pub tags: Vec<String>,
-    pub min_quality_score: Option<i64>,
-    pub pinned: Option<bool>,
-    pub quality_tier: Option<String>,
+    pub filters: Filters,
 }
 
 impl Matching {
@@ -196,12 +199,7 @@ impl Matching {
             words: q.query.as_deref().unwrap_or("").split_whitespace().map(str::to_lowercase).collect(),
             language: q.language.as_deref().map(str::to_lowercase),
             language_sets: q.language.as_deref().map_or(0, |l| language_sets(&l.to_lowercase())),
-            framework: q.framework.clone(),
-            category: q.category.clone(),
-            tags: q.tags.clone(),
-            min_quality_score: q.min_quality_score,
-            pinned: q.pinned,
-            quality_tier: q.quality_tier.clone(),
+            filters: q.filters.clone(),
         }
     }
 
@@ -216,17 +214,17 @@ impl Matching {
     }
 
     fn filters_pass(&self, indexed: &Indexed) -> bool {
-        let t = &indexed.meta;
+        let (t, f) = (&indexed.meta, &self.filters);
         // A template answers a language when it names it, or a variant of the same set.
         self.language
             .as_deref()
             .is_none_or(|l| l == indexed.language || self.language_sets & indexed.language_sets != 0)
-            && self.framework.as_deref().is_none_or(|f| t.framework.as_deref() == Some(f))
-            && self.category.as_deref().is_none_or(|c| t.category == c)
-            && (self.tags.is_empty() || self.tags.iter().any(|tag| t.tags.contains(tag)))
-            && self.min_quality_score.is_none_or(|min| t.quality_score >= min)
-            && self.pinned.is_none_or(|p| t.is_pinned == p)
-            && self.quality_tier.as_deref().is_none_or(|tier| t.quality_tier == tier)
+            && f.framework.as_deref().is_none_or(|w| t.framework.as_deref() == Some(w))
+            && f.category.as_deref().is_none_or(|c| t.category == c)
+            && (f.tags.is_empty() || f.tags.iter().any(|tag| t.tags.contains(tag)))
+            && f.min_quality_score.is_none_or(|min| t.quality_score >= min)
+            && f.pinned.is_none_or(|p| t.is_pinned == p)
+            && f.quality_tier.as_deref().is_none_or(|tier| t.quality_tier == tier)
     }
 }
 
@@ -506,11 +504,32 @@ mod tests {
     }
 
     #[test]
+    fn parameters_parse_with_their_filters() {
+        let json = r#"{"query":"api","language":"py","tags":["rest"],"min_quality_score":80,"pinned":true,
+                       "quality_tier":"gold","framework":"fastapi","category":"backend","page":2,"page_size":5}"#;
+        let q: Query = serde_json::from_str(json).unwrap();
+        let filters = Filters {
+            framework: Some("fastapi".into()),
+            category: Some("backend".into()),
+            tags: vec!["rest".into()],
+            min_quality_score: Some(80),
+            pinned: Some(true),
+            quality_tier: Some("gold".into()),
+        };
+        assert_eq!((q.filters, q.page, q.page_size), (filters, Some(2), Some(5)));
+        let bad = serde_json::from_str::<Query>(r#"{"min_quality_score":"high"}"#).unwrap_err().to_string();
+        assert!(bad.contains("invalid type"), "{bad}");
+    }
+
+    #[test]
     fn filters_sorting_and_paging() {
         let all = catalogue();
         let page = search(
             all.as_slice(),
-            &Query { tags: vec!["rest".into()], min_quality_score: Some(80), ..Query::default() },
+            &Query {
+                filters: Filters { tags: vec!["rest".into()], min_quality_score: Some(80), ..Filters::default() },
+                ..Query::default()
+            },
         )
         .unwrap();
         assert_eq!(ids(&page), vec!["t5", "t1"], "newest first by default");

@@ -382,7 +382,7 @@ pub fn search<'a, C: Corpus + ?Sized>(corpus: &'a C, q: &Query) -> Result<Page<'
     };
     let keys =
         found.iter().enumerate().map(|(i, (t, relevance))| (turn(primary(t, *relevance)), t.id_prefix, i as u32));
-    let start = ((page - 1) * page_size) as usize;
+    let start = usize::try_from((page - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
     // Only the pages up to the asked one need ordering.
     let wanted = start.saturating_add(page_size as usize);
     let top = smallest(keys, wanted, order);
@@ -543,6 +543,8 @@ mod tests {
         assert_eq!(ids(&by_name), vec!["t2", "t1", "t5", "t3", "t4"]);
         let second = search(all.as_slice(), &Query { page: Some(2), page_size: Some(2), ..Query::default() }).unwrap();
         assert_eq!((second.total, ids(&second)), (5, vec!["t3".to_string(), "t2".to_string()]));
+        let beyond = search(all.as_slice(), &Query { page: Some(u64::MAX), page_size: Some(100), ..Query::default() });
+        assert_eq!(beyond.map(|p| (p.total, p.templates.len())), Ok((5, 0)), "a page past the end is empty");
         for bad in [
             Query { page: Some(0), ..Query::default() },
             Query { page_size: Some(101), ..Query::default() },

@@ -351,6 +351,14 @@ mod tests {
         ids
     }
 
+    /// A repeatable stream of numbers below `n`, from `seed`.
+    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        }
+    }
+
     fn meta(id: &str, name: &str) -> TemplateMeta {
         TemplateMeta { id: id.into(), name: name.into(), ..TemplateMeta::default() }
     }
@@ -385,11 +393,7 @@ mod tests {
     fn index_search_equals_a_full_scan() {
         use crate::templates::search::{Query, search};
         let words = ["api", "service", "fast", "ml", "naïve", "worker", "grpc", "docker", "data-pipe", "x"];
-        let mut seed = 42u64;
-        let mut next = |n: usize| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut next = numbers(42);
         let index = SearchIndex::default();
         let mut state = BTreeMap::new();
         let mut all = Vec::new();
@@ -432,11 +436,7 @@ mod tests {
     fn remembered_matches_equal_a_full_scan_as_templates_change() {
         use crate::templates::search::{Filters, Query, search};
         let words = ["api", "service", "ml", "worker", "docker", "x"];
-        let mut seed = 7u64;
-        let mut next = |n: usize| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut next = numbers(7);
         let index = SearchIndex::default();
         let mut state = BTreeMap::new();
         let mut live: BTreeMap<String, TemplateMeta> = BTreeMap::new();

@@ -52,14 +52,15 @@ impl Indexed {
         let mut prefix = [0u8; 16];
         let n = meta.id.len().min(16);
         prefix[..n].copy_from_slice(&meta.id.as_bytes()[..n]);
+        let language = meta.language.to_lowercase();
         Indexed {
             id_prefix: u128::from_be_bytes(prefix),
             name: meta.name.to_lowercase(),
             // Description and category weigh the same, so one haystack serves both.
             text: format!("{}\n{}", meta.description, meta.category).to_lowercase(),
             tags: meta.tags.iter().map(|t| t.to_lowercase()).collect(),
-            language: meta.language.to_lowercase(),
-            language_sets: language_sets(&meta.language.to_lowercase()),
+            language_sets: language_sets(&language),
+            language,
             framework: meta.framework.as_deref().unwrap_or("").to_lowercase(),
             meta,
             json,
@@ -457,7 +458,7 @@ mod tests {
     }
 
     /// Pages cut from the order the docs define (key, then name for a name sort, then id),
-    /// with many ties, through both ways of ordering (kept top and full sort).
+    /// with many ties, small pages and a later large one.
     #[test]
     fn pages_follow_the_documented_order_through_ties() {
         let all: Vec<Indexed> = (0..300u64)

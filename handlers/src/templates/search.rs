@@ -25,16 +25,24 @@ pub struct TemplateMeta {
 
 /// A template's metadata with its text fields lowercased once, so a query over thousands of
 /// templates compares without allocating.
+///
+/// Every template of a searched tenant is held in memory, so nothing is held twice: `meta`
+/// keeps only what filters and sorting compare (its name, description and language are
+/// empty: they are searched lowercased, and shown from `json`), and tags already lowercase
+/// are not copied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Indexed {
     pub meta: TemplateMeta,
     name: String,
     text: String,
-    tags: Vec<String>,
+    /// The tags lowercased when some tag is not; else empty, and `meta.tags` serve.
+    lower_tags: Vec<String>,
     language: String,
     framework: String,
     /// The id's first 16 bytes as a big-endian number: orders like the id, except for ties.
     id_prefix: u128,
+    /// The lowercased name's first eight bytes, the same way (see [`prefix`]).
+    name_prefix: u64,
     /// The variant sets of the language (see [`LANGUAGE_SETS`]).
     language_sets: u8,
     /// `meta` as JSON, as a page of results shows it.
@@ -48,17 +56,26 @@ impl Indexed {
     }
 
     /// The template with `json`, its metadata already serialised (as stored).
-    pub fn with_json(meta: TemplateMeta, json: String) -> Indexed {
+    pub fn with_json(mut meta: TemplateMeta, json: String) -> Indexed {
         let mut prefix = [0u8; 16];
         let n = meta.id.len().min(16);
         prefix[..n].copy_from_slice(&meta.id.as_bytes()[..n]);
-        let language = meta.language.to_lowercase();
+        let language = std::mem::take(&mut meta.language).to_lowercase();
+        let name = std::mem::take(&mut meta.name).to_lowercase();
+        let text = format!("{}\n{}", std::mem::take(&mut meta.description), meta.category).to_lowercase();
+        let lowercase = |tag: &String| tag.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase());
+        let lower_tags = if meta.tags.iter().all(lowercase) {
+            Vec::new()
+        } else {
+            meta.tags.iter().map(|t| t.to_lowercase()).collect()
+        };
         Indexed {
             id_prefix: u128::from_be_bytes(prefix),
-            name: meta.name.to_lowercase(),
+            name_prefix: self::prefix(&name),
+            name,
             // Description and category weigh the same, so one haystack serves both.
-            text: format!("{}\n{}", meta.description, meta.category).to_lowercase(),
-            tags: meta.tags.iter().map(|t| t.to_lowercase()).collect(),
+            text,
+            lower_tags,
             language_sets: language_sets(&language),
             language,
             framework: meta.framework.as_deref().unwrap_or("").to_lowercase(),
@@ -67,10 +84,15 @@ impl Indexed {
         }
     }
 
+    /// The tags, lowercased.
+    fn tags(&self) -> &[String] {
+        if self.lower_tags.is_empty() { &self.meta.tags } else { &self.lower_tags }
+    }
+
     /// Whether `other` has the same searchable text (so only counters changed).
     pub fn same_text(&self, other: &Indexed) -> bool {
-        (&self.name, &self.text, &self.tags, &self.language, &self.framework)
-            == (&other.name, &other.text, &other.tags, &other.language, &other.framework)
+        (&self.name, &self.text, self.tags(), &self.language, &self.framework)
+            == (&other.name, &other.text, other.tags(), &other.language, &other.framework)
     }
 
     /// Whether `other` has the same values in the fields search filters on (the lowercased
@@ -81,21 +103,24 @@ impl Indexed {
             == (&b.framework, &b.category, &b.tags, b.quality_score, b.is_pinned, &b.quality_tier)
     }
 
-    /// Every byte trigram of the searchable text, and every bigram (as [`bigram`] keys), with
-    /// the fields (a [`Fields`] mask) it occurs in: a word can be in a field only if all of its
-    /// trigrams are; a two-byte word is in exactly the fields of its bigram.
+    /// Every byte trigram of the searchable text, and the bigram (as a [`bigram`] key) of each
+    /// two-byte field, with the fields (a [`Fields`] mask) it occurs in: a word can be in a
+    /// field only if all of its trigrams are. A two-byte word is in exactly the fields of the
+    /// trigrams that start or end with it, and of its bigram: in a field of three bytes or
+    /// more every pair of bytes is in a trigram. Bigrams of longer fields would double the
+    /// postings, which are most of the index's memory.
     pub fn trigrams(&self) -> std::collections::BTreeMap<[u8; 3], Fields> {
         let mut grams = std::collections::BTreeMap::new();
         let fields = [(NAME_FIELD, &self.name), (TEXT_FIELD, &self.text), (LANGUAGE_FIELD, &self.language)]
             .into_iter()
             .chain([(LANGUAGE_FIELD, &self.framework)])
-            .chain(self.tags.iter().map(|t| (TAGS_FIELD, t)));
+            .chain(self.tags().iter().map(|t| (TAGS_FIELD, t)));
         for (field, text) in fields {
             for w in text.as_bytes().windows(3) {
                 *grams.entry([w[0], w[1], w[2]]).or_insert(0) |= field;
             }
-            for w in text.as_bytes().windows(2) {
-                *grams.entry(bigram(w[0], w[1])).or_insert(0) |= field;
+            if let [a, b] = text.as_bytes() {
+                *grams.entry(bigram(*a, *b)).or_insert(0) |= field;
             }
         }
         grams
@@ -142,7 +167,7 @@ pub trait Corpus {
     fn candidates(&self, words: &[String]) -> Vec<Candidate<'_>>;
 
     /// Every template that `m` matches, with its relevance, in any order.
-    fn matching(&self, m: &Matching) -> Vec<(&Indexed, u64)> {
+    fn matching(&self, m: &Matching) -> Vec<(&Indexed, Relevance)> {
         self.candidates(&m.words).into_iter().filter_map(|c| Some((c.template, m.score(&c)?))).collect()
     }
 }
@@ -205,12 +230,12 @@ impl Matching {
     }
 
     /// The relevance of a candidate, or `None` when a filter or a word does not match it.
-    pub fn score(&self, c: &Candidate<'_>) -> Option<u64> {
+    pub fn score(&self, c: &Candidate<'_>) -> Option<Relevance> {
         self.filters_pass(c.template).then(|| relevance(c, &self.words))?
     }
 
     /// [`Matching::score`] of a template the index has not narrowed down.
-    pub fn score_template(&self, template: &Indexed) -> Option<u64> {
+    pub fn score_template(&self, template: &Indexed) -> Option<Relevance> {
         self.score(&Candidate { template, slot: 0, fields: u32::MAX, indexed: false })
     }
 
@@ -269,27 +294,62 @@ fn language_sets(language: &str) -> u8 {
 
 const SORT_KEYS: [&str; 5] = ["created_at", "quality_score", "usage_count", "name", "relevance"];
 
+/// What a search sorts by, one of [`SORT_KEYS`], decided once per query so that the loop over
+/// the hits branches the same way every time.
+#[derive(Clone, Copy, PartialEq)]
+enum SortBy {
+    CreatedAt,
+    QualityScore,
+    UsageCount,
+    Name,
+    Relevance,
+}
+
+impl SortBy {
+    fn named(name: &str) -> Result<SortBy, String> {
+        const ALL: [SortBy; 5] =
+            [SortBy::CreatedAt, SortBy::QualityScore, SortBy::UsageCount, SortBy::Name, SortBy::Relevance];
+        let at = SORT_KEYS.iter().position(|k| *k == name);
+        at.map(|at| ALL[at]).ok_or_else(|| format!("sort_by {name:?} must be one of {}", SORT_KEYS.join(", ")))
+    }
+
+    /// The primary key of a hit; a name by its first eight bytes.
+    fn key(self, t: &Indexed, relevance: Relevance) -> u64 {
+        match self {
+            SortBy::CreatedAt => t.meta.created_at,
+            SortBy::QualityScore => t.meta.quality_score.max(0) as u64,
+            SortBy::UsageCount => t.meta.usage_count,
+            SortBy::Name => t.name_prefix,
+            SortBy::Relevance => u64::from(relevance),
+        }
+    }
+}
+
+/// A hit's free-text relevance: at most 15 a word, so 32 bits hold a query of hundreds of
+/// millions of words, and a remembered match takes eight bytes.
+pub type Relevance = u32;
+
 /// Field weights of the free-text relevance: name highest, language and framework lowest.
-const NAME: u64 = 8;
-const DESCRIPTION_CATEGORY: u64 = 4;
-const TAGS: u64 = 2;
-const LANGUAGE_FRAMEWORK: u64 = 1;
+const NAME: Relevance = 8;
+const DESCRIPTION_CATEGORY: Relevance = 4;
+const TAGS: Relevance = 2;
+const LANGUAGE_FRAMEWORK: Relevance = 1;
 
 /// Relevance of `t` for the query words, or `None` when some word matches no field (AND).
-fn relevance(c: &Candidate<'_>, words: &[String]) -> Option<u64> {
+fn relevance(c: &Candidate<'_>, words: &[String]) -> Option<Relevance> {
     let t = c.template;
-    words.iter().enumerate().try_fold(0, |total, (i, word)| {
+    words.iter().enumerate().try_fold(0 as Relevance, |total, (i, word)| {
         let word = word.as_str();
         let may = c.fields_of(i);
         // A two- or three-byte word is its own gram: the index's field set is exact for it.
         let exact = (word.len() == 2 || word.len() == 3) && c.indexed;
         let has = |field: Fields, found: &dyn Fn() -> bool| may & field != 0 && (exact || found());
-        let weight = u64::from(has(NAME_FIELD, &|| t.name.contains(word))) * NAME
-            + u64::from(has(TEXT_FIELD, &|| t.text.contains(word))) * DESCRIPTION_CATEGORY
-            + u64::from(has(TAGS_FIELD, &|| t.tags.iter().any(|tag| tag.contains(word)))) * TAGS
-            + u64::from(has(LANGUAGE_FIELD, &|| t.language.contains(word) || t.framework.contains(word)))
+        let weight = Relevance::from(has(NAME_FIELD, &|| t.name.contains(word))) * NAME
+            + Relevance::from(has(TEXT_FIELD, &|| t.text.contains(word))) * DESCRIPTION_CATEGORY
+            + Relevance::from(has(TAGS_FIELD, &|| t.tags().iter().any(|tag| tag.contains(word)))) * TAGS
+            + Relevance::from(has(LANGUAGE_FIELD, &|| t.language.contains(word) || t.framework.contains(word)))
                 * LANGUAGE_FRAMEWORK;
-        (weight > 0).then_some(total + weight)
+        (weight > 0).then_some(total.saturating_add(weight))
     })
 }
 
@@ -355,23 +415,14 @@ pub fn search<'a, C: Corpus + ?Sized>(corpus: &'a C, q: &Query) -> Result<Page<'
         "desc" => true,
         other => return Err(format!("sort_order {other:?} must be asc or desc")),
     };
-    if !SORT_KEYS.contains(&sort_by) {
-        return Err(format!("sort_by {sort_by:?} must be one of {}", SORT_KEYS.join(", ")));
-    }
+    let sort_by = SortBy::named(sort_by)?;
     let found = corpus.matching(&matching);
     // Each hit gets a sort key of plain numbers, computed once: the primary key turned so that
     // smaller comes first (a name by its first eight bytes), then the id's first 16 bytes. Only
     // hits whose keys tie are compared in full: by name, then by id, so the same state always
     // pages the same way.
     let turn = |key: u64| if descending { !key } else { key };
-    let primary: fn(&Indexed, u64) -> u64 = match sort_by {
-        "created_at" => |t, _| t.meta.created_at,
-        "quality_score" => |t, _| t.meta.quality_score.max(0) as u64,
-        "usage_count" => |t, _| t.meta.usage_count,
-        "name" => |t, _| prefix(&t.name),
-        _ => |_, relevance| relevance,
-    };
-    let by_name = sort_by == "name";
+    let by_name = sort_by == SortBy::Name;
     let order = |a: &(u64, u128, u32), b: &(u64, u128, u32)| {
         let (x, y) = (|| found[a.2 as usize].0, || found[b.2 as usize].0);
         let names = || match (by_name, descending) {
@@ -382,7 +433,7 @@ pub fn search<'a, C: Corpus + ?Sized>(corpus: &'a C, q: &Query) -> Result<Page<'
         a.0.cmp(&b.0).then_with(names).then_with(|| a.1.cmp(&b.1)).then_with(|| x().meta.id.cmp(&y().meta.id))
     };
     let keys =
-        found.iter().enumerate().map(|(i, (t, relevance))| (turn(primary(t, *relevance)), t.id_prefix, i as u32));
+        found.iter().enumerate().map(|(i, (t, relevance))| (turn(sort_by.key(t, *relevance)), t.id_prefix, i as u32));
     let start = usize::try_from((page - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
     // Only the pages up to the asked one need ordering.
     let wanted = start.saturating_add(page_size as usize);
@@ -455,6 +506,13 @@ mod tests {
         assert!(q("service cobol").is_empty());
         let rest = q("rest");
         assert_eq!(rest, vec!["t1", "t2", "t5"], "tag-only matches tie and fall back to the id");
+        // Case never matters: not in the words, nor in any field.
+        let shouting = Indexed::new(meta("t9", "Loud-Service", "Python", &["GRPC", "Rest"], 50, 1));
+        let found =
+            search(std::slice::from_ref(&shouting), &Query { query: Some("grpc LOUD".into()), ..Query::default() });
+        assert_eq!(ids(&found.unwrap()), vec!["t9"]);
+        let found = search(std::slice::from_ref(&shouting), &Query { query: Some("rest".into()), ..Query::default() });
+        assert_eq!(ids(&found.unwrap()), vec!["t9"]);
     }
 
     /// Pages cut from the order the docs define (key, then name for a name sort, then id),

@@ -20,8 +20,32 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
+/// mimalloc, counting the bytes live, so the search index can be weighed. A global allocator
+/// can only be written as unsafe code: this one adds a counter and passes every call through.
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[allow(unsafe_code)]
+// SAFETY: every call goes to mimalloc unchanged, with the caller's own guarantees.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
 
 const CATALOGUE: usize = 10_000;
 const TENANT: &str = "acme";
@@ -260,6 +284,25 @@ fn search_percentiles() {
     println!("mean hits per query: {}", totals.iter().sum::<u64>() / totals.len() as u64);
 }
 
+/// The bytes the search index holds per template: a tenant's index built from the catalogue's
+/// state by one search, weighed as the allocations it leaves live.
+fn index_weight() {
+    let handler = Templates::new(&StreamSet::default());
+    let (mut state, mut rng) = catalogue(&handler);
+    let fresh = Templates::new(&StreamSet::default());
+    let query = search(&mut rng, 300_000);
+    let before = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+    let decision = fresh.handle(&state, Event { record: &query.record, typed: Some(&query.typed) }).unwrap();
+    drop(decision);
+    let after = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "search index of {CATALOGUE} templates: {:.1} MiB, {} bytes per template",
+        (after - before) as f64 / (1 << 20) as f64,
+        (after - before) / CATALOGUE
+    );
+    handle(&fresh, &mut state, &query);
+}
+
 /// Mean handling time per operation in the mix.
 fn op_costs() {
     let handler = Templates::new(&StreamSet::default());
@@ -290,6 +333,7 @@ fn op_costs() {
 criterion_group!(benches, bench_mix);
 
 fn main() {
+    index_weight();
     op_costs();
     search_percentiles();
     benches();

@@ -1,7 +1,8 @@
 //! `maestro bench catalogue`: the engine's memory with a large template catalogue. A private
 //! redis-server gets N create requests with realistic bodies (2-60 KB, median about 12 KB) over
 //! several tenants; a `maestro run` child process builds the catalogue, its git history and the
-//! usage projection; the child's peak RSS (VmHWM) is read before it is stopped.
+//! usage projection; then a few searches and retrieves per tenant make it build each tenant's
+//! search index. The child's peak RSS (VmHWM) is read after each phase.
 
 use crate::redis_server::{RedisOptions, RedisServer};
 use crate::traffic::{Rng, manifest, publish, template_body};
@@ -38,6 +39,30 @@ fn create(rng: &mut Rng, n: u64, tenants: u64) -> (String, Vec<(String, String)>
         "parameters": {"name": name, "content": template_body(rng, size), "manifest": manifest(rng, &name)},
     });
     (StreamSet::default().templates_requests, vec![("data".into(), data.to_string())])
+}
+
+/// After the creates, what a serving engine then does: in each tenant a few searches (which
+/// build the tenant's search index) and retrieves of random templates.
+fn reads(rng: &mut Rng, templates: u64, tenants: u64) -> Vec<(String, Vec<(String, String)>)> {
+    let stream = StreamSet::default().templates_requests;
+    let mut out = Vec::new();
+    for t in 0..tenants.min(templates) {
+        let tenant = format!("tenant-{t}");
+        for (k, query) in ["service", "production template", "ready"].iter().enumerate() {
+            let data = json!({"request_id": format!("search-{t}-{k}"), "operation": "search", "tenant_id": tenant,
+                              "user_id": "owner", "parameters": {"query": query, "sort_by": "usage_count"}});
+            out.push((stream.clone(), vec![("data".into(), data.to_string())]));
+        }
+        for k in 0..100 {
+            // Template n belongs to tenant n % tenants.
+            let n = rng.below(templates.div_ceil(tenants)) * tenants + t;
+            let n = if n < templates { n } else { t };
+            let data = json!({"request_id": format!("retrieve-{t}-{k}"), "operation": "retrieve",
+                              "template_id": format!("tpl-{n:07}"), "tenant_id": tenant, "user_id": "owner"});
+            out.push((stream.clone(), vec![("data".into(), data.to_string())]));
+        }
+    }
+    out
 }
 
 fn proc_status(pid: u32, field: &str) -> u64 {
@@ -115,6 +140,14 @@ pub fn catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let elapsed = started.elapsed();
+    let after_creates = proc_status(pid, "VmHWM:");
+    let reads = reads(&mut rng, args.templates, args.tenants);
+    publish(&mut conn, &reads)?;
+    let answers = args.templates + reads.len() as u64;
+    while results_len(&mut conn) < answers {
+        anyhow::ensure!(Instant::now() < deadline, "the engine did not answer the searches and retrieves in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let peak = proc_status(pid, "VmHWM:");
     stop(child)?;
     let ok: u64 = {
@@ -139,9 +172,15 @@ pub fn catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         args.templates as f64 / elapsed.as_secs_f64()
     );
-    println!("engine peak RSS (VmHWM) {} MiB; highest RSS sampled {} MiB", peak / 1024, peak_seen / 1024);
     println!(
-        "data dir {:.2} GB (log + projections {:.2} GB, history.git {:.2} GB); last 1000 answers: {ok} successes",
+        "engine peak RSS (VmHWM) {} MiB after the creates ({} MiB sampled), {} MiB after {} searches and retrieves",
+        after_creates / 1024,
+        peak_seen / 1024,
+        peak / 1024,
+        reads.len()
+    );
+    println!(
+        "data dir {:.2} GB (log + projections {:.2} GB, history.git {:.2} GB); last 1000 answers (mostly the searches and retrieves): {ok} successes",
         dir_bytes(data.path()) as f64 / 1e9,
         dir_bytes(&data.path().join("db")) as f64 / 1e9,
         dir_bytes(&data.path().join("history.git")) as f64 / 1e9,

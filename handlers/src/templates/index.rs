@@ -9,7 +9,7 @@
 //! handler's must, while a search over 10,000 templates reads no sled key but the version.
 
 use super::handler::key;
-use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, Matching, TemplateMeta, bigram};
+use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, Matching, Relevance, TemplateMeta, bigram};
 use crate::contract::{Change, StateView};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,11 +21,12 @@ pub type Version = [u8; 32];
 #[derive(Debug, Default)]
 pub struct TenantIndex {
     pub version: Version,
-    docs: Vec<Option<Indexed>>,
+    /// Boxed, so that the spare capacity of a growing vector costs a pointer a slot.
+    docs: Vec<Option<Box<Indexed>>>,
     slots: HashMap<String, u32>,
     free: Vec<u32>,
-    /// Trigram -> sorted (slot, fields) of the templates whose text contains it.
-    grams: HashMap<[u8; 3], Vec<(u32, Fields)>>,
+    /// Trigram -> the templates whose text contains it, sorted by slot.
+    grams: HashMap<[u8; 3], Vec<Posting>>,
     /// The matches of recent queries, kept exact as templates change (see [`Memo`]).
     memo: Mutex<Memo>,
 }
@@ -43,9 +44,33 @@ impl Clone for TenantIndex {
     }
 }
 
-/// How many queries' matches the memo keeps, and how many matches in all.
+/// A template holding a trigram: its slot and the fields holding the trigram, in four bytes
+/// (the slot in the upper 28 bits, the fields in the lower four), because a tenant's postings
+/// are most of its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Posting(u32);
+
+impl Posting {
+    fn new(slot: u32, fields: Fields) -> Posting {
+        Posting(slot << 4 | u32::from(fields & ALL_FIELDS))
+    }
+
+    fn slot(self) -> u32 {
+        self.0 >> 4
+    }
+
+    fn fields(self) -> Fields {
+        (self.0 & u32::from(ALL_FIELDS)) as Fields
+    }
+}
+
+/// The most templates a tenant's index can hold: a slot has 28 bits (see [`Posting`]).
+const MAX_SLOTS: usize = 1 << 28;
+
+/// How many queries' matches the memo keeps, and how many matches in all: at eight bytes a
+/// match, at most 4 MiB a tenant.
 const MEMO_QUERIES: usize = 256;
-const MEMO_MATCHES: usize = 1 << 20;
+const MEMO_MATCHES: usize = 1 << 19;
 
 /// The matches of recent queries (their words and filters; sorting and paging come after), as
 /// (slot, relevance) sorted by slot. Every change to a template's text or filtered fields
@@ -60,19 +85,19 @@ struct Memo {
 
 #[derive(Clone, Debug)]
 struct MemoEntry {
-    hits: Vec<(u32, u64)>,
+    hits: Vec<(u32, Relevance)>,
     used: u64,
 }
 
 impl Memo {
-    fn get(&mut self, m: &Matching) -> Option<&[(u32, u64)]> {
+    fn get(&mut self, m: &Matching) -> Option<&[(u32, Relevance)]> {
         self.clock += 1;
         let entry = self.entries.get_mut(m)?;
         entry.used = self.clock;
         Some(&entry.hits)
     }
 
-    fn insert(&mut self, m: Matching, hits: Vec<(u32, u64)>) {
+    fn insert(&mut self, m: Matching, hits: Vec<(u32, Relevance)>) {
         if hits.len() > MEMO_MATCHES {
             return;
         }
@@ -119,7 +144,7 @@ impl TenantIndex {
 
     /// The template `id`, if indexed.
     pub fn get(&self, id: &str) -> Option<&Indexed> {
-        self.docs.get(*self.slots.get(id)? as usize)?.as_ref()
+        self.docs.get(*self.slots.get(id)? as usize)?.as_deref()
     }
 
     fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
@@ -135,22 +160,42 @@ impl TenantIndex {
                 if !old.same_filtered_fields(&indexed) {
                     self.memo.get_mut().unwrap_or_else(PoisonError::into_inner).update(slot, Some(&indexed));
                 }
-                self.docs[slot as usize] = Some(indexed);
+                self.docs[slot as usize] = Some(Box::new(indexed));
                 return;
             }
             self.remove(&indexed.meta.id.clone());
         }
         let slot = self.free.pop().unwrap_or(self.docs.len() as u32);
+        if slot as usize >= MAX_SLOTS {
+            // Not reachable in practice (at 2 KB or more a body, that many templates would be
+            // over 500 GB in one tenant); a posting must never carry a slot it cannot hold.
+            return;
+        }
         for (gram, fields) in indexed.trigrams() {
             let postings = self.grams.entry(gram).or_default();
-            let at = postings.partition_point(|(s, _)| *s < slot);
-            postings.insert(at, (slot, fields));
+            // A new slot comes after every other: no search needed.
+            let at = match postings.last() {
+                Some(last) if last.slot() > slot => postings.partition_point(|p| p.slot() < slot),
+                _ => postings.len(),
+            };
+            postings.insert(at, Posting::new(slot, fields));
         }
         self.memo.get_mut().unwrap_or_else(PoisonError::into_inner).update(slot, Some(&indexed));
         self.slots.insert(indexed.meta.id.clone(), slot);
         match self.docs.get_mut(slot as usize) {
-            Some(place) => *place = Some(indexed),
-            None => self.docs.push(Some(indexed)),
+            Some(place) => *place = Some(Box::new(indexed)),
+            None => self.docs.push(Some(Box::new(indexed))),
+        }
+    }
+
+    /// Gives back the spare capacity that building up the index left: most of a tenant's
+    /// index is postings, and a vector that grew one push at a time can be half empty.
+    fn shrink(&mut self) {
+        self.docs.shrink_to_fit();
+        self.slots.shrink_to_fit();
+        self.grams.shrink_to_fit();
+        for postings in self.grams.values_mut() {
+            postings.shrink_to_fit();
         }
     }
 
@@ -160,7 +205,7 @@ impl TenantIndex {
         if let Some(old) = self.docs[slot as usize].take() {
             for gram in old.trigrams().into_keys() {
                 if let Some(postings) = self.grams.get_mut(&gram)
-                    && let Ok(at) = postings.binary_search_by_key(&slot, |(s, _)| *s)
+                    && let Ok(at) = postings.binary_search_by_key(&slot, |p| p.slot())
                 {
                     postings.remove(at);
                 }
@@ -171,12 +216,12 @@ impl TenantIndex {
 }
 
 impl Corpus for TenantIndex {
-    fn matching(&self, m: &Matching) -> Vec<(&Indexed, u64)> {
-        let resolve = |hits: &[(u32, u64)]| -> Vec<(&Indexed, u64)> {
+    fn matching(&self, m: &Matching) -> Vec<(&Indexed, Relevance)> {
+        let resolve = |hits: &[(u32, Relevance)]| -> Vec<(&Indexed, Relevance)> {
             let mut found = Vec::with_capacity(hits.len());
             for (slot, relevance) in hits {
                 if let Some(Some(template)) = self.docs.get(*slot as usize) {
-                    found.push((template, *relevance));
+                    found.push((&**template, *relevance));
                 }
             }
             found
@@ -184,7 +229,7 @@ impl Corpus for TenantIndex {
         if let Some(hits) = self.memo().get(m) {
             return resolve(hits);
         }
-        let mut hits: Vec<(u32, u64)> =
+        let mut hits: Vec<(u32, Relevance)> =
             self.candidates(&m.words).into_iter().filter_map(|c| Some((c.slot, m.score(&c)?))).collect();
         hits.sort_unstable_by_key(|(slot, _)| *slot);
         let found = resolve(&hits);
@@ -223,14 +268,14 @@ impl Corpus for TenantIndex {
                 .iter()
                 .enumerate()
                 .filter_map(|(slot, t)| {
-                    Some(Candidate { template: t.as_ref()?, slot: slot as u32, fields: u32::MAX, indexed: false })
+                    Some(Candidate { template: t.as_deref()?, slot: slot as u32, fields: u32::MAX, indexed: false })
                 })
                 .collect();
         };
         slots
             .into_iter()
             .filter_map(|(slot, fields)| {
-                let template = self.docs[slot as usize].as_ref()?;
+                let template = self.docs[slot as usize].as_deref()?;
                 Some(Candidate { template, slot, fields: fields | unknown, indexed: true })
             })
             .collect()
@@ -240,30 +285,50 @@ impl Corpus for TenantIndex {
 impl TenantIndex {
     /// The (slot, fields) holding every trigram of `word`, or `None` when it has none.
     fn word_candidates(&self, word: &str) -> Option<Vec<(u32, Fields)>> {
-        let mut lists: Vec<&[(u32, Fields)]> = Vec::new();
+        let mut lists: Vec<&[Posting]> = Vec::new();
         let postings = |key: [u8; 3]| self.grams.get(&key).map_or(&[][..], Vec::as_slice);
         match word.as_bytes() {
-            [a, b] => lists.push(postings(bigram(*a, *b))),
+            [a, b] => return Some(self.pair_candidates(*a, *b)),
             bytes => lists.extend(bytes.windows(3).map(|g| postings([g[0], g[1], g[2]]))),
         }
         lists.sort_by_key(|l| l.len());
         let (first, rest) = lists.split_first()?;
-        let mut out: Vec<(u32, Fields)> = first.to_vec();
+        let mut out: Vec<(u32, Fields)> = first.iter().map(|p| (p.slot(), p.fields())).collect();
         for list in rest {
             let mut at = 0;
             // A merge of two slot-sorted lists, linear in both.
             out.retain_mut(|(slot, fields)| {
-                while at < list.len() && list[at].0 < *slot {
+                while at < list.len() && list[at].slot() < *slot {
                     at += 1;
                 }
-                let found = at < list.len() && list[at].0 == *slot;
+                let found = at < list.len() && list[at].slot() == *slot;
                 if found {
-                    *fields &= list[at].1;
+                    *fields &= list[at].fields();
                 }
                 found && *fields != 0
             });
         }
         Some(out)
+    }
+
+    /// The (slot, fields) holding the two bytes `a b`: the union of the trigrams that start or
+    /// end with them and of the bigram of two-byte fields (see [`Indexed::trigrams`]).
+    fn pair_candidates(&self, a: u8, b: u8) -> Vec<(u32, Fields)> {
+        let mut fields = vec![0 as Fields; self.docs.len()];
+        let mut add = |key: [u8; 3]| {
+            for posting in self.grams.get(&key).map_or(&[][..], Vec::as_slice) {
+                if let Some(f) = fields.get_mut(posting.slot() as usize) {
+                    *f |= posting.fields();
+                }
+            }
+        };
+        add(bigram(a, b));
+        for x in 0..=u8::MAX {
+            add([a, b, x]);
+            add([x, a, b]);
+        }
+        let found = fields.into_iter().enumerate().filter(|(_, f)| *f != 0);
+        found.map(|(slot, f)| (slot as u32, f)).collect()
     }
 }
 
@@ -294,6 +359,7 @@ impl SearchIndex {
                 index.put(meta, json);
             }
         }
+        index.shrink();
         let index = Arc::new(index);
         tenants.insert(tenant.to_string(), Arc::clone(&index));
         index
@@ -417,7 +483,9 @@ mod tests {
         let tenant = index.tenant(&state, "acme");
         let mut found = 0;
         for _ in 0..300 {
-            let text: Vec<&str> = (0..1 + next(3)).map(|_| words[next(10)]).collect();
+            // Two-byte words inside longer fields ("at" in "data") too.
+            let asked = [&words[..], &["at", "go"]].concat();
+            let text: Vec<&str> = (0..1 + next(3)).map(|_| asked[next(asked.len())]).collect();
             let mut query = Query { query: Some(text.join(" ").to_uppercase()), ..Query::default() };
             query.sort_by = [None, Some("name"), Some("usage_count"), Some("relevance")][next(4)].map(str::to_string);
             query.page_size = Some(1 + next(30) as u64);

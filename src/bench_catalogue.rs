@@ -20,6 +20,9 @@ pub struct CatalogueArgs {
     /// Tenants they are spread over.
     #[arg(long, default_value_t = 10)]
     pub tenants: u64,
+    /// Retrieves of random templates per tenant after the creates (0: searches only).
+    #[arg(long, default_value_t = 100)]
+    pub retrieves: u64,
     /// Run the engine under this command (for example a profiler), split on spaces.
     #[arg(long, hide = true)]
     pub wrap: Option<String>,
@@ -43,7 +46,7 @@ fn create(rng: &mut Rng, n: u64, tenants: u64) -> (String, Vec<(String, String)>
 
 /// After the creates, what a serving engine then does: in each tenant a few searches (which
 /// build the tenant's search index) and retrieves of random templates.
-fn reads(rng: &mut Rng, templates: u64, tenants: u64) -> Vec<(String, Vec<(String, String)>)> {
+fn reads(rng: &mut Rng, templates: u64, tenants: u64, retrieves: u64) -> Vec<(String, Vec<(String, String)>)> {
     let stream = StreamSet::default().templates_requests;
     let mut out = Vec::new();
     for t in 0..tenants.min(templates) {
@@ -53,7 +56,7 @@ fn reads(rng: &mut Rng, templates: u64, tenants: u64) -> Vec<(String, Vec<(Strin
                               "user_id": "owner", "parameters": {"query": query, "sort_by": "usage_count"}});
             out.push((stream.clone(), vec![("data".into(), data.to_string())]));
         }
-        for k in 0..100 {
+        for k in 0..retrieves {
             // Template n belongs to tenant n % tenants.
             let n = rng.below(templates.div_ceil(tenants)) * tenants + t;
             let n = if n < templates { n } else { t };
@@ -141,7 +144,7 @@ pub fn catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let after_creates = proc_status(pid, "VmHWM:");
-    let reads = reads(&mut rng, args.templates, args.tenants);
+    let reads = reads(&mut rng, args.templates, args.tenants, args.retrieves);
     publish(&mut conn, &reads)?;
     let answers = args.templates + reads.len() as u64;
     while results_len(&mut conn) < answers {

@@ -365,8 +365,15 @@ impl Templates {
         let changes = self.index.change(state, r.tenant(), id, Some(&meta));
         let current =
             |wanted: &str| serde_json::from_slice::<TemplateBody>(&body).is_ok_and(|stored| stored.version == wanted);
+        // The metadata as the change stores it, so it is serialised once.
+        let meta_key = key("m", r.tenant(), &[id]);
+        let stored_meta = changes.iter().find_map(|change| match change {
+            Change::Put { key, value } if *key == meta_key => Some(value.as_slice()),
+            _ => None,
+        });
         let result = match r.text("version").filter(|v| !current(v)) {
-            None => joined_objects(&json_bytes(&meta), &body)
+            None => stored_meta
+                .and_then(|meta| joined_objects(meta, &body))
                 .ok_or_else(|| format!("template {id:?} is stored in a form this engine cannot read"))?,
             Some(wanted) => {
                 let (entry, mut file) = versions::at(state, r.tenant(), id, &wanted)?;
@@ -377,7 +384,7 @@ impl Templates {
                 file.to_string()
             }
         };
-        Ok(Done { result, template_id: Some(id.to_string()), changes, intents: Vec::new() })
+        Ok(Done { result, template_id: Some(id.to_string()), changes, ..Done::default() })
     }
 
     fn create(&self, state: &dyn StateView, r: &Request<'_>) -> Outcome {

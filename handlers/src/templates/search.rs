@@ -149,7 +149,7 @@ pub struct Candidate<'a> {
     /// Where the corpus keeps it.
     pub slot: u32,
     pub fields: u32,
-    /// Whether `fields` comes from a trigram index (exact for three-byte words).
+    /// Whether `fields` comes from a trigram index (exact for two- and three-byte words).
     pub indexed: bool,
 }
 
@@ -341,7 +341,8 @@ fn relevance(c: &Candidate<'_>, words: &[String]) -> Option<Relevance> {
     words.iter().enumerate().try_fold(0 as Relevance, |total, (i, word)| {
         let word = word.as_str();
         let may = c.fields_of(i);
-        // A two- or three-byte word is its own gram: the index's field set is exact for it.
+        // For a two- or three-byte word the index's field set is exact: a three-byte word is
+        // its own trigram, a two-byte word the trigrams that start or end with it.
         let exact = (word.len() == 2 || word.len() == 3) && c.indexed;
         let has = |field: Fields, found: &dyn Fn() -> bool| may & field != 0 && (exact || found());
         let weight = Relevance::from(has(NAME_FIELD, &|| t.name.contains(word))) * NAME

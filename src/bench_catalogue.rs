@@ -145,11 +145,17 @@ pub fn catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let after_creates = proc_status(pid, "VmHWM:");
     let reads = reads(&mut rng, args.templates, args.tenants, args.retrieves);
-    publish(&mut conn, &reads)?;
-    let answers = args.templates + reads.len() as u64;
-    while results_len(&mut conn) < answers {
-        anyhow::ensure!(Instant::now() < deadline, "the engine did not answer the searches and retrieves in time");
-        std::thread::sleep(Duration::from_millis(50));
+    // The reads go in ten slices, so that the memory's course shows whether it levels off.
+    let mut answers = args.templates;
+    let mut course = Vec::new();
+    for slice in reads.chunks(reads.len().div_ceil(10).max(1)) {
+        publish(&mut conn, slice)?;
+        answers += slice.len() as u64;
+        while results_len(&mut conn) < answers {
+            anyhow::ensure!(Instant::now() < deadline, "the engine did not answer the searches and retrieves in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        course.push(format!("{}", proc_status(pid, "VmRSS:") / 1024));
     }
     let peak = proc_status(pid, "VmHWM:");
     stop(child)?;
@@ -182,6 +188,7 @@ pub fn catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
         peak / 1024,
         reads.len()
     );
+    println!("engine RSS after each tenth of the reads: {} MiB", course.join(", "));
     println!(
         "data dir {:.2} GB (log + projections {:.2} GB, history.git {:.2} GB); last 1000 answers (mostly the searches and retrieves): {ok} successes",
         dir_bytes(data.path()) as f64 / 1e9,

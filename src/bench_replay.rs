@@ -12,7 +12,6 @@ use anyhow::Context;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::dispatch::{Decoder, Dispatcher, OutputStamp};
 use maestro_engine::log::{Log, NewRecord};
-use maestro_engine::store::Store;
 use maestro_schemas::{Body, Entry, EntryId, Status, StreamSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -59,7 +58,7 @@ fn write_log(dir: &Path, records: u64) -> anyhow::Result<u64> {
 /// Opens the data dir as the engine does and brings every projection up to the log's head.
 fn open_and_catch_up(config: &EngineConfig) -> anyhow::Result<u64> {
     let mut log = Log::open(&config.data_dir, config.cache_bytes)?;
-    let store = Store::open(log.db())?;
+    let store = log.store()?;
     let stamp = OutputStamp { origin: "maestro-engine/bench".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let mut dispatcher =
@@ -71,7 +70,7 @@ fn open_and_catch_up(config: &EngineConfig) -> anyhow::Result<u64> {
 /// dir holds a few batches of outputs at most, not one per record of the log.
 fn forget_outbox(config: &EngineConfig) -> anyhow::Result<()> {
     let log = Log::open(&config.data_dir, config.cache_bytes)?;
-    let store = Store::open(log.db())?;
+    let store = log.store()?;
     loop {
         let keys: Vec<_> = store.outbox(10_000)?.into_iter().map(|(key, _)| key).collect();
         if keys.is_empty() {

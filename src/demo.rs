@@ -181,7 +181,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     print_template_answers(&mut conn, &streams.templates_results)?;
     {
         let (_dir, log) = maestro_replay::open_log(&data_dir)?;
-        let store = maestro_engine::store::Store::open(log.db())?;
+        let store = log.store()?;
         crate::report::print_catalogue(&store)?;
         crate::report::print_usage(&store)?;
         crate::report::print_healing(&store, &orchestrator)?;
@@ -205,7 +205,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 fn print_stream_table(data_dir: &Path) -> anyhow::Result<()> {
     let (_dir, log) = maestro_replay::open_log(data_dir)?;
-    let store = maestro_engine::store::Store::open(log.db())?;
+    let store = log.store()?;
     println!("\n{:<40} {:>8} {:>9} {:>9} {:>6}  last entry id", "stream", "records", "accepted", "rejected", "own");
     for (key, value) in store.entries(STATS)? {
         let counts = StreamStats::decode(&value)?;

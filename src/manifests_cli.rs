@@ -24,7 +24,7 @@ pub fn to_yaml(manifests: &[Manifest]) -> anyhow::Result<String> {
 /// request, same admission and expiry times.
 pub fn manifests_of(data_dir: &Path, execution_id: &str) -> anyhow::Result<Vec<Manifest>> {
     let (_dir, log) = maestro_replay::open_log(data_dir)?;
-    let store = maestro_engine::store::Store::open(log.db())?;
+    let store = log.store()?;
     let get = |key: Vec<u8>| store.value(NAME, &key);
     let env: Environment = match get(env_key(execution_id))? {
         Some(bytes) => serde_json::from_slice(&bytes)?,

@@ -150,7 +150,7 @@ fn side(config: &EngineConfig, text: &str, scratch: &Path) -> anyhow::Result<Vec
     let dir = PathBuf::from(text);
     if dir.join("db").is_dir() {
         let (_dir, log) = maestro_replay::open_log(&dir)?;
-        let store = maestro_engine::store::Store::open(log.db())?;
+        let store = log.store()?;
         let config = recorded(config.clone(), &log)?;
         return crate::handlers(&config)
             .iter()
@@ -232,10 +232,10 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
         maestro_replay::rebuild::rebuild_in_place(&log, &config, handlers, &|done, _| bar.set_position(done))?;
     bar.finish();
     for projection in rebuilt {
-        let verdict = if projection.after == projection.before {
-            "unchanged"
-        } else {
-            "CHANGED: the live state differed from the log's"
+        let verdict = match projection.before {
+            Some(before) if before == projection.after => "unchanged",
+            Some(_) => "CHANGED: the live state differed from the log's",
+            None => "REPAIRED: the live state could not be read",
         };
         println!("{:<16} rebuilt; state hash {} ({verdict})", projection.projection, &hex(&projection.after)[..16]);
     }
@@ -251,8 +251,8 @@ pub fn sandbox(config: ConfigArgs, tenant: String, into: PathBuf) -> anyhow::Res
         into.display(),
         sandbox.records
     );
-    let live = maestro_engine::store::Store::open(log.db())?;
-    let alone = maestro_engine::store::Store::open(sandbox.log.db())?;
+    let live = log.store()?;
+    let alone = sandbox.log.store()?;
     let mut differing = 0;
     for handler in crate::handlers(&config) {
         let name = handler.name();

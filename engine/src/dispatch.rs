@@ -370,7 +370,7 @@ mod tests {
             .collect();
         let records = log.append(records).unwrap();
         let run = |tree: &str, batch: usize| {
-            let store = Store::open_tree(log.db(), tree).unwrap();
+            let store = Store::open_tree(log.db(), tree, log.value_files()).unwrap();
             let stamp = OutputStamp { origin: "maestro-engine/t".into(), dead_letter_maxlen: 10 };
             let decoder = Decoder { streams: StreamSet::default(), limits: Limits::default() };
             let mut dispatcher = Dispatcher::new(vec![Arc::new(StreamStats)], store, &log, stamp, decoder, 10).unwrap();

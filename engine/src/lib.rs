@@ -10,3 +10,4 @@ pub mod runtime;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod value_files;

@@ -15,6 +15,8 @@
 //! whose range can hold the id.
 
 use crate::error::{EngineError, Result};
+use crate::store::Store;
+use crate::value_files::ValueFiles;
 use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT, hash_stored, hex};
 use maestro_schemas::{Body, EntryId, Record, codec};
 use std::collections::HashMap;
@@ -44,6 +46,9 @@ pub type RecordedConfig = (Vec<(String, String)>, maestro_schemas::StreamSet);
 /// log; the anchor is what tells a truncated log from a short one. It is written after the log
 /// is durable, so it never runs ahead of it.
 pub const ANCHOR_FILE: &str = "HEAD";
+
+/// The projection store's value files, beside `db/` in the data dir.
+pub const VALUE_FILES_DIR: &str = "values";
 
 /// How many records at the tail are chain-checked when the log opens. The full check is
 /// `maestro verify`; every record handed to a handler is checksum-checked as it is read.
@@ -116,6 +121,7 @@ fn open_sled(db_path: &Path, cache_bytes: u64) -> Result<sled::Db> {
 /// The log. One writer: the engine that holds the data dir lock.
 pub struct Log {
     db: sled::Db,
+    value_files: ValueFiles,
     anchor: PathBuf,
     sync_file: File,
     head_seq: u64,
@@ -155,7 +161,8 @@ impl Log {
             cursors.insert(stream, id);
         }
         let anchor = dir.join(ANCHOR_FILE);
-        let mut log = Log { db, anchor, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors };
+        let value_files = ValueFiles::new(dir.join(VALUE_FILES_DIR));
+        let mut log = Log { db, value_files, anchor, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors };
         if let Some((key, stored)) = log.db.scan_prefix([LOG]).next_back().transpose()? {
             let seq = seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("log key {key:?}")))?;
             log.head_seq = seq;
@@ -171,6 +178,16 @@ impl Log {
     /// The sled database, shared with the projection store.
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The directory of the projection store's large values (see [`crate::value_files`]).
+    pub fn value_files(&self) -> ValueFiles {
+        self.value_files.clone()
+    }
+
+    /// The live projection store of this data dir.
+    pub fn store(&self) -> Result<Store> {
+        Store::open(&self.db, self.value_files())
     }
 
     /// Seq of the last record (0 when empty).

@@ -17,7 +17,6 @@ use crate::ingest::Ingest;
 use crate::log::Log;
 use crate::source::{RawEntry, Source, SourceConfig};
 use crate::status::Status;
-use crate::store::Store;
 use maestro_handlers::Handler;
 use maestro_schemas::EntryId;
 use maestro_schemas::envelope::ORIGIN_PREFIX;
@@ -127,7 +126,7 @@ async fn session(
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     let mut log = Log::open(data_dir.path(), config.cache_bytes)?;
-    let store = Store::open(log.db())?;
+    let store = log.store()?;
     let stamp =
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };

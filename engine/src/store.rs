@@ -6,10 +6,12 @@
 //! current by every commit), `h` + name + 0 + seq (checkpoint hash), `o` + seq + index
 //! (outbox), `e` + seq + index (effect intents waiting to run), `g` (dispatch guard). A commit
 //! writes state, positions, outbox entries and intents in one batch, so a projection never runs
-//! ahead of its outputs or its effects. The store is derived: it can be deleted and rebuilt
-//! from the log.
+//! ahead of its outputs or its effects. State values of 4 KiB and more are files beside sled
+//! (see [`crate::value_files`]); every read here resolves them, so callers see values only. The store
+//! is derived: it can be deleted and rebuilt from the log.
 
 use crate::error::{EngineError, Result};
+use crate::value_files::ValueFiles;
 use maestro_handlers::{Intent, StateView};
 use maestro_schemas::codec;
 use maestro_schemas::digest::StateDigest;
@@ -249,7 +251,7 @@ impl StateView for View<'_> {
             Some(value) => value.clone(),
             // A read error here is a storage failure, not a missing key; the commit of the same
             // batch will hit it too and stop the batch before anything is acknowledged.
-            None => self.store.tree.get(&full).ok().flatten().map(|v| v.to_vec()),
+            None => self.store.tree.get(&full).ok().flatten().and_then(|stored| self.store.resolve(&stored)),
         }
     }
 
@@ -265,7 +267,7 @@ impl StateView for View<'_> {
             .scan_prefix(&full)
             .flatten()
             .take(limit.saturating_add(deletes))
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .filter_map(|(k, v)| Some((k.to_vec(), self.store.resolve(&v)?)))
             .collect();
         maestro_handlers::contract::merge_scan(stored, under(), limit)
             .into_iter()
@@ -278,11 +280,12 @@ impl StateView for View<'_> {
 #[derive(Clone, Debug)]
 pub struct Store {
     tree: sled::Tree,
+    files: ValueFiles,
 }
 
 impl Store {
     /// The live store, after dropping any other generation a rebuild left behind.
-    pub fn open(db: &sled::Db) -> Result<Store> {
+    pub fn open(db: &sled::Db, files: ValueFiles) -> Result<Store> {
         let live = live_tree_name(db)?;
         for name in db.tree_names() {
             if name.starts_with(GENERATION_PREFIX.as_bytes()) && name != live.as_bytes() {
@@ -290,13 +293,29 @@ impl Store {
                 db.drop_tree(name)?;
             }
         }
-        Store::open_tree(db, &live)
+        Store::open_tree(db, &live, files)
     }
 
     /// A store in sled tree `name`: a second, independent set of projections over the same log
     /// (a rebuild's scratch, or a comparison in tests).
-    pub fn open_tree(db: &sled::Db, name: &str) -> Result<Store> {
-        Ok(Store { tree: db.open_tree(name)? })
+    pub fn open_tree(db: &sled::Db, name: &str, files: ValueFiles) -> Result<Store> {
+        Ok(Store { tree: db.open_tree(name)?, files })
+    }
+
+    /// A stored value as the handlers wrote it. A value file that is missing or damaged reads
+    /// as no value, with an error in the log that names the file and the repair: a handler's
+    /// state view has no way to fail, and `maestro verify` finds the same damage.
+    fn resolve(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        self.files.load(stored).map_err(|error| tracing::error!(%error, "state value unreadable")).ok()
+    }
+
+    /// Like [`ValueFiles::load`], without copying a value that is not a reference: this runs
+    /// for every change a handler stages.
+    fn resolved(&self, stored: sled::IVec) -> Result<sled::IVec> {
+        match ValueFiles::reference(&stored) {
+            Some(_) => Ok(self.files.load(&stored)?.into()),
+            None => Ok(stored),
+        }
     }
 
     /// The last log seq applied to projection `name` (0 when none).
@@ -323,7 +342,7 @@ impl Store {
                 shift_digest(&mut pending.deltas, name, key, old.as_deref(), staged.get().as_deref());
             }
             btree_map::Entry::Vacant(slot) => {
-                let old = self.tree.get(slot.key())?;
+                let old = self.tree.get(slot.key())?.map(|stored| self.resolved(stored)).transpose()?;
                 if old.as_deref() == value.as_deref() {
                     return Ok(());
                 }
@@ -375,7 +394,7 @@ impl Store {
         let digests = self.digests_after(&pending)?;
         let mut writer = Chunked::new(&self.tree, chunk);
         for (key, value) in std::mem::take(&mut pending.overlay) {
-            writer.write(key, value)?;
+            writer.write(key, value.map(|v| self.files.stored_form(v)).transpose()?)?;
         }
         self.apply_rest(writer.rest(), digests, &pending)
     }
@@ -443,14 +462,14 @@ impl Store {
         let mut digest = StateDigest::default();
         for item in self.tree.scan_prefix(&prefix) {
             let (key, value) = item?;
-            digest.add(&key[prefix.len()..], &value);
+            digest.add(&key[prefix.len()..], &self.files.load(&value)?);
         }
         Ok(digest)
     }
 
     /// One key of projection `name`.
     pub fn value(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(state_key(name, key))?.map(|v| v.to_vec()))
+        self.tree.get(state_key(name, key))?.map(|stored| self.files.load(&stored)).transpose()
     }
 
     /// Every (key, value) of projection `name`, in key order.
@@ -460,7 +479,7 @@ impl Store {
             .scan_prefix(&prefix)
             .map(|item| {
                 let (key, value) = item?;
-                Ok((key[prefix.len()..].to_vec(), value.to_vec()))
+                Ok((key[prefix.len()..].to_vec(), self.files.load(&value)?))
             })
             .collect()
     }
@@ -477,12 +496,12 @@ impl Store {
 
     /// A fresh, empty store in the next generation's tree, to be filled (by a rebuild) and
     /// then made live with [`Store::replace_live`]; until then the live store is untouched.
-    pub fn next_generation(db: &sled::Db) -> Result<Store> {
+    pub fn next_generation(db: &sled::Db, files: ValueFiles) -> Result<Store> {
         let live = live_tree_name(db)?;
         let generation = live.strip_prefix(GENERATION_PREFIX).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
         let name = format!("{GENERATION_PREFIX}{}", generation + 1);
         db.drop_tree(name.as_bytes())?;
-        Store::open_tree(db, &name)
+        Store::open_tree(db, &name, files)
     }
 
     /// Makes this store, made by [`Store::next_generation`] and filled with `rebuilt`'s
@@ -602,7 +621,8 @@ mod tests {
     fn the_kept_digest_stays_exact() {
         let tmp = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(tmp.path()).open().unwrap();
-        let live = Store::open(&db).unwrap();
+        let files = ValueFiles::new(tmp.path().join("files"));
+        let live = Store::open(&db, files.clone()).unwrap();
         fill(&live, "p", 25_000, 7);
         let mut pending = Pending::default();
         live.stage(&mut pending, "p", b"k000003", None).unwrap();
@@ -610,8 +630,26 @@ mod tests {
         live.stage(&mut pending, "p", b"k000005", Some(b"v5-7".to_vec())).unwrap(); // unchanged: nothing staged
         live.stage(&mut pending, "p", b"k000006", Some(b"twice".to_vec())).unwrap();
         live.stage(&mut pending, "p", b"k000006", Some(b"v6-7".to_vec())).unwrap(); // back to the stored value
+        // Values kept as files count by their bytes, not by their references.
+        for (key, byte) in [(&b"big1"[..], b'a'), (b"big2", b'b'), (b"big3", b'c')] {
+            live.stage(&mut pending, "p", key, Some(vec![byte; 10_000])).unwrap();
+        }
         live.commit(pending).unwrap();
         assert_eq!(live.digest("p").unwrap(), live.scan_digest("p").unwrap());
+        let mut pending = Pending::default();
+        live.stage(&mut pending, "p", b"big1", None).unwrap();
+        live.stage(&mut pending, "p", b"big2", Some(vec![b'z'; 5_000])).unwrap();
+        live.stage(&mut pending, "p", b"big3", Some(vec![b'c'; 10_000])).unwrap(); // unchanged: nothing staged
+        assert_eq!(pending.bytes(), "pp\0big1".len() + "pp\0big2".len() + 5_000);
+        live.commit(pending).unwrap();
+        assert_eq!(live.digest("p").unwrap(), live.scan_digest("p").unwrap());
+        assert_eq!(live.value("p", b"big2").unwrap(), Some(vec![b'z'; 5_000]));
+        let view = View { store: &live, pending: &Pending::default(), name: "p" };
+        assert_eq!(view.get(b"big3"), Some(vec![b'c'; 10_000]));
+        assert_eq!(
+            view.scan(b"big"),
+            vec![(b"big2".to_vec(), vec![b'z'; 5_000]), (b"big3".to_vec(), vec![b'c'; 10_000])]
+        );
         // A load writes state before the digest: the digest must not count it twice.
         let mut pending = Pending::default();
         for i in 0..2_500u32 {
@@ -631,31 +669,36 @@ mod tests {
     fn a_new_generation_replaces_the_live_store() {
         let tmp = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(tmp.path()).open().unwrap();
-        let live = Store::open(&db).unwrap();
+        let files = ValueFiles::new(tmp.path().join("files"));
+        let live = Store::open(&db, files.clone()).unwrap();
         fill(&live, "p", 3_000, 7);
         fill(&live, "pq", 1_500, 7); // a name that starts like "p": must be copied, not skipped
+        let mut pending = Pending::default();
+        live.stage(&mut pending, "pq", b"large", Some(vec![7; 8_000])).unwrap();
+        live.commit(pending).unwrap();
         let mut pending = Pending::default();
         pending.advance("_dispatch", 7);
         pending.publish(OutboxItem { seq: 7, index: 0, stream: "s".into(), fields: vec![], maxlen: None });
         live.commit(pending).unwrap();
-        let next = Store::next_generation(&db).unwrap();
+        let next = Store::next_generation(&db, files.clone()).unwrap();
         fill(&next, "p", 1_200, 9);
         let rebuilt = next.entries("p").unwrap();
         let copied = next.replace_live(&db, &live, &["p"]).unwrap();
         assert!(copied >= 1_500 + 2, "copied {copied}");
-        let reopened = Store::open(&db).unwrap();
+        let reopened = Store::open(&db, files.clone()).unwrap();
         assert_eq!(reopened.entries("p").unwrap(), rebuilt);
         assert_eq!(reopened.position("p").unwrap(), 9);
         assert_eq!(reopened.digest("p").unwrap(), reopened.scan_digest("p").unwrap());
-        assert_eq!(reopened.entries("pq").unwrap().len(), 1_500);
+        assert_eq!(reopened.entries("pq").unwrap().len(), 1_501);
+        assert_eq!(reopened.value("pq", b"large").unwrap(), Some(vec![7; 8_000]), "a value file survives the swap");
         assert_eq!(reopened.position("_dispatch").unwrap(), 7);
         assert_eq!(reopened.outbox(10).unwrap().len(), 1);
         assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"state"), "the old generation is dropped");
         // An interrupted rebuild: a next generation that was never made live.
-        let stray = Store::next_generation(&db).unwrap();
+        let stray = Store::next_generation(&db, files.clone()).unwrap();
         fill(&stray, "p", 10, 11);
         drop(stray);
-        let reopened = Store::open(&db).unwrap();
+        let reopened = Store::open(&db, files.clone()).unwrap();
         assert_eq!(reopened.position("p").unwrap(), 9);
         assert_eq!(db.tree_names().iter().filter(|n| n.starts_with(b"state")).count(), 1);
     }

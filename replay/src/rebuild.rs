@@ -10,7 +10,9 @@ use maestro_engine::dispatch::{Decoder, Dispatcher, Keep, OutputStamp};
 use maestro_engine::effects::Effects;
 use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::Log;
+use maestro_engine::log::VALUE_FILES_DIR;
 use maestro_engine::store::{Pending, Store};
+use maestro_engine::value_files::ValueFiles;
 use maestro_handlers::Handler;
 use maestro_schemas::record::hex;
 use maestro_schemas::{Record, TypedEvent};
@@ -61,7 +63,9 @@ pub fn rebuild_from(
     seed: Option<Seed<'_>>,
 ) -> Result<Rebuilt> {
     let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
-    let store = Store::open(&db)?;
+    // The scratch store keeps its value files in the scratch dir too, so nothing is written
+    // into the data dir.
+    let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?;
     if let Some(seed) = seed {
         let mut pending = Pending::default();
         for (key, value) in seed.entries {
@@ -151,11 +155,12 @@ fn read_batches(
 }
 
 /// One projection rebuilt in place: its state hash before (from the old store's keys, not its
-/// kept digest, so a state changed behind the engine's back shows) and after.
+/// kept digest, so a state changed behind the engine's back shows; `None` when the old state
+/// could not be read, such as a damaged value file, which is what a rebuild repairs) and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuiltProjection {
     pub projection: String,
-    pub before: [u8; 32],
+    pub before: Option<[u8; 32]>,
     pub after: [u8; 32],
 }
 
@@ -169,12 +174,12 @@ pub fn rebuild_in_place(
     progress: &dyn Fn(u64, u64),
 ) -> Result<Vec<RebuiltProjection>> {
     let db = log.db();
-    let live = Store::open(db)?;
+    let live = log.store()?;
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
     // Hashed before the rebuild: after it, the pages of the old state come on top of the
     // rebuild's own (measured: 378-385 MiB peak against 352-360).
-    let before = names.iter().map(|name| Ok(live.scan_digest(name)?.to_bytes())).collect::<Result<Vec<_>>>()?;
-    let next = Store::next_generation(db)?;
+    let before: Vec<_> = names.iter().map(|name| live.scan_digest(name).ok().map(|d| d.to_bytes())).collect();
+    let next = Store::next_generation(db, log.value_files())?;
     dispatch_into(log, config, handlers, &next, log.head_seq(), Keep::STATE_ONLY, progress)?;
     let outcome = names
         .iter()
@@ -219,7 +224,7 @@ pub fn replay_equals_live(
     handlers: Vec<Arc<dyn Handler>>,
     scratch: &Path,
 ) -> Result<Vec<Comparison>> {
-    let live = Store::open(log.db())?;
+    let live = log.store()?;
     let mut position = u64::MAX;
     for handler in &handlers {
         position = position.min(live.position(handler.name())?);

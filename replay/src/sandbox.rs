@@ -10,7 +10,6 @@ use maestro_engine::effects::Effects;
 use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::{Log, NewRecord};
 use maestro_engine::runtime::HISTORY_DIR;
-use maestro_engine::store::Store;
 use maestro_handlers::Handler;
 use maestro_schemas::Body;
 use std::path::Path;
@@ -54,7 +53,7 @@ pub fn sandbox(
         }
     }
     records += log.append(batch)?.len() as u64;
-    let store = Store::open(log.db())?;
+    let store = log.store()?;
     dispatch_into(&log, config, handlers, &store, log.head_seq(), Keep::INTENTS, &|_, _| {})?;
     let git =
         GitHistory::open(&dir.path().join(HISTORY_DIR)).map_err(|e| crate::ReplayError::History(e.to_string()))?;

@@ -6,7 +6,6 @@ use crate::rebuild::{Seed, rebuild, rebuild_from};
 use maestro_engine::config::EngineConfig;
 use maestro_engine::dispatch::Keep;
 use maestro_engine::log::Log;
-use maestro_engine::store::Store;
 use maestro_handlers::{Change, Decision, Event, Handler, HandlerError, StateView};
 use maestro_schemas::Body;
 use maestro_schemas::record::hex;
@@ -142,7 +141,7 @@ pub fn state_at(
 ) -> Result<(Snapshot, Source)> {
     let name = handler.name();
     let seq = seq.min(log.head_seq());
-    let live = Store::open(log.db())?;
+    let live = log.store()?;
     let at = live.position(name)?;
     if !from_log
         && at > 0
@@ -295,7 +294,7 @@ mod tests {
         let handler: Arc<dyn Handler> = Arc::new(maestro_handlers::stream_stats::StreamStats);
         let stamp = OutputStamp { origin: "test".into(), dead_letter_maxlen: 100 };
         let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
-        let live = Store::open(log.db()).unwrap();
+        let live = log.store().unwrap();
         let mut dispatcher = Dispatcher::new(vec![handler.clone()], live, &log, stamp, decoder, 10).unwrap();
         assert_eq!(dispatcher.catch_up(&mut log, 16, 3).unwrap().records, 50);
         append(&mut log, &streams, 50, 30);

@@ -239,6 +239,10 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
         };
         println!("{:<16} rebuilt; state hash {} ({verdict})", projection.projection, &hex(&projection.after)[..16]);
     }
+    // The tool holds the data dir, so no commit can be writing a value file meanwhile.
+    let keep = log.store()?.referenced_files()?;
+    let (files, bytes) = log.value_files().sweep(&keep)?;
+    println!("value files: {} in use, {files} that nothing refers to removed ({bytes} bytes)", keep.len());
     Ok(())
 }
 

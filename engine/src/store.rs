@@ -467,6 +467,17 @@ impl Store {
         Ok(digest)
     }
 
+    /// The value files the state of every projection refers to.
+    pub fn referenced_files(&self) -> Result<std::collections::HashSet<[u8; 32]>> {
+        let mut out = std::collections::HashSet::new();
+        for item in self.tree.scan_prefix(b"p") {
+            if let Some(hash) = ValueFiles::reference(&item?.1) {
+                out.insert(hash);
+            }
+        }
+        Ok(out)
+    }
+
     /// One key of projection `name`.
     pub fn value(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.tree.get(state_key(name, key))?.map(|stored| self.files.load(&stored)).transpose()

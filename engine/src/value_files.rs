@@ -17,6 +17,7 @@
 
 use crate::error::{EngineError, Result};
 use maestro_schemas::record::hex;
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,43 @@ impl ValueFiles {
         }
         Ok(bytes)
     }
+
+    /// Removes every file here whose hash is not in `keep`, and files a write left half done:
+    /// only for a caller that holds the data dir, so no commit can be writing one meanwhile.
+    /// Returns how many files and bytes went.
+    pub fn sweep(&self, keep: &HashSet<[u8; 32]>) -> Result<(u64, u64)> {
+        let (mut files, mut bytes) = (0, 0);
+        let folders = match std::fs::read_dir(&self.dir) {
+            Ok(folders) => folders,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(source) => return Err(EngineError::DataDir { path: self.dir.clone(), source }),
+        };
+        for folder in folders.flatten().filter(|f| f.path().is_dir()) {
+            let io = |source| EngineError::DataDir { path: folder.path(), source };
+            for file in std::fs::read_dir(folder.path()).map_err(io)?.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if parse_hash(&name).is_some_and(|hash| keep.contains(&hash)) {
+                    continue;
+                }
+                bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(file.path()).map_err(io)?;
+                files += 1;
+            }
+        }
+        Ok((files, bytes))
+    }
+}
+
+/// The hash a file name spells, in lowercase hex.
+fn parse_hash(name: &str) -> Option<[u8; 32]> {
+    if name.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    (hex(&hash) == name).then_some(hash)
 }
 
 #[cfg(test)]
@@ -118,6 +156,12 @@ mod tests {
         // Storing the same bytes again repairs the file.
         assert_eq!(files.stored_form(large.clone()).unwrap(), stored);
         assert_eq!(files.load(&stored).unwrap(), large);
+        // A sweep keeps what is named and removes the rest, and files a write left half done.
+        std::fs::write(on_disk[0].with_file_name(".tmpX1234"), b"half").unwrap();
+        let keep = HashSet::from([ValueFiles::reference(&stored).unwrap()]);
+        assert_eq!(files.sweep(&keep).unwrap(), (2, b"half".len() as u64 + lookalike.len() as u64));
+        assert_eq!(files.load(&stored).unwrap(), large);
+        assert!(files.load(&stored_lookalike).is_err());
         std::fs::remove_file(&on_disk[0]).unwrap();
         assert!(files.load(&stored).unwrap_err().to_string().contains("cannot be read"));
     }

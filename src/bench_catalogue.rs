@@ -2,7 +2,8 @@
 //! redis-server gets N create requests with realistic bodies (2-60 KB, median about 12 KB) over
 //! several tenants; a `maestro run` child process builds the catalogue, its git history and the
 //! usage projection; then a few searches and retrieves per tenant make it build each tenant's
-//! search index. The child's peak RSS (VmHWM) is read after each phase.
+//! search index. The child's peak RSS (VmHWM) is read after each phase, and its RSS after each
+//! tenth of the reads.
 
 use crate::redis_server::{RedisOptions, RedisServer};
 use crate::traffic::{Rng, manifest, publish, template_body};
@@ -190,9 +191,10 @@ pub fn catalogue(args: CatalogueArgs) -> anyhow::Result<()> {
     );
     println!("engine RSS after each tenth of the reads: {} MiB", course.join(", "));
     println!(
-        "data dir {:.2} GB (log + projections {:.2} GB, history.git {:.2} GB); last 1000 answers (mostly the searches and retrieves): {ok} successes",
+        "data dir {:.2} GB (log + projections {:.2} GB, value files {:.2} GB, history.git {:.2} GB); last 1000 answers (mostly the searches and retrieves): {ok} successes",
         dir_bytes(data.path()) as f64 / 1e9,
         dir_bytes(&data.path().join("db")) as f64 / 1e9,
+        dir_bytes(&data.path().join(maestro_engine::log::VALUE_FILES_DIR)) as f64 / 1e9,
         dir_bytes(&data.path().join("history.git")) as f64 / 1e9,
     );
     Ok(())

@@ -7,8 +7,8 @@
 //! (outbox), `e` + seq + index (effect intents waiting to run), `g` (dispatch guard). A commit
 //! writes state, positions, outbox entries and intents in one batch, so a projection never runs
 //! ahead of its outputs or its effects. State values of 4 KiB and more are files beside sled
-//! (see [`crate::value_files`]); every read here resolves them, so callers see values only. The store
-//! is derived: it can be deleted and rebuilt from the log.
+//! (see [`crate::value_files`]); every read here resolves them, so callers see values only.
+//! The store is derived: it can be deleted and rebuilt from the log.
 
 use crate::error::{EngineError, Result};
 use crate::value_files::ValueFiles;

@@ -143,21 +143,36 @@ fn versions_are_git_commits_that_rebuild_identically_from_the_log() {
     assert_eq!(code, Some(0), "replay equals live: {out}{err}");
     assert_eq!(out.matches(" equal").count(), 5, "{out}");
 
-    // The bodies (8 and 30 KB) are files beside sled. One damaged in place, at the same length,
-    // is named by the check, and a rebuild writes it again.
-    let files = value_files(&dir.join(maestro_engine::log::VALUE_FILES_DIR));
+    // The bodies (8 and 30 KB) are files beside sled. Damaged in place, at the same length,
+    // they are named by the check.
+    let values = dir.join(maestro_engine::log::VALUE_FILES_DIR);
+    let files = value_files(&values);
     assert!(files.len() >= 4, "bodies and committed files as value files: {files:?}");
-    let victim = files.iter().max_by_key(|f| std::fs::metadata(f).unwrap().len()).unwrap();
-    let mut bytes = std::fs::read(victim).unwrap();
-    bytes[100] ^= 1;
-    std::fs::write(victim, &bytes).unwrap();
+    for file in &files {
+        let mut bytes = std::fs::read(file).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(file, &bytes).unwrap();
+    }
+    let named = |text: &str| files.iter().any(|f| text.contains(f.file_name().unwrap().to_str().unwrap()));
     let (code, out, err) = maestro(&["replay", "check", "--data-dir", data_dir]);
     assert_ne!(code, Some(0), "{out}{err}");
-    let name = victim.file_name().unwrap().to_str().unwrap();
-    assert!(err.contains(name) && err.contains("replay rebuild"), "{out}{err}");
+    assert!(named(&err) && err.contains("replay rebuild"), "{out}{err}");
+    // The engine on the damaged store answers nothing it cannot read (a template is not
+    // "missing" because its body is damaged): the batch stops, is retried, and the log names
+    // the file.
+    let admins = [("MAESTRO_ADMINS", "acme:alice,globex:gina")];
+    let mut engine = EngineProc::start(&server.url(), &dir, &admins);
+    send(&mut conn, req("d1", "retrieve", "acme", "alice", Some("tpl-api"), json!({})));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !named(&engine.stderr()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(named(&engine.stderr()), "{}", engine.stderr());
+    assert!(!self::results(&mut conn).contains_key("d1"));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
     let orphan_bytes = b"a value no state refers to any more".repeat(200);
     let orphan_name = blake3::hash(&orphan_bytes).to_hex().to_string();
-    let orphan = victim.parent().unwrap().parent().unwrap().join(&orphan_name[..2]).join(&orphan_name);
+    let orphan = values.join(&orphan_name[..2]).join(&orphan_name);
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, &orphan_bytes).unwrap();
     let (code, out, err) = maestro(&["replay", "rebuild", "--data-dir", data_dir]);
@@ -169,6 +184,14 @@ fn versions_are_git_commits_that_rebuild_identically_from_the_log() {
     assert!(!orphan.exists());
     let (code, out, err) = maestro(&["replay", "check", "--data-dir", data_dir]);
     assert_eq!(code, Some(0), "repaired: {out}{err}");
+    // The rebuild stopped where the engine had: the engine now answers the retrieve it could
+    // not, with the body as it was stored.
+    let mut engine = EngineProc::start(&server.url(), &dir, &admins);
+    wait_drained(&mut conn, Duration::from_secs(30));
+    let answer = &self::results(&mut conn)["d1"];
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(answer["result"]["content"], v2.as_str());
+    assert!(engine.terminate().success(), "{}", engine.stderr());
 }
 
 /// Every file under `dir`.

@@ -6,7 +6,7 @@
 //! whole process is caught by the catch-up guard: after `max_deliveries` crashes it is
 //! quarantined by a record in the log, so live runs and replays skip it alike.
 
-use crate::error::{Result, panic_text};
+use crate::error::{EngineError, Result, panic_text};
 use crate::log::{Log, NewRecord};
 use crate::store::{Guard, OutboxItem, Pending, Store, View};
 use maestro_handlers::{Change, Event, Handler};
@@ -17,8 +17,9 @@ use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-/// The position key of the dispatcher itself (dead letters are emitted once, against it).
-const DISPATCH: &str = "_dispatch";
+/// The position key of the dispatcher itself (dead letters are emitted once, against it): how
+/// far an engine that publishes outputs has dispatched.
+pub const DISPATCHER: &str = "_dispatch";
 
 /// Decodes accepted records for handlers when ingest did not hand the typed events over
 /// (catch-up after a restart, replays).
@@ -151,7 +152,8 @@ impl Dispatcher {
     /// The lowest position over every handler and the dispatcher's own (which only dead
     /// letters need, so not when outputs are not kept): where dispatch resumes.
     pub fn position(&self) -> Result<u64> {
-        let mut lowest = if self.keep.outputs { self.store.position_with(&self.pending, DISPATCH)? } else { u64::MAX };
+        let mut lowest =
+            if self.keep.outputs { self.store.position_with(&self.pending, DISPATCHER)? } else { u64::MAX };
         for handler in &self.handlers {
             lowest = lowest.min(self.store.position_with(&self.pending, handler.name())?);
         }
@@ -189,7 +191,7 @@ impl Dispatcher {
         for handler in &self.handlers {
             positions.push(self.store.position_with(pending, handler.name())?);
         }
-        let own_position = self.store.position_with(pending, DISPATCH)?;
+        let own_position = self.store.position_with(pending, DISPATCHER)?;
         for (record, typed) in records.iter().zip(decoded) {
             self.dispatch_one(record, typed.as_ref(), &positions, own_position, pending, &mut report)?;
             if record.seq % self.checkpoint_every == 0 {
@@ -221,8 +223,14 @@ impl Dispatcher {
             }
             let name = handler.name();
             if !quarantined && (!own || handler.sees_own_outputs()) {
-                let view = View { store: &self.store, pending, name };
-                match catch_unwind(AssertUnwindSafe(|| handler.handle(&view, Event { record, typed }))) {
+                let view = View::new(&self.store, pending, name);
+                let handled = catch_unwind(AssertUnwindSafe(|| handler.handle(&view, Event { record, typed })));
+                if let Some(why) = view.unreadable() {
+                    // The store is damaged, not the record: nothing of this batch is committed
+                    // or acknowledged, and the engine retries until the store is repaired.
+                    return Err(EngineError::State(format!("seq {} for {name}: {why}", record.seq)));
+                }
+                match handled {
                     Ok(Ok(decision)) => {
                         for change in decision.changes {
                             let (key, value) = match change {
@@ -253,7 +261,7 @@ impl Dispatcher {
                 pending.publish(item);
                 report.dead_lettered += 1;
             }
-            pending.advance(DISPATCH, record.seq);
+            pending.advance(DISPATCHER, record.seq);
         }
         report.records += 1;
         Ok(())

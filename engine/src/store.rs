@@ -242,6 +242,32 @@ pub struct View<'a> {
     pub store: &'a Store,
     pub pending: &'a Pending,
     pub name: &'a str,
+    /// A value file that could not be read (see [`View::unreadable`]).
+    unreadable: std::cell::RefCell<Option<String>>,
+}
+
+impl<'a> View<'a> {
+    pub fn new(store: &'a Store, pending: &'a Pending, name: &'a str) -> View<'a> {
+        View { store, pending, name, unreadable: std::cell::RefCell::new(None) }
+    }
+
+    /// Why a value the handler read could not be read, if one could not. A handler's state
+    /// view has no way to fail, so the value read as absent: the caller must throw away what
+    /// the handler decided, which may be wrong (a create over a template whose body is
+    /// unreadable), and stop the batch.
+    pub fn unreadable(&self) -> Option<String> {
+        self.unreadable.borrow_mut().take()
+    }
+
+    fn resolve(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        match self.store.files.load(stored) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                *self.unreadable.borrow_mut() = Some(error.to_string());
+                None
+            }
+        }
+    }
 }
 
 impl StateView for View<'_> {
@@ -251,7 +277,7 @@ impl StateView for View<'_> {
             Some(value) => value.clone(),
             // A read error here is a storage failure, not a missing key; the commit of the same
             // batch will hit it too and stop the batch before anything is acknowledged.
-            None => self.store.tree.get(&full).ok().flatten().and_then(|stored| self.store.resolve(&stored)),
+            None => self.store.tree.get(&full).ok().flatten().and_then(|stored| self.resolve(&stored)),
         }
     }
 
@@ -267,7 +293,7 @@ impl StateView for View<'_> {
             .scan_prefix(&full)
             .flatten()
             .take(limit.saturating_add(deletes))
-            .filter_map(|(k, v)| Some((k.to_vec(), self.store.resolve(&v)?)))
+            .filter_map(|(k, v)| Some((k.to_vec(), self.resolve(&v)?)))
             .collect();
         maestro_handlers::contract::merge_scan(stored, under(), limit)
             .into_iter()
@@ -300,13 +326,6 @@ impl Store {
     /// (a rebuild's scratch, or a comparison in tests).
     pub fn open_tree(db: &sled::Db, name: &str, files: ValueFiles) -> Result<Store> {
         Ok(Store { tree: db.open_tree(name)?, files })
-    }
-
-    /// A stored value as the handlers wrote it. A value file that is missing or damaged reads
-    /// as no value, with an error in the log that names the file and the repair: a handler's
-    /// state view has no way to fail, and `maestro verify` finds the same damage.
-    fn resolve(&self, stored: &[u8]) -> Option<Vec<u8>> {
-        self.files.load(stored).map_err(|error| tracing::error!(%error, "state value unreadable")).ok()
     }
 
     /// Like [`ValueFiles::load`], without copying a value that is not a reference: this runs
@@ -655,12 +674,25 @@ mod tests {
         live.commit(pending).unwrap();
         assert_eq!(live.digest("p").unwrap(), live.scan_digest("p").unwrap());
         assert_eq!(live.value("p", b"big2").unwrap(), Some(vec![b'z'; 5_000]));
-        let view = View { store: &live, pending: &Pending::default(), name: "p" };
+        let pending = Pending::default();
+        let view = View::new(&live, &pending, "p");
         assert_eq!(view.get(b"big3"), Some(vec![b'c'; 10_000]));
         assert_eq!(
             view.scan(b"big"),
             vec![(b"big2".to_vec(), vec![b'z'; 5_000]), (b"big3".to_vec(), vec![b'c'; 10_000])]
         );
+        assert_eq!(view.unreadable(), None);
+        // A value file gone: the view says so, instead of only answering that there is no value.
+        let reference = |key: &[u8]| ValueFiles::reference(&live.tree.get(state_key("p", key)).unwrap().unwrap());
+        let (big2, big3) = (reference(b"big2").unwrap(), reference(b"big3").unwrap());
+        // Gone: big3's file, and those of big1 and of big2's first value, which nothing refers to.
+        assert_eq!(files.sweep(&std::collections::HashSet::from([big2])).unwrap().0, 3);
+        assert_eq!(view.get(b"big3"), None);
+        let why = view.unreadable().unwrap();
+        assert!(why.contains(&maestro_schemas::record::hex(&big3)) && why.contains("replay rebuild"), "{why}");
+        // Storing the same bytes again (as a rebuild does) brings it back.
+        files.stored_form(vec![b'c'; 10_000]).unwrap();
+        assert_eq!(view.get(b"big3"), Some(vec![b'c'; 10_000]));
         // A load writes state before the digest: the digest must not count it twice.
         let mut pending = Pending::default();
         for i in 0..2_500u32 {

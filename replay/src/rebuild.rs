@@ -6,7 +6,7 @@
 
 use crate::Result;
 use maestro_engine::config::EngineConfig;
-use maestro_engine::dispatch::{Decoder, Dispatcher, Keep, OutputStamp};
+use maestro_engine::dispatch::{DISPATCHER, Decoder, Dispatcher, Keep, OutputStamp};
 use maestro_engine::effects::Effects;
 use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::Log;
@@ -164,13 +164,28 @@ pub struct RebuiltProjection {
     pub after: [u8; 32],
 }
 
-/// Rebuilds `handlers`' projections from the whole log into the next generation of the data
-/// dir's store, then makes it the live one in one flushed write (see
-/// [`Store::replace_live`]); until then the live store is untouched.
+/// Rebuilds `handlers`' projections from the log into the next generation of the data dir's
+/// store, then makes it the live one in one flushed write (see [`Store::replace_live`]); until
+/// then the live store is untouched. The rebuild goes as far as the live engine dispatched:
+/// records it logged but never dispatched (it stopped, or a damaged store stopped its batch)
+/// are left to the engine, which publishes their answers when it dispatches them. A store that
+/// never dispatched anything is rebuilt to the log's head, without answers, as before.
 pub fn rebuild_in_place(
     log: &Log,
     config: &EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Vec<RebuiltProjection>> {
+    let dispatched = log.store()?.position(DISPATCHER)?;
+    let until = if dispatched == 0 { log.head_seq() } else { dispatched.min(log.head_seq()) };
+    rebuild_in_place_until(log, config, handlers, until, progress)
+}
+
+fn rebuild_in_place_until(
+    log: &Log,
+    config: &EngineConfig,
+    handlers: Vec<Arc<dyn Handler>>,
+    until: u64,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Vec<RebuiltProjection>> {
     let db = log.db();
@@ -180,7 +195,7 @@ pub fn rebuild_in_place(
     // rebuild's own (measured: 378-385 MiB peak against 352-360).
     let before: Vec<_> = names.iter().map(|name| live.scan_digest(name).ok().map(|d| d.to_bytes())).collect();
     let next = Store::next_generation(db, log.value_files())?;
-    dispatch_into(log, config, handlers, &next, log.head_seq(), Keep::STATE_ONLY, progress)?;
+    dispatch_into(log, config, handlers, &next, until, Keep::STATE_ONLY, progress)?;
     let outcome = names
         .iter()
         .zip(before)

@@ -309,7 +309,7 @@ impl Dispatcher {
     /// Brings every projection up to the log's head before the engine reads new entries.
     ///
     /// A guard stored (and flushed) before each step counts how often dispatch started at the
-    /// same seq without finishing. After one crash the range is re-run one record at a time,
+    /// same seq without finishing (a crash; a returned error is not counted). After one crash the range is re-run one record at a time,
     /// so the next crash names its record; a record that crashed more than `max_deliveries`
     /// times is quarantined by appending a quarantine record to the log.
     pub fn catch_up(&mut self, log: &mut Log, batch: usize, max_deliveries: u32) -> Result<Report> {
@@ -343,7 +343,17 @@ impl Dispatcher {
             self.store.set_guard(Guard { from_seq: next, attempts, slow_until })?;
             let step = if next <= slow_until { 1 } else { batch.max(1) as u64 };
             let records = log.range(next, head.min(position + step)).collect::<Result<Vec<_>>>()?;
-            let report = self.dispatch(&records, None)?;
+            let report = match self.dispatch(&records, None) {
+                Ok(report) => report,
+                Err(error) => {
+                    // An error is not a crash: the store or the disk failed, not the record, so
+                    // this attempt is not counted and no record is ever quarantined for it.
+                    if let Err(also) = self.store.set_guard(guard) {
+                        tracing::warn!(%also, "could not restore the catch-up guard");
+                    }
+                    return Err(error);
+                }
+            };
             total.records += report.records;
             total.dead_lettered += report.dead_lettered;
             total.intents += report.intents;

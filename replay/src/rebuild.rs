@@ -176,20 +176,10 @@ pub fn rebuild_in_place(
     handlers: Vec<Arc<dyn Handler>>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Vec<RebuiltProjection>> {
-    let dispatched = log.store()?.position(DISPATCHER)?;
-    let until = if dispatched == 0 { log.head_seq() } else { dispatched.min(log.head_seq()) };
-    rebuild_in_place_until(log, config, handlers, until, progress)
-}
-
-fn rebuild_in_place_until(
-    log: &Log,
-    config: &EngineConfig,
-    handlers: Vec<Arc<dyn Handler>>,
-    until: u64,
-    progress: &dyn Fn(u64, u64),
-) -> Result<Vec<RebuiltProjection>> {
     let db = log.db();
     let live = log.store()?;
+    let dispatched = live.position(DISPATCHER)?;
+    let until = if dispatched == 0 { log.head_seq() } else { dispatched.min(log.head_seq()) };
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
     // Hashed before the rebuild: after it, the pages of the old state come on top of the
     // rebuild's own (measured: 378-385 MiB peak against 352-360).

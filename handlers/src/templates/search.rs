@@ -292,10 +292,8 @@ fn language_sets(language: &str) -> u8 {
     LANGUAGE_SETS.iter().enumerate().filter(|(_, set)| set.contains(&language)).fold(0, |bits, (i, _)| bits | 1 << i)
 }
 
-const SORT_KEYS: [&str; 5] = ["created_at", "quality_score", "usage_count", "name", "relevance"];
-
-/// What a search sorts by, one of [`SORT_KEYS`], decided once per query so that the loop over
-/// the hits branches the same way every time.
+/// What a search sorts by, decided once per query so that the loop over the hits branches the
+/// same way every time.
 #[derive(Clone, Copy, PartialEq)]
 enum SortBy {
     CreatedAt,
@@ -305,12 +303,21 @@ enum SortBy {
     Relevance,
 }
 
+/// The `sort_by` values a request may name.
+const SORTS: [(&str, SortBy); 5] = [
+    ("created_at", SortBy::CreatedAt),
+    ("quality_score", SortBy::QualityScore),
+    ("usage_count", SortBy::UsageCount),
+    ("name", SortBy::Name),
+    ("relevance", SortBy::Relevance),
+];
+
 impl SortBy {
     fn named(name: &str) -> Result<SortBy, String> {
-        const ALL: [SortBy; 5] =
-            [SortBy::CreatedAt, SortBy::QualityScore, SortBy::UsageCount, SortBy::Name, SortBy::Relevance];
-        let at = SORT_KEYS.iter().position(|k| *k == name);
-        at.map(|at| ALL[at]).ok_or_else(|| format!("sort_by {name:?} must be one of {}", SORT_KEYS.join(", ")))
+        SORTS.iter().find(|(key, _)| *key == name).map(|(_, sort)| *sort).ok_or_else(|| {
+            let keys: Vec<&str> = SORTS.iter().map(|(key, _)| *key).collect();
+            format!("sort_by {name:?} must be one of {}", keys.join(", "))
+        })
     }
 
     /// The primary key of a hit; a name by its first eight bytes.
@@ -514,6 +521,12 @@ mod tests {
         assert_eq!(ids(&found.unwrap()), vec!["t9"]);
         let found = search(std::slice::from_ref(&shouting), &Query { query: Some("rest".into()), ..Query::default() });
         assert_eq!(ids(&found.unwrap()), vec!["t9"]);
+        // An unknown sort key is refused with the ones there are.
+        let wrong = Query { sort_by: Some("popularity".into()), ..Query::default() };
+        let error = search(std::slice::from_ref(&shouting), &wrong).err().unwrap_or_default();
+        assert!(error.contains("\"popularity\"") && error.contains("created_at, quality_score"), "{error}");
+        let by_name = Query { sort_by: Some("name".into()), ..Query::default() };
+        assert!(search(std::slice::from_ref(&shouting), &by_name).is_ok());
     }
 
     /// Pages cut from the order the docs define (key, then name for a name sort, then id),

@@ -5,7 +5,9 @@
 //! `bench ingest` reads it, recorded as the engine records it) into a fresh data dir; a child
 //! process (`bench replay-worker`) then opens it as the engine does at start-up: the projections
 //! are empty, so catch-up dispatches the whole log (the rebuild); then it opens the data dir again,
-//! now with current projections, and times how long until the engine could serve.
+//! now with current projections, and times how long until the engine could serve; then it
+//! times reading and decoding the log alone, the floor under every rebuild, and last
+//! `maestro replay rebuild`'s own path.
 
 use crate::traffic::Traffic;
 use anyhow::Context;
@@ -80,6 +82,18 @@ fn forget_outbox(config: &EngineConfig) -> anyhow::Result<()> {
     }
 }
 
+/// Opens the log as the replay tools do and reads, checks and decodes every record on one
+/// thread, dispatching nothing: what every rebuild does before any handler runs.
+fn read_alone(config: &EngineConfig) -> anyhow::Result<u64> {
+    let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+    let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
+    let mut typed = 0;
+    for record in log.range(1, log.head_seq()) {
+        typed += u64::from(decoder.typed(&record?).is_some());
+    }
+    Ok(typed)
+}
+
 pub fn worker(args: ReplayWorkerArgs) -> anyhow::Result<()> {
     let config = EngineConfig { data_dir: args.data_dir, ..EngineConfig::default() };
     let started = Instant::now();
@@ -90,6 +104,9 @@ pub fn worker(args: ReplayWorkerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let again = open_and_catch_up(&config)?;
     let restart = started.elapsed();
+    let started = Instant::now();
+    let read = read_alone(&config)?;
+    let read_s = started.elapsed();
     // The replay tool's path: `maestro replay rebuild`, every projection, state only, with the
     // peak RSS counted from here (writing 5 to clear_refs resets the high-water mark).
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
@@ -102,7 +119,7 @@ pub fn worker(args: ReplayWorkerArgs) -> anyhow::Result<()> {
     let figures = serde_json::json!({
         "records": records, "rebuild_s": rebuild.as_secs_f64(), "peak_rss_kib": peak,
         "restart_s": restart.as_secs_f64(), "restart_records": again, "replay_rebuild_s": replay.as_secs_f64(),
-        "peak_rss_kib_replay": crate::bench::peak_rss_kib(),
+        "peak_rss_kib_replay": crate::bench::peak_rss_kib(), "read_records": read, "read_s": read_s.as_secs_f64(),
     });
     println!("{figures}");
     Ok(())
@@ -143,6 +160,12 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         records as f64 / replay,
         bytes as f64 / 1e6 / replay,
         figures["peak_rss_kib_replay"].as_u64().unwrap_or(0) / 1024
+    );
+    let read = figures["read_s"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "reading the log alone (open, read, check and decode every record on one thread, no handler): {read:.2} s = {:.0} records/s ({} decoded)",
+        records as f64 / read,
+        figures["read_records"]
     );
     println!(
         "restart with current projections: ready in {:.3} s ({} records dispatched)",

@@ -239,9 +239,12 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
         };
         println!("{:<16} rebuilt; state hash {} ({verdict})", projection.projection, &hex(&projection.after)[..16]);
     }
-    // The tool holds the data dir, so no commit can be writing a value file meanwhile.
-    let keep = log.store()?.referenced_files()?;
-    let (files, bytes) = log.value_files().sweep(&keep)?;
+    // The tool holds the data dir, so no commit can be writing a value file meanwhile. With no
+    // value file at all there is nothing to sweep, and the scan of every state key for
+    // references (0.9 s of a 1M-record rebuild) is skipped.
+    let files = log.value_files();
+    let keep = if files.is_empty() { Default::default() } else { log.store()?.referenced_files()? };
+    let (files, bytes) = files.sweep(&keep)?;
     println!("value files: {} in use, {files} that nothing refers to removed ({bytes} bytes)", keep.len());
     Ok(())
 }

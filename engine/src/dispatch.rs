@@ -164,15 +164,19 @@ impl Dispatcher {
     /// has them (`decoded[i]` belongs to `records[i]`); otherwise they are decoded here. Every
     /// `checkpoint_every` seqs each projection's state hash is staged as a checkpoint, so
     /// checkpoints fall on the same seqs however batches were cut and commits spaced.
-    pub fn dispatch(&mut self, records: &[Record], decoded: Option<Vec<Option<TypedEvent>>>) -> Result<Report> {
+    pub fn dispatch(&mut self, records: &[Record], decoded: Option<&[Option<TypedEvent>]>) -> Result<Report> {
+        let decoded_here: Vec<Option<TypedEvent>>;
         let decoded = match decoded {
             Some(decoded) if decoded.len() == records.len() => decoded,
-            _ => records.iter().map(|r| self.decoder.typed(r)).collect(),
+            _ => {
+                decoded_here = records.iter().map(|r| self.decoder.typed(r)).collect();
+                &decoded_here
+            }
         };
         // A call that fails keeps nothing staged (not even earlier calls' changes, which were
         // never written): the store stays at its last write, and its positions say so.
         let mut pending = std::mem::take(&mut self.pending);
-        let report = self.dispatch_staged(records, &decoded, &mut pending)?;
+        let report = self.dispatch_staged(records, decoded, &mut pending)?;
         self.pending = pending;
         if self.load_bytes.is_none_or(|limit| self.pending.bytes() >= limit) {
             self.flush()?;

@@ -527,7 +527,7 @@ impl Cycle {
         self.status.head_seq.store(self.log.head_seq(), std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("maestro_records_appended_total").increment(records.len() as u64);
         // Step 4: handlers, projections and the outbox, in one state batch.
-        let report = self.dispatcher.dispatch(&records, Some(decoded))?;
+        let report = self.dispatcher.dispatch(&records, Some(&decoded))?;
         if report.dead_lettered > 0 {
             Status::add(&self.status.dead_lettered, report.dead_lettered);
             metrics::counter!("maestro_dead_lettered_total").increment(report.dead_lettered);

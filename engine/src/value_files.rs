@@ -88,6 +88,13 @@ impl ValueFiles {
         Ok(bytes)
     }
 
+    /// Whether no file is here at all (a data dir with no value of 4 KiB or more), so that a
+    /// sweep has nothing to do and its callers need not scan the state for references.
+    pub fn is_empty(&self) -> bool {
+        let Ok(folders) = std::fs::read_dir(&self.dir) else { return true };
+        folders.flatten().all(|folder| std::fs::read_dir(folder.path()).is_ok_and(|mut files| files.next().is_none()))
+    }
+
     /// Removes every file here whose hash is not in `keep`, and files a write left half done:
     /// only for a caller that holds the data dir, so no commit can be writing one meanwhile.
     /// Returns how many files and bytes went.
@@ -136,8 +143,10 @@ mod tests {
         let files = ValueFiles::new(dir.path().join("files"));
         let small = b"{\"a\":1}".to_vec();
         assert_eq!(files.stored_form(small.clone()).unwrap(), small);
+        assert!(files.is_empty(), "a small value is no file");
         let large = vec![b'x'; MIN_FILE_VALUE];
         let stored = files.stored_form(large.clone()).unwrap();
+        assert!(!files.is_empty());
         assert_eq!(stored.len(), MARK.len() + 32);
         assert_eq!(files.load(&stored).unwrap(), large);
         // The same bytes again: the same reference, one file.
@@ -158,6 +167,7 @@ mod tests {
         assert_eq!(files.load(&stored).unwrap(), large);
         // A sweep keeps what is named and removes the rest, and files a write left half done.
         std::fs::write(on_disk[0].with_file_name(".tmpX1234"), b"half").unwrap();
+        assert!(!ValueFiles::new(dir.path().join("files")).is_empty());
         let keep = HashSet::from([ValueFiles::reference(&stored).unwrap()]);
         assert_eq!(files.sweep(&keep).unwrap(), (2, b"half".len() as u64 + lookalike.len() as u64));
         assert_eq!(files.load(&stored).unwrap(), large);

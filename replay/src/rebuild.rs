@@ -65,7 +65,7 @@ pub fn rebuild_from(
     let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
     // The scratch store keeps its value files in the scratch dir too, so nothing is written
     // into the data dir.
-    let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?;
+    let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?.knowing_its_keys();
     if let Some(seed) = seed {
         let mut pending = Pending::default();
         for (key, value) in seed.entries {
@@ -78,21 +78,33 @@ pub fn rebuild_from(
     Ok(Rebuilt { store, records, _db: db })
 }
 
-/// Staged changes a rebuild holds before it writes them. Measured on the 1M-record bench log
-/// (three runs each): 8 MiB 14.9 s and 357 MiB peak RSS, 32 MiB 12.0-12.9 s and 345-355 MiB,
-/// 64 MiB 11.1-11.6 s and 399-409 MiB, 128 MiB 9.8-10.6 s and 429-452 MiB. Below 32 MiB the
-/// peak is sled's own; above it each second saved costs about 40 MiB.
+/// Staged changes a rebuild holds before it writes them, shared among its lanes. Measured on
+/// the 1M-record bench log (three runs each, one lane): 8 MiB 14.9 s and 357 MiB peak RSS,
+/// 32 MiB 12.0-12.9 s and 345-355 MiB, 64 MiB 11.1-11.6 s and 399-409 MiB, 128 MiB 9.8-10.6 s
+/// and 429-452 MiB. Below 32 MiB the peak is sled's own; above it each second saved costs
+/// about 40 MiB.
 const LOAD_BYTES: usize = 32 << 20;
 
-/// Read-ahead between the thread that reads and decodes the log and the one that dispatches.
+/// Read-ahead between the thread that reads and decodes the log and those that dispatch.
 const READ_AHEAD: usize = 4;
 
-/// Records and their typed events, as the reading thread hands them over.
-type Decoded = (Vec<Record>, Vec<Option<TypedEvent>>);
+/// Records and their typed events, as the reading thread hands them over (to every lane).
+type Decoded = Arc<(Vec<Record>, Vec<Option<TypedEvent>>)>;
+
+/// What a lane or the reader tells the thread that waits for them.
+enum Report {
+    /// Lane `.0` dispatched records up to seq `.1`.
+    Dispatched(usize, u64),
+    /// A lane dispatched and wrote everything.
+    Finished,
+    Failed(crate::ReplayError),
+}
 
 /// Dispatches records `1..=until` into `store` (those after the store's positions), reporting
-/// (done, total) after each batch. One thread reads, checks and decodes records while this one
-/// dispatches them.
+/// (done, total) as batches are dispatched. One thread reads, checks and decodes records;
+/// when only state is kept, each projection is dispatched on a thread of its own (a lane), since
+/// projections read and write only their own keys; otherwise one lane dispatches them all,
+/// because outputs and intents are numbered across the handlers of a record.
 pub(crate) fn dispatch_into(
     log: &Log,
     config: &EngineConfig,
@@ -104,54 +116,116 @@ pub(crate) fn dispatch_into(
 ) -> Result<u64> {
     let stamp = OutputStamp { origin: "maestro-replay".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
-    let mut dispatcher =
-        Dispatcher::new(handlers, store.clone(), log, stamp, decoder.clone(), config.checkpoint_every)?
-            .keeping(keep)
-            .loading_every(LOAD_BYTES);
+    let lanes: Vec<Vec<Arc<dyn Handler>>> =
+        if keep == Keep::STATE_ONLY { handlers.into_iter().map(|h| vec![h]).collect() } else { vec![handlers] };
+    let budget = LOAD_BYTES / lanes.len().max(1);
+    let dispatchers = lanes
+        .into_iter()
+        .map(|lane| {
+            Ok(Dispatcher::new(lane, store.clone(), log, stamp.clone(), decoder.clone(), config.checkpoint_every)?
+                .keeping(keep)
+                .loading_every(budget))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let until = until.min(log.head_seq());
-    let from = dispatcher.position()?.saturating_add(1);
+    let mut from = u64::MAX;
+    for dispatcher in &dispatchers {
+        from = from.min(dispatcher.position()?.saturating_add(1));
+    }
+    if dispatchers.is_empty() || from > until {
+        return Ok(0);
+    }
     std::thread::scope(|scope| {
-        let (sender, batches) = std::sync::mpsc::sync_channel::<Result<Decoded>>(READ_AHEAD);
-        scope.spawn(move || read_batches(log, &decoder, from, until, &sender));
-        let mut records = 0;
-        for batch in batches {
-            let (batch, typed) = batch?;
-            records += dispatcher.dispatch(&batch, Some(typed))?.records;
-            progress(batch.last().map_or(until, |r| r.seq), until);
+        let (reporter, reports) = std::sync::mpsc::channel::<Report>();
+        let mut inputs = Vec::new();
+        for (lane, dispatcher) in dispatchers.into_iter().enumerate() {
+            let (input, batches) = std::sync::mpsc::sync_channel::<Decoded>(READ_AHEAD);
+            inputs.push(input);
+            let reporter = reporter.clone();
+            scope.spawn(move || run_lane(lane, dispatcher, &batches, &reporter));
         }
-        dispatcher.flush()?;
-        // The reader stops early only on an error, which it sent: reaching here means all of
-        // `from..=until` was dispatched.
-        Ok(records)
+        let lanes = inputs.len();
+        let reader = {
+            let reporter = reporter.clone();
+            scope.spawn(move || read_batches(log, &decoder, from, until, &inputs, &reporter))
+        };
+        drop(reporter);
+        // The first failure ends the wait; dropping `reports` and the lanes' inputs (the reader
+        // stops at its next send) then stops the rest.
+        let mut reached = vec![from - 1; lanes];
+        let mut finished = 0;
+        while finished < lanes {
+            match reports.recv() {
+                Ok(Report::Dispatched(lane, seq)) => {
+                    reached[lane] = seq;
+                    progress(reached.iter().copied().min().unwrap_or(until), until);
+                }
+                Ok(Report::Finished) => finished += 1,
+                Ok(Report::Failed(error)) => return Err(error),
+                Err(_) => return Err(stopped("a dispatching lane")),
+            }
+        }
+        reader.join().map_err(|_| stopped("the log reader"))
     })
 }
 
-/// Reads records `from..=until` in batches and decodes them, until done, a read fails (the
-/// error is sent) or the dispatching side hangs up.
+fn stopped(what: &str) -> crate::ReplayError {
+    crate::ReplayError::Engine(maestro_engine::error::EngineError::State(format!("{what} stopped without saying why")))
+}
+
+/// Dispatches every batch it is handed, then writes what is staged; stops at the first error
+/// (reported).
+fn run_lane(
+    lane: usize,
+    mut dispatcher: Dispatcher,
+    batches: &std::sync::mpsc::Receiver<Decoded>,
+    reporter: &std::sync::mpsc::Sender<Report>,
+) {
+    for batch in batches {
+        let (records, typed) = batch.as_ref();
+        let report = match dispatcher.dispatch(records, Some(typed)) {
+            Ok(_) => Report::Dispatched(lane, records.last().map_or(0, |r| r.seq)),
+            Err(error) => Report::Failed(error.into()),
+        };
+        let failed = matches!(report, Report::Failed(_));
+        if reporter.send(report).is_err() || failed {
+            return;
+        }
+    }
+    let _ = reporter.send(match dispatcher.flush() {
+        Ok(()) => Report::Finished,
+        Err(error) => Report::Failed(error.into()),
+    });
+}
+
+/// Reads records `from..=until` in batches, decodes them and hands each to every lane, until
+/// done, a read fails (reported) or a lane hangs up. Returns how many records it handed over.
 fn read_batches(
     log: &Log,
     decoder: &Decoder,
     from: u64,
     until: u64,
-    sender: &std::sync::mpsc::SyncSender<Result<Decoded>>,
-) {
+    lanes: &[std::sync::mpsc::SyncSender<Decoded>],
+    reporter: &std::sync::mpsc::Sender<Report>,
+) -> u64 {
     let mut next = from;
     while next <= until {
         let last = until.min(next + BATCH - 1);
-        let batch = log
-            .range(next, last)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map(|records| {
-                let typed = records.iter().map(|r| decoder.typed(r)).collect();
-                (records, typed)
-            })
-            .map_err(crate::ReplayError::from);
-        let failed = batch.is_err();
-        if sender.send(batch).is_err() || failed {
-            return;
+        let records = match log.range(next, last).collect::<std::result::Result<Vec<_>, _>>() {
+            Ok(records) => records,
+            Err(error) => {
+                let _ = reporter.send(Report::Failed(error.into()));
+                break;
+            }
+        };
+        let typed = records.iter().map(|r| decoder.typed(r)).collect();
+        let batch: Decoded = Arc::new((records, typed));
+        if lanes.iter().any(|lane| lane.send(batch.clone()).is_err()) {
+            break;
         }
         next = last + 1;
     }
+    next - from
 }
 
 /// One projection rebuilt in place: its state hash before (from the old store's keys, not its
@@ -267,4 +341,80 @@ pub fn history(rebuilt: &Rebuilt, into: &Path) -> Result<Vec<(String, String)>> 
 pub fn heads(repo: &Path) -> Result<Vec<(String, String)>> {
     let git = GitHistory::open(repo).map_err(|e| crate::ReplayError::History(e.to_string()))?;
     git.heads().map_err(|e| crate::ReplayError::History(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maestro_schemas::{Body, Entry, EntryId, Status};
+
+    fn handlers(config: &EngineConfig) -> Vec<Arc<dyn Handler>> {
+        let usage = maestro_handlers::templates::usage::TemplateUsage {
+            usage: config.streams.templates_usage.clone(),
+            limits: config.limits,
+        };
+        vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(usage)]
+    }
+
+    fn usage_fields(i: u64) -> Vec<(String, Vec<u8>)> {
+        let data = format!(
+            r#"{{"event_id":"evt-{i}","template_id":"tpl-{}","tenant_id":"t{}","user_id":"u","operation":"retrieve","success":true,"duration_ms":{},"timestamp":"2026-11-0{}T10:00:00"}}"#,
+            i % 7,
+            i % 3,
+            i % 50,
+            1 + i % 5
+        );
+        vec![("data".into(), data.into_bytes())]
+    }
+
+    /// Records over two streams, usage events on one, spanning several read batches.
+    fn log_of(dir: &Path, config: &EngineConfig, records: u64) -> Log {
+        let mut log = Log::open(dir, 8 << 20).unwrap();
+        let streams = [config.streams.templates_usage.clone(), config.streams.k8s_status.clone()];
+        let body = |i: u64| {
+            let stream = streams[(i % 2) as usize].clone();
+            let fields = if i.is_multiple_of(2) { usage_fields(i) } else { vec![("data".into(), b"{}".to_vec())] };
+            Body::Entry(Entry { stream, id: EntryId { ms: 1_000 + i, seq: 0 }, fields, status: Status::Accepted })
+        };
+        let records = (0..records).map(|i| maestro_engine::log::NewRecord { body: body(i), request: None }).collect();
+        log.append(records).unwrap();
+        log
+    }
+
+    /// Every projection on a lane of its own ends in the state that one dispatcher of them all
+    /// gives; a record damaged in the log stops the lanes with its seq named, and `replay
+    /// rebuild` then leaves the live store as it was.
+    #[test]
+    fn lanes_equal_one_dispatcher_and_a_damaged_record_stops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig { data_dir: dir.path().to_path_buf(), ..EngineConfig::default() };
+        let log = log_of(dir.path(), &config, 3 * BATCH + 100);
+        let scratch = tempfile::tempdir().unwrap();
+        let head = log.head_seq();
+        let one = rebuild(&log, &config, handlers(&config), head, Keep::INTENTS, &scratch.path().join("one")).unwrap();
+        let lanes =
+            rebuild(&log, &config, handlers(&config), head, Keep::STATE_ONLY, &scratch.path().join("lanes")).unwrap();
+        assert_eq!(lanes.records, head);
+        for handler in handlers(&config) {
+            let name = handler.name();
+            assert_eq!(lanes.store.position(name).unwrap(), head, "{name}");
+            assert_eq!(lanes.store.entries(name).unwrap(), one.store.entries(name).unwrap(), "{name}");
+            assert_eq!(lanes.store.state_hash(name).unwrap(), one.store.state_hash(name).unwrap(), "{name}");
+            assert_eq!(lanes.store.checkpoints(name).unwrap(), one.store.checkpoints(name).unwrap(), "{name}");
+        }
+        assert!(lanes.store.entries("template_usage").unwrap().len() > 20, "usage has state to compare");
+
+        let damaged = 2 * BATCH + 7;
+        let key = maestro_engine::log::log_key(damaged);
+        let mut stored = log.db().get(key).unwrap().unwrap().to_vec();
+        stored[12] ^= 1;
+        log.db().insert(key, stored).unwrap();
+        let error = rebuild(&log, &config, handlers(&config), head, Keep::STATE_ONLY, &scratch.path().join("damaged"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&format!("record {damaged}: checksum mismatch")), "{error}");
+        let error = rebuild_in_place(&log, &config, handlers(&config), &|_, _| {}).unwrap_err().to_string();
+        assert!(error.contains(&format!("record {damaged}")), "{error}");
+        assert_eq!(log.store().unwrap().position("stream_stats").unwrap(), 0, "the live store was not replaced");
+    }
 }

@@ -261,7 +261,10 @@ impl Dispatcher {
             pending.advance(name, record.seq);
         }
         if record.seq > own_position {
-            if let Some(item) = self.dead_letter(record, quarantined, &failures, index).filter(|_| self.keep.outputs) {
+            // Built only when kept: the copy clones every field of the entry.
+            if let Some(item) =
+                self.keep.outputs.then(|| self.dead_letter(record, quarantined, &failures, index)).flatten()
+            {
                 pending.publish(item);
                 report.dead_lettered += 1;
             }

@@ -121,27 +121,6 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Moves projection `name`'s digest delta from `old` to `new` for `key`.
-fn shift_digest(
-    deltas: &mut BTreeMap<String, StateDigest>,
-    name: &str,
-    key: &[u8],
-    old: Option<&[u8]>,
-    new: Option<&[u8]>,
-) {
-    if !deltas.contains_key(name) {
-        deltas.insert(name.to_string(), StateDigest::default());
-    }
-    if let Some(delta) = deltas.get_mut(name) {
-        if let Some(old) = old {
-            delta.remove(key, old);
-        }
-        if let Some(new) = new {
-            delta.add(key, new);
-        }
-    }
-}
-
 /// Keys per batch of [`Store::load`].
 const LOAD_CHUNK: usize = 1_000;
 
@@ -199,12 +178,13 @@ pub struct Guard {
 }
 
 /// Changes gathered while dispatching, committed at once. Each projection's digest change is
-/// kept as changes are staged (see [`Store::stage`]), so a checkpoint needs no commit and a
-/// commit needs no second read of the values it replaces.
+/// brought up to date at checkpoints and commits (see [`Store::stage`]), so a checkpoint needs
+/// no commit and a commit needs no second read of the values it replaces.
 #[derive(Debug, Default)]
 pub struct Pending {
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Per projection, what its staged changes add to the stored digest.
+    overlay: BTreeMap<Vec<u8>, Staged>,
+    /// Per projection, what its staged changes add to the stored digest, as of the last time
+    /// they were brought up to date ([`Pending::count_changes`]).
     deltas: BTreeMap<String, StateDigest>,
     positions: BTreeMap<String, u64>,
     checkpoints: Vec<(String, u64, [u8; 32])>,
@@ -212,6 +192,18 @@ pub struct Pending {
     effects: Vec<(u64, u32, Intent)>,
     /// Bytes of the keys and values staged (a change staged again replaces the earlier one).
     bytes: usize,
+}
+
+/// A staged change of one state key.
+#[derive(Debug)]
+struct Staged {
+    value: Option<Vec<u8>>,
+    /// The length of the projection's name in the key (`p` + name + 0 + key).
+    name_len: usize,
+    /// While the change is not yet counted in its projection's delta: what the key counted
+    /// there before (the zero digest for a key that was absent). A key staged many times
+    /// between checkpoints (a counter) is hashed once, not once per change.
+    counted_before: Option<StateDigest>,
 }
 
 impl Pending {
@@ -235,6 +227,24 @@ impl Pending {
     /// About how many bytes a commit of this batch writes.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Brings the delta of every projection whose state key starts with `prefix` up to date:
+    /// each change not yet counted takes out what its key counted before and adds its value.
+    fn count_changes(&mut self, prefix: &[u8]) {
+        let under = self.overlay.range_mut(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix));
+        for (full, staged) in under {
+            let Some(before) = staged.counted_before.take() else { continue };
+            let (name, key) = (&full[1..1 + staged.name_len], &full[2 + staged.name_len..]);
+            let now = staged.value.as_deref().map_or_else(StateDigest::default, |v| StateDigest::of_entry(key, v));
+            let name = String::from_utf8_lossy(name);
+            let delta = match self.deltas.get_mut(name.as_ref()) {
+                Some(delta) => delta,
+                None => self.deltas.entry(name.into_owned()).or_default(),
+            };
+            delta.unmerge(&before);
+            delta.merge(&now);
+        }
     }
 }
 
@@ -276,7 +286,7 @@ impl StateView for View<'_> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let full = state_key(self.name, key);
         match self.pending.overlay.get(&full) {
-            Some(value) => value.clone(),
+            Some(staged) => staged.value.clone(),
             // A read error here is a storage failure, not a missing key; the commit of the same
             // batch will hit it too and stop the batch before anything is acknowledged.
             None => self.store.stored(&full).ok().flatten().and_then(|stored| self.resolve(&stored)),
@@ -287,7 +297,13 @@ impl StateView for View<'_> {
         let full = state_key(self.name, prefix);
         let strip = state_key(self.name, b"").len();
         // The batch's own changes win over what the store holds.
-        let under = || self.pending.overlay.range(full.clone()..).take_while(|(k, _)| k.starts_with(&full));
+        let under = || {
+            self.pending
+                .overlay
+                .range(full.clone()..)
+                .take_while(|(k, _)| k.starts_with(&full))
+                .map(|(k, s)| (k, &s.value))
+        };
         let deletes = under().filter(|(_, v)| v.is_none()).count();
         let stored = self
             .store
@@ -380,22 +396,27 @@ impl Store {
     }
 
     /// Stages a change of projection `name` in `pending`: the value it replaces (staged or
-    /// stored) leaves the projection's digest and the new one enters it. A change to the value
-    /// already there stages nothing.
+    /// stored) will leave the projection's digest and the new one enter it, when the change is
+    /// counted (at the next checkpoint or write). A change to the value already there stages
+    /// nothing.
     pub fn stage(&self, pending: &mut Pending, name: &str, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
         let full = state_key(name, key);
         let key_len = full.len();
         let size = |value: Option<&[u8]>| key_len + value.map_or(0, <[u8]>::len);
+        let counted = |value: Option<&[u8]>| value.map_or_else(StateDigest::default, |v| StateDigest::of_entry(key, v));
         // One look-up of the staged changes, and no copy of the value replaced: this runs for
         // every change a handler makes.
         match pending.overlay.entry(full) {
-            btree_map::Entry::Occupied(mut staged) => {
-                if *staged.get() == value {
+            btree_map::Entry::Occupied(mut slot) => {
+                let staged = slot.get_mut();
+                if staged.value == value {
                     return Ok(());
                 }
-                pending.bytes = pending.bytes + size(value.as_deref()) - size(staged.get().as_deref());
-                let old = staged.insert(value);
-                shift_digest(&mut pending.deltas, name, key, old.as_deref(), staged.get().as_deref());
+                pending.bytes = pending.bytes + size(value.as_deref()) - size(staged.value.as_deref());
+                if staged.counted_before.is_none() {
+                    staged.counted_before = Some(counted(staged.value.as_deref()));
+                }
+                staged.value = value;
             }
             btree_map::Entry::Vacant(slot) => {
                 let old = self.stored(slot.key())?.map(|stored| self.resolved(stored)).transpose()?;
@@ -403,8 +424,8 @@ impl Store {
                     return Ok(());
                 }
                 pending.bytes += size(value.as_deref());
-                let new = slot.insert(value);
-                shift_digest(&mut pending.deltas, name, key, old.as_deref(), new.as_deref());
+                let counted_before = Some(counted(old.as_deref()));
+                slot.insert(Staged { value, name_len: name.len(), counted_before });
             }
         }
         Ok(())
@@ -420,6 +441,7 @@ impl Store {
 
     /// Records in `pending` the state hash of `name` at `seq`, as it is with `pending` applied.
     pub fn stage_checkpoint(&self, pending: &mut Pending, name: &str, seq: u64) -> Result<()> {
+        pending.count_changes(&state_key(name, b""));
         let mut digest = self.digest(name)?;
         if let Some(delta) = pending.deltas.get(name) {
             digest.merge(delta);
@@ -447,11 +469,12 @@ impl Store {
     fn write(&self, mut pending: Pending, chunk: usize) -> Result<()> {
         // Read before any state is written: a store without a kept digest computes one from
         // its state.
+        pending.count_changes(b"p");
         let digests = self.digests_after(&pending)?;
         let mut writer = Chunked::new(&self.tree, chunk);
         self.remember_written(&pending);
-        for (key, value) in std::mem::take(&mut pending.overlay) {
-            writer.write(key, value.map(|v| self.files.stored_form(v)).transpose()?)?;
+        for (key, staged) in std::mem::take(&mut pending.overlay) {
+            writer.write(key, staged.value.map(|v| self.files.stored_form(v)).transpose()?)?;
         }
         self.apply_rest(writer.rest(), digests, &pending)
     }
@@ -461,7 +484,7 @@ impl Store {
         if let Ok(mut written) = self.written.write()
             && let Some(keys) = written.as_mut()
         {
-            keys.extend(pending.overlay.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| key_hash(k)));
+            keys.extend(pending.overlay.iter().filter(|(_, s)| s.value.is_some()).map(|(k, _)| key_hash(k)));
         }
     }
 

@@ -46,6 +46,18 @@ impl StateDigest {
         }
     }
 
+    /// The digest of one entry alone: what it adds to a state's digest.
+    pub fn of_entry(key: &[u8], value: &[u8]) -> StateDigest {
+        StateDigest(entry_words(key, value))
+    }
+
+    /// Takes another digest's entries out again (the inverse of [`StateDigest::merge`]).
+    pub fn unmerge(&mut self, other: &StateDigest) {
+        for (word, e) in self.0.iter_mut().zip(other.0) {
+            *word = word.wrapping_sub(e);
+        }
+    }
+
     /// Adds another digest's entries (a digest of changes kept apart, say).
     pub fn merge(&mut self, other: &StateDigest) {
         for (word, e) in self.0.iter_mut().zip(other.0) {
@@ -95,5 +107,12 @@ mod tests {
             StateDigest::of([(&b"a"[..], &b"bc"[..])].into_iter())
         );
         assert_eq!(StateDigest::from_bytes(&forward.to_bytes()), Some(forward));
+        let mut by_entries = forward;
+        by_entries.unmerge(&StateDigest::of_entry(&entries[7].0, &entries[7].1));
+        by_entries.merge(&StateDigest::of_entry(&entries[7].0, b"new"));
+        let mut by_steps = forward;
+        by_steps.remove(&entries[7].0, &entries[7].1);
+        by_steps.add(&entries[7].0, b"new");
+        assert_eq!(by_entries, by_steps);
     }
 }

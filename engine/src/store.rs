@@ -202,7 +202,7 @@ struct Staged {
     name_len: usize,
     /// While the change is not yet counted in its projection's delta: what the key counted
     /// there before (the zero digest for a key that was absent). A key staged many times
-    /// between checkpoints (a counter) is hashed once, not once per change.
+    /// between checkpoints (a counter) is hashed twice per checkpoint, not twice per change.
     counted_before: Option<StateDigest>,
 }
 
@@ -229,8 +229,9 @@ impl Pending {
         self.bytes
     }
 
-    /// Brings the delta of every projection whose state key starts with `prefix` up to date:
-    /// each change not yet counted takes out what its key counted before and adds its value.
+    /// Counts the staged changes of the state keys that start with `prefix` (one projection's,
+    /// or all) in their projections' deltas: each takes out what its key counted before and
+    /// adds its new value.
     fn count_changes(&mut self, prefix: &[u8]) {
         let under = self.overlay.range_mut(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix));
         for (full, staged) in under {

@@ -709,6 +709,16 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// A sled database in a temp dir (kept while the first element lives), its value files and
+    /// its live store.
+    fn fresh() -> (tempfile::TempDir, sled::Db, ValueFiles, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let files = ValueFiles::new(tmp.path().join("files"));
+        let live = Store::open(&db, files.clone()).unwrap();
+        (tmp, db, files, live)
+    }
+
     fn fill(store: &Store, name: &str, n: u32, seq: u64) {
         let mut pending = Pending::default();
         for i in 0..n {
@@ -724,10 +734,7 @@ mod tests {
     /// deletes, committed or loaded.
     #[test]
     fn the_kept_digest_stays_exact() {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(tmp.path()).open().unwrap();
-        let files = ValueFiles::new(tmp.path().join("files"));
-        let live = Store::open(&db, files.clone()).unwrap();
+        let (_tmp, _db, files, live) = fresh();
         fill(&live, "p", 25_000, 7);
         let mut pending = Pending::default();
         live.stage(&mut pending, "p", b"k000003", None).unwrap();
@@ -784,10 +791,7 @@ mod tests {
     /// without sled, and reads every key once others were copied in by the swap.
     #[test]
     fn a_store_that_knows_its_keys_reads_them_and_forgets_them_when_others_come_in() {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(tmp.path()).open().unwrap();
-        let files = ValueFiles::new(tmp.path().join("files"));
-        let live = Store::open(&db, files.clone()).unwrap();
+        let (_tmp, db, files, live) = fresh();
         fill(&live, "p", 100, 7);
         fill(&live, "q", 50, 7);
         let knows = |store: &Store| store.written.read().unwrap().is_some();
@@ -816,10 +820,7 @@ mod tests {
     /// by an interrupted rebuild is dropped at the next open.
     #[test]
     fn a_new_generation_replaces_the_live_store() {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(tmp.path()).open().unwrap();
-        let files = ValueFiles::new(tmp.path().join("files"));
-        let live = Store::open(&db, files.clone()).unwrap();
+        let (_tmp, db, files, live) = fresh();
         fill(&live, "p", 3_000, 7);
         fill(&live, "pq", 1_500, 7); // a name that starts like "p": must be copied, not skipped
         let mut pending = Pending::default();

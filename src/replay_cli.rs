@@ -244,8 +244,8 @@ pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result
     // references (0.9 s of a 1M-record rebuild) is skipped.
     let files = log.value_files();
     let keep = if files.is_empty() { Default::default() } else { log.store()?.referenced_files()? };
-    let (files, bytes) = files.sweep(&keep)?;
-    println!("value files: {} in use, {files} that nothing refers to removed ({bytes} bytes)", keep.len());
+    let (removed, bytes) = files.sweep(&keep)?;
+    println!("value files: {} in use, {removed} that nothing refers to removed ({bytes} bytes)", keep.len());
     Ok(())
 }
 

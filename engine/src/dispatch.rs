@@ -316,9 +316,10 @@ impl Dispatcher {
     /// Brings every projection up to the log's head before the engine reads new entries.
     ///
     /// A guard stored (and flushed) before each step counts how often dispatch started at the
-    /// same seq without finishing (a crash; a returned error is not counted). After one crash the range is re-run one record at a time,
-    /// so the next crash names its record; a record that crashed more than `max_deliveries`
-    /// times is quarantined by appending a quarantine record to the log.
+    /// same seq without finishing (a crash; a returned error is not counted). After one crash
+    /// the range is re-run one record at a time, so the next crash names its record; a record
+    /// that crashed more than `max_deliveries` times is quarantined by appending a quarantine
+    /// record to the log.
     pub fn catch_up(&mut self, log: &mut Log, batch: usize, max_deliveries: u32) -> Result<Report> {
         let mut total = Report::default();
         loop {

@@ -198,8 +198,6 @@ pub struct Pending {
 #[derive(Debug)]
 struct Staged {
     value: Option<Vec<u8>>,
-    /// The length of the projection's name in the key (`p` + name + 0 + key).
-    name_len: usize,
     /// While the change is not yet counted in its projection's delta: what the key counted
     /// there before (the zero digest for a key that was absent). A key staged many times
     /// between checkpoints (a counter) is hashed twice per checkpoint, not twice per change.
@@ -236,8 +234,10 @@ impl Pending {
         let under = self.overlay.range_mut(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix));
         for (full, staged) in under {
             let Some(before) = staged.counted_before.take() else { continue };
-            let (name, key) = (&full[1..1 + staged.name_len], &full[2 + staged.name_len..]);
-            let now = staged.value.as_deref().map_or_else(StateDigest::default, |v| StateDigest::of_entry(key, v));
+            // `p` + name + 0 + key, and names hold no zero byte.
+            let Some(name_len) = full[1..].iter().position(|b| *b == 0) else { continue };
+            let (name, key) = (&full[1..1 + name_len], &full[2 + name_len..]);
+            let now = StateDigest::of_entry(key, staged.value.as_deref());
             let name = String::from_utf8_lossy(name);
             let delta = match self.deltas.get_mut(name.as_ref()) {
                 Some(delta) => delta,
@@ -404,7 +404,6 @@ impl Store {
         let full = state_key(name, key);
         let key_len = full.len();
         let size = |value: Option<&[u8]>| key_len + value.map_or(0, <[u8]>::len);
-        let counted = |value: Option<&[u8]>| value.map_or_else(StateDigest::default, |v| StateDigest::of_entry(key, v));
         // One look-up of the staged changes, and no copy of the value replaced: this runs for
         // every change a handler makes.
         match pending.overlay.entry(full) {
@@ -415,7 +414,7 @@ impl Store {
                 }
                 pending.bytes = pending.bytes + size(value.as_deref()) - size(staged.value.as_deref());
                 if staged.counted_before.is_none() {
-                    staged.counted_before = Some(counted(staged.value.as_deref()));
+                    staged.counted_before = Some(StateDigest::of_entry(key, staged.value.as_deref()));
                 }
                 staged.value = value;
             }
@@ -425,8 +424,7 @@ impl Store {
                     return Ok(());
                 }
                 pending.bytes += size(value.as_deref());
-                let counted_before = Some(counted(old.as_deref()));
-                slot.insert(Staged { value, name_len: name.len(), counted_before });
+                slot.insert(Staged { value, counted_before: Some(StateDigest::of_entry(key, old.as_deref())) });
             }
         }
         Ok(())
@@ -558,8 +556,8 @@ impl Store {
     }
 
     /// The value files the state of every projection refers to.
-    pub fn referenced_files(&self) -> Result<std::collections::HashSet<[u8; 32]>> {
-        let mut out = std::collections::HashSet::new();
+    pub fn referenced_files(&self) -> Result<HashSet<[u8; 32]>> {
+        let mut out = HashSet::new();
         for item in self.tree.scan_prefix(b"p") {
             if let Some(hash) = ValueFiles::reference(&item?.1) {
                 out.insert(hash);
@@ -768,7 +766,7 @@ mod tests {
         let reference = |key: &[u8]| ValueFiles::reference(&live.tree.get(state_key("p", key)).unwrap().unwrap());
         let (big2, big3) = (reference(b"big2").unwrap(), reference(b"big3").unwrap());
         // Gone: big3's file, and those of big1 and of big2's first value, which nothing refers to.
-        assert_eq!(files.sweep(&std::collections::HashSet::from([big2])).unwrap().0, 3);
+        assert_eq!(files.sweep(&HashSet::from([big2])).unwrap().0, 3);
         assert_eq!(view.get(b"big3"), None);
         let why = view.unreadable().unwrap();
         assert!(why.contains(&maestro_schemas::record::hex(&big3)) && why.contains("replay rebuild"), "{why}");

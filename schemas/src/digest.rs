@@ -40,15 +40,9 @@ impl StateDigest {
         }
     }
 
-    pub fn remove(&mut self, key: &[u8], value: &[u8]) {
-        for (word, e) in self.0.iter_mut().zip(entry_words(key, value)) {
-            *word = word.wrapping_sub(e);
-        }
-    }
-
-    /// The digest of one entry alone: what it adds to a state's digest.
-    pub fn of_entry(key: &[u8], value: &[u8]) -> StateDigest {
-        StateDigest(entry_words(key, value))
+    /// What key `key` with `value` counts in its state's digest: nothing when it is absent.
+    pub fn of_entry(key: &[u8], value: Option<&[u8]>) -> StateDigest {
+        value.map_or_else(StateDigest::default, |value| StateDigest(entry_words(key, value)))
     }
 
     /// Takes another digest's entries out again (the inverse of [`StateDigest::merge`]).
@@ -94,25 +88,22 @@ mod tests {
         let forward = StateDigest::of(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
         let backward = StateDigest::of(entries.iter().rev().map(|(k, v)| (k.as_slice(), v.as_slice())));
         assert_eq!(forward, backward);
+        // Entry 7 replaced, then put back: the running digest equals the replaced state's.
+        let old = StateDigest::of_entry(&entries[7].0, Some(&entries[7].1));
         let mut changed = forward;
-        changed.remove(&entries[7].0, &entries[7].1);
-        changed.add(&entries[7].0, b"new");
-        assert_ne!(changed, forward);
-        changed.remove(&entries[7].0, b"new");
-        changed.add(&entries[7].0, &entries[7].1);
+        changed.unmerge(&old);
+        changed.merge(&StateDigest::of_entry(&entries[7].0, Some(b"new")));
+        let replaced = entries.iter().map(|(k, v)| (k.as_slice(), if k == &entries[7].0 { &b"new"[..] } else { v }));
+        assert_eq!(changed, StateDigest::of(replaced));
+        changed.unmerge(&StateDigest::of_entry(&entries[7].0, Some(b"new")));
+        changed.merge(&old);
         assert_eq!(changed, forward);
+        assert_eq!(StateDigest::of_entry(b"absent", None), StateDigest::default(), "an absent key counts nothing");
         // Moving bytes between key and value changes the digest (lengths are hashed).
         assert_ne!(
             StateDigest::of([(&b"ab"[..], &b"c"[..])].into_iter()),
             StateDigest::of([(&b"a"[..], &b"bc"[..])].into_iter())
         );
         assert_eq!(StateDigest::from_bytes(&forward.to_bytes()), Some(forward));
-        let mut by_entries = forward;
-        by_entries.unmerge(&StateDigest::of_entry(&entries[7].0, &entries[7].1));
-        by_entries.merge(&StateDigest::of_entry(&entries[7].0, b"new"));
-        let mut by_steps = forward;
-        by_steps.remove(&entries[7].0, &entries[7].1);
-        by_steps.add(&entries[7].0, b"new");
-        assert_eq!(by_entries, by_steps);
     }
 }

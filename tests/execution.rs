@@ -147,14 +147,8 @@ fn cap_queue_facts_ttl_expiry_cleanup_and_manifests_without_a_cluster() {
     }
     let file = data.path().join("long.yaml");
     std::fs::write(&file, &yaml).unwrap();
-    let validate = std::process::Command::new("kubernetes-validate")
-        .args(["-k", "1.33.0", "--strict"])
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("kubernetes-validate: {e}; install it with `pip install kubernetes-validate==1.37.0`")
-        });
-    assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stdout));
+    let (ok, stdout, stderr) = python::kubernetes_validate(&[file]);
+    assert!(ok, "kubernetes-validate failed:\n{stdout}\n{stderr}");
     let (code, _, err) = maestro(&["manifests", "nope", "--data-dir", d]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no execution nope"), "{err}");

@@ -1,14 +1,16 @@
 //! The rendered Kubernetes manifests of each environment shape: pinned by snapshot files, and
 //! every object validated against the Kubernetes 1.33 OpenAPI schemas by PyPI's
-//! `kubernetes-validate --strict` (installed by `.ci/run`). Names and label values stay valid
+//! `kubernetes-validate --strict` (installed by the test harness into its Python environment). Names and label values stay valid
 //! whatever the execution id.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::python::kubernetes_validate;
 use maestro::manifests_cli::to_yaml;
 use maestro_handlers::execution::manifests::{Manifest, Request, dns_label, label_value, namespace_of, render};
 use maestro_schemas::proto::execution::{EnvironmentSpec, TestConfig};
 use std::path::PathBuf;
-use std::process::Command;
 
 /// 2026-11-28T10:00:00Z and one hour later.
 const ADMITTED: u64 = 1_795_860_000_000;
@@ -130,16 +132,6 @@ fn every_rendered_manifest_is_valid_kubernetes_1_33() {
     std::fs::write(&broken, yaml).unwrap();
     let (ok, stdout, stderr) = kubernetes_validate(&[broken]);
     assert!(!ok && stdout.contains("replicaz"), "an unknown field must fail:\n{stdout}\n{stderr}");
-}
-
-/// Runs `kubernetes-validate -k 1.33.0 --strict` on files: (success, stdout, stderr).
-fn kubernetes_validate(files: &[PathBuf]) -> (bool, String, String) {
-    let output = Command::new("kubernetes-validate").args(["-k", "1.33.0", "--strict"]).args(files).output();
-    let output = output.unwrap_or_else(|e| {
-        panic!("kubernetes-validate could not run ({e}): install it with `pip install kubernetes-validate==1.37.0`")
-    });
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (output.status.success(), text(&output.stdout), text(&output.stderr))
 }
 
 fn is_dns_label(text: &str) -> bool {

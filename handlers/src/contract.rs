@@ -98,6 +98,18 @@ pub struct Decision {
     pub changes: Vec<Change>,
     pub outputs: Vec<Output>,
     pub intents: Vec<Intent>,
+    /// A valid entry that refers to something this projection does not know (a fact for an
+    /// unknown execution, an outcome for an unknown repair): the reason, a short snake_case
+    /// code. The engine counts it per stream and reason; it is never a dead letter, which is
+    /// for entries the engine cannot process.
+    pub ignored: Option<String>,
+}
+
+impl Decision {
+    /// Nothing to do for a valid entry, for `reason`.
+    pub fn ignored(reason: impl Into<String>) -> Decision {
+        Decision { ignored: Some(reason.into()), ..Decision::default() }
+    }
 }
 
 /// A handler's refusal to take an event. The engine sends the event to the dead-letter stream

@@ -3,6 +3,8 @@
 //! the log, the pending lists and the dead-letter streams hold.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod python;
+
 pub use maestro::redis_server::{RedisOptions, RedisServer};
 use maestro::traffic::{Message, Traffic, publish};
 use maestro_schemas::StreamSet;

@@ -338,6 +338,6 @@ impl Handler for Execution {
             }
             _ => {}
         }
-        Ok(Decision { changes: s.tx.into_changes(), outputs: s.outputs, intents: s.intents })
+        Ok(Decision { changes: s.tx.into_changes(), outputs: s.outputs, intents: s.intents, ..Decision::default() })
     }
 }

@@ -248,6 +248,6 @@ impl Handler for Healing {
             }
             _ => {}
         }
-        Ok(Decision { outputs: s.outputs, changes: s.tx.into_changes(), intents: Vec::new() })
+        Ok(Decision { outputs: s.outputs, changes: s.tx.into_changes(), ..Decision::default() })
     }
 }

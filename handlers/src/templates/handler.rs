@@ -176,6 +176,7 @@ impl Templates {
                 self.output(&self.usage, template_usage_json(&usage)),
             ],
             intents,
+            ignored: None,
         }
     }
 

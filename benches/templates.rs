@@ -76,8 +76,8 @@ fn manifest(rng: &mut Rng, name: &str) -> Value {
         "name": name, "version": "1.0.0", "description": format!("A {} template with tests", rng.pick(&WORDS)),
         "author": "platform-team", "engine": "jinja2",
         "metadata": {"language": rng.pick(&LANGUAGES), "framework": rng.pick(&["fastapi", "express", "gin", "rails"]),
-                     "category": rng.pick(&["backend", "frontend", "cli", "data"]), "tags": tags},
-        "placeholders": [{"name": "PROJECT_NAME", "type": "string"}],
+                     "category": rng.pick(&["backend", "frontend", "cli", "data"]), "tags": tags, "license": "MIT"},
+        "placeholders": [{"variable": "PROJECT_NAME", "description": "The project's name", "type": "string"}],
         "hooks": {"post_generation": ["hooks/init.sh"]},
         "documentation": {"readme": "README.md", "examples": ["basic"]},
         "configuration": {"supported_os": ["linux"]}

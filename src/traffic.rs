@@ -90,8 +90,8 @@ pub fn manifest(rng: &mut Rng, name: &str) -> Value {
         "name": name, "version": "1.2.0", "description": "A production-ready service template with tests",
         "author": "platform-team", "engine": "jinja2",
         "metadata": {"language": rng.pick(&LANGUAGES), "framework": rng.pick(&FRAMEWORKS), "category": rng.pick(&CATEGORIES),
-                     "tags": ["rest", "docker", "ci"]},
-        "placeholders": [{"name": "PROJECT_NAME", "type": "string", "required": true}],
+                     "tags": ["rest", "docker", "ci"], "license": "MIT"},
+        "placeholders": [{"variable": "PROJECT_NAME", "description": "The project's name", "type": "string", "required": true}],
         "hooks": {"pre_generation": ["hooks/check.py"], "post_generation": ["hooks/init.sh"]},
         "documentation": {"readme": "README.md", "examples": ["basic"]},
         "configuration": {"supported_os": ["linux", "darwin"], "architecture": ["amd64", "arm64"]}

@@ -39,10 +39,7 @@ impl Handler for Echo {
             return Err(HandlerError::Invalid("typed event of the wrong stream".into()));
         }
         let data = format!(r#"{{"request_id":"echo-{}","status":"success"}}"#, event.seq());
-        Ok(Decision {
-            outputs: vec![Output { stream: RESULTS.into(), fields: vec![("data".into(), data)] }],
-            ..Decision::default()
-        })
+        Ok(Decision { outputs: vec![Output::new(RESULTS, vec![("data".into(), data)])], ..Decision::default() })
     }
 }
 
@@ -139,6 +136,7 @@ fn a_second_publish_of_the_same_outbox_entry_is_a_no_op() {
         stream: RESULTS.into(),
         fields: vec![("data".into(), b"{}".to_vec())],
         maxlen: None,
+        elapsed_from_ms: None,
     };
     runtime.block_on(async {
         assert_eq!(source.publish(&[item(1, 0), item(1, 1), item(2, 0)]).await.unwrap(), 3);

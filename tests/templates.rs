@@ -52,7 +52,7 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
     request(&mut conn, "r3", "grant", "acme", "alice", None, json!({"user": "bob", "role": "developer"}));
     request(&mut conn, "r4", "create", "acme", "bob", Some("tpl-bob"), create("bob-service"));
     let mut bad = manifest("bad name");
-    bad["metadata"]["tags"] = json!(["UPPER"]);
+    bad["metadata"]["tags"] = json!(["rest api"]);
     request(
         &mut conn,
         "r5",
@@ -82,11 +82,16 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
     let error = |id: &str| results[id]["error"].as_str().unwrap_or_default().to_string();
     assert!(ok("r1"), "{}", results["r1"]);
     assert_eq!(results["r1"]["result"]["quality_score"], 100);
+    // The old create answer's keys first, the record beside them.
+    assert_eq!(results["r1"]["result"]["template_id"], "tpl-api");
+    assert_eq!(results["r1"]["result"]["status"], "created");
+    assert_eq!(results["r1"]["result"]["message"], "Template created successfully");
+    assert_eq!(results["r1"]["result"]["template_status"], "draft");
     assert!(error("r2").contains("holds no role in tenant \"acme\""), "{}", error("r2"));
     assert!(ok("r3") && ok("r4"));
     let gate = error("r5");
     assert!(
-        gate.contains("quality gate") && gate.contains("name \"bad name\"") && gate.contains("tag \"UPPER\""),
+        gate.contains("quality gate") && gate.contains("name \"bad name\"") && gate.contains("tag \"rest api\""),
         "{gate}"
     );
     assert!(ok("r6"));
@@ -97,12 +102,15 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
         (&json!(1), &json!(2))
     );
     let keys: Vec<&String> = results["r6"]["result"].as_object().unwrap().keys().collect();
-    let fields = "id name description category language framework tags quality_score is_pinned quality_tier \
-                  usage_count created_at tenant_id version templating_engine content manifest status pin_reason \
-                  created_by updated_at";
+    let fields = "template_id id name description category language framework tags quality_score is_pinned \
+                  quality_tier usage_count created_at updated_at version created_by status tenant_id \
+                  templating_engine content manifest pin_reason";
     assert_eq!(keys, fields.split_whitespace().collect::<Vec<_>>(), "a retrieve answers the whole record");
     assert!(ok("r7"));
     assert_eq!(results["r7"]["result"]["total"], 2);
+    let brief = results["r7"]["result"]["results"].as_array().unwrap();
+    assert_eq!(brief.len(), 2, "the old answer's hits");
+    assert!(brief.iter().all(|hit| hit.as_object().unwrap().keys().eq(["template_id", "name", "category"].iter())));
     let found = results["r7"]["result"]["templates"].as_array().unwrap();
     let api = found.iter().find(|t| t["id"] == "tpl-api").unwrap();
     assert_eq!(api["usage_count"], 2, "{api}");
@@ -115,6 +123,10 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
     assert_eq!(results["r12"]["result"]["passes"], true);
     assert_eq!(results["r13"]["result"]["versions"].as_array().unwrap().len(), 1);
     assert!(ok("r14"));
+    assert_eq!(
+        (&results["r14"]["result"]["status"], &results["r14"]["result"]["message"]),
+        (&json!("deleted"), &json!("Template deleted successfully"))
+    );
     assert!(error("r15").contains("does not exist"));
     // Old result shape: exactly these keys, in this order.
     let keys: Vec<&String> = results["r1"].as_object().unwrap().keys().collect();
@@ -127,6 +139,18 @@ fn a_registry_session_with_roles_tenants_and_the_quality_gate() {
         keys,
         ["event_id", "template_id", "tenant_id", "user_id", "operation", "success", "duration_ms", "timestamp"]
     );
+    // Real durations: from each request's entry to its answer's publication.
+    let durations: Vec<u64> = usage
+        .iter()
+        .map(|(_, fields)| serde_json::from_str::<Value>(&fields["data"]).unwrap()["duration_ms"].as_u64().unwrap())
+        .collect();
+    assert!(durations.iter().sum::<u64>() > 0, "{durations:?}");
+    let published: Vec<u64> = usage.iter().map(|(id, _)| id.split('-').next().unwrap().parse().unwrap()).collect();
+    let requested: Vec<u64> =
+        read_stream(&mut conn, REQUESTS).iter().map(|(id, _)| id.split('-').next().unwrap().parse().unwrap()).collect();
+    for ((duration, published), requested) in durations.iter().zip(&published).zip(&requested) {
+        assert!(*duration <= published - requested + 1, "{duration} ms between {requested} and {published}");
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use maestro_handlers::{Change, Event, Handler};
 use maestro_schemas::envelope::Limits;
 use maestro_schemas::ids::output_id;
 use maestro_schemas::{Body, Origin, Record, Status, StreamSet, TypedEvent, decode};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -55,6 +55,8 @@ pub struct Report {
     pub records: u64,
     pub dead_lettered: u64,
     pub intents: u64,
+    /// Valid entries a handler had nothing to do for, by (stream, reason).
+    pub ignored: BTreeMap<(String, String), u64>,
 }
 
 /// Dispatches records to handlers and keeps their projections.
@@ -243,9 +245,14 @@ impl Dispatcher {
                             };
                             self.store.stage(pending, name, &key, value)?;
                         }
+                        if let (Some(reason), Body::Entry(entry)) = (decision.ignored, &record.body) {
+                            *report.ignored.entry((entry.stream.clone(), reason)).or_default() += 1;
+                        }
                         for output in decision.outputs.into_iter().filter(|_| self.keep.outputs) {
                             let fields = output.fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-                            pending.publish(self.stamped(record.seq, index, output.stream, fields, None));
+                            let mut item = self.stamped(record.seq, index, output.stream, fields, None);
+                            item.elapsed_from_ms = output.elapsed_from_ms;
+                            pending.publish(item);
                             index += 1;
                         }
                         for intent in decision.intents.into_iter().filter(|_| self.keep.intents) {
@@ -284,7 +291,7 @@ impl Dispatcher {
     ) -> OutboxItem {
         fields.insert(0, ("origin".into(), self.stamp.origin.clone().into_bytes()));
         fields.insert(1, ("output_id".into(), output_id(seq, index).into_bytes()));
-        OutboxItem { seq, index, stream, fields, maxlen }
+        OutboxItem { seq, index, stream, fields, maxlen, elapsed_from_ms: None }
     }
 
     /// The dead-letter copy of a record that was rejected, quarantined or failed a handler.
@@ -365,6 +372,9 @@ impl Dispatcher {
             total.records += report.records;
             total.dead_lettered += report.dead_lettered;
             total.intents += report.intents;
+            for (key, n) in report.ignored {
+                *total.ignored.entry(key).or_default() += n;
+            }
         }
         self.store.set_guard(Guard::default())?;
         Ok(total)

@@ -532,6 +532,10 @@ impl Cycle {
             Status::add(&self.status.dead_lettered, report.dead_lettered);
             metrics::counter!("maestro_dead_lettered_total").increment(report.dead_lettered);
         }
+        for ((stream, reason), n) in report.ignored {
+            Status::add(&self.status.ignored, n);
+            metrics::counter!("maestro_ignored_total", "stream" => stream, "reason" => reason).increment(n);
+        }
         // Step 5: publish outputs, then run effect intents.
         self.publish_outbox().await?;
         run_effects(&mut self.effects, &self.dispatcher, &self.status)?;

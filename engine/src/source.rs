@@ -8,6 +8,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::store::OutboxItem;
+use maestro_handlers::ELAPSED_MS;
 use maestro_schemas::EntryId;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
@@ -417,6 +418,9 @@ impl Source {
     /// many entries per call. Returns how many were new.
     pub async fn publish(&mut self, items: &[OutboxItem]) -> Result<u64> {
         let mut published = 0;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         for chunk in items.chunks(128) {
             let mut conn = self.writer().await?;
             let mut invocation = self.publish_script.key(&self.config.published_key);
@@ -427,9 +431,16 @@ impl Source {
                     args.extend([b"MAXLEN".to_vec(), b"~".to_vec(), maxlen.to_string().into_bytes()]);
                 }
                 args.push(b"*".to_vec());
+                let mut elapsed = item.elapsed_from_ms.map(|start| now_ms.saturating_sub(start));
                 for (name, value) in &item.fields {
                     args.push(name.clone().into_bytes());
-                    args.push(value.clone());
+                    args.push(match elapsed.and_then(|ms| fill_elapsed(value, ms)) {
+                        Some(filled) => {
+                            elapsed = None;
+                            filled
+                        }
+                        None => value.clone(),
+                    });
                 }
                 invocation.arg(&item.stream).arg(item.seq).arg(item.index).arg(args.len()).arg(args);
             }
@@ -545,8 +556,27 @@ impl Drop for ReadAhead {
     }
 }
 
+/// `value` with its first [`ELAPSED_MS`] placeholder replaced by `ms`, if it has one.
+fn fill_elapsed(value: &[u8], ms: u64) -> Option<Vec<u8>> {
+    let marker = ELAPSED_MS.as_bytes();
+    let at = value.windows(marker.len()).position(|w| w == marker)?;
+    let mut filled = Vec::with_capacity(value.len());
+    filled.extend_from_slice(&value[..at]);
+    filled.extend_from_slice(ms.to_string().as_bytes());
+    filled.extend_from_slice(&value[at + marker.len()..]);
+    Some(filled)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_first_elapsed_placeholder_is_filled_in() {
+        let value = format!(r#"{{"duration_ms":{0},"note":"{0}"}}"#, super::ELAPSED_MS);
+        let filled = super::fill_elapsed(value.as_bytes(), 42).unwrap();
+        assert_eq!(filled, format!(r#"{{"duration_ms":42,"note":"{}"}}"#, super::ELAPSED_MS).into_bytes());
+        assert_eq!(super::fill_elapsed(b"{}", 42), None);
+    }
+
     use super::*;
 
     fn bulk(s: &str) -> Value {

@@ -165,6 +165,37 @@ pub struct OutboxItem {
     pub fields: Vec<(String, Vec<u8>)>,
     /// Approximate cap on the target stream's length (dead-letter streams are capped).
     pub maxlen: Option<u64>,
+    /// Where the publisher fills in the elapsed milliseconds since this time (see
+    /// `maestro_handlers::Output::elapsed_from_ms`).
+    pub elapsed_from_ms: Option<u64>,
+}
+
+/// An outbox entry as written before `elapsed_from_ms` existed: a data dir upgraded with
+/// entries still unpublished reads them as entries with no elapsed time to fill in.
+#[derive(Deserialize)]
+struct OutboxItemWithoutElapsed {
+    seq: u64,
+    index: u32,
+    stream: String,
+    fields: Vec<(String, Vec<u8>)>,
+    maxlen: Option<u64>,
+}
+
+impl OutboxItem {
+    fn decode(bytes: &[u8]) -> Result<OutboxItem> {
+        codec::decode(bytes)
+            .or_else(|_| {
+                codec::decode::<OutboxItemWithoutElapsed>(bytes).map(|old| OutboxItem {
+                    seq: old.seq,
+                    index: old.index,
+                    stream: old.stream,
+                    fields: old.fields,
+                    maxlen: old.maxlen,
+                    elapsed_from_ms: None,
+                })
+            })
+            .map_err(|e| EngineError::State(format!("outbox entry: {e}")))
+    }
 }
 
 /// The catch-up guard: which record dispatch was about to start, and how many times a
@@ -652,8 +683,7 @@ impl Store {
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
-                let item = codec::decode(&value).map_err(|e| EngineError::State(format!("outbox entry: {e}")))?;
-                Ok((key, item))
+                Ok((key, OutboxItem::decode(&value)?))
             })
             .collect()
     }
@@ -826,7 +856,14 @@ mod tests {
         live.commit(pending).unwrap();
         let mut pending = Pending::default();
         pending.advance("_dispatch", 7);
-        pending.publish(OutboxItem { seq: 7, index: 0, stream: "s".into(), fields: vec![], maxlen: None });
+        pending.publish(OutboxItem {
+            seq: 7,
+            index: 0,
+            stream: "s".into(),
+            fields: vec![],
+            maxlen: None,
+            elapsed_from_ms: None,
+        });
         live.commit(pending).unwrap();
         let next = Store::next_generation(&db, files.clone()).unwrap();
         fill(&next, "p", 1_200, 9);

@@ -81,6 +81,21 @@ pub enum Change {
 pub struct Output {
     pub stream: String,
     pub fields: Vec<(String, String)>,
+    /// When set (Unix milliseconds, a request's entry time), the engine replaces the first
+    /// [`ELAPSED_MS`] in the fields with the milliseconds from then to the moment it publishes
+    /// the entry: the old services' `duration_ms`, which no pure function can know. What was
+    /// published is read back and logged like every entry, so replays see the same figure.
+    pub elapsed_from_ms: Option<u64>,
+}
+
+/// The placeholder of an output's elapsed milliseconds (see [`Output::elapsed_from_ms`]). A
+/// JSON encoder escapes U+0001 inside strings, so the raw byte can only be this marker.
+pub const ELAPSED_MS: &str = "\u{1}elapsed_ms\u{1}";
+
+impl Output {
+    pub fn new(stream: impl Into<String>, fields: Vec<(String, String)>) -> Output {
+        Output { stream: stream.into(), fields, elapsed_from_ms: None }
+    }
 }
 
 /// A side effect for the engine to run after the log append (a git commit, a Kubernetes apply).

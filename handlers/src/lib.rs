@@ -12,5 +12,5 @@ pub mod healing;
 pub mod keys;
 pub mod stream_stats;
 
-pub use contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, Overlay, StateView};
+pub use contract::{Change, Decision, ELAPSED_MS, Event, Handler, HandlerError, Intent, Output, Overlay, StateView};
 pub mod templates;

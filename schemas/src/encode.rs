@@ -139,13 +139,19 @@ fn template_request(r: &te::TemplateRequest) -> String {
 
 /// The `data` JSON of a template result, in the old service's key order with explicit nulls.
 pub fn template_result_json(r: &te::TemplateResult) -> String {
+    template_result_json_with(r, &r.duration_ms.to_string())
+}
+
+/// [`template_result_json`] with `duration_ms` written as the given JSON text (a handler's
+/// placeholder that the engine fills in when it publishes).
+pub fn template_result_json_with(r: &te::TemplateResult, duration_ms: &str) -> String {
     JsonObject::default()
         .value("request_id", &r.request_id)
         .value("template_id", &r.template_id)
         .value("status", &r.status)
         .raw("result", r.result_json.as_deref().unwrap_or("null"))
         .value("error", &r.error)
-        .value("duration_ms", &r.duration_ms)
+        .raw("duration_ms", duration_ms)
         .value("timestamp", &r.timestamp)
         .extra(&r.extra, &[])
         .finish()
@@ -153,6 +159,11 @@ pub fn template_result_json(r: &te::TemplateResult) -> String {
 
 /// The `data` JSON of a usage event, in the old service's key order.
 pub fn template_usage_json(u: &te::TemplateUsageEvent) -> String {
+    template_usage_json_with(u, &u.duration_ms.to_string())
+}
+
+/// [`template_usage_json`] with `duration_ms` written as the given JSON text.
+pub fn template_usage_json_with(u: &te::TemplateUsageEvent, duration_ms: &str) -> String {
     JsonObject::default()
         .value("event_id", &u.event_id)
         .value("template_id", &u.template_id)
@@ -160,7 +171,7 @@ pub fn template_usage_json(u: &te::TemplateUsageEvent) -> String {
         .value("user_id", &u.user_id)
         .value("operation", &u.operation)
         .value("success", &u.success)
-        .value("duration_ms", &u.duration_ms)
+        .raw("duration_ms", duration_ms)
         .value("timestamp", &u.timestamp)
         .extra(&u.extra, &[])
         .finish()

@@ -15,6 +15,20 @@ pub fn derived_id(prefix: &str, stream: &str, entry: EntryId) -> String {
     format!("{prefix}-{}", &hex.as_str()[..16])
 }
 
+/// A UUID derived from a stream entry (version 4 and variant bits set, so that the old
+/// services' models, which type these ids as `UUID` or `UUID4`, parse it), for ids the old
+/// services drew at random: template ids of creates, usage event ids. `purpose` keeps two ids
+/// of one entry apart.
+pub fn derived_uuid(purpose: &str, stream: &str, entry: EntryId) -> String {
+    let digest = blake3::hash(format!("{purpose}\n{stream}\n{entry}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_bytes()[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = crate::record::hex(&bytes);
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
 /// Formats Unix milliseconds as RFC 3339 UTC (`2026-11-28T07:40:23.123Z`).
 pub fn format_utc_ms(ms: u64) -> String {
     let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
@@ -88,6 +102,19 @@ mod tests {
         assert_ne!(derived_id("req", "s", a), derived_id("req", "t", a));
         assert!(derived_id("req", "s", a).starts_with("req-"));
         assert_eq!(output_id(7, 2), "7-2");
+    }
+
+    #[test]
+    fn derived_uuids_are_stable_version_4_uuids() {
+        let a = EntryId { ms: 10, seq: 1 };
+        let id = derived_uuid("template", "s", a);
+        assert_eq!(id, derived_uuid("template", "s", a));
+        assert_ne!(id, derived_uuid("usage", "s", a));
+        assert_ne!(id, derived_uuid("template", "s", EntryId { ms: 10, seq: 2 }));
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
+        assert!(groups[2].starts_with('4') && "89ab".contains(&groups[3][..1]), "{id}");
+        assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
     }
 
     #[test]

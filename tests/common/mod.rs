@@ -250,8 +250,8 @@ pub fn manifest(name: &str) -> Value {
     serde_json::json!({
         "name": name, "version": "1.0.0", "description": "A production-ready FastAPI service with tests",
         "author": "platform-team", "engine": "jinja2",
-        "metadata": {"language": "python", "framework": "fastapi", "category": "backend", "tags": ["rest", "docker", "ci"]},
-        "placeholders": [{"name": "PROJECT_NAME", "type": "string"}],
+        "metadata": {"language": "python", "framework": "fastapi", "category": "backend", "tags": ["rest", "docker", "ci"], "license": "MIT"},
+        "placeholders": [{"variable": "PROJECT_NAME", "description": "The project's name", "type": "string"}],
         "hooks": {"post_generation": ["hooks/init.sh"]},
         "documentation": {"readme": "README.md", "examples": ["basic"]},
         "dependencies": {"runtime": ["fastapi"]},

@@ -83,7 +83,7 @@ impl Session<'_> {
             timestamp: naive_iso(ms),
         };
         let fields = to_fields(&maestro_schemas::Event::K8sStatus(status));
-        self.outputs.push(Output { stream: self.status_stream.to_string(), fields });
+        self.outputs.push(Output::new(self.status_stream, fields));
     }
 
     /// An intent for the runner. Its id names the environment's lifecycle step, so that a

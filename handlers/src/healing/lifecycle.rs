@@ -45,7 +45,7 @@ impl<'a> Session<'a> {
 
     fn publish(&mut self, result: automation_result::Result) {
         let fields = to_fields(&maestro_schemas::Event::AutomationResult(AutomationResult { result: Some(result) }));
-        self.outputs.push(Output { stream: self.results.to_string(), fields });
+        self.outputs.push(Output::new(self.results, fields));
     }
 
     /// `{type: status_update, orchestrator_id, status, timestamp}`.

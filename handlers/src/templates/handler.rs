@@ -11,9 +11,9 @@ use super::index::SearchIndex;
 use super::manifest::{self, DEFAULT_MIN_SCORE};
 use super::search::{Query, TemplateMeta, search};
 use super::versions::{self, Stamp};
-use crate::contract::{Change, Decision, Event, Handler, HandlerError, Intent, Output, StateView};
-use maestro_schemas::encode::{template_result_json, template_usage_json};
-use maestro_schemas::ids::{derived_id, naive_iso};
+use crate::contract::{Change, Decision, ELAPSED_MS, Event, Handler, HandlerError, Intent, Output, StateView};
+use maestro_schemas::encode::{template_result_json, template_result_json_with, template_usage_json_with};
+use maestro_schemas::ids::{derived_id, derived_uuid, naive_iso};
 use maestro_schemas::proto::templates::{Operation, TemplateRequest, TemplateResult, TemplateUsageEvent};
 use maestro_schemas::{Body, Entry, Event as Typed, Status};
 use serde::{Deserialize, Serialize};
@@ -38,14 +38,10 @@ pub struct TemplateRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TemplateBody {
     pub tenant_id: String,
-    pub version: String,
     pub templating_engine: String,
     pub content: String,
     pub manifest: Value,
-    pub status: String,
     pub pin_reason: Option<String>,
-    pub created_by: String,
-    pub updated_at: u64,
 }
 
 /// The handler. Bootstrap admins come from the log's config records (`a/<tenant>\0<user>`).
@@ -116,7 +112,6 @@ struct Request<'a> {
     req: &'a TemplateRequest,
     params: Value,
     entry: &'a Entry,
-    seq: u64,
 }
 
 impl Request<'_> {
@@ -137,8 +132,10 @@ impl Templates {
         state.get(&key("g", tenant, &[user])).and_then(|r| Role::parse(std::str::from_utf8(&r).ok()?))
     }
 
-    fn output(&self, stream: &str, data: String) -> Output {
-        Output { stream: stream.to_string(), fields: vec![("data".into(), data)] }
+    /// An answer whose `duration_ms` the engine fills in when it publishes: the time from the
+    /// request's entry to the answer's publication.
+    fn timed_output(&self, stream: &str, data: String, request: &Entry) -> Output {
+        Output { elapsed_from_ms: Some(request.id.ms), ..Output::new(stream, vec![("data".into(), data)]) }
     }
 
     fn respond(&self, r: &Request<'_>, operation: &str, outcome: Outcome) -> Decision {
@@ -159,7 +156,7 @@ impl Templates {
             extra: Default::default(),
         };
         let usage = TemplateUsageEvent {
-            event_id: format!("usage-{}", r.seq),
+            event_id: derived_uuid("usage", &r.entry.stream, r.entry.id),
             template_id: template_id.unwrap_or_else(|| "unknown".into()),
             tenant_id: r.req.tenant_id.clone(),
             user_id: r.req.user_id.clone(),
@@ -172,8 +169,8 @@ impl Templates {
         Decision {
             changes,
             outputs: vec![
-                self.output(&self.results, template_result_json(&result)),
-                self.output(&self.usage, template_usage_json(&usage)),
+                self.timed_output(&self.results, template_result_json_with(&result, ELAPSED_MS), r.entry),
+                self.timed_output(&self.usage, template_usage_json_with(&usage, ELAPSED_MS), r.entry),
             ],
             intents,
             ignored: None,
@@ -197,7 +194,8 @@ impl Templates {
             timestamp: naive_iso(entry.id.ms),
             extra: Default::default(),
         };
-        Decision { outputs: vec![self.output(&self.results, template_result_json(&result))], ..Decision::default() }
+        let output = Output::new(&self.results, vec![("data".into(), template_result_json(&result))]);
+        Decision { outputs: vec![output], ..Decision::default() }
     }
 }
 
@@ -223,7 +221,7 @@ impl Handler for Templates {
         let operation = Operation::try_from(req.operation).unwrap_or(Operation::Unspecified);
         let name = operation.as_str_name().trim_start_matches("OPERATION_").to_lowercase();
         let params = serde_json::from_str(&req.parameters_json).unwrap_or(Value::Null);
-        let r = Request { req, params, entry, seq: event.seq() };
+        let r = Request { req, params, entry };
         let held = self.role(state, &req.tenant_id, &req.user_id);
         let outcome = match authorize(&req.user_id, &req.tenant_id, held, operation) {
             Err(denied) => Err(format!("denied: {denied}")),
@@ -267,15 +265,20 @@ fn load(state: &dyn StateView, tenant: &str, id: &str) -> Result<TemplateRecord,
     Ok(TemplateRecord { meta, body })
 }
 
-/// The JSON object with `meta`'s members, then `body`'s: a record's serialisation, made from
-/// the two stored objects without parsing the body (which holds the template's content).
-fn joined_objects(meta: &[u8], body: &[u8]) -> Option<String> {
-    let meta = meta.strip_suffix(b"}")?;
+/// The old retrieve answer's `template_id`, then `meta`'s members, then `body`'s: a record's
+/// serialisation, made from the two stored objects without parsing the body (which holds the
+/// template's content).
+fn joined_objects(id: &str, meta: &[u8], body: &[u8]) -> Option<String> {
+    let meta = meta.strip_prefix(b"{")?.strip_suffix(b"}")?;
     let body = body.strip_prefix(b"{")?;
-    if meta.len() < 2 || body.len() < 2 {
+    if meta.is_empty() || body.len() < 2 {
         return None;
     }
-    let mut joined = Vec::with_capacity(meta.len() + 1 + body.len());
+    let id = serde_json::to_string(id).ok()?;
+    let mut joined = Vec::with_capacity(16 + id.len() + meta.len() + 1 + body.len());
+    joined.extend_from_slice(b"{\"template_id\":");
+    joined.extend_from_slice(id.as_bytes());
+    joined.push(b',');
     joined.extend_from_slice(meta);
     joined.push(b',');
     joined.extend_from_slice(body);
@@ -352,8 +355,11 @@ impl Templates {
         let (mut changes, intent) = versions::record(state, self.stamp(r, &time), &record, true);
         changes.push(Change::Delete { key: key("t", r.tenant(), &[id]) });
         changes.extend(self.index.change(state, r.tenant(), id, None));
-        let commit = intent.id.clone();
-        let done = Done::new(json!({"deleted": id, "commit": commit}), Some(id.to_string()), changes);
+        let result = json!({
+            "template_id": id, "status": "deleted", "message": "Template deleted successfully",
+            "deleted": id, "commit": intent.id,
+        });
+        let done = Done::new(result, Some(id.to_string()), changes);
         Ok(Done { intents: vec![intent], ..done })
     }
 
@@ -364,8 +370,7 @@ impl Templates {
         // Retrieval counts as use; only the small metadata is rewritten.
         meta.usage_count += 1;
         let changes = self.index.change(state, r.tenant(), id, Some(&meta));
-        let current =
-            |wanted: &str| serde_json::from_slice::<TemplateBody>(&body).is_ok_and(|stored| stored.version == wanted);
+        let current = |wanted: &str| meta.version == wanted;
         // The metadata as the change stores it, so it is serialised once.
         let meta_key = key("m", r.tenant(), &[id]);
         let stored_meta = changes.iter().find_map(|change| match change {
@@ -374,11 +379,12 @@ impl Templates {
         });
         let result = match r.text("version").filter(|v| !current(v)) {
             None => stored_meta
-                .and_then(|meta| joined_objects(meta, &body))
+                .and_then(|meta| joined_objects(id, meta, &body))
                 .ok_or_else(|| format!("template {id:?} is stored in a form this engine cannot read"))?,
             Some(wanted) => {
                 let (entry, mut file) = versions::at(state, r.tenant(), id, &wanted)?;
                 if let Value::Object(map) = &mut file {
+                    map.insert("template_id".into(), json!(id));
                     map.insert("commit".into(), json!(entry.commit));
                     map.insert("committed_at".into(), json!(entry.time));
                 }
@@ -389,7 +395,7 @@ impl Templates {
     }
 
     fn create(&self, state: &dyn StateView, r: &Request<'_>) -> Outcome {
-        let id = r.req.template_id.clone().unwrap_or_else(|| derived_id("tpl", &r.entry.stream, r.entry.id));
+        let id = r.req.template_id.clone().unwrap_or_else(|| derived_uuid("template", &r.entry.stream, r.entry.id));
         if state.get(&key("t", r.tenant(), &[&id])).is_some() {
             return Err(format!("template {id:?} already exists"));
         }
@@ -398,14 +404,11 @@ impl Templates {
                 id: id.clone(),
                 created_at: r.entry.id.ms,
                 quality_tier: "standard".into(),
-                ..TemplateMeta::default()
-            },
-            body: TemplateBody {
-                tenant_id: r.tenant().to_string(),
                 status: "draft".into(),
                 created_by: r.req.user_id.clone(),
-                ..TemplateBody::default()
+                ..TemplateMeta::default()
             },
+            body: TemplateBody { tenant_id: r.tenant().to_string(), ..TemplateBody::default() },
         };
         self.apply_fields(state, r, record, true)
     }
@@ -423,7 +426,7 @@ impl Templates {
             if !report.passes(self.min_score) {
                 return Err(format!("quality gate: {}", report.reason(self.min_score)));
             }
-            t.body.manifest = manifest.clone();
+            t.body.manifest = report.normalized;
             t.meta.quality_score = report.score;
         } else if creating {
             return Err("parameters.manifest is required".into());
@@ -444,7 +447,7 @@ impl Templates {
         t.meta.category = from("category", &["metadata", "category"]).unwrap_or(t.meta.category);
         t.meta.language = from("language", &["metadata", "language"]).unwrap_or(t.meta.language);
         t.meta.framework = from("framework", &["metadata", "framework"]).or(t.meta.framework);
-        t.body.version = from("version", &["version"]).unwrap_or(t.body.version);
+        t.meta.version = from("version", &["version"]).unwrap_or(t.meta.version);
         t.body.templating_engine = from("templating_engine", &["engine"]).unwrap_or(t.body.templating_engine);
         let tags = r.params.get("tags").or_else(|| m.pointer("/metadata/tags"));
         if let Some(tags) = tags.and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok()) {
@@ -459,15 +462,25 @@ impl Templates {
         if t.body.content.is_empty() {
             return Err("parameters.content is required".into());
         }
-        if semver::Version::parse(&t.body.version).is_err() {
-            return Err(format!("version {:?} is not semver", t.body.version));
+        if semver::Version::parse(&t.meta.version).is_err() {
+            return Err(format!("version {:?} is not semver", t.meta.version));
         }
-        t.body.updated_at = r.entry.id.ms;
+        t.meta.updated_at = r.entry.id.ms;
         let time = naive_iso(r.entry.id.ms);
         let (mut changes, intent) = versions::record(state, self.stamp(r, &time), &t, false);
         changes.extend(self.store(state, &t));
-        let mut result = summary(&t);
-        if let Value::Object(map) = &mut result {
+        // The old answer's keys first; the template's own status moves to `template_status`.
+        let (status, message) = if creating {
+            ("created", "Template created successfully")
+        } else {
+            ("updated", "Template updated successfully")
+        };
+        let mut result = json!({"template_id": t.meta.id, "status": status, "message": message});
+        if let (Value::Object(map), Value::Object(summary)) = (&mut result, summary(&t)) {
+            for (key, value) in summary {
+                let key = if key == "status" { "template_status".to_string() } else { key };
+                map.entry(key).or_insert(value);
+            }
             map.insert("commit".into(), json!(intent.id));
         }
         Ok(Done { intents: vec![intent], ..Done::new(result, Some(t.meta.id.clone()), changes) })

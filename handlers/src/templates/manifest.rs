@@ -1,8 +1,14 @@
-//! The quality gate: the manifest rules and the quality score of domain.md section 2. The old
+//! The quality gate: the old template service's manifest schema and quality score, rule for
+//! rule (keys, types, limits, the placeholder key `variable`, the score's keys). The old
 //! service computed the score and then ignored it; the engine rejects a create or update whose
-//! manifest breaks a rule or scores below the configured minimum, naming every failed rule.
+//! manifest breaks a rule or scores below the configured minimum, naming every failed rule in
+//! plain words (`metadata.category "games" must be one of backend, ...`).
+//!
+//! The gate also gives the manifest as the old validator stored it: languages and frameworks
+//! trimmed, tags lower-cased and trimmed, OS and architecture names lower-cased, and each
+//! placeholder's `name` (accepted as an alias) under `variable`.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub const ENGINES: [&str; 4] = ["jinja2", "cookiecutter", "copier", "custom"];
 pub const CATEGORIES: [&str; 12] = [
@@ -22,15 +28,18 @@ pub const CATEGORIES: [&str; 12] = [
 pub const PLACEHOLDER_TYPES: [&str; 6] = ["string", "integer", "boolean", "float", "list", "object"];
 pub const OPERATING_SYSTEMS: [&str; 5] = ["linux", "darwin", "windows", "freebsd", "openbsd"];
 pub const ARCHITECTURES: [&str; 5] = ["amd64", "arm64", "arm", "x86", "i386"];
+const HOOK_STAGES: [&str; 4] = ["pre_generation", "post_generation", "pre_deployment", "post_deployment"];
 
 /// The default minimum score of an accepted create or update.
 pub const DEFAULT_MIN_SCORE: i64 = 70;
 
-/// What the gate found: the score (0-100) and every rule the manifest breaks.
+/// What the gate found: the score (0-100), every rule the manifest breaks, and the manifest
+/// as the old validator stored it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GateReport {
     pub score: i64,
     pub failures: Vec<String>,
+    pub normalized: Value,
 }
 
 impl GateReport {
@@ -49,15 +58,94 @@ impl GateReport {
     }
 }
 
-fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(value, |v, key| v.get(key)).and_then(Value::as_str)
+/// Collects failures while the manifest is walked; `path` names where each one is.
+struct Gate {
+    failures: Vec<String>,
 }
 
-fn list<'a>(value: &'a Value, path: &[&str]) -> &'a [Value] {
-    path.iter().try_fold(value, |v, key| v.get(key)).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+impl Gate {
+    fn fail(&mut self, text: String) {
+        self.failures.push(text);
+    }
+
+    /// A required string; `None` after naming the failure when it is absent or not a string.
+    fn required_text<'a>(&mut self, object: &'a Map<String, Value>, path: &str, key: &str) -> Option<&'a str> {
+        match object.get(key) {
+            Some(Value::String(text)) => Some(text),
+            None | Some(Value::Null) => {
+                self.fail(format!("{path}{key} is required"));
+                None
+            }
+            Some(other) => {
+                self.fail(format!("{path}{key} must be a string, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// An optional object (absent and null are the same); `None` after naming a wrong type.
+    fn optional_object<'a>(&mut self, value: Option<&'a Value>, path: &str) -> Option<&'a Map<String, Value>> {
+        match value {
+            Some(Value::Object(object)) => Some(object),
+            None | Some(Value::Null) => None,
+            Some(other) => {
+                self.fail(format!("{path} must be an object, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// An optional list of strings (absent and null are empty).
+    fn string_list<'a>(&mut self, value: Option<&'a Value>, path: &str) -> Vec<&'a str> {
+        match value {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|item| match item {
+                    Value::String(text) => Some(text.as_str()),
+                    other => {
+                        self.fail(format!("{path} items must be strings, not {}", kind(other)));
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                self.fail(format!("{path} must be a list of strings, not {}", kind(other)));
+                Vec::new()
+            }
+        }
+    }
 }
 
-fn is_upper_snake(name: &str) -> bool {
+/// A JSON type's name as a person would say it.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn is_name(name: &str) -> bool {
+    (1..=100).contains(&name.chars().count()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// `MAJOR.MINOR.PATCH`, then optionally `-` and `+` parts of `[0-9A-Za-z-]` without dots.
+fn is_old_semver(version: &str) -> bool {
+    let part = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let (rest, build) = version.split_once('+').unwrap_or((version, ""));
+    let (core, pre) = rest.split_once('-').unwrap_or((rest, ""));
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers.iter().all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        && (!rest.contains('-') || part(pre))
+        && (!version.contains('+') || part(build))
+}
+
+fn is_variable(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_uppercase())
         && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
@@ -68,135 +156,216 @@ fn is_tag(tag: &str) -> bool {
 }
 
 fn is_relative_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && !path.starts_with('\\')
-        && !path.split(['/', '\\']).any(|part| part == "..")
+    !path.starts_with('/') && !path.contains("..")
 }
 
-/// Checks the manifest's own fields.
-fn identity_rules(manifest: &Value, failures: &mut Vec<String>) {
-    match text(manifest, &["name"]) {
-        Some(name)
-            if (1..=100).contains(&name.len())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
-        Some(name) => failures.push(format!("name {name:?} must match ^[a-zA-Z0-9_-]+$ and be 1-100 characters")),
-        None => failures.push("name is required".into()),
+/// Checks `name`, `version`, `description`, `author` and `engine`.
+fn identity_rules(gate: &mut Gate, manifest: &Map<String, Value>) {
+    if let Some(name) = gate.required_text(manifest, "", "name")
+        && !is_name(name)
+    {
+        gate.fail(format!("name {name:?} must be 1-100 characters of letters, digits, _ and -"));
     }
-    match text(manifest, &["version"]) {
-        Some(version) if semver::Version::parse(version).is_ok() => {}
-        Some(version) => failures.push(format!("version {version:?} is not semver")),
-        None => failures.push("version is required".into()),
+    if let Some(version) = gate.required_text(manifest, "", "version")
+        && !is_old_semver(version)
+    {
+        gate.fail(format!("version {version:?} must be MAJOR.MINOR.PATCH with an optional -prerelease and +build"));
     }
-    match text(manifest, &["description"]).map(|d| d.chars().count()) {
-        Some(10..=500) => {}
-        Some(n) => failures.push(format!("description is {n} characters, it must be 10-500")),
-        None => failures.push("description is required".into()),
+    if let Some(description) = gate.required_text(manifest, "", "description") {
+        let n = description.chars().count();
+        if !(10..=500).contains(&n) {
+            gate.fail(format!("description is {n} characters long; it must be 10-500"));
+        }
     }
-    if text(manifest, &["author"]).is_none_or(str::is_empty) {
-        failures.push("author is required".into());
-    }
-    match text(manifest, &["engine"]) {
-        Some(engine) if ENGINES.contains(&engine) => {}
-        other => failures.push(format!("engine {other:?} must be one of {}", ENGINES.join(", "))),
+    gate.required_text(manifest, "", "author");
+    if let Some(engine) = gate.required_text(manifest, "", "engine")
+        && !ENGINES.contains(&engine)
+    {
+        gate.fail(format!("engine {engine:?} must be one of {}", ENGINES.join(", ")));
     }
 }
 
-/// Checks `metadata`.
-fn metadata_rules(manifest: &Value, failures: &mut Vec<String>) {
+/// Checks `metadata`, and stores its language, framework and tags as the old validator did.
+fn metadata_rules(gate: &mut Gate, manifest: &mut Map<String, Value>) {
+    let Some(Value::Object(metadata)) = manifest.get_mut("metadata") else {
+        gate.fail(match manifest.get("metadata") {
+            None | Some(Value::Null) => "metadata is required".into(),
+            Some(other) => format!("metadata must be an object, not {}", kind(other)),
+        });
+        return;
+    };
     for field in ["language", "framework"] {
-        if text(manifest, &["metadata", field]).is_none_or(str::is_empty) {
-            failures.push(format!("metadata.{field} is required"));
+        if let Some(text) = gate.required_text(metadata, "metadata.", field) {
+            let trimmed = text.trim().to_string();
+            if trimmed.is_empty() {
+                gate.fail(format!("metadata.{field} must not be blank"));
+            }
+            metadata.insert(field.into(), Value::String(trimmed));
         }
     }
-    match text(manifest, &["metadata", "category"]) {
-        Some(category) if CATEGORIES.contains(&category) => {}
-        other => failures.push(format!("metadata.category {other:?} must be one of {}", CATEGORIES.join(", "))),
+    if let Some(category) = gate.required_text(metadata, "metadata.", "category")
+        && !CATEGORIES.contains(&category)
+    {
+        gate.fail(format!("metadata.category {category:?} must be one of {}", CATEGORIES.join(", ")));
     }
-    let tags = list(manifest, &["metadata", "tags"]);
-    if !(1..=10).contains(&tags.len()) {
-        failures.push(format!("metadata.tags has {} tags, it must have 1-10", tags.len()));
-    }
-    for tag in tags {
-        match tag.as_str() {
-            Some(t) if is_tag(t) => {}
-            _ => failures.push(format!("tag {tag} must be lowercase [a-z0-9-], at most 30 characters")),
+    gate.required_text(metadata, "metadata.", "license");
+    match metadata.get("tags") {
+        None | Some(Value::Null) => gate.fail("metadata.tags is required".into()),
+        Some(tags) => {
+            let tags: Vec<String> =
+                gate.string_list(Some(tags), "metadata.tags").into_iter().map(str::to_string).collect();
+            if !(1..=10).contains(&tags.len()) {
+                gate.fail(format!("metadata.tags has {} tags; it must have 1-10", tags.len()));
+            } else {
+                let stored: Vec<String> = tags.iter().map(|t| t.trim().to_lowercase()).collect();
+                for tag in stored.iter().filter(|t| !is_tag(t)) {
+                    gate.fail(format!("tag {tag:?} must be at most 30 characters of a-z, 0-9 and -"));
+                }
+                metadata.insert("tags".into(), stored.into());
+            }
         }
     }
 }
 
-/// Whether `value` is of placeholder type `kind`.
-fn of_type(value: &Value, kind: &str) -> bool {
+/// Whether a choice fits a placeholder type (Python's view: a boolean is an integer too).
+fn fits(choice: &Value, kind: &str) -> bool {
     match kind {
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "boolean" => value.is_boolean(),
-        "float" => value.is_number(),
-        "list" => value.is_array(),
-        "object" => value.is_object(),
-        _ => false,
+        "integer" => choice.is_i64() || choice.is_u64() || choice.is_boolean(),
+        "boolean" => choice.is_boolean(),
+        "float" => choice.is_number() || choice.is_boolean(),
+        _ => true,
     }
 }
 
-/// Checks `placeholders`.
-fn placeholder_rules(manifest: &Value, failures: &mut Vec<String>) {
+/// Checks `placeholders` and stores each one's name under `variable`.
+fn placeholder_rules(gate: &mut Gate, manifest: &mut Map<String, Value>) {
+    let placeholders = match manifest.get_mut("placeholders") {
+        None | Some(Value::Null) => return,
+        Some(Value::Array(placeholders)) => placeholders,
+        Some(other) => {
+            let text = format!("placeholders must be a list, not {}", kind(other));
+            gate.fail(text);
+            return;
+        }
+    };
     let mut seen = std::collections::BTreeSet::new();
-    for placeholder in list(manifest, &["placeholders"]) {
-        let name = placeholder.get("name").and_then(Value::as_str).unwrap_or("");
-        if !is_upper_snake(name) {
-            failures.push(format!("placeholder {name:?} must be UPPER_SNAKE"));
+    for (i, placeholder) in placeholders.iter_mut().enumerate() {
+        let Value::Object(p) = placeholder else {
+            gate.fail(format!("placeholders[{i}] must be an object, not {}", kind(placeholder)));
+            continue;
+        };
+        if !p.contains_key("variable")
+            && let Some(name) = p.remove("name")
+        {
+            p.insert("variable".into(), name);
         }
-        if !seen.insert(name) {
-            failures.push(format!("placeholder {name:?} is declared twice"));
-        }
-        let kind = placeholder.get("type").and_then(Value::as_str).unwrap_or("string");
-        if !PLACEHOLDER_TYPES.contains(&kind) {
-            failures
-                .push(format!("placeholder {name:?} has type {kind:?}, not one of {}", PLACEHOLDER_TYPES.join(", ")));
-        }
-        if let Some(pattern) = placeholder.get("pattern") {
-            let valid = pattern.as_str().is_some_and(|p| regex_syntax::Parser::new().parse(p).is_ok());
-            if !valid {
-                failures.push(format!("placeholder {name:?} has pattern {pattern}, not a valid regex"));
+        let path = format!("placeholders[{i}].");
+        let variable = gate.required_text(p, &path, "variable").map(str::to_string);
+        if let Some(variable) = &variable {
+            if !is_variable(variable) {
+                gate.fail(format!("placeholder {variable:?} must be UPPER_SNAKE (A-Z first, then A-Z, 0-9, _)"));
+            }
+            if !seen.insert(variable.clone()) {
+                gate.fail(format!("placeholder {variable:?} is declared twice"));
             }
         }
-        for choice in placeholder.get("choices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
-            if !of_type(choice, kind) {
-                failures.push(format!("placeholder {name:?} has choice {choice}, not of type {kind}"));
+        let label = variable.map_or(format!("placeholders[{i}]"), |v| format!("placeholder {v:?}"));
+        gate.required_text(p, &path, "description");
+        let kind_name = match p.get("type") {
+            None => "string",
+            Some(Value::String(t)) if PLACEHOLDER_TYPES.contains(&t.as_str()) => t.as_str(),
+            Some(other) => {
+                gate.fail(format!("{label} has type {other}, not one of {}", PLACEHOLDER_TYPES.join(", ")));
+                "string"
             }
+        };
+        match p.get("pattern") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(pattern)) if regex_syntax::Parser::new().parse(pattern).is_ok() => {}
+            Some(pattern) => gate.fail(format!("{label} has pattern {pattern}, not a valid regex")),
+        }
+        match p.get("required") {
+            None | Some(Value::Bool(_)) => {}
+            Some(other) => gate.fail(format!("{label} has required {other}, not true or false")),
+        }
+        match p.get("choices") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(choices)) => {
+                for choice in choices.iter().filter(|c| !fits(c, kind_name)) {
+                    gate.fail(format!("{label} has choice {choice}, not of type {kind_name}"));
+                }
+            }
+            Some(other) => gate.fail(format!("{label} has choices {other}, not a list")),
         }
     }
 }
 
-/// Checks hooks and `configuration`.
-fn environment_rules(manifest: &Value, failures: &mut Vec<String>) {
-    for stage in ["pre_generation", "post_generation"] {
-        for hook in list(manifest, &["hooks", stage]) {
-            if !hook.as_str().is_some_and(is_relative_path) {
-                failures.push(format!("hook {hook} must be a relative path without `..`"));
+/// Checks `dependencies`, `hooks`, `configuration` and `documentation`.
+fn environment_rules(gate: &mut Gate, manifest: &mut Map<String, Value>) {
+    if let Some(dependencies) = gate.optional_object(manifest.get("dependencies"), "dependencies") {
+        for list in ["runtime", "build", "services"] {
+            gate.string_list(dependencies.get(list), &format!("dependencies.{list}"));
+        }
+    }
+    if let Some(hooks) = gate.optional_object(manifest.get("hooks"), "hooks") {
+        for stage in HOOK_STAGES {
+            for hook in gate.string_list(hooks.get(stage), &format!("hooks.{stage}")) {
+                if !is_relative_path(hook) {
+                    gate.fail(format!("hook {hook:?} must be a relative path without .. and without a leading /"));
+                }
             }
         }
     }
+    if let Some(documentation) = gate.optional_object(manifest.get("documentation"), "documentation") {
+        for field in ["readme", "quickstart", "api_docs"] {
+            match documentation.get(field) {
+                None | Some(Value::Null) | Some(Value::String(_)) => {}
+                Some(other) => gate.fail(format!("documentation.{field} must be a string, not {}", kind(other))),
+            }
+        }
+        gate.string_list(documentation.get("examples"), "documentation.examples");
+    }
+    let configuration = match manifest.get_mut("configuration") {
+        Some(Value::Object(configuration)) => configuration,
+        None | Some(Value::Null) => return,
+        Some(other) => {
+            let text = format!("configuration must be an object, not {}", kind(other));
+            gate.fail(text);
+            return;
+        }
+    };
     for (field, allowed) in [("supported_os", &OPERATING_SYSTEMS[..]), ("architecture", &ARCHITECTURES[..])] {
-        for value in list(manifest, &["configuration", field]) {
-            if !value.as_str().is_some_and(|v| allowed.contains(&v)) {
-                failures.push(format!("configuration.{field} value {value} must be one of {}", allowed.join(", ")));
-            }
+        let path = format!("configuration.{field}");
+        let values: Vec<String> =
+            gate.string_list(configuration.get(field), &path).into_iter().map(str::to_lowercase).collect();
+        for value in values.iter().filter(|v| !allowed.contains(&v.as_str())) {
+            gate.fail(format!("{path} value {value:?} must be one of {}", allowed.join(", ")));
+        }
+        if configuration.get(field).is_some_and(Value::is_array) {
+            configuration.insert(field.into(), values.into());
         }
     }
+}
+
+fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+fn count(value: &Value, path: &[&str]) -> usize {
+    at(value, path).and_then(Value::as_array).map_or(0, Vec::len)
 }
 
 /// The quality score: 100, less what is missing, plus what is generous; clamped to 0-100.
+/// Reads exactly the keys the old `get_validation_score` read.
 pub fn score(manifest: &Value) -> i64 {
-    let placeholders = list(manifest, &["placeholders"]).len();
-    let tags = list(manifest, &["metadata", "tags"]).len();
-    let has_hooks = !list(manifest, &["hooks", "pre_generation"]).is_empty()
-        || !list(manifest, &["hooks", "post_generation"]).is_empty();
-    let has_readme = text(manifest, &["documentation", "readme"]).is_some_and(|r| !r.is_empty());
+    let placeholders = count(manifest, &["placeholders"]);
+    let tags = count(manifest, &["metadata", "tags"]);
+    let has_hooks = count(manifest, &["hooks", "pre_generation"]) + count(manifest, &["hooks", "post_generation"]) > 0;
+    let has_readme = at(manifest, &["documentation", "readme"]).and_then(Value::as_str).is_some_and(|r| !r.is_empty());
     let has_runtime =
-        !list(manifest, &["dependencies", "runtime"]).is_empty() || !list(manifest, &["services"]).is_empty();
+        count(manifest, &["dependencies", "runtime"]) + count(manifest, &["dependencies", "services"]) > 0;
     let has_configuration = manifest.get("configuration").is_some_and(|c| !c.is_null());
-    let has_examples = !list(manifest, &["documentation", "examples"]).is_empty();
+    let has_examples = count(manifest, &["documentation", "examples"]) > 0;
     let mut score = 100i64;
     for (missing, penalty) in [
         (placeholders == 0, 10),
@@ -220,110 +389,23 @@ pub fn score(manifest: &Value) -> i64 {
 
 /// Runs every rule and the score.
 pub fn check(manifest: &Value) -> GateReport {
-    let mut failures = Vec::new();
-    if !manifest.is_object() {
-        return GateReport { score: 0, failures: vec!["manifest must be a JSON object".into()] };
-    }
-    identity_rules(manifest, &mut failures);
-    metadata_rules(manifest, &mut failures);
-    placeholder_rules(manifest, &mut failures);
-    environment_rules(manifest, &mut failures);
-    GateReport { score: score(manifest), failures }
+    let Value::Object(object) = manifest else {
+        return GateReport {
+            score: 0,
+            failures: vec![format!("the manifest must be an object, not {}", kind(manifest))],
+            normalized: manifest.clone(),
+        };
+    };
+    let mut normalized = object.clone();
+    let mut gate = Gate { failures: Vec::new() };
+    identity_rules(&mut gate, &normalized);
+    metadata_rules(&mut gate, &mut normalized);
+    placeholder_rules(&mut gate, &mut normalized);
+    environment_rules(&mut gate, &mut normalized);
+    let normalized = Value::Object(normalized);
+    GateReport { score: score(&normalized), failures: gate.failures, normalized }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn good() -> Value {
-        json!({
-            "name": "fastapi-service", "version": "1.2.0-rc.1+build.7", "description": "A production-ready FastAPI service",
-            "author": "platform-team", "engine": "jinja2",
-            "metadata": {"language": "python", "framework": "fastapi", "category": "backend", "tags": ["rest", "docker", "ci"]},
-            "placeholders": [{"name": "PROJECT_NAME", "type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
-                             {"name": "PORT", "type": "integer", "choices": [8000, 8080]}],
-            "hooks": {"pre_generation": ["hooks/check.py"], "post_generation": ["hooks/init.sh"]},
-            "documentation": {"readme": "README.md", "examples": ["basic"]},
-            "dependencies": {"runtime": ["fastapi>=0.110"]},
-            "configuration": {"supported_os": ["linux", "darwin"], "architecture": ["amd64", "arm64"]}
-        })
-    }
-
-    fn with(mut manifest: Value, pointer: &str, value: Value) -> Value {
-        let (parent, key) = pointer.rsplit_once('/').unwrap();
-        let target = if parent.is_empty() { &mut manifest } else { manifest.pointer_mut(parent).unwrap() };
-        target[key] = value;
-        manifest
-    }
-
-    #[test]
-    fn a_complete_manifest_passes_with_its_score() {
-        let report = check(&good());
-        assert_eq!(report.failures, Vec::<String>::new());
-        // 100, +5 for examples; nothing missing.
-        assert_eq!(report.score, 100);
-        assert!(report.passes(DEFAULT_MIN_SCORE));
-    }
-
-    #[test]
-    fn every_rule_is_named_when_broken() {
-        let cases = [
-            ("/name", json!("has space"), "name \"has space\" must match"),
-            ("/name", json!(""), "must match ^[a-zA-Z0-9_-]+$"),
-            ("/version", json!("1.2"), "version \"1.2\" is not semver"),
-            ("/description", json!("too short"), "description is 9 characters"),
-            ("/author", json!(""), "author is required"),
-            ("/engine", json!("mustache"), "engine Some(\"mustache\") must be one of"),
-            ("/metadata/language", json!(""), "metadata.language is required"),
-            ("/metadata/framework", Value::Null, "metadata.framework is required"),
-            ("/metadata/category", json!("games"), "metadata.category Some(\"games\")"),
-            ("/metadata/tags", json!([]), "metadata.tags has 0 tags"),
-            ("/metadata/tags", json!(["Rest"]), "tag \"Rest\" must be lowercase"),
-            ("/metadata/tags", json!(["a".repeat(31)]), "at most 30 characters"),
-            ("/placeholders", json!([{"name": "projectName"}]), "placeholder \"projectName\" must be UPPER_SNAKE"),
-            ("/placeholders", json!([{"name": "A"}, {"name": "A"}]), "placeholder \"A\" is declared twice"),
-            ("/placeholders", json!([{"name": "A", "type": "date"}]), "has type \"date\""),
-            ("/placeholders", json!([{"name": "A", "pattern": "(unclosed"}]), "not a valid regex"),
-            (
-                "/placeholders",
-                json!([{"name": "A", "type": "integer", "choices": [1, "two"]}]),
-                "choice \"two\", not of type integer",
-            ),
-            ("/hooks/pre_generation", json!(["../escape.sh"]), "must be a relative path"),
-            ("/hooks/post_generation", json!(["/etc/passwd"]), "must be a relative path"),
-            ("/configuration/supported_os", json!(["beos"]), "configuration.supported_os value \"beos\""),
-            ("/configuration/architecture", json!(["mips"]), "configuration.architecture value \"mips\""),
-        ];
-        for (pointer, value, expected) in cases {
-            let report = check(&with(good(), pointer, value.clone()));
-            assert!(
-                report.failures.iter().any(|f| f.contains(expected)),
-                "{pointer} = {value}: expected {expected:?} in {:?}",
-                report.failures
-            );
-            assert!(!report.passes(DEFAULT_MIN_SCORE));
-        }
-    }
-
-    #[test]
-    fn the_score_follows_the_table() {
-        let bare = json!({"metadata": {"tags": ["a"]}});
-        // -10 placeholders, -5 hooks, -10 readme, -5 tags, -5 runtime, -5 configuration.
-        assert_eq!(score(&bare), 60);
-        let rich = with(good(), "/metadata/tags", json!(["a", "b", "c", "d", "e", "f", "g"]));
-        let rich = with(
-            rich,
-            "/placeholders",
-            json!([{"name": "A"}, {"name": "B"}, {"name": "C"}, {"name": "D"}, {"name": "E"}]),
-        );
-        assert_eq!(score(&rich), 100, "bonuses are clamped at 100");
-        let no_readme = with(good(), "/documentation", json!({}));
-        assert_eq!(score(&no_readme), 90, "-10 readme; the examples bonus goes with the examples");
-        let report = check(&bare);
-        assert!(!report.passes(DEFAULT_MIN_SCORE));
-        assert!(report.reason(DEFAULT_MIN_SCORE).contains("quality score 60 is below the minimum 70"));
-        let services_only = with(with(good(), "/dependencies", json!({})), "/services", json!(["postgres"]));
-        assert_eq!(score(&services_only), 100, "services count as runtime needs");
-    }
-}
+#[path = "manifest_tests.rs"]
+mod tests;

@@ -19,8 +19,44 @@ pub struct TemplateMeta {
     pub is_pinned: bool,
     pub quality_tier: String,
     pub usage_count: u64,
-    /// Entry time of the create, in Unix milliseconds.
+    /// Entry time of the create, in Unix milliseconds (naive ISO on the wire, as the old
+    /// REST models read it).
+    #[serde(with = "naive_time")]
     pub created_at: u64,
+    #[serde(default, with = "naive_time")]
+    pub updated_at: u64,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub created_by: String,
+    /// `draft`, `review`, `approved` or `deprecated`.
+    #[serde(default)]
+    pub status: String,
+}
+
+/// Unix milliseconds written as the old services' naive ISO time; read from either form.
+mod naive_time {
+    use maestro_schemas::ids::{naive_iso, parse_utc_ms};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&naive_iso(*ms))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Ms(u64),
+        Iso(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        match Time::deserialize(deserializer)? {
+            Time::Ms(ms) => Ok(ms),
+            Time::Iso(text) => parse_utc_ms(&text).ok_or_else(|| D::Error::custom(format!("not a time: {text:?}"))),
+        }
+    }
 }
 
 /// A template's metadata with its text fields lowercased once, so a query over thousands of
@@ -47,6 +83,8 @@ pub struct Indexed {
     language_sets: u8,
     /// `meta` as JSON, as a page of results shows it.
     json: String,
+    /// `{template_id, name, category}`, the old stream answer's search hit.
+    brief: String,
 }
 
 impl Indexed {
@@ -60,6 +98,8 @@ impl Indexed {
         let mut prefix = [0u8; 16];
         let n = meta.id.len().min(16);
         prefix[..n].copy_from_slice(&meta.id.as_bytes()[..n]);
+        let brief =
+            serde_json::json!({"template_id": meta.id, "name": meta.name, "category": meta.category}).to_string();
         let language = std::mem::take(&mut meta.language).to_lowercase();
         let name = std::mem::take(&mut meta.name).to_lowercase();
         let text = format!("{}\n{}", std::mem::take(&mut meta.description), meta.category).to_lowercase();
@@ -81,6 +121,7 @@ impl Indexed {
             framework: meta.framework.as_deref().unwrap_or("").to_lowercase(),
             meta,
             json,
+            brief,
         }
     }
 
@@ -264,18 +305,18 @@ pub struct Page<'a> {
 }
 
 impl Page<'_> {
-    /// The page as JSON, each template's metadata as stored.
+    /// The page as JSON: the old stream answer's `results` and `total`, then the old REST
+    /// list's `page`, `page_size` and `templates` (each template's metadata as stored).
     pub fn json(&self) -> String {
-        let mut out =
-            format!(r#"{{"total":{},"page":{},"page_size":{},"templates":["#, self.total, self.page, self.page_size);
-        for (i, template) in self.templates.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&template.json);
-        }
-        out.push_str("]}");
-        out
+        let join = |part: fn(&Indexed) -> &str| self.templates.iter().map(|t| part(t)).collect::<Vec<_>>().join(",");
+        format!(
+            r#"{{"results":[{}],"total":{},"page":{},"page_size":{},"templates":[{}]}}"#,
+            join(|t| &t.brief),
+            self.total,
+            self.page,
+            self.page_size,
+            join(|t| &t.json)
+        )
     }
 }
 

@@ -60,14 +60,14 @@ fn file_bytes(t: &TemplateRecord) -> Vec<u8> {
     let file = TemplateFile {
         id: &t.meta.id,
         name: &t.meta.name,
-        version: &t.body.version,
+        version: &t.meta.version,
         description: &t.meta.description,
         category: &t.meta.category,
         language: &t.meta.language,
         framework: &t.meta.framework,
         tags: &t.meta.tags,
         templating_engine: &t.body.templating_engine,
-        created_by: &t.body.created_by,
+        created_by: &t.meta.created_by,
         manifest: &t.body.manifest,
         content: &t.body.content,
     };
@@ -93,13 +93,13 @@ pub fn record(state: &dyn StateView, s: Stamp<'_>, record: &TemplateRecord, dele
         one_line(id),
         one_line(s.request_id),
         s.entry,
-        one_line(&record.body.version)
+        one_line(&record.meta.version)
     );
     let change = FileChange { tenant: s.tenant, template_id: id, blob, user: s.user, time_ms: s.time_ms, message };
     let (commit, mut changes) = history::commit(state, change);
     let seq = entry_key(s.entry);
     let entry = VersionEntry {
-        version: record.body.version.clone(),
+        version: record.meta.version.clone(),
         action: action.into(),
         commit: maestro_schemas::record::hex(&commit.id),
         entry: s.entry.to_string(),

@@ -12,10 +12,10 @@ use super::manifest::{self, DEFAULT_MIN_SCORE};
 use super::search::{Query, TemplateMeta, search};
 use super::versions::{self, Stamp};
 use crate::contract::{Change, Decision, ELAPSED_MS, Event, Handler, HandlerError, Intent, Output, StateView};
-use maestro_schemas::encode::{template_result_json, template_result_json_with, template_usage_json_with};
+use maestro_schemas::encode::{template_result_json_with, template_usage_json_with};
 use maestro_schemas::ids::{derived_id, derived_uuid, naive_iso};
 use maestro_schemas::proto::templates::{Operation, TemplateRequest, TemplateResult, TemplateUsageEvent};
-use maestro_schemas::{Body, Entry, Event as Typed, Status};
+use maestro_schemas::{Body, Entry, Event as Typed, Reject, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -177,25 +177,45 @@ impl Templates {
         }
     }
 
-    /// An entry that could not be decoded still gets its one (error) result.
-    fn rejected(&self, entry: &Entry, reason: &str) -> Decision {
-        let request_id = entry
-            .field("data")
-            .and_then(|d| serde_json::from_slice::<Value>(d).ok())
-            .and_then(|v| v.get("request_id").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| derived_id("req", &entry.stream, entry.id));
+    /// An entry that could not be decoded still gets its one (error) result. An operation the
+    /// old service did not know is answered as it answered it (`Unknown operation: <op>`, the
+    /// request's ids, and a usage event with `success: false`).
+    fn rejected(&self, entry: &Entry, reason: &Reject) -> Decision {
+        let data = entry.field("data").and_then(|d| serde_json::from_slice::<Value>(d).ok()).unwrap_or_default();
+        let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_string);
+        let request_id = text("request_id").unwrap_or_else(|| derived_id("req", &entry.stream, entry.id));
+        let timestamp = naive_iso(entry.id.ms);
+        let unknown = match (reason.code.as_str(), text("operation"), text("tenant_id"), text("user_id")) {
+            ("unknown_operation", Some(op), Some(tenant), Some(user)) => Some((op, tenant, user)),
+            _ => None,
+        };
+        let template_id = unknown.as_ref().and_then(|_| text("template_id"));
         let result = TemplateResult {
             request_id,
-            template_id: None,
+            template_id: template_id.clone(),
             status: "error".into(),
             result_json: None,
-            error: Some(reason.to_string()),
+            error: Some(unknown.as_ref().map_or_else(|| reason.to_string(), |(op, ..)| format!("Unknown operation: {op}"))),
             duration_ms: 0,
-            timestamp: naive_iso(entry.id.ms),
+            timestamp: timestamp.clone(),
             extra: Default::default(),
         };
-        let output = Output::new(&self.results, vec![("data".into(), template_result_json(&result))]);
-        Decision { outputs: vec![output], ..Decision::default() }
+        let mut outputs = vec![self.timed_output(&self.results, template_result_json_with(&result, ELAPSED_MS), entry)];
+        if let Some((operation, tenant_id, user_id)) = unknown {
+            let usage = TemplateUsageEvent {
+                event_id: derived_uuid("usage", &entry.stream, entry.id),
+                template_id: template_id.filter(|id| !id.is_empty()).unwrap_or_else(|| "unknown".into()),
+                tenant_id,
+                user_id,
+                operation,
+                success: false,
+                duration_ms: 0,
+                timestamp,
+                extra: Default::default(),
+            };
+            outputs.push(self.timed_output(&self.usage, template_usage_json_with(&usage, ELAPSED_MS), entry));
+        }
+        Decision { outputs, ..Decision::default() }
     }
 }
 
@@ -215,7 +235,7 @@ impl Handler for Templates {
         }
         let req = match (&entry.status, event.typed.map(|t| &t.event)) {
             (Status::Accepted, Some(Typed::TemplateRequest(req))) => req,
-            (Status::Rejected { reason, .. }, _) => return Ok(self.rejected(entry, &reason.to_string())),
+            (Status::Rejected { reason, .. }, _) => return Ok(self.rejected(entry, reason)),
             _ => return Ok(Decision::default()),
         };
         let operation = Operation::try_from(req.operation).unwrap_or(Operation::Unspecified);

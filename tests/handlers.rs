@@ -62,24 +62,29 @@ impl Handler for Picky {
         if entry.field("fail").is_some() {
             return Err(HandlerError::Invalid("picky refuses entries with a fail field".into()));
         }
+        if entry.field("unknown").is_some() {
+            return Ok(Decision::ignored("refers_to_nothing_known"));
+        }
         Ok(Decision::default())
     }
 }
 
-/// Runs the engine in this process with `handlers` until every stream is drained.
-fn run_until_drained(url: &str, dir: &Path, handlers: Vec<Arc<dyn Handler>>, max_deliveries: u32) {
+/// Runs the engine in this process with `handlers` until every stream is drained; returns its
+/// status counters.
+fn run_until_drained(url: &str, dir: &Path, handlers: Vec<Arc<dyn Handler>>, max_deliveries: u32) -> Arc<Status> {
     let config =
         EngineConfig { redis_url: url.into(), data_dir: dir.into(), max_deliveries, ..EngineConfig::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let status = Arc::new(Status::default());
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let engine =
-            tokio::spawn(maestro_engine::runtime::run(config, handlers, Arc::new(Status::default()), shutdown));
+        let engine = tokio::spawn(maestro_engine::runtime::run(config, handlers, status.clone(), shutdown));
         let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
         tokio::task::spawn_blocking(move || wait_drained(&mut conn, Duration::from_secs(60))).await.unwrap();
         stop.send(true).unwrap();
         engine.await.unwrap().unwrap();
     });
+    status
 }
 
 fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &str)]) -> String {
@@ -156,10 +161,13 @@ fn a_failing_or_panicking_handler_parks_only_its_record() {
     let failing = xadd(&mut conn, "maestro:streams:k8s:jobs", &[("type", "get_logs"), ("payload", ok), ("fail", "1")]);
     let panicking =
         xadd(&mut conn, "maestro:streams:k8s:jobs", &[("type", "get_logs"), ("payload", ok), ("panic", "1")]);
+    let ignored =
+        xadd(&mut conn, "maestro:streams:k8s:jobs", &[("type", "get_logs"), ("payload", ok), ("unknown", "1")]);
     let good = produce(&mut conn, 90, 22, true);
-    run_until_drained(&server.url(), data.path(), vec![Arc::new(StreamStats), Arc::new(Picky)], 5);
+    let status = run_until_drained(&server.url(), data.path(), vec![Arc::new(StreamStats), Arc::new(Picky)], 5);
     let dead = read_stream(&mut conn, "maestro:streams:k8s:jobs:dead");
-    assert_eq!(dead.len(), 2, "exactly the two bad records: {dead:?}");
+    assert_eq!(dead.len(), 2, "exactly the two bad records, not the ignored one: {dead:?}");
+    assert_eq!(status.snapshot().ignored, 1, "the ignored entry is counted");
     let reason = |id: &str| {
         dead.iter()
             .find(|(_, f)| f["dead_id"] == id)
@@ -179,7 +187,10 @@ fn a_failing_or_panicking_handler_parks_only_its_record() {
     assert_exactly_once(
         &[
             good,
-            vec![(String::from("maestro:streams:k8s:jobs"), failing), ("maestro:streams:k8s:jobs".into(), panicking)],
+            [failing, panicking, ignored]
+                .into_iter()
+                .map(|id| (String::from("maestro:streams:k8s:jobs"), id))
+                .collect(),
         ]
         .concat(),
         &export(data.path()),

@@ -195,7 +195,9 @@ impl Templates {
             template_id: template_id.clone(),
             status: "error".into(),
             result_json: None,
-            error: Some(unknown.as_ref().map_or_else(|| reason.to_string(), |(op, ..)| format!("Unknown operation: {op}"))),
+            error: Some(
+                unknown.as_ref().map_or_else(|| reason.to_string(), |(op, ..)| format!("Unknown operation: {op}")),
+            ),
             duration_ms: 0,
             timestamp: timestamp.clone(),
             extra: Default::default(),

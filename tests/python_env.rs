@@ -54,21 +54,33 @@ fn a_missing_interpreter_is_one_clear_line_with_the_command_that_provides_it() {
     assert!(err.contains("python3-that-is-not-there not found") && err.contains("apt-get install -y python3"), "{err}");
 }
 
-/// Parallel callers share one build: the others wait on the lock, then find the stamp.
+/// Parallel callers share one build: the others wait on the lock, then find the stamp. The
+/// interpreter is a wrapper that counts the builds and takes its time, so that unlocked
+/// callers would overlap.
 #[test]
 fn concurrent_callers_build_once() {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let reqs = tmp.path().join("requirements.txt");
     std::fs::write(&reqs, "# no packages\n").unwrap();
+    let builds = tmp.path().join("builds");
+    let wrapper = tmp.path().join("slow-python3");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho build >> '{}'\nsleep 1\nexec python3 \"$@\"\n", builds.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("env");
-    let builds: Vec<_> = (0..4)
+    let callers: Vec<_> = (0..4)
         .map(|_| {
-            let (reqs, dir) = (reqs.clone(), dir.clone());
-            std::thread::spawn(move || ensure_env("python3", &reqs, &dir).map(|_| ()))
+            let (reqs, dir, wrapper) = (reqs.clone(), dir.clone(), wrapper.clone());
+            std::thread::spawn(move || ensure_env(wrapper.to_str().unwrap(), &reqs, &dir).map(|_| ()))
         })
         .collect();
-    for b in builds {
-        b.join().unwrap().unwrap();
+    for caller in callers {
+        caller.join().unwrap().unwrap();
     }
+    assert_eq!(std::fs::read_to_string(&builds).unwrap().lines().count(), 1, "one build for four callers");
     assert!(dir.join(STAMP).exists() && dir.join("bin/python").exists(), "one complete environment");
 }

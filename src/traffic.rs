@@ -43,6 +43,9 @@ pub struct Traffic {
     /// Part of every request id, so that two generators never re-send each other's requests.
     seed: u64,
     n: u64,
+    /// The templates this generator created and did not delete, (tenant, id): reads, updates
+    /// and deletes go to them, as a real registry's clients ask for what exists.
+    catalogue: Vec<(u64, String)>,
 }
 
 const LANGUAGES: [&str; 5] = ["python", "typescript", "go", "ruby", "javascript"];
@@ -100,7 +103,7 @@ pub fn manifest(rng: &mut Rng, name: &str) -> Value {
 
 impl Traffic {
     pub fn new(seed: u64, streams: StreamSet) -> Traffic {
-        Traffic { rng: Rng::new(seed), streams, seed, n: 0 }
+        Traffic { rng: Rng::new(seed), streams, seed, n: 0, catalogue: Vec::new() }
     }
 
     /// The next entry of the mix: templates requests dominate (retrieve and search most of
@@ -152,9 +155,23 @@ impl Traffic {
         self.template_request_of(op)
     }
 
+    /// A request for `op`: a create adds a template to the catalogue; other operations name
+    /// one of it (a random, likely missing one while it is empty).
     fn template_request_of(&mut self, op: &str) -> Message {
         let n = self.n;
-        let template = format!("tpl-{:05}", self.rng.below(2000));
+        let (tenant, template) = match op {
+            "create" => {
+                let created = (self.rng.below(8), format!("tpl-{}-{n:08}", self.seed));
+                self.catalogue.push(created.clone());
+                created
+            }
+            _ if self.catalogue.is_empty() => (self.rng.below(8), format!("tpl-{:05}", self.rng.below(2000))),
+            "delete" => {
+                let at = self.rng.below(self.catalogue.len() as u64) as usize;
+                self.catalogue.swap_remove(at)
+            }
+            _ => self.rng.pick(&self.catalogue).clone(),
+        };
         let parameters = match op {
             "search" => {
                 json!({"query": self.rng.pick(&["fastapi docker", "react", "cli tool", "grpc"]), "language": self.rng.pick(&LANGUAGES), "page": 1, "page_size": 20})
@@ -176,7 +193,7 @@ impl Traffic {
         };
         let data = json!({
             "request_id": format!("req-{}-{n:08}", self.seed), "template_id": template, "operation": op,
-            "tenant_id": format!("tenant-{}", self.rng.below(8)), "user_id": format!("user-{}", self.rng.below(50)),
+            "tenant_id": format!("tenant-{tenant}"), "user_id": format!("user-{}", self.rng.below(50)),
             "parameters": parameters, "timestamp": naive_timestamp(n),
         });
         (self.streams.templates_requests.clone(), vec![("data".into(), data.to_string())])

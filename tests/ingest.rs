@@ -195,16 +195,6 @@ fn a_resent_request_is_recorded_once_more_as_a_duplicate_of_the_first() {
     assert_eq!(read_stream(&mut conn, "maestro:streams:templates:usage").len(), 1);
 }
 
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, response.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
-
 #[test]
 fn http_serves_health_readiness_status_and_metrics() {
     let server = redis(false);

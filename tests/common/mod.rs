@@ -258,3 +258,14 @@ pub fn manifest(name: &str) -> Value {
         "configuration": {"supported_os": ["linux"]}
     })
 }
+
+/// A plain HTTP GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, response.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}

@@ -161,7 +161,9 @@ impl Session<'_> {
         env.admitted_ms = Some(ms);
         env.expires_ms = Some(expires);
         env.enter(EnvStatus::Requested, ms);
-        self.publish(&env, json!({"namespace": env.namespace, "expires_at": naive_iso(expires)}), ms);
+        // The request's entry id lets a producer that sent no execution_id find its answers.
+        let details = json!({"namespace": env.namespace, "expires_at": naive_iso(expires), "entry_id": env.entry_id});
+        self.publish(&env, details, ms);
         // `execute` rendered this request already (times only go into annotations), so this
         // cannot fail here; an empty list would still leave a visible, failing apply.
         let rendered = render(request, &env.execution_id, ms, expires).unwrap_or_default();
@@ -302,7 +304,7 @@ impl Execution {
         if let Err(reason) = render(run, &id, ms, ms) {
             env.enter(EnvStatus::Failed, ms);
             env.reason = Some(reason.clone());
-            s.publish(&env, json!({"error": reason}), ms);
+            s.publish(&env, json!({"error": reason, "entry_id": env.entry_id}), ms);
             s.save(&env);
             return Ok(());
         }
@@ -312,7 +314,7 @@ impl Execution {
         } else {
             env.enter(EnvStatus::Queued, ms);
             s.enqueue(queue_key(&arrival(&entry.stream, entry.id)), &id);
-            let mut details = json!({"namespace": env.namespace, "position": s.queued()});
+            let mut details = json!({"namespace": env.namespace, "position": s.queued(), "entry_id": env.entry_id});
             if let Some(warning) = &env.warning {
                 details["warning"] = json!(warning);
             }

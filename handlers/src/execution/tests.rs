@@ -82,7 +82,7 @@ fn the_cap_queues_in_order_and_a_finished_environment_frees_its_slot() {
     assert_eq!(published(&fold, "e3"), ["queued"]);
     assert_eq!(
         fold.published.iter().filter(|p| p["execution_id"] == "e4").map(|p| p["details"].clone()).next_back().unwrap(),
-        r#"{"namespace":"quality-fabric-e4","position":2}"#
+        r#"{"namespace":"quality-fabric-e4","position":2,"entry_id":"1003-0"}"#
     );
     let applies: Vec<&str> = fold.intents.iter().filter(|i| i.kind == "k8s_apply").map(|i| i.id.as_str()).collect();
     assert_eq!(applies, ["k8s_apply/e1/1", "k8s_apply/e2/1"]);

@@ -295,7 +295,7 @@ impl Traffic {
         }
         let mut fields = vec![("payload".into(), payload.to_string())];
         // The old producers often left `type` out: an execute is the default.
-        if n % 3 != 0 {
+        if !n.is_multiple_of(3) {
             fields.insert(0, ("type".into(), "execute_ephemeral_test".into()));
         }
         (self.streams.k8s_jobs.clone(), fields)

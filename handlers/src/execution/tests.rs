@@ -55,7 +55,7 @@ fn job(fold: &mut Fold, ms: u64, kind: Option<&str>, payload: Value) -> Result<(
 
 /// The last status published for `id`, with its details parsed.
 fn last_status(fold: &Fold, id: &str) -> (String, Value) {
-    let last = fold.published.iter().filter(|p| p["execution_id"] == id).next_back().unwrap();
+    let last = fold.published.iter().rfind(|p| p["execution_id"] == id).unwrap();
     (last["status"].clone(), serde_json::from_str(&last["details"]).unwrap())
 }
 

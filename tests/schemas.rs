@@ -121,10 +121,7 @@ fn rejects_name_their_reason() {
             Role::K8sJobs,
             raw(&[
                 ("type".into(), "execute_ephemeral_test".into()),
-                (
-                    "payload".into(),
-                    r#"{"environment_spec":"postgresql"}"#.into(),
-                ),
+                ("payload".into(), r#"{"environment_spec":"postgresql"}"#.into()),
             ]),
             "bad_field",
         ),

@@ -73,16 +73,20 @@ pub fn run(conn: &mut redis::Connection, streams: &StreamSet) -> anyhow::Result<
         let jobs: Vec<Value> = ["pytest -x tests/api", "pytest tests/integration"]
             .iter()
             .enumerate()
-            .map(|(n, command)| json!({"job_name": format!("test-{}", n + 1), "command": command,
+            .map(|(n, command)| json!({"job_name": format!("test-job-{}", n + 1), "command": command,
                 "success": passed || n == 0, "output": if passed || n == 0 { "41 passed in 6.2s" } else { "1 failed, 40 passed" },
                 "duration": 6.2 + n as f64}))
             .collect();
-        let result = json!({"jobs": jobs, "success": passed}).to_string();
+        let status = if passed { "completed" } else { "failed" };
+        let result = json!({"execution_id": id, "namespace": format!("quality-fabric-{id}"), "test_results": jobs,
+            "status": status})
+        .to_string();
         let fields = [
             ("type", "execution_result".to_string()),
             ("execution_id", id.clone()),
             ("result", result),
             ("timestamp", "2026-11-28T10:05:00".to_string()),
+            ("runner", crate::traffic::ENGINE_RUNNER.to_string()),
         ];
         xadd(conn, &streams.k8s_results, &fields)?;
         fact(conn, streams, &id, if passed { "completed" } else { "failed" })?;

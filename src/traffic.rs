@@ -293,12 +293,28 @@ impl Traffic {
 
     fn k8s_job(&mut self) -> Message {
         let n = self.n;
-        let payload = json!({
-            "execution_id": format!("exec-{n:06}"),
-            "environment_spec": {"app_image": "ghcr.io/acme/shop:1.4.2", "app_port": 8080, "database_type": "postgresql", "redis_enabled": n.is_multiple_of(2), "replicas": 1, "env_vars": {"LOG_LEVEL": "info"}},
-            "test_config": {"commands": ["pytest -q tests/api", "pytest -q tests/e2e"], "timeout_minutes": 30, "ttl_minutes": 60},
+        // The old service's spec: any database type (lower-cased; unknown ones deploy none),
+        // `resources` often null, commands in `test_config.commands` or in REST-style suites.
+        let database = [Some("postgresql"), Some("mysql"), Some("mongodb"), None, Some("PostgreSQL")][(n % 5) as usize];
+        let test_config = if n.is_multiple_of(2) {
+            json!({"commands": ["pytest -q tests/api", "pytest -q tests/e2e"], "timeout_minutes": 30, "ttl_minutes": 60})
+        } else {
+            json!({"test_suites": [{"name": "api", "type": "pytest", "test_files": ["tests/api"], "commands": ["pytest -q tests/api"]},
+                {"name": "e2e", "type": "e2e", "patterns": ["e2e/*.spec.ts"], "commands": ["npx playwright test"]}]})
+        };
+        let mut payload = json!({
+            "environment_spec": {"app_image": "ghcr.io/acme/shop:1.4.2", "app_port": 8080, "database_type": database, "redis_enabled": n.is_multiple_of(2), "replicas": 1, "resources": null, "env_vars": {"LOG_LEVEL": "info"}},
+            "test_config": test_config,
         });
-        let fields = vec![("type".into(), "execute_ephemeral_test".into()), ("payload".into(), payload.to_string())];
+        // Most producers let the engine name the execution; some name it themselves.
+        if n.is_multiple_of(4) {
+            payload["execution_id"] = json!(format!("exec-{n:06}"));
+        }
+        let mut fields = vec![("payload".into(), payload.to_string())];
+        // The old producers often left `type` out: an execute is the default.
+        if !n.is_multiple_of(3) {
+            fields.insert(0, ("type".into(), "execute_ephemeral_test".into()));
+        }
         (self.streams.k8s_jobs.clone(), fields)
     }
 
@@ -312,7 +328,8 @@ impl Traffic {
 
     fn k8s_result(&mut self) -> Message {
         let n = self.n;
-        let result = json!({"jobs": [{"job_name": "test-0", "command": "pytest -q tests/api", "success": true, "output": "42 passed in 3.1s", "duration": 3.4}]});
+        let id = format!("exec-{:06}", n % 500);
+        let result = json!({"execution_id": id, "namespace": format!("quality-fabric-{id}"), "test_results": [{"job_name": "test-job-1", "command": "pytest -q tests/api", "success": true, "output": "42 passed in 3.1s", "duration": 3.4}], "status": "completed"});
         let fields = vec![
             ("type".into(), "execution_result".into()),
             ("execution_id".into(), format!("exec-{:06}", n % 500)),
@@ -324,12 +341,12 @@ impl Traffic {
 
     fn k8s_status(&mut self) -> Message {
         let n = self.n;
-        let status = *self.rng.pick(&["requested", "provisioning", "ready", "running", "completed"]);
+        let status = *self.rng.pick(&["provisioning", "ready", "completed", "failed"]);
         let fields = vec![
             ("type".into(), "status_update".into()),
             ("execution_id".into(), format!("exec-{:06}", n % 500)),
             ("status".into(), status.into()),
-            ("details".into(), json!({"namespace": format!("maestro-exec-exec-{:06}", n % 500)}).to_string()),
+            ("details".into(), json!({"namespace": format!("quality-fabric-exec-{:06}", n % 500)}).to_string()),
             ("timestamp".into(), naive_timestamp(n)),
         ];
         (self.streams.k8s_status.clone(), fields)
@@ -346,7 +363,11 @@ pub fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)
     cmd.query(conn)
 }
 
-/// A `status_update` fact for `k8s:status`, as the Kubernetes effect runner publishes it.
+/// The engine's own runner identity under the default consumer group.
+pub const ENGINE_RUNNER: &str = "maestro-engine/maestro-engine";
+
+/// A `status_update` fact for `k8s:status`, as the engine's Kubernetes effect runner publishes
+/// it (under the default group): the runner names itself, so the engine acts on it.
 pub fn status_fact(execution_id: &str, status: &str) -> Vec<(&'static str, String)> {
     vec![
         ("type", "status_update".to_string()),
@@ -354,6 +375,7 @@ pub fn status_fact(execution_id: &str, status: &str) -> Vec<(&'static str, Strin
         ("status", status.to_string()),
         ("details", "{}".to_string()),
         ("timestamp", "2026-11-28T10:00:00".to_string()),
+        ("runner", ENGINE_RUNNER.to_string()),
     ]
 }
 

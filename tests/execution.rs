@@ -1,6 +1,7 @@
 //! The execution domain through a real redis-server and the engine binary, with no cluster:
 //! the cap and its queue, status facts arriving out of order or twice, TTL expiry decided on a
-//! clock record, cleanup, `maestro manifests` for kubectl, and replay equal to live.
+//! clock record, cleanup and logs answered saying there is no cluster, an unknown execution
+//! answered rather than dead-lettered, `maestro manifests` for kubectl, and replay equal to live.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -84,7 +85,8 @@ fn cap_queue_facts_ttl_expiry_cleanup_and_manifests_without_a_cluster() {
     for status in ["running", "ready", "running", "completed", "completed"] {
         fact(&mut conn, "long", status);
     }
-    let result = json!({"jobs": [{"job_name": "test-1", "command": "pytest -x", "success": true, "output": "12 passed", "duration": 4.1}]});
+    let result = json!({"execution_id": "long", "namespace": "quality-fabric-long", "status": "completed",
+        "test_results": [{"job_name": "test-job-1", "command": "pytest -x", "success": true, "output": "12 passed", "duration": 4.1}]});
     xadd(
         &mut conn,
         RESULTS,
@@ -93,6 +95,7 @@ fn cap_queue_facts_ttl_expiry_cleanup_and_manifests_without_a_cluster() {
             ("execution_id", "long".into()),
             ("result", result.to_string()),
             ("timestamp", "2026-11-28T10:01:00".into()),
+            ("runner", maestro::traffic::ENGINE_RUNNER.into()),
         ],
     );
     // `short` expires on a clock record about a second after its admission; `waiting` gets a slot.
@@ -102,9 +105,20 @@ fn cap_queue_facts_ttl_expiry_cleanup_and_manifests_without_a_cluster() {
     job(&mut conn, "cleanup_environment", json!({"execution_id": "waiting"}));
     job(&mut conn, "get_logs", json!({"execution_id": "long"}));
     job(&mut conn, "cleanup_environment", json!({"execution_id": "never-was"}));
+    wait_statuses(&mut conn, "the unknown cleanup answered", |all| statuses_of(all, "never-was") == ["not_found"]);
+    // Without a cluster the engine's runner answers the cleanup (nothing to delete) and the logs.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while read_stream(&mut conn, &format!("{JOBS}:dead")).is_empty() {
-        assert!(Instant::now() < deadline, "the unknown cleanup was not dead-lettered");
+    let answered = |conn: &mut redis::Connection| {
+        let cleaned = read_stream(conn, STATUS).into_iter().any(|(_, f)| {
+            f["execution_id"] == "waiting" && f["status"] == "cleaned" && f["details"].contains("no Kubernetes cluster")
+        });
+        let logs = read_stream(conn, RESULTS).into_iter().any(|(_, f)| {
+            f["execution_id"] == "long" && f["type"] == "execution_logs" && f["logs"].contains("no Kubernetes cluster")
+        });
+        cleaned && logs
+    };
+    while !answered(&mut conn) {
+        assert!(Instant::now() < deadline, "cleanup and logs were not answered without a cluster");
         std::thread::sleep(Duration::from_millis(50));
     }
     wait_drained(&mut conn, Duration::from_secs(20));
@@ -115,15 +129,17 @@ fn cap_queue_facts_ttl_expiry_cleanup_and_manifests_without_a_cluster() {
     let all = engine_statuses(&mut conn);
     assert_eq!(statuses_of(&all, "short"), ["requested", "provisioning", "expired"]);
     assert_eq!(statuses_of(&all, "waiting"), ["queued", "requested", "provisioning"]);
-    let dead = read_stream(&mut conn, &format!("{JOBS}:dead"));
-    assert!(dead[0].1["dead_detail"].contains("no execution never-was"), "{:?}", dead[0].1);
+    for stream in [JOBS, STATUS, RESULTS] {
+        assert_eq!(read_stream(&mut conn, &format!("{stream}:dead")), vec![], "{stream}: nothing is a dead letter");
+    }
 
     // The expiry was published while handling a clock record.
     let records = export(&dir);
     let (_, _, output_id) = all.iter().find(|(e, s, _)| e == "short" && s == "expired").unwrap();
     let seq: u64 = output_id.split('-').next().unwrap().parse().unwrap();
     assert_eq!(records.iter().find(|r| r["seq"] == seq).unwrap()["kind"], "clock");
-    let setting = records.iter().find(|r| r["kind"] == "setting").unwrap();
+    let setting =
+        records.iter().find(|r| r["kind"] == "setting" && r["name"] == "execution.max_active_environments").unwrap();
     assert_eq!(
         (setting["name"].as_str(), setting["value"].as_str()),
         (Some("execution.max_active_environments"), Some("2"))
@@ -138,11 +154,13 @@ fn cap_queue_facts_ttl_expiry_cleanup_and_manifests_without_a_cluster() {
     assert_eq!(path, ["requested", "provisioning", "running", "completed"], "forward only, once each");
     assert_eq!(long["results"][0]["output"], "12 passed");
     assert_eq!(state["state"]["x/waiting"]["cleanup_requested"], true);
+    assert_eq!(state["state"]["x/waiting"]["status"], "cleaned", "the no-cluster answer is the engine runner's fact");
 
     // The manifests for kubectl, rendered again from the log, are valid Kubernetes 1.33.
     let (code, yaml, err) = maestro(&["manifests", "long", "--data-dir", d]);
     assert_eq!(code, Some(0), "{err}");
-    for object in ["kind: Namespace", "name: maestro-exec-long", "kind: StatefulSet", "name: test-2", "kind: Job"] {
+    for object in ["kind: Namespace", "name: quality-fabric-long", "kind: StatefulSet", "name: test-job-2", "kind: Job"]
+    {
         assert!(yaml.contains(object), "{object} missing:\n{yaml}");
     }
     let file = data.path().join("long.yaml");

@@ -8,8 +8,9 @@ mod common;
 
 use common::python::kubernetes_validate;
 use maestro::manifests_cli::to_yaml;
+use maestro_handlers::execution::handler::commands_of;
 use maestro_handlers::execution::manifests::{Manifest, Request, dns_label, label_value, namespace_of, render};
-use maestro_schemas::proto::execution::{EnvironmentSpec, TestConfig};
+use maestro_schemas::proto::execution::{EnvironmentSpec, ExecuteEphemeralTest, TestConfig};
 use std::path::PathBuf;
 
 /// 2026-11-28T10:00:00Z and one hour later.
@@ -37,7 +38,20 @@ fn commands(n: usize) -> TestConfig {
     }
 }
 
-/// The environment shapes: app only, each database, Redis, everything with custom resources.
+/// The commands of a request whose `test_config` has REST-style `test_suites` besides its own
+/// `commands`, as the handler takes them.
+fn suites() -> TestConfig {
+    let suites = r#"[{"name":"api","type":"pytest","test_files":["tests/api"],"commands":["pytest tests/api"]},{"name":"e2e","type":"e2e","patterns":["*.spec.ts"],"setup_commands":["npm ci"],"commands":["npx playwright test","npm run e2e:report"]}]"#;
+    let request = ExecuteEphemeralTest {
+        test_config: Some(commands(1)),
+        extra: [("test_config.test_suites".to_string(), suites.to_string())].into(),
+        ..Default::default()
+    };
+    TestConfig { commands: commands_of(&request), ..commands(1) }
+}
+
+/// The environment shapes: app only, each database, Redis, everything with custom resources,
+/// test suites; ids as the old service made them (8 hex) or as producers chose them.
 fn shapes() -> Vec<(&'static str, String, EnvironmentSpec, TestConfig)> {
     let mut full = spec(Some("postgresql"), true);
     full.resources_json =
@@ -49,6 +63,8 @@ fn shapes() -> Vec<(&'static str, String, EnvironmentSpec, TestConfig)> {
         ("mysql", "exec-mysql".into(), spec(Some("mysql"), false), commands(1)),
         ("redis", "exec-redis".into(), spec(None, true), commands(1)),
         ("full", "Exec_Full:2026-11-28T10:00:00".into(), full, commands(3)),
+        ("mongodb", "3f9a0c1e".into(), spec(Some("mongodb"), false), commands(1)),
+        ("test-suites", "b7d41e09".into(), spec(None, false), suites()),
     ]
 }
 
@@ -91,20 +107,34 @@ fn each_shape_has_the_objects_of_the_spec() {
     assert_eq!(
         app_only,
         [
-            "Namespace/maestro-exec-exec-app-only",
+            "Namespace/quality-fabric-exec-app-only",
             "ResourceQuota/maestro-quota",
             "LimitRange/maestro-limits",
             "Deployment/app",
             "Service/app-service",
-            "Job/test-1"
+            "Job/test-job-1"
         ]
     );
     let full = kinds(&rendered(&shapes[4].1, &shapes[4].2, &shapes[4].3));
-    for object in ["StatefulSet/postgres", "Service/postgres", "Deployment/redis", "Service/redis", "Job/test-3"] {
+    for object in ["StatefulSet/postgres", "Service/postgres", "Deployment/redis", "Service/redis", "Job/test-job-3"] {
         assert!(full.contains(&object.to_string()), "{object} missing from {full:?}");
     }
     let mysql = kinds(&rendered(&shapes[2].1, &shapes[2].2, &shapes[2].3));
     assert!(mysql.contains(&"StatefulSet/mysql".to_string()) && mysql.contains(&"Service/mysql".to_string()));
+    let mongodb = kinds(&rendered(&shapes[5].1, &shapes[5].2, &shapes[5].3));
+    assert_eq!(mongodb[0], "Namespace/quality-fabric-3f9a0c1e", "an 8-hex id names its namespace as it is");
+    assert!(mongodb.contains(&"StatefulSet/mongodb".to_string()) && mongodb.contains(&"Service/mongodb".to_string()));
+    let suites = kinds(&rendered(&shapes[6].1, &shapes[6].2, &shapes[6].3));
+    let jobs: Vec<&String> = suites.iter().filter(|k| k.starts_with("Job/")).collect();
+    assert_eq!(jobs, ["Job/test-job-1", "Job/test-job-2", "Job/test-job-3", "Job/test-job-4"]);
+    // An unknown database type (any case) deploys none; a known one in capitals is deployed.
+    for (database, statefulset) in
+        [("oracle", None), ("MySQL", Some("StatefulSet/mysql")), ("MONGODB", Some("StatefulSet/mongodb"))]
+    {
+        let objects = kinds(&rendered("e", &spec(Some(database), false), &commands(1)));
+        let found: Vec<&String> = objects.iter().filter(|k| k.starts_with("StatefulSet/")).collect();
+        assert_eq!(found.first().map(|s| s.as_str()), statefulset, "{database}: {objects:?}");
+    }
 }
 
 /// `kubernetes-validate -k 1.33.0 --strict` on every rendered object of every shape: 0 failures.
@@ -152,10 +182,18 @@ fn names_and_label_values_are_valid_for_any_execution_id() {
         namespaces.insert(namespace);
         let label = label_value(id);
         assert!(label.len() <= 63 && !label.contains(':'), "{id:?} -> {label:?}");
+        for manifest in rendered(id, &spec(Some("mongodb"), true), &commands(1)) {
+            let json = serde_json::to_value(&manifest).unwrap();
+            for (key, value) in json["metadata"]["labels"].as_object().unwrap() {
+                let value = value.as_str().unwrap();
+                assert!(value.len() <= 63 && !value.contains(':') && !value.starts_with('-'), "{key}={value:?}");
+            }
+        }
         assert!(dns_label(id, 20).len() <= 20);
     }
     assert_eq!(namespaces.len(), ids.len(), "distinct ids give distinct namespaces");
     assert_eq!(label_value("a.b_c-D"), "a.b_c-D", "valid label values are kept as they are");
+    assert_eq!(namespace_of("0a1b2c3d"), "quality-fabric-0a1b2c3d", "the old service's form");
 }
 
 #[test]
@@ -164,8 +202,8 @@ fn bad_specs_are_refused_with_their_reason() {
     type Breaks = Box<dyn Fn(&mut EnvironmentSpec)>;
     let cases: [(&str, Breaks); 5] = [
         ("app_image", Box::new(|s| s.app_image = "has space".into())),
+        ("app_image", Box::new(|s| s.app_image = String::new())),
         ("app_port", Box::new(|s| s.app_port = 70_000)),
-        ("database_type", Box::new(|s| s.database_type = Some("oracle".into()))),
         ("env_vars", Box::new(|s| s.env_vars = [("1BAD".to_string(), "x".to_string())].into())),
         ("resources", Box::new(|s| s.resources_json = Some(r#"{"requests":{"gpu":"1"}}"#.into()))),
     ];

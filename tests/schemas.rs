@@ -121,10 +121,7 @@ fn rejects_name_their_reason() {
             Role::K8sJobs,
             raw(&[
                 ("type".into(), "execute_ephemeral_test".into()),
-                (
-                    "payload".into(),
-                    r#"{"environment_spec":{"app_image":"a","app_port":1,"database_type":"oracle"}}"#.into(),
-                ),
+                ("payload".into(), r#"{"environment_spec":"postgresql"}"#.into()),
             ]),
             "bad_field",
         ),

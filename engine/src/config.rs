@@ -52,6 +52,10 @@ pub struct EngineConfig {
     pub clock_interval_ms: u64,
     /// Ephemeral test environments active at once; more wait in order (recorded in the log).
     pub max_active_environments: u32,
+    /// Runner identities, besides the engine's own Kubernetes runner, whose `k8s:status` and
+    /// `k8s:results` facts (field `runner`) move test environments; facts from any other
+    /// producer are recorded and counted, never acted on (recorded in the log).
+    pub execution_runners: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +82,7 @@ impl Default for EngineConfig {
             anchor_interval_ms: 10_000,
             clock_interval_ms: 10_000,
             max_active_environments: maestro_handlers::execution::DEFAULT_MAX_ACTIVE,
+            execution_runners: Vec::new(),
         }
     }
 }
@@ -90,8 +95,24 @@ impl EngineConfig {
 
     /// The handler settings recorded in the log: (name, value, default value).
     pub fn settings(&self) -> Vec<(&'static str, String, String)> {
-        use maestro_handlers::execution::{DEFAULT_MAX_ACTIVE, MAX_ACTIVE_SETTING};
-        vec![(MAX_ACTIVE_SETTING, self.max_active_environments.to_string(), DEFAULT_MAX_ACTIVE.to_string())]
+        use maestro_handlers::execution::{DEFAULT_MAX_ACTIVE, MAX_ACTIVE_SETTING, RUNNERS_SETTING, default_runners};
+        let json = |list: Vec<String>| serde_json::to_string(&list).unwrap_or_default();
+        vec![
+            (MAX_ACTIVE_SETTING, self.max_active_environments.to_string(), DEFAULT_MAX_ACTIVE.to_string()),
+            (RUNNERS_SETTING, json(self.trusted_runners()), json(default_runners())),
+        ]
+    }
+
+    /// The engine's own Kubernetes runner's identity: the `runner` field of its facts.
+    pub fn runner_identity(&self) -> String {
+        maestro_handlers::execution::engine_runner(&self.group)
+    }
+
+    /// Every runner identity whose facts move test environments: the engine's own first.
+    pub fn trusted_runners(&self) -> Vec<String> {
+        let own = self.runner_identity();
+        let others = self.execution_runners.iter().filter(|r| **r != own).cloned();
+        std::iter::once(own.clone()).chain(others).collect()
     }
 
     /// The bootstrap admins as (tenant, user).
@@ -112,6 +133,9 @@ impl EngineConfig {
         }
         if self.max_active_environments == 0 {
             return Err("max_active_environments: must be at least 1".into());
+        }
+        if self.execution_runners.iter().any(|r| r.trim().is_empty()) {
+            return Err("execution_runners: an identity must not be empty".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());

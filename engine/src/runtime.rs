@@ -141,8 +141,10 @@ async fn session(
         .map_err(|e| EngineError::Config(format!("history repository {}: {e}", history.display())))?;
     let (facts, fact_receiver) = tokio::sync::mpsc::unbounded_channel();
     let mut runners: Vec<Box<dyn crate::effects::EffectRunner>> = vec![Box::new(git)];
-    if let Some(kube) = kube_runner(facts).await {
-        runners.push(Box::new(kube));
+    let identity = config.runner_identity();
+    match kube_runner(facts.clone(), identity.clone()).await {
+        Some(kube) => runners.push(Box::new(kube)),
+        None => runners.push(Box::new(crate::effects::kube::NoCluster { identity, facts })),
     }
     let mut effects = Effects::new(runners);
     run_effects(&mut effects, &dispatcher, status)?;
@@ -186,13 +188,15 @@ async fn session(
 /// `provisioning`.
 async fn kube_runner(
     facts: tokio::sync::mpsc::UnboundedSender<crate::effects::kube::Fact>,
+    identity: String,
 ) -> Option<crate::effects::kube::KubeRunner> {
     let kubeconfig = std::env::var_os("KUBECONFIG").is_some();
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if !kubeconfig && !in_cluster {
         tracing::warn!(
             "no Kubernetes cluster configured (KUBECONFIG unset, not in a cluster): test environments stay in \
-             provisioning; `maestro manifests EXECUTION_ID --data-dir DIR` prints their manifests for kubectl"
+             provisioning, cleanup and log requests are answered saying so; `maestro manifests EXECUTION_ID \
+             --data-dir DIR` prints their manifests for kubectl"
         );
         return None;
     }
@@ -202,6 +206,7 @@ async fn kube_runner(
             let settings = crate::effects::kube::KubeSettings::default();
             Some(crate::effects::kube::KubeRunner {
                 client,
+                identity,
                 settings,
                 facts,
                 runtime: tokio::runtime::Handle::current(),

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-const NS: &str = "maestro-exec-e1";
+const NS: &str = "quality-fabric-e1";
+const RUNNER: &str = "maestro-engine/test";
 const APPLY: &str = "application/apply-patch+yaml";
 
 /// One expected request and the mocked API server's answer.
@@ -106,7 +107,10 @@ fn runner(client: kube::Client) -> (KubeRunner, UnboundedReceiver<Fact>) {
         ready_timeout: Duration::from_secs(5),
         attempts: 3,
     };
-    (KubeRunner { client, settings, facts, runtime: tokio::runtime::Handle::current() }, receiver)
+    (
+        KubeRunner { client, identity: RUNNER.into(), settings, facts, runtime: tokio::runtime::Handle::current() },
+        receiver,
+    )
 }
 
 fn facts(receiver: &mut UnboundedReceiver<Fact>) -> Vec<(FactStream, Value)> {
@@ -133,7 +137,7 @@ fn deployment(ready: i32) -> Value {
 }
 
 fn job(status: Value) -> Value {
-    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "test-1", "namespace": NS}, "status": status})
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "test-job-1", "namespace": NS}, "status": status})
 }
 
 fn pod_list(names: &[&str]) -> Value {
@@ -145,13 +149,13 @@ fn pod_list(names: &[&str]) -> Value {
 async fn provisioning_readiness_job_completion_and_logs_with_a_retried_api_error() {
     let ns = format!("/api/v1/namespaces/{NS}");
     let apps = format!("/apis/apps/v1/namespaces/{NS}");
-    let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs/test-1");
+    let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs/test-job-1");
     let finished =
         json!({"succeeded": 1, "startTime": "2026-11-28T10:00:00Z", "completionTime": "2026-11-28T10:00:42Z"});
     let log = Expect {
         query: vec!["limitBytes=4096"],
         text: Some("===== 12 passed in 3.1s ====="),
-        ..get(&format!("{ns}/pods/test-1-x7k2p/log"), Value::Null)
+        ..get(&format!("{ns}/pods/test-job-1-x7k2p/log"), Value::Null)
     };
     let script = vec![
         apply(&ns),
@@ -166,8 +170,8 @@ async fn provisioning_readiness_job_completion_and_logs_with_a_retried_api_error
         get(&jobs, job(json!({"active": 1}))),
         get(&jobs, job(finished)),
         Expect {
-            query: vec!["labelSelector=job-name%3Dtest-1"],
-            ..get(&format!("{ns}/pods"), pod_list(&["test-1-x7k2p"]))
+            query: vec!["labelSelector=job-name%3Dtest-job-1"],
+            ..get(&format!("{ns}/pods"), pod_list(&["test-job-1-x7k2p"]))
         },
         log,
     ];
@@ -189,10 +193,15 @@ async fn provisioning_readiness_job_completion_and_logs_with_a_retried_api_error
     let (stream, result) = &facts[2];
     assert_eq!(*stream, FactStream::Results);
     let result: Value = serde_json::from_str(result["result"].as_str().unwrap()).unwrap();
-    let expected = json!({"job_name": "test-1", "command": "pytest -x", "success": true,
+    let expected = json!({"job_name": "test-job-1", "command": "pytest -x", "success": true,
         "output": "===== 12 passed in 3.1s =====", "duration": 42.0});
-    assert_eq!(result["jobs"][0], expected);
+    // The old consumers' `result`: exactly these keys, the jobs in `test_results`.
+    let keys: Vec<&str> = result.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["execution_id", "namespace", "test_results", "status"]);
+    assert_eq!((result["execution_id"].as_str(), result["namespace"].as_str()), (Some("e1"), Some(NS)));
+    assert_eq!((result["test_results"][0].clone(), result["status"].as_str()), (expected, Some("completed")));
     assert_eq!(facts[3].1["fact_id"], "k8s_apply/e1/1/completed", "deterministic: a repeat is recognisable");
+    assert!(facts.iter().all(|(_, f)| f["runner"] == RUNNER), "every fact names its runner: {facts:?}");
 }
 
 #[tokio::test]
@@ -207,7 +216,7 @@ async fn a_persistent_api_error_is_reported_as_a_failed_fact_naming_it() {
     assert_eq!(facts.len(), 1, "{facts:?}");
     assert_eq!(facts[0].1["status"], "failed");
     let details = facts[0].1["details"].as_str().unwrap();
-    assert!(details.contains("apply maestro-exec-e1") && details.contains("after 3 attempts"), "{details}");
+    assert!(details.contains("apply quality-fabric-e1") && details.contains("after 3 attempts"), "{details}");
 }
 
 #[tokio::test]
@@ -237,24 +246,50 @@ async fn logs_are_fetched_per_job_and_capped() {
     let log = Expect {
         query: vec!["limitBytes=4096"],
         text: Some("collected 3 items"),
-        ..get(&format!("{ns}/pods/test-1-a/log"), Value::Null)
+        ..get(&format!("{ns}/pods/test-job-1-a/log"), Value::Null)
     };
     let script = vec![
         Expect {
-            query: vec!["labelSelector=job-name%3Dtest-1"],
-            ..get(&format!("{ns}/pods"), pod_list(&["test-1-a"]))
+            query: vec!["labelSelector=job-name%3Dtest-job-1"],
+            ..get(&format!("{ns}/pods"), pod_list(&["test-job-1-a"]))
         },
         log,
         get(&format!("{ns}/pods"), pod_list(&[])),
     ];
     let (client, server) = mock(script);
     let (runner, mut receiver) = runner(client);
-    let payload = json!({"execution_id": "e1", "namespace": NS, "jobs": ["test-1", "test-2"]});
+    let payload = json!({"execution_id": "e1", "namespace": NS, "jobs": ["test-job-1", "test-job-2"]});
     runner.logs("k8s_logs/e1/2", &payload).await;
     assert_eq!(server.await.unwrap(), 3);
     let facts = facts(&mut receiver);
     assert_eq!(facts[0].1["type"], "execution_logs");
     let logs = facts[0].1["logs"].as_str().unwrap();
-    assert!(logs.contains("=== test-1 ===\ncollected 3 items"), "{logs}");
-    assert!(logs.contains("=== test-2 ===\n(no log: no pod of test-2)"), "{logs}");
+    assert!(logs.contains("=== test-job-1 ===\ncollected 3 items"), "{logs}");
+    assert!(logs.contains("=== test-job-2 ===\n(no log: no pod of test-job-2)"), "{logs}");
+}
+
+#[test]
+fn without_a_cluster_deletion_and_logs_are_answered_saying_so() {
+    use maestro_engine::effects::EffectRunner;
+    use maestro_engine::effects::kube::{NO_CLUSTER, NoCluster};
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let mut runner = NoCluster { identity: RUNNER.into(), facts: sender };
+    let payload = json!({"execution_id": "e1", "namespace": NS, "jobs": ["test-job-1"]}).to_string().into_bytes();
+    let intent =
+        |kind: &str, id: &str| maestro_handlers::Intent { kind: kind.into(), id: id.into(), payload: payload.clone() };
+    runner.run(&intent("k8s_apply", "k8s_apply/e1/1")).unwrap();
+    runner.run(&intent("k8s_delete", "k8s_delete/e1/3")).unwrap();
+    runner.run(&intent("k8s_logs", "k8s_logs/e1/1-0")).unwrap();
+    let facts = facts(&mut receiver);
+    assert_eq!(facts.len(), 2, "apply has nothing to answer: {facts:?}");
+    let (stream, cleaned) = &facts[0];
+    assert_eq!(
+        (*stream, cleaned["type"].as_str(), cleaned["status"].as_str()),
+        (FactStream::Status, Some("status_update"), Some("cleaned"))
+    );
+    assert!(cleaned["details"].as_str().unwrap().contains(NO_CLUSTER));
+    let (stream, logs) = &facts[1];
+    assert_eq!((*stream, logs["type"].as_str()), (FactStream::Results, Some("execution_logs")));
+    assert!(logs["logs"].as_str().unwrap().contains(NO_CLUSTER));
+    assert!(facts.iter().all(|(_, f)| f["runner"] == RUNNER && f["execution_id"] == "e1"), "{facts:?}");
 }

@@ -20,7 +20,13 @@ async fn every_object_of_an_environment_is_accepted_by_a_real_api_server() {
     let client = kube::Client::try_default().await.expect("a client for the KUBECONFIG cluster");
     let (facts, mut receiver) = tokio::sync::mpsc::unbounded_channel();
     let runtime = tokio::runtime::Handle::current();
-    let runner = KubeRunner { client, settings: KubeSettings::default(), facts, runtime };
+    let runner = KubeRunner {
+        client,
+        identity: "maestro-engine/maestro-engine".into(),
+        settings: KubeSettings::default(),
+        facts,
+        runtime,
+    };
     let id = format!("real-cluster-{}", std::process::id());
     let spec = EnvironmentSpec {
         app_image: "nginx:1.27-alpine".into(),

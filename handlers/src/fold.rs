@@ -12,11 +12,20 @@ pub struct Fold {
     pub published: Vec<BTreeMap<String, String>>,
     pub intents: Vec<Intent>,
     pub seq: u64,
+    /// The reason of each record the handler ignored, with its seq.
+    pub ignored: Vec<(u64, String)>,
 }
 
 impl Fold {
     pub fn new(handler: impl Handler + 'static) -> Fold {
-        Fold { handler: Box::new(handler), state: BTreeMap::new(), published: Vec::new(), intents: Vec::new(), seq: 0 }
+        Fold {
+            handler: Box::new(handler),
+            state: BTreeMap::new(),
+            published: Vec::new(),
+            intents: Vec::new(),
+            seq: 0,
+            ignored: Vec::new(),
+        }
     }
 
     /// Hands one record to the handler; an accepted entry is decoded first, as ingest does.
@@ -36,6 +45,7 @@ impl Fold {
         apply_changes(&mut self.state, &decision.changes);
         self.published.extend(decision.outputs.into_iter().map(|o| o.fields.into_iter().collect()));
         self.intents.extend(decision.intents);
+        self.ignored.extend(decision.ignored.map(|reason| (self.seq, reason)));
         Ok(())
     }
 

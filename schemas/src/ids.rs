@@ -29,6 +29,18 @@ pub fn derived_uuid(purpose: &str, stream: &str, entry: EntryId) -> String {
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
+/// An execution id derived from a stream entry, in the old k8s service's form: 8 lowercase hex
+/// digits (it used the first 8 of a uuid4). `attempt` 0 is the entry's id; a handler that finds
+/// it taken by another execution asks for attempt 1, 2, ... (32 bits collide after ~65,000
+/// executions), so the choice stays a function of the log.
+pub fn execution_id(stream: &str, entry: EntryId, attempt: u32) -> String {
+    let text = match attempt {
+        0 => format!("{stream}\n{entry}"),
+        n => format!("{stream}\n{entry}\n{n}"),
+    };
+    blake3::hash(text.as_bytes()).to_hex().as_str()[..8].to_string()
+}
+
 /// Formats Unix milliseconds as RFC 3339 UTC (`2026-11-28T07:40:23.123Z`).
 pub fn format_utc_ms(ms: u64) -> String {
     let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
@@ -102,6 +114,11 @@ mod tests {
         assert_ne!(derived_id("req", "s", a), derived_id("req", "t", a));
         assert!(derived_id("req", "s", a).starts_with("req-"));
         assert_eq!(output_id(7, 2), "7-2");
+        let exec = execution_id("s", a, 0);
+        assert!(exec.len() == 8 && exec.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{exec}");
+        assert_eq!(exec, execution_id("s", a, 0));
+        assert_ne!(exec, execution_id("s", a, 1));
+        assert_ne!(exec, execution_id("s", b, 0));
     }
 
     #[test]

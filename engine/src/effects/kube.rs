@@ -11,7 +11,11 @@
 //! An intent is handed to a task and leaves the queue; API errors are retried with a back-off
 //! and, when they persist, reported as a `failed` fact naming the error. Every fact carries a
 //! `fact_id` derived from the intent, and the handler takes facts forward-only, so a repeated
-//! effect changes nothing.
+//! effect changes nothing. Every fact names the runner (`runner`, the engine's identity): the
+//! handler acts only on facts of runners it trusts.
+//!
+//! Without a cluster, [`NoCluster`] takes the same intents: deletion and logs are answered
+//! (there is no cluster, so nothing to delete and no logs), environments stay `provisioning`.
 
 use super::{EffectRunner, Ran};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -70,6 +74,8 @@ impl Default for KubeSettings {
 #[derive(Clone)]
 pub struct KubeRunner {
     pub client: kube::Client,
+    /// The `runner` field of every fact.
+    pub identity: String,
     pub settings: KubeSettings,
     pub facts: UnboundedSender<Fact>,
     pub runtime: tokio::runtime::Handle,
@@ -102,6 +108,34 @@ impl EffectRunner for KubeRunner {
     }
 }
 
+/// A fact's fields in the old flat shape (`type`, `execution_id`, the rest, `timestamp`), then
+/// the runner's identity and the fact's id, derived from the intent.
+fn fact_fields(
+    identity: &str,
+    intent: &str,
+    kind: &str,
+    execution_id: &str,
+    rest: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let mut fields =
+        vec![("type".to_string(), kind.to_string()), ("execution_id".to_string(), execution_id.to_string())];
+    fields.extend(rest.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    fields.push(("timestamp".into(), now_naive()));
+    fields.push((maestro_handlers::execution::RUNNER_FIELD.into(), identity.to_string()));
+    let tag = rest.iter().find(|(k, _)| *k == "status").map_or(kind, |(_, v)| v.as_str());
+    fields.push(("fact_id".into(), format!("{intent}/{tag}")));
+    fields
+}
+
+/// The `result` of an `execution_result` fact, as the old service's consumers read it.
+pub fn execution_result(execution_id: &str, namespace: &str, test_results: Vec<Value>) -> (Value, &'static str) {
+    let passed = test_results.iter().all(|r| r["success"] == true);
+    let status = if passed { "completed" } else { "failed" };
+    let result = json!({"execution_id": execution_id, "namespace": namespace, "test_results": test_results,
+        "status": status});
+    (result, status)
+}
+
 fn text(payload: &Value, key: &str) -> String {
     payload[key].as_str().unwrap_or_default().to_string()
 }
@@ -115,12 +149,7 @@ fn now_naive() -> String {
 
 impl KubeRunner {
     fn fact(&self, intent: &str, stream: FactStream, kind: &str, execution_id: &str, rest: &[(&str, String)]) {
-        let mut fields =
-            vec![("type".to_string(), kind.to_string()), ("execution_id".to_string(), execution_id.to_string())];
-        fields.extend(rest.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        fields.push(("timestamp".into(), now_naive()));
-        let tag = rest.iter().find(|(k, _)| *k == "status").map_or(kind, |(_, v)| v.as_str());
-        fields.push(("fact_id".into(), format!("{intent}/{tag}")));
+        let fields = fact_fields(&self.identity, intent, kind, execution_id, rest);
         // A closed channel means the engine is stopping; the fact is learnt again on restart.
         let _ = self.facts.send(Fact { stream, fields });
     }
@@ -212,10 +241,10 @@ impl KubeRunner {
         for object in &jobs {
             results.push(self.wait_job(&namespace, object, timeout).await?);
         }
-        let passed = results.iter().all(|r| r["success"] == true);
-        let result = json!({"jobs": results, "success": passed});
+        let jobs = results.len();
+        let (result, status) = execution_result(&id, &namespace, results);
         self.fact(intent, FactStream::Results, "execution_result", &id, &[("result", result.to_string())]);
-        self.status(intent, &id, if passed { "completed" } else { "failed" }, json!({"jobs": results.len()}));
+        self.status(intent, &id, status, json!({"namespace": namespace, "jobs": jobs}));
         Ok(())
     }
 
@@ -317,5 +346,51 @@ impl KubeRunner {
             logs.push_str(&format!("=== {job} ===\n{log}\n"));
         }
         self.fact(intent, FactStream::Results, "execution_logs", &id, &[("logs", logs)]);
+    }
+}
+
+/// The runner when no cluster is configured: it answers what can be answered without one.
+/// `k8s_delete` is `cleaned` (nothing was created), `k8s_logs` an `execution_logs` saying there
+/// are none; `k8s_apply` leaves the environment `provisioning` (its manifests can be applied
+/// by hand: `maestro manifests`).
+#[derive(Clone, Debug)]
+pub struct NoCluster {
+    pub identity: String,
+    pub facts: UnboundedSender<Fact>,
+}
+
+/// What the no-cluster answers say.
+pub const NO_CLUSTER: &str = "no Kubernetes cluster is configured";
+
+impl EffectRunner for NoCluster {
+    fn handles(&self, kind: &str) -> bool {
+        KINDS.contains(&kind)
+    }
+
+    fn run(&mut self, intent: &Intent) -> Result<Ran, String> {
+        let payload: Value =
+            serde_json::from_slice(&intent.payload).map_err(|e| format!("intent {}: payload: {e}", intent.id))?;
+        let (id, namespace) = (text(&payload, "execution_id"), text(&payload, "namespace"));
+        let (stream, kind, rest) = match intent.kind.as_str() {
+            "k8s_delete" => {
+                let details = json!({"namespace": namespace, "cluster": null,
+                    "note": format!("{NO_CLUSTER}: nothing was created, nothing to delete")});
+                (
+                    FactStream::Status,
+                    "status_update",
+                    vec![("status", "cleaned".to_string()), ("details", details.to_string())],
+                )
+            }
+            "k8s_logs" => {
+                let logs = format!("{NO_CLUSTER}: no test jobs ran in {namespace}, so there are no logs");
+                (FactStream::Results, "execution_logs", vec![("logs", logs)])
+            }
+            _ => return Ok(Ran::Done),
+        };
+        let fields = fact_fields(&self.identity, &intent.id, kind, &id, &rest);
+        // A closed channel means the engine is stopping; the intent was taken, its answer is lost
+        // with the process (as a cluster runner's task would be).
+        let _ = self.facts.send(Fact { stream, fields });
+        Ok(Ran::Done)
     }
 }

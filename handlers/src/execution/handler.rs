@@ -3,13 +3,17 @@
 //! expiry. Out: `status_update`s on `k8s:status` for what the engine decides itself (requested
 //! or queued, provisioning, expired, failed), and intents for the Kubernetes effect runner
 //! (`k8s_apply`, `k8s_delete`, `k8s_logs`). Facts the runner learns from the cluster come back
-//! as entries on the streams and move the environment forward, never back.
+//! as entries on the streams and move the environment forward, never back, and only when
+//! they name a trusted runner (the `runner` field, checked against the `execution.runners`
+//! setting record). A valid fact the handler cannot act on (an unknown execution, an untrusted
+//! runner, a status it does not know) is ignored with a reason, never dead-lettered; every
+//! request is answered on `k8s:status` or `k8s:results`.
 
 use super::manifests::{self, Request, namespace_of};
 use super::model::*;
 use crate::contract::{Decision, Event, Handler, HandlerError, Intent, Output, Overlay, StateView};
 use maestro_schemas::encode::to_fields;
-use maestro_schemas::ids::naive_iso;
+use maestro_schemas::ids::{execution_id as derived_execution_id, naive_iso};
 use maestro_schemas::proto::execution::{self as ex, ExecuteEphemeralTest, k8s_job::Job, k8s_result};
 use maestro_schemas::{Body, Entry, Event as Typed};
 use prost::Message;
@@ -18,17 +22,30 @@ use serde_json::{Value, json};
 /// The projection's name.
 pub const NAME: &str = "execution";
 
-/// The handler, with the stream its status updates go to.
+/// The handler, with the streams its answers go to.
 #[derive(Clone, Debug)]
 pub struct Execution {
     pub status: String,
+    pub results: String,
 }
 
 impl Execution {
     pub fn new(streams: &maestro_schemas::StreamSet) -> Execution {
-        Execution { status: streams.k8s_status.clone() }
+        Execution { status: streams.k8s_status.clone(), results: streams.k8s_results.clone() }
     }
 }
+
+/// Why a valid entry changed nothing: the reasons the engine counts per stream.
+pub mod reason {
+    pub const UNKNOWN_EXECUTION: &str = "unknown_execution";
+    pub const FACT_FROM_UNKNOWN_RUNNER: &str = "fact_from_unknown_runner";
+    pub const UNKNOWN_STATUS: &str = "unknown_status";
+    pub const EXECUTION_EXISTS: &str = "execution_exists";
+}
+
+/// The status the engine answers a request for an execution it does not know with (the old
+/// service answered nothing).
+pub const NOT_FOUND: &str = "not_found";
 
 /// One event's work over the projection.
 struct Session<'a> {
@@ -36,6 +53,9 @@ struct Session<'a> {
     outputs: Vec<Output>,
     intents: Vec<Intent>,
     status_stream: &'a str,
+    results_stream: &'a str,
+    /// Set when the event is valid but changes nothing: the reason.
+    ignored: Option<&'static str>,
 }
 
 impl Session<'_> {
@@ -76,14 +96,38 @@ impl Session<'_> {
 
     /// `{type: status_update, execution_id, status, details, timestamp}` on `k8s:status`.
     fn publish(&mut self, env: &Environment, details: Value, ms: u64) {
+        self.publish_status(&env.execution_id, env.status.name(), details, ms);
+    }
+
+    fn publish_status(&mut self, id: &str, status: &str, details: Value, ms: u64) {
         let status = ex::ExecutionStatus {
-            execution_id: env.execution_id.clone(),
-            status: env.status.name().to_string(),
+            execution_id: id.to_string(),
+            status: status.to_string(),
             details_json: details.to_string(),
             timestamp: naive_iso(ms),
         };
         let fields = to_fields(&maestro_schemas::Event::K8sStatus(status));
         self.outputs.push(Output::new(self.status_stream, fields));
+    }
+
+    /// `{type: execution_logs, execution_id, logs, timestamp}` on `k8s:results`.
+    fn publish_logs(&mut self, id: &str, logs: String, ms: u64) {
+        let logs = ex::ExecutionLogs { execution_id: id.to_string(), logs, timestamp: naive_iso(ms) };
+        let result = ex::K8sResult { result: Some(k8s_result::Result::ExecutionLogs(logs)) };
+        let fields = to_fields(&maestro_schemas::Event::K8sResult(result));
+        self.outputs.push(Output::new(self.results_stream, fields));
+    }
+
+    /// Whether a fact entry names a trusted runner.
+    fn trusts(&self, entry: &Entry) -> bool {
+        let named = entry.fields.iter().find(|(k, _)| k == super::RUNNER_FIELD);
+        let Some(runner) = named.and_then(|(_, v)| std::str::from_utf8(v).ok()) else { return false };
+        self.runners().iter().any(|r| r == runner)
+    }
+
+    /// The runner identities whose facts move environments.
+    fn runners(&self) -> Vec<String> {
+        self.tx.get(RUNNERS_KEY).and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_else(super::default_runners)
     }
 
     /// An intent for the runner. Its id names the environment's lifecycle step, so that a
@@ -117,16 +161,23 @@ impl Session<'_> {
         env.admitted_ms = Some(ms);
         env.expires_ms = Some(expires);
         env.enter(EnvStatus::Requested, ms);
-        self.publish(&env, json!({"namespace": env.namespace, "expires_at": naive_iso(expires)}), ms);
+        // The request's entry id lets a producer that sent no execution_id find its answers.
+        let details = json!({"namespace": env.namespace, "expires_at": naive_iso(expires), "entry_id": env.entry_id});
+        self.publish(&env, details, ms);
         // `execute` rendered this request already (times only go into annotations), so this
         // cannot fail here; an empty list would still leave a visible, failing apply.
         let rendered = render(request, &env.execution_id, ms, expires).unwrap_or_default();
+        let mut details = json!({"namespace": env.namespace, "objects": []});
         let names: Vec<String> = rendered.iter().map(|m| format!("{}/{}", m.kind(), m.name())).collect();
         let payload = json!({"execution_id": env.execution_id, "namespace": env.namespace, "commands": env.commands,
             "timeout_minutes": env.timeout_minutes, "manifests": rendered});
         self.intent("k8s_apply", &env, payload);
         env.enter(EnvStatus::Provisioning, ms);
-        self.publish(&env, json!({"namespace": env.namespace, "objects": names}), ms);
+        details["objects"] = json!(names);
+        if let Some(warning) = &env.warning {
+            details["warning"] = json!(warning);
+        }
+        self.publish(&env, details, ms);
         self.tx.put(active_key(&env.execution_id), ms.to_string().into_bytes());
         self.tx.put(expiry_key(expires, &env.execution_id), Vec::new());
         self.save(&env);
@@ -168,8 +219,26 @@ pub fn render(
     expires_ms: u64,
 ) -> Result<Vec<manifests::Manifest>, String> {
     let spec = request.environment_spec.clone().unwrap_or_default();
-    let test = request.test_config.clone().unwrap_or_default();
+    let mut test = request.test_config.clone().unwrap_or_default();
+    test.commands = commands_of(request);
     manifests::render(&Request { execution_id, spec: &spec, test: &test, requested_ms, expires_ms })
+}
+
+/// The commands to run, one job each: `test_config.commands`, then the `commands` of each of
+/// `test_config.test_suites` (the old REST model's suites, kept in the request's `extra`), in
+/// order. A suite without commands, or a `test_suites` that is not a list of objects, adds none.
+pub fn commands_of(request: &ExecuteEphemeralTest) -> Vec<String> {
+    let mut commands = request.test_config.as_ref().map(|t| t.commands.clone()).unwrap_or_default();
+    let suites: Vec<Value> = request
+        .extra
+        .get("test_config.test_suites")
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    for suite in &suites {
+        let listed = suite.get("commands").and_then(Value::as_array).into_iter().flatten();
+        commands.extend(listed.filter_map(Value::as_str).map(str::to_string));
+    }
+    commands
 }
 
 /// The TTL of a request in milliseconds.
@@ -185,19 +254,37 @@ fn ttl_ms(run: &ExecuteEphemeralTest) -> Result<u64, HandlerError> {
 }
 
 impl Execution {
-    fn execute(&self, s: &mut Session<'_>, run: &ExecuteEphemeralTest, entry: &Entry) -> Result<(), HandlerError> {
+    /// The id of a new execution: the producer's, or the one derived from the entry; a derived
+    /// id another execution holds already is derived again (attempt 1, 2, ...). `None` when the
+    /// producer's own id is taken.
+    fn new_id(s: &Session<'_>, run: &ExecuteEphemeralTest, entry: &Entry) -> Option<String> {
         let id = run.execution_id.clone().unwrap_or_default();
-        if s.load(&id).is_some() {
-            return Err(HandlerError::Invalid(format!("execution {id} exists already")));
+        if s.load(&id).is_none() {
+            return Some(id);
         }
+        if id != derived_execution_id(&entry.stream, entry.id, 0) {
+            return None;
+        }
+        (1..).map(|n| derived_execution_id(&entry.stream, entry.id, n)).find(|id| s.load(id).is_none())
+    }
+
+    fn execute(&self, s: &mut Session<'_>, run: &ExecuteEphemeralTest, entry: &Entry) -> Result<(), HandlerError> {
+        let Some(id) = Self::new_id(s, run, entry) else {
+            s.ignored = Some(reason::EXECUTION_EXISTS);
+            return Ok(());
+        };
+        let mut run = run.clone();
+        run.execution_id = Some(id.clone());
+        let run = &run;
         let test = run.test_config.clone().unwrap_or_default();
+        let spec = run.environment_spec.clone().unwrap_or_default();
         let ms = entry.id.ms;
         let mut env = Environment {
             execution_id: id.clone(),
             namespace: namespace_of(&id),
             status: EnvStatus::Queued,
             app_image: run.environment_spec.as_ref().map(|s| s.app_image.clone()).unwrap_or_default(),
-            commands: test.commands.clone(),
+            commands: commands_of(run),
             ttl_ms: ttl_ms(run)?,
             timeout_minutes: test.timeout_minutes.unwrap_or(30),
             stream: entry.stream.clone(),
@@ -210,13 +297,14 @@ impl Execution {
             logs_bytes: None,
             logs_ms: None,
             reason: None,
+            warning: manifests::database_kind(&spec).err(),
             transitions: Vec::new(),
         };
         // A request whose manifests cannot be rendered is answered as failed, with the reason.
         if let Err(reason) = render(run, &id, ms, ms) {
             env.enter(EnvStatus::Failed, ms);
             env.reason = Some(reason.clone());
-            s.publish(&env, json!({"error": reason}), ms);
+            s.publish(&env, json!({"error": reason, "entry_id": env.entry_id}), ms);
             s.save(&env);
             return Ok(());
         }
@@ -226,15 +314,22 @@ impl Execution {
         } else {
             env.enter(EnvStatus::Queued, ms);
             s.enqueue(queue_key(&arrival(&entry.stream, entry.id)), &id);
-            s.publish(&env, json!({"position": s.queued()}), ms);
+            let mut details = json!({"namespace": env.namespace, "position": s.queued(), "entry_id": env.entry_id});
+            if let Some(warning) = &env.warning {
+                details["warning"] = json!(warning);
+            }
+            s.publish(&env, details, ms);
             s.save(&env);
         }
         Ok(())
     }
 
     fn cleanup(&self, s: &mut Session<'_>, id: &str, ms: u64) -> Result<(), HandlerError> {
-        let mut env =
-            s.load(id).ok_or_else(|| HandlerError::Invalid(format!("cleanup_environment: no execution {id}")))?;
+        let Some(mut env) = s.load(id) else {
+            let details = json!({"error": format!("no execution {id}"), "request": "cleanup_environment"});
+            s.publish_status(id, NOT_FOUND, details, ms);
+            return Ok(());
+        };
         match env.status {
             EnvStatus::Cleaned => {}
             // Nothing was created yet: it is clean as it is.
@@ -244,6 +339,7 @@ impl Execution {
                 s.leave(&mut env, EnvStatus::Cleaned, ms);
                 s.publish(&env, json!({"reason": "cleaned up before it was provisioned"}), ms);
             }
+            // Repeated: the runner answers the first request.
             _ if env.cleanup_requested => {}
             _ => {
                 env.cleanup_requested = true;
@@ -259,8 +355,11 @@ impl Execution {
     }
 
     fn get_logs(&self, s: &mut Session<'_>, id: &str, entry: &Entry) -> Result<(), HandlerError> {
-        let env = s.load(id).ok_or_else(|| HandlerError::Invalid(format!("get_logs: no execution {id}")))?;
-        let jobs: Vec<String> = (1..=env.commands.len()).map(|n| format!("test-{n}")).collect();
+        let Some(env) = s.load(id) else {
+            s.publish_logs(id, format!("no execution {id} is known to the engine"), entry.id.ms);
+            return Ok(());
+        };
+        let jobs: Vec<String> = (1..=env.commands.len()).map(manifests::job_name).collect();
         let payload = json!({"execution_id": id, "namespace": env.namespace, "jobs": jobs});
         s.intent_at("k8s_logs", &env, &entry.id.to_string(), payload);
         Ok(())
@@ -269,10 +368,14 @@ impl Execution {
     /// A status fact: moves the environment forward; a stale or repeated fact changes nothing.
     fn status_fact(&self, s: &mut Session<'_>, fact: &ex::ExecutionStatus, ms: u64) -> Result<(), HandlerError> {
         let id = &fact.execution_id;
-        let mut env =
-            s.load(id).ok_or_else(|| HandlerError::Invalid(format!("status {}: no execution {id}", fact.status)))?;
-        let next = EnvStatus::parse(&fact.status)
-            .ok_or_else(|| HandlerError::Invalid(format!("status {:?} is not a lifecycle state", fact.status)))?;
+        let Some(mut env) = s.load(id) else {
+            s.ignored = Some(reason::UNKNOWN_EXECUTION);
+            return Ok(());
+        };
+        let Some(next) = EnvStatus::parse(&fact.status) else {
+            s.ignored = Some(reason::UNKNOWN_STATUS);
+            return Ok(());
+        };
         // The cluster cannot know of an environment still waiting for a slot.
         if env.status == EnvStatus::Queued || !env.status.moves_to(next) {
             return Ok(());
@@ -288,15 +391,19 @@ impl Execution {
     }
 
     fn result_fact(&self, s: &mut Session<'_>, result: &k8s_result::Result, ms: u64) -> Result<(), HandlerError> {
-        let (id, what) = match result {
-            k8s_result::Result::ExecutionResult(r) => (&r.execution_id, "execution_result"),
-            k8s_result::Result::ExecutionLogs(l) => (&l.execution_id, "execution_logs"),
+        let id = match result {
+            k8s_result::Result::ExecutionResult(r) => &r.execution_id,
+            k8s_result::Result::ExecutionLogs(l) => &l.execution_id,
         };
-        let mut env = s.load(id).ok_or_else(|| HandlerError::Invalid(format!("{what}: no execution {id}")))?;
+        let Some(mut env) = s.load(id) else {
+            s.ignored = Some(reason::UNKNOWN_EXECUTION);
+            return Ok(());
+        };
         match result {
             k8s_result::Result::ExecutionResult(r) => {
+                // The contract's `{..., test_results: [...]}`; a bare list is taken as the jobs.
                 let parsed: Value = serde_json::from_str(&r.result_json).unwrap_or(Value::Null);
-                let jobs = parsed.get("jobs").or(Some(&parsed)).and_then(Value::as_array).cloned();
+                let jobs = parsed.get("test_results").or(Some(&parsed)).and_then(Value::as_array).cloned();
                 env.results = jobs.unwrap_or_else(|| vec![parsed]);
             }
             k8s_result::Result::ExecutionLogs(l) => {
@@ -315,12 +422,26 @@ impl Handler for Execution {
     }
 
     fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError> {
-        let mut s =
-            Session { tx: Overlay::new(state), outputs: Vec::new(), intents: Vec::new(), status_stream: &self.status };
+        let mut s = Session {
+            tx: Overlay::new(state),
+            outputs: Vec::new(),
+            intents: Vec::new(),
+            status_stream: &self.status,
+            results_stream: &self.results,
+            ignored: None,
+        };
         match (&event.record.body, event.typed.map(|t| &t.event)) {
             (Body::Clock { time_ms }, _) => s.expire(*time_ms),
             (Body::Setting { name, value }, _) if name == super::MAX_ACTIVE_SETTING => {
                 s.tx.put(CAP_KEY.to_vec(), value.clone().into_bytes());
+            }
+            (Body::Setting { name, value }, _) if name == super::RUNNERS_SETTING => {
+                // A value that is not a list of strings trusts the engine's runner only.
+                let runners: Vec<String> = serde_json::from_str(value).unwrap_or_else(|_| super::default_runners());
+                s.tx.put(RUNNERS_KEY.to_vec(), serde_json::to_vec(&runners).unwrap_or_default());
+            }
+            (Body::Entry(entry), Some(Typed::K8sStatus(_) | Typed::K8sResult(_))) if !s.trusts(entry) => {
+                return Ok(Decision::ignored(reason::FACT_FROM_UNKNOWN_RUNNER));
             }
             (Body::Entry(entry), Some(typed)) => {
                 let ms = entry.id.ms;
@@ -337,6 +458,9 @@ impl Handler for Execution {
                 }
             }
             _ => {}
+        }
+        if let Some(reason) = s.ignored {
+            return Ok(Decision::ignored(reason));
         }
         Ok(Decision { changes: s.tx.into_changes(), outputs: s.outputs, intents: s.intents, ..Decision::default() })
     }

@@ -24,6 +24,13 @@ use std::collections::BTreeMap;
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "maestro");
 /// The label naming the execution (a valid label value derived from its id).
 pub const EXECUTION_LABEL: &str = "maestro.io/execution-id";
+/// The old k8s service's labels, kept for tooling that selects by them.
+pub const OLD_EXECUTION_LABEL: &str = "quality-fabric.execution-id";
+pub const OLD_MANAGED_LABEL: (&str, &str) = ("quality-fabric.managed", "true");
+/// The namespace prefix of the old k8s service (contract 4.2).
+pub const NAMESPACE_PREFIX: &str = "quality-fabric-";
+/// The database types the engine deploys, lower-case.
+pub const DATABASES: [&str; 3] = ["postgresql", "mysql", "mongodb"];
 /// Most test commands one execution may run (one job each).
 pub const MAX_COMMANDS: usize = 50;
 
@@ -110,9 +117,30 @@ pub fn label_value(text: &str) -> String {
     if valid { text.to_string() } else { dns_label(text, 63) }
 }
 
-/// The namespace of an execution.
+/// The namespace of an execution: `quality-fabric-<execution_id>` as the old service named it
+/// (an 8-hex id is a valid DNS label as it is; any other id is made one).
 pub fn namespace_of(execution_id: &str) -> String {
-    format!("maestro-exec-{}", dns_label(execution_id, 63 - "maestro-exec-".len()))
+    format!("{NAMESPACE_PREFIX}{}", dns_label(execution_id, 63 - NAMESPACE_PREFIX.len()))
+}
+
+/// The database a spec asks for, lower-cased as the old service read it; `Err` names a type
+/// the engine does not deploy (the old service warned and provisioned without a database).
+pub fn database_kind(spec: &EnvironmentSpec) -> Result<Option<String>, String> {
+    let Some(kind) = spec.database_type.as_deref().map(str::trim).filter(|k| !k.is_empty()) else { return Ok(None) };
+    let lower = kind.to_ascii_lowercase();
+    if DATABASES.contains(&lower.as_str()) {
+        Ok(Some(lower))
+    } else {
+        Err(format!(
+            "environment_spec.database_type {kind:?} is not one of {}: provisioned without a database",
+            DATABASES.join(", ")
+        ))
+    }
+}
+
+/// The name of the job running the `n`-th command (from 1), as the old service named it.
+pub fn job_name(n: usize) -> String {
+    format!("test-job-{n}")
 }
 
 fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
@@ -235,6 +263,8 @@ pub fn render(r: &Request<'_>) -> Result<Vec<Manifest>, String> {
     let mut labels = BTreeMap::new();
     labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
     labels.insert(EXECUTION_LABEL.to_string(), label_value(r.execution_id));
+    labels.insert(OLD_EXECUTION_LABEL.to_string(), label_value(r.execution_id));
+    labels.insert(OLD_MANAGED_LABEL.0.to_string(), OLD_MANAGED_LABEL.1.to_string());
     let mut annotations = BTreeMap::new();
     annotations.insert("maestro.io/execution-id".to_string(), r.execution_id.to_string());
     annotations.insert("maestro.io/requested-at".to_string(), format_utc_ms(r.requested_ms));
@@ -249,14 +279,12 @@ pub fn render(r: &Request<'_>) -> Result<Vec<Manifest>, String> {
         ..Default::default()
     }));
     let mut test_env = env(&[("APP_URL", "http://app-service".to_string())]);
-    match spec.database_type.as_deref() {
-        None => {}
-        Some(kind) => {
-            let (database, url) = database(&ctx, kind)?;
-            out.extend(database);
-            app_env.extend(env(&[("DATABASE_URL", url.clone())]));
-            test_env.extend(env(&[("DATABASE_URL", url)]));
-        }
+    // An unknown database type deploys none (the handler warns in its answer).
+    if let Ok(Some(kind)) = database_kind(spec) {
+        let (database, url) = database(&ctx, &kind)?;
+        out.extend(database);
+        app_env.extend(env(&[("DATABASE_URL", url.clone())]));
+        test_env.extend(env(&[("DATABASE_URL", url)]));
     }
     if spec.redis_enabled.unwrap_or(false) {
         out.extend(redis(&ctx));
@@ -367,7 +395,18 @@ fn database(ctx: &Ctx, kind: &str) -> Result<(Vec<Manifest>, String), String> {
             "/var/lib/mysql",
             "mysql://root@mysql:3306/test",
         ),
-        other => return Err(format!("environment_spec.database_type {other:?} is not postgresql or mysql")),
+        // No credentials: the database lives as long as its test namespace, reachable only in it.
+        "mongodb" => (
+            "mongodb",
+            "mongo:7.0",
+            27017,
+            env(&[("MONGO_INITDB_DATABASE", "test".into())]),
+            "/data/db",
+            "mongodb://mongodb:27017/test",
+        ),
+        other => {
+            return Err(format!("environment_spec.database_type {other:?} is not one of {}", DATABASES.join(", ")));
+        }
     };
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta { name: Some("data".into()), ..Default::default() },
@@ -427,7 +466,7 @@ fn redis(ctx: &Ctx) -> Vec<Manifest> {
 }
 
 fn job(ctx: &Ctx, n: usize, command: &str, image: &str, timeout_minutes: u32, env: Vec<EnvVar>) -> Manifest {
-    let name = format!("test-{n}");
+    let name = job_name(n);
     let mut meta = ctx.meta(&name, "test");
     meta.annotations.get_or_insert_with(BTreeMap::new).insert("maestro.io/command".into(), command.into());
     let container = Container {

@@ -3,7 +3,8 @@
 //! Keys: `x/<execution>` environments, `p/<execution>` the request as protobuf bytes (to render
 //! its manifests again), `a/<execution>` the active set, `q/<arrival>` the wait queue in
 //! arrival order (entry id, then stream), `n/queued` its length, `t/<expiry ms>\0<execution>`
-//! TTL deadlines, and `cfg/max_active` the cap recorded in the log.
+//! TTL deadlines, `cfg/max_active` the cap and `cfg/runners` the trusted runners recorded in the
+//! log.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -102,6 +103,9 @@ pub struct Environment {
     pub logs_ms: Option<u64>,
     /// Why it failed, when the engine decided it.
     pub reason: Option<String>,
+    /// What the engine did not take from the request (an unknown database type).
+    #[serde(default)]
+    pub warning: Option<String>,
     /// Every state it passed through, with the log time.
     pub transitions: Vec<(EnvStatus, u64)>,
 }
@@ -148,6 +152,9 @@ pub fn expiry_of(key: &[u8]) -> Option<(u64, String)> {
 }
 
 pub const CAP_KEY: &[u8] = b"cfg/max_active";
+
+/// The trusted runner identities recorded in the log (a JSON list).
+pub const RUNNERS_KEY: &[u8] = b"cfg/runners";
 
 /// How many environments wait in the queue.
 pub const QUEUED_KEY: &[u8] = b"n/queued";

@@ -4,7 +4,7 @@
 use super::Origin;
 use crate::envelope::{Limits, Reject};
 use crate::event::{ERROR_TYPES, Event, SEVERITIES};
-use crate::ids::derived_id;
+use crate::ids::{derived_id, execution_id};
 use crate::proto::{execution as ex, healing as he, templates as te};
 
 /// The request id a producer gave, before any is derived.
@@ -37,7 +37,7 @@ pub fn normalize(mut event: Event, origin: Origin<'_>) -> Event {
         Event::HealRequest(heal) => heal_defaults(heal),
         Event::K8sJob(ex::K8sJob { job: Some(ex::k8s_job::Job::ExecuteEphemeralTest(run)) }) => {
             if run.execution_id.as_deref().is_none_or(str::is_empty) {
-                run.execution_id = Some(derived_id("exec", origin.stream, origin.entry));
+                run.execution_id = Some(execution_id(origin.stream, origin.entry, 0));
             }
             if let Some(spec) = &mut run.environment_spec {
                 spec.redis_enabled.get_or_insert(false);
@@ -180,14 +180,8 @@ fn k8s_job(job: &ex::K8sJob, limits: &Limits) -> Result<(), Reject> {
     use ex::k8s_job::Job;
     match &job.job {
         Some(Job::ExecuteEphemeralTest(run)) => {
-            let spec = run
-                .environment_spec
-                .as_ref()
-                .ok_or_else(|| Reject::new("missing_field", "`environment_spec` is required"))?;
-            required("environment_spec.app_image", &spec.app_image)?;
-            if let Some(db) = &spec.database_type {
-                one_of("environment_spec.database_type", db, &["postgresql", "mysql"])?;
-            }
+            // The spec's values (image, port, database type) are the handler's to judge: a spec it
+            // cannot provision is answered `failed`, an unknown database type is a warning.
             ids(limits, &[("execution_id", run.execution_id.as_deref().unwrap_or_default())])
         }
         Some(Job::CleanupEnvironment(ex::CleanupEnvironment { execution_id, .. }))

@@ -48,9 +48,10 @@ pub fn decode(role: Role, flat: &Flat<'_>, limits: &Limits) -> Result<Event, Rej
         Role::AutomationErrors => Event::ErrorReport(error_report(flat)?),
         Role::AutomationValidation => Event::ValidationOutcome(validation_outcome(flat)?),
         Role::K8sJobs => {
-            let kind = flat.req("type")?;
-            required("payload")?;
-            let job = k8s_job(kind, payload("payload")?).ok_or_else(|| unknown_type(role, kind))??;
+            // The old service's defaults: no `type` is an execute, no `payload` is `{}`.
+            let kind = flat.text("type").unwrap_or("execute_ephemeral_test");
+            let body = flat.bytes("payload").unwrap_or(b"{}");
+            let job = k8s_job(kind, Obj::parse("payload", body, limits)?).ok_or_else(|| unknown_type(role, kind))??;
             Event::K8sJob(ex::K8sJob { job: Some(job) })
         }
         Role::K8sResults => Event::K8sResult(k8s_result(flat, limits)?),
@@ -231,10 +232,15 @@ fn k8s_job(kind: &str, mut o: Obj<'_>) -> Option<Result<ex::k8s_job::Job, Reject
 fn execute(mut o: Obj<'_>) -> Result<ex::ExecuteEphemeralTest, Reject> {
     let execution_id = o.opt_str("execution_id")?;
     let mut extra = Default::default();
-    let mut spec = o.opt_obj("environment_spec")?.ok_or_else(|| missing(&o, "environment_spec"))?;
+    // A missing spec (the README's job format) is empty, and answered `failed` by the handler
+    // for want of an image: every execute gets an answer.
+    let mut spec = match o.opt_obj("environment_spec")? {
+        Some(spec) => spec,
+        None => Obj::parse("environment_spec", b"{}", &Limits::default())?,
+    };
     let environment_spec = ex::EnvironmentSpec {
-        app_image: spec.req_str("app_image")?,
-        app_port: spec.opt_u32("app_port")?.ok_or_else(|| missing(&spec, "app_port"))?,
+        app_image: spec.opt_str("app_image")?.unwrap_or_default(),
+        app_port: spec.opt_u32("app_port")?.unwrap_or_default(),
         database_type: spec.opt_str("database_type")?,
         redis_enabled: spec.opt_bool("redis_enabled")?,
         replicas: spec.opt_u32("replicas")?,

@@ -11,12 +11,21 @@ pub struct Fold {
     pub state: BTreeMap<Vec<u8>, Vec<u8>>,
     pub published: Vec<BTreeMap<String, String>>,
     pub intents: Vec<Intent>,
+    /// The reasons of decisions that ignored their entry.
+    pub ignored: Vec<String>,
     pub seq: u64,
 }
 
 impl Fold {
     pub fn new(handler: impl Handler + 'static) -> Fold {
-        Fold { handler: Box::new(handler), state: BTreeMap::new(), published: Vec::new(), intents: Vec::new(), seq: 0 }
+        Fold {
+            handler: Box::new(handler),
+            state: BTreeMap::new(),
+            published: Vec::new(),
+            intents: Vec::new(),
+            ignored: Vec::new(),
+            seq: 0,
+        }
     }
 
     /// Hands one record to the handler; an accepted entry is decoded first, as ingest does.
@@ -25,7 +34,12 @@ impl Fold {
         let record = Record { format: 1, seq: self.seq, prev_hash: [0; 32], body };
         let typed = match &record.body {
             Body::Entry(entry) => {
-                let role = StreamSet::default().role_of(&entry.stream).ok_or("unknown stream")?;
+                // Every stream's role, the optional validation stream's included.
+                let streams = StreamSet {
+                    automation_validation: Some("maestro:streams:automation:validation".into()),
+                    ..StreamSet::default()
+                };
+                let role = streams.role_of(&entry.stream).ok_or("unknown stream")?;
                 let origin = Origin { stream: &entry.stream, entry: entry.id };
                 Some(decode(role, origin, &entry.fields, &Limits::default()).map_err(|e| format!("{e:?}"))?.event)
             }
@@ -36,6 +50,7 @@ impl Fold {
         apply_changes(&mut self.state, &decision.changes);
         self.published.extend(decision.outputs.into_iter().map(|o| o.fields.into_iter().collect()));
         self.intents.extend(decision.intents);
+        self.ignored.extend(decision.ignored);
         Ok(())
     }
 

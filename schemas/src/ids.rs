@@ -15,6 +15,19 @@ pub fn derived_id(prefix: &str, stream: &str, entry: EntryId) -> String {
     format!("{prefix}-{}", &hex.as_str()[..16])
 }
 
+/// A UUID-shaped id (version 4 and variant bits set, lowercase, hyphenated) derived from
+/// `kind` and `seed`, for keys the old services filled with `uuid4()`: consumers that parse
+/// them as UUIDs accept it, and a replay derives the same one.
+pub fn derived_uuid(kind: &str, seed: &str) -> String {
+    let digest = blake3::hash(format!("{kind}\n{seed}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest.as_bytes()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
 /// Formats Unix milliseconds as RFC 3339 UTC (`2026-11-28T07:40:23.123Z`).
 pub fn format_utc_ms(ms: u64) -> String {
     let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);

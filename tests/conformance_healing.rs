@@ -28,6 +28,7 @@ fn old_healing_producers_and_consumers_work_unchanged() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the old clients failed:\n{stdout}\n{stderr}\nengine:\n{}", engine.stderr());
+    println!("{stdout}");
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
     let passed = summary["passed"].as_u64().unwrap();
     assert!(passed >= FLOOR, "only {passed} checks passed (floor {FLOOR}):\n{stdout}");

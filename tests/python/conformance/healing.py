@@ -75,6 +75,7 @@ for i, (_, fields) in enumerate(started):
         checks.check(f"started #{i}: status", update.status == "started", update)
         orchestrators.append(update.orchestrator_id)
 orchestrator = orchestrators[0] if orchestrators else ""
+other_orchestrator = orchestrators[1] if len(orchestrators) > 1 else ""
 
 # 3.3 every heal-request shape, none with the source; each message tagged to find its answer.
 requests = []  # (tag, shape, stream, payload, expected strategy or None for a failed answer)
@@ -121,12 +122,33 @@ requests.append((tag, "missing_file", "automation:healing",
                  {"error_type": "test_failure", "file_path": os.path.join(project, "tests/test_gone.py"),
                   "error_details": {"error_message": f"AssertionError {tag}"}}, None))
 
-for tag, shape, stream, payload, _ in requests:
+
+
+def names_relative_file(payload):
+    file = payload.get("file_path") or payload.get("test_file") or ""
+    return file != "" and not file.startswith("/") and "orchestrator_id" not in payload
+
+
+def send(tag, shape, stream, payload):
     if stream == "automation:jobs":
         publish(client, stream, {"type": "heal_test_failure", "payload": json.dumps(payload),
                                  "timestamp": "2026-12-07T10:00:01"})
     else:
         publish(client, stream, {"payload": json.dumps(payload)})
+
+
+# Absolute paths while two projects are monitored: each goes to the project that holds it.
+for tag, shape, stream, payload, _ in requests:
+    if not names_relative_file(payload):
+        send(tag, shape, stream, payload)
+# A relative path goes to the only running orchestrator: stop the other one first (3.1).
+publish(client, "automation:jobs", {"type": "stop_monitoring", "payload": json.dumps({"orchestrator_id": other_orchestrator})})
+stopped_other = wait_for(client, "automation:results", lambda f: f.get("type") == "status_update", 3)[2][1]
+update = checks.parse("stopped other", StatusUpdate, envelope_stripped("stopped other", stopped_other))
+checks.check("stopped other", update is not None and (update.orchestrator_id, update.status) == (other_orchestrator, "stopped"), update)
+for tag, shape, stream, payload, _ in requests:
+    if names_relative_file(payload):
+        send(tag, shape, stream, payload)
 
 # 3.2 automation:errors: flat fields, counted only (no answer).
 publish(client, "automation:errors", {"error_type": "test_failure", "error_message": "Test failed: test_total",
@@ -189,9 +211,9 @@ for tag, shape, stream, payload, strategy in requests:
 # 3.1 stop_monitoring: an unknown id, then the known one: each answered `stopped`.
 publish(client, "automation:jobs", {"type": "stop_monitoring", "payload": json.dumps({"orchestrator_id": "orch-unknown"})})
 publish(client, "automation:jobs", {"type": "stop_monitoring", "payload": json.dumps({"orchestrator_id": orchestrator})})
-updates = wait_for(client, "automation:results", lambda f: f.get("type") == "status_update", 4)
+updates = wait_for(client, "automation:results", lambda f: f.get("type") == "status_update", 5)
 stops = []
-for i, (_, fields) in enumerate(updates[2:]):
+for i, (_, fields) in enumerate(updates[3:]):
     update = checks.parse(f"stopped #{i}", StatusUpdate, envelope_stripped("stopped", fields))
     if update:
         stops.append((update.orchestrator_id, update.status))

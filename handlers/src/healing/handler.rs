@@ -331,10 +331,8 @@ impl Handler for Healing {
                     Typed::HealRequest(heal) => self.heal(&mut s, heal, entry),
                     Typed::ErrorReport(report) => self.error_report(&mut s, report, entry),
                     Typed::ValidationOutcome(outcome) => ignored = self.validation(&mut s, outcome, ms),
-                    Typed::SourceRead(read) => {
-                        if !s.source_read(read, ms) {
-                            ignored = Some("no_repair_reads_this_file");
-                        }
+                    Typed::SourceRead(read) if !s.source_read(read, ms) => {
+                        ignored = Some("no_repair_reads_this_file");
                     }
                     _ => {}
                 }

@@ -278,6 +278,8 @@ fn requests_without_an_orchestrator_go_to_the_project_that_holds_the_file() {
     assert_eq!(owner(&mut fold, 2_000, "/srv/shop/tests/test_a.py"), shop);
     assert_eq!(owner(&mut fold, 2_001, "/srv/shop/api/tests/test_b.py"), shop_api);
     assert_eq!(owner(&mut fold, 2_002, "/srv/elsewhere/test_c.py"), DEFAULT_ORCHESTRATOR);
+    // Whole path components: /srv/shopping is not inside /srv/shop.
+    assert_eq!(owner(&mut fold, 2_004, "/srv/shopping/tests/test_e.py"), DEFAULT_ORCHESTRATOR);
     // Relative, with three running projects: the default one, which has no project to read in.
     assert_eq!(owner(&mut fold, 2_003, "tests/test_d.py"), DEFAULT_ORCHESTRATOR);
     assert!(last_result(&fold)["error_message"].as_str().unwrap().contains("has no project_path"));

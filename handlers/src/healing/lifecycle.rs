@@ -259,6 +259,9 @@ impl<'a> Session<'a> {
         });
         self.intents.push(Intent { kind: READ_FILE.into(), id: id.clone(), payload: payload.to_string().into_bytes() });
         repair.reading = Some(id);
+        let deadline = ms.saturating_add(READ_TIMEOUT_MS);
+        repair.deadline_ms = Some(deadline);
+        self.save(deadline_key(deadline, &repair.repair_id), &"");
         self.save(repair_key(&repair.repair_id), &repair);
     }
 
@@ -271,6 +274,9 @@ impl<'a> Session<'a> {
             return false;
         }
         repair.reading = None;
+        if let Some(deadline) = repair.deadline_ms.take() {
+            self.tx.delete(deadline_key(deadline, &repair.repair_id));
+        }
         let orchestrator_id = repair.orchestrator_id.clone();
         match (&read.source, &read.refused) {
             (Some(source), None) => {
@@ -373,7 +379,11 @@ impl<'a> Session<'a> {
             let Some(repair) = self.load::<Repair>(&repair_key(&id)) else { continue };
             let since = repair.transitions.last().map_or(now, |(_, at)| *at);
             let allowed = repair.deadline_ms.unwrap_or(now).saturating_sub(since);
-            let reason = format!("timed out: no validation outcome within {} ms", allowed);
+            let reason = if repair.reading.is_some() {
+                format!("timed out: the file was not read within {allowed} ms")
+            } else {
+                format!("timed out: no validation outcome within {allowed} ms")
+            };
             if !touched.contains(&repair.orchestrator_id) {
                 touched.push(repair.orchestrator_id.clone());
             }

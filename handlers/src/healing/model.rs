@@ -103,6 +103,11 @@ pub struct Failure {
 /// fit in one entry (1 MiB by default) with room for its other fields.
 pub const MAX_SOURCE_BYTES: u64 = 512 * 1024;
 
+/// How long a repair waits for its file's text. The engine's runner answers at once; a read
+/// lost to a crash between the effect and the publication of its fact must not hold a slot
+/// for ever, so a clock record past this fails the repair.
+pub const READ_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
 /// The intent kind of a file read: generic, the engine knows nothing of repairs.
 pub const READ_FILE: &str = "read_file";
 

@@ -3,8 +3,8 @@
 //! is cut into events.
 
 use super::handler::{Healing, detection_confidence};
-use super::model::READ_FILE;
 use super::model::*;
+use super::model::{READ_FILE, READ_TIMEOUT_MS};
 use crate::fold::Fold;
 use maestro_schemas::{Body, StreamSet};
 use serde_json::{Value, json};
@@ -325,4 +325,27 @@ fn an_error_event_dict_is_judged_on_its_own_confidence_and_answered_with_it() {
     );
     assert_eq!(fold.repair(&low).status, RepairStatus::Skipped);
     assert_eq!(fold.intents.len(), 1);
+}
+
+#[test]
+fn a_read_that_never_answers_times_out_and_frees_the_slot() {
+    let mut fold = fold();
+    let orch = start_at(&mut fold, 1_000, "/srv/shop");
+    let lost = heal_payload(
+        &mut fold,
+        2_000,
+        json!({"orchestrator_id": orch, "file_path": "tests/test_a.py",
+        "error_message": "AssertionError"}),
+    );
+    assert_eq!(fold.repair(&lost).deadline_ms, Some(2_000 + READ_TIMEOUT_MS));
+    fold.clock(2_000 + READ_TIMEOUT_MS - 1);
+    assert_eq!(fold.repair(&lost).status, RepairStatus::Analyzing);
+    fold.clock(2_000 + READ_TIMEOUT_MS);
+    let failed = fold.repair(&lost);
+    assert_eq!(failed.status, RepairStatus::Failed);
+    assert_eq!(failed.reason.as_deref(), Some("timed out: the file was not read within 300000 ms"));
+    assert!(!fold.state.keys().any(|k| k.starts_with(b"a/") || k.starts_with(b"d/")));
+    // A fact that comes after the time-out changes nothing.
+    answer_read(&mut fold, 2_000 + READ_TIMEOUT_MS + 1, Ok(SOURCE));
+    assert_eq!(fold.repair(&lost).transitions, failed.transitions);
 }

@@ -132,8 +132,9 @@ impl Traffic {
             2 => self.template_usage(),
             3 => self.stop_monitoring(),
             4 => {
-                // The REST heal body (ManualHealRequest): a file and the error's details, no source.
-                let payload = json!({"error_type": "test_failure", "file_path": format!("tests/test_api_{}.py", self.n % 40), "error_details": {"error_message": "AssertionError: assert 404 == 200", "line_number": 9}});
+                // The REST heal body (ManualHealRequest): a file and the error's details, no source;
+                // it names an orchestrator of the mix, so the mix asks the engine to read no file.
+                let payload = json!({"orchestrator_id": format!("orch-{:04}", self.n % 97), "error_type": "test_failure", "file_path": format!("tests/test_api_{}.py", self.n % 40), "error_details": {"error_message": "AssertionError: assert 404 == 200", "line_number": 9}});
                 (self.streams.automation_healing.clone(), vec![("payload".into(), payload.to_string())])
             }
             5 => self.repair_result(),

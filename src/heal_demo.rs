@@ -166,9 +166,16 @@ pub fn run(conn: &mut redis::Connection, streams: &StreamSet) -> anyhow::Result<
     let orchestrator = derived_id("orch", &streams.automation_jobs, start);
     let mut repairs = Vec::new();
     for (n, failing) in FAILING.iter().enumerate() {
-        // Absolute and relative paths alike find the orchestrator whose project holds them.
-        let file = if n % 2 == 0 { format!("{root}/{}", failing.file) } else { failing.file.to_string() };
-        let payload = old_shape_request(n, failing, &file);
+        // An absolute path finds the orchestrator whose project holds it; a relative one is
+        // sent as the orchestrator itself would, naming it (the mix runs other orchestrators,
+        // so a relative path alone would go to the default one, which has no project).
+        let mut payload;
+        if n % 2 == 0 {
+            payload = old_shape_request(n, failing, &format!("{root}/{}", failing.file));
+        } else {
+            payload = old_shape_request(n, failing, failing.file);
+            payload["orchestrator_id"] = json!(orchestrator);
+        }
         let id = xadd(conn, &streams.automation_healing, &[("payload", payload.to_string())])?;
         repairs.push(derived_id("repair", &streams.automation_healing, id));
     }

@@ -1,19 +1,77 @@
-//! The demo's healing scenario: an orchestrator, one heal request per failure class built from
-//! realistic pytest files, and a validator that answers every fix that reaches `validating`.
+//! The demo's healing scenario, driven the way the old producers drove it: failing pytest files
+//! written under a project directory, an orchestrator monitoring it, heal requests in the old
+//! shapes (seed contract 3.3: the REST body, an `ErrorEvent` dict, the orchestrator's error
+//! details, the healer README example) that name the file and never carry its text, and a
+//! validator that answers every fix that reaches `validating`.
 
 use anyhow::Context;
 use maestro_schemas::ids::derived_id;
 use maestro_schemas::{EntryId, StreamSet};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// One failing test: its file, its source, the failure message and the error type.
-struct Failing {
-    file: &'static str,
-    source: &'static str,
-    message: &'static str,
-    error_type: &'static str,
+#[derive(Clone, Copy, Debug)]
+pub struct Failing {
+    pub file: &'static str,
+    pub source: &'static str,
+    pub message: &'static str,
+    pub error_type: &'static str,
+}
+
+impl Failing {
+    /// The strategy the engine picks for this failure (`None`: refused before planning).
+    pub fn strategy(&self) -> Option<&'static str> {
+        Some(match self.file {
+            _ if self.error_type == "build_error" => return None,
+            "tests/test_payments_import.py" => "dependency_fix",
+            "tests/test_cart_assertion.py" => "assertion_update",
+            "tests/test_search_timeout.py" => "timing_adjustment",
+            "tests/test_profile_api_change.py" => "api_contract_adaptation",
+            "tests/test_reports_environment.py" => "environment_healing",
+            "tests/test_sessions_flaky.py" => "flaky_test_stabilization",
+            _ => "syntax_repair",
+        })
+    }
+}
+
+/// Writes every failing test file under `project` (creating `tests/`).
+pub fn write_project(project: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(project.join("tests"))?;
+    for failing in &FAILING {
+        std::fs::write(project.join(failing.file), failing.source)?;
+    }
+    Ok(())
+}
+
+/// The four heal-request shapes of the old code (seed contract 3.3), in turn by `n`: none
+/// carries the source or an orchestrator id. `file` is the path the request names (absolute
+/// or relative to the project).
+pub fn old_shape_request(n: usize, failing: &Failing, file: &str) -> Value {
+    let trace = format!("Traceback (most recent call last):\n  File \"{file}\", line 20\n{}", failing.message);
+    match n % 4 {
+        // REST `POST /api/automation/heal` (ManualHealRequest).
+        0 => json!({"error_type": failing.error_type, "file_path": file,
+            "error_details": {"error_message": failing.message, "stack_trace": trace, "line_number": 20}}),
+        // An `ErrorEvent` via asdict(), as the pytest detector built it.
+        1 => json!({"error_id": format!("pytest_{}", -7_340_001_i64 - n as i64), "error_type": failing.error_type,
+            "severity": "high", "file_path": file, "line_number": 20, "stack_trace": trace,
+            "error_message": failing.message, "context": {"output": failing.message},
+            "timestamp": "2026-12-07T10:00:00.123456", "healable": true, "confidence": 0.85}),
+        // The orchestrator's error details, with the file it read the code from.
+        2 => json!({"error_message": failing.message, "stack_trace": trace,
+            "context": {"test_name": "test_case"}, "file_path": file, "error_type": failing.error_type}),
+        // The healer README example.
+        _ => json!({"error_type": failing.error_type, "error_message": failing.message, "stack_trace": trace,
+            "test_file": file}),
+    }
+}
+
+/// The scenario's failing tests.
+pub fn failing() -> &'static [Failing] {
+    &FAILING
 }
 
 const FAILING: [Failing; 8] = [
@@ -98,15 +156,26 @@ fn latest_results(conn: &mut redis::Connection, results: &str) -> anyhow::Result
 /// passes every fix except the timing adjustment's, whose test stays slow.
 pub fn run(conn: &mut redis::Connection, streams: &StreamSet) -> anyhow::Result<String> {
     let validation = streams.automation_validation.clone().context("the demo configures a validation stream")?;
-    let payload =
-        json!({"project_path": "/srv/shop", "config": {"confidence_threshold": 0.75, "max_concurrent_repairs": 3}});
+    // The engine reads the files from here, as the old orchestrator read them from the project.
+    let project = tempfile::Builder::new().prefix("maestro-demo-shop-").tempdir()?;
+    write_project(project.path())?;
+    let root = project.path().to_str().context("the temporary project's path is not UTF-8")?.to_string();
+    let payload = json!({"project_path": root, "config": {"confidence_threshold": 0.75, "max_concurrent_repairs": 3}});
     let start =
         xadd(conn, &streams.automation_jobs, &[("type", "start_monitoring".into()), ("payload", payload.to_string())])?;
     let orchestrator = derived_id("orch", &streams.automation_jobs, start);
     let mut repairs = Vec::new();
-    for failing in &FAILING {
-        let payload = json!({"orchestrator_id": orchestrator, "file_path": failing.file, "source": failing.source,
-            "error_message": failing.message, "error_type": failing.error_type});
+    for (n, failing) in FAILING.iter().enumerate() {
+        // An absolute path finds the orchestrator whose project holds it; a relative one is
+        // sent as the orchestrator itself would, naming it (the mix runs other orchestrators,
+        // so a relative path alone would go to the default one, which has no project).
+        let mut payload;
+        if n % 2 == 0 {
+            payload = old_shape_request(n, failing, &format!("{root}/{}", failing.file));
+        } else {
+            payload = old_shape_request(n, failing, failing.file);
+            payload["orchestrator_id"] = json!(orchestrator);
+        }
         let id = xadd(conn, &streams.automation_healing, &[("payload", payload.to_string())])?;
         repairs.push(derived_id("repair", &streams.automation_healing, id));
     }

@@ -135,7 +135,9 @@ impl Traffic {
             2 => self.template_usage(),
             3 => self.stop_monitoring(),
             4 => {
-                let payload = json!({"test_id": format!("tests/test_api.py::test_{}", self.n), "source": "def test_x():\n    assert get('/x').status_code == 200\n", "error_message": "AssertionError: assert 404 == 200", "error_type": "test_failure"});
+                // The REST heal body (ManualHealRequest): a file and the error's details, no source;
+                // it names an orchestrator of the mix, so the mix asks the engine to read no file.
+                let payload = json!({"orchestrator_id": format!("orch-{:04}", self.n % 97), "error_type": "test_failure", "file_path": format!("tests/test_api_{}.py", self.n % 40), "error_details": {"error_message": "AssertionError: assert 404 == 200", "line_number": 9}});
                 (self.streams.automation_healing.clone(), vec![("payload".into(), payload.to_string())])
             }
             5 => self.repair_result(),
@@ -247,6 +249,10 @@ impl Traffic {
         (self.streams.automation_jobs.clone(), fields)
     }
 
+    /// A heal request in one of the old code's shapes (seed contract 3.3), none with the
+    /// source: the REST body, an `ErrorEvent` dict, the orchestrator's error details, the
+    /// healer README example. Each names an orchestrator of the mix, as the orchestrator's own
+    /// requests would.
     fn heal_payload(&mut self) -> Value {
         let (message, kind) = *self.rng.pick(&[
             ("ModuleNotFoundError: No module named 'requests_mock'", "import_error"),
@@ -255,12 +261,24 @@ impl Traffic {
             ("AttributeError: 'Response' object has no attribute 'items'", "test_failure"),
             ("FileNotFoundError: [Errno 2] No such file or directory: '/tmp/out'", "runtime_error"),
         ]);
-        let size = 2_000 + self.rng.below(14_000) as usize;
-        json!({
-            "orchestrator_id": format!("orch-{:04}", self.n % 97), "test_id": format!("tests/test_api.py::test_endpoint_{}", self.n % 40),
-            "file_path": "tests/test_api.py", "source": pytest_source(size), "error_message": message,
-            "stack_trace": "Traceback (most recent call last):\n  File \"tests/test_api.py\", line 9, in test_endpoint_1\n", "error_type": kind, "line_number": 9,
-        })
+        let line = 2 + self.rng.below(200);
+        let orchestrator = format!("orch-{:04}", self.n % 97);
+        let file = format!("tests/test_api_{}.py", self.n % 40);
+        let trace =
+            format!("Traceback (most recent call last):\n  File \"{file}\", line {line}, in test_endpoint\n{message}");
+        let mut payload = match self.n % 4 {
+            0 => json!({"error_type": kind, "file_path": file,
+                "error_details": {"error_message": message, "stack_trace": trace, "line_number": line}}),
+            1 => json!({"error_id": format!("pytest_{}", -(self.n as i64) * 7_919), "error_type": kind,
+                "severity": "high", "file_path": file, "line_number": line, "stack_trace": trace,
+                "error_message": message, "context": {"output": message}, "timestamp": naive_timestamp(self.n),
+                "healable": true, "confidence": 0.85}),
+            2 => json!({"error_message": message, "stack_trace": trace, "context": {"test_name": "test_endpoint"},
+                "file_path": file}),
+            _ => json!({"error_type": kind, "error_message": message, "stack_trace": trace, "test_file": file}),
+        };
+        payload["orchestrator_id"] = json!(orchestrator);
+        payload
     }
 
     fn heal_request(&mut self) -> Message {

@@ -127,8 +127,19 @@ fn rejects_name_their_reason() {
         ),
         (
             Role::AutomationHealing,
-            raw(&[("payload".into(), r#"{"source":"x","error_message":"boom"}"#.into())]),
+            // A heal request without a file is answered by the handler; a source-read fact
+            // without the id of the intent it answers is not a fact.
+            raw(&[("type".into(), "source_read".into()), ("repair_id".into(), "repair-1".into())]),
             "missing_field",
+        ),
+        (
+            Role::AutomationHealing,
+            raw(&[
+                ("type".into(), "source_read".into()),
+                ("repair_id".into(), "repair-1".into()),
+                ("fact_id".into(), "read_file/repair-1".into()),
+            ]),
+            "bad_field",
         ),
         (
             Role::TemplatesRequests,

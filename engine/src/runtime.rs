@@ -140,7 +140,8 @@ async fn session(
     let git = GitHistory::open(&history)
         .map_err(|e| EngineError::Config(format!("history repository {}: {e}", history.display())))?;
     let (facts, fact_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let mut runners: Vec<Box<dyn crate::effects::EffectRunner>> = vec![Box::new(git)];
+    let reader = crate::effects::files::FileReader { facts: facts.clone() };
+    let mut runners: Vec<Box<dyn crate::effects::EffectRunner>> = vec![Box::new(git), Box::new(reader)];
     let identity = config.runner_identity();
     match kube_runner(facts.clone(), identity.clone()).await {
         Some(kube) => runners.push(Box::new(kube)),
@@ -296,7 +297,7 @@ struct Cycle {
     anchored: Option<(Instant, (u64, [u8; 32]))>,
     /// When, and with which time, the last clock record was appended.
     clocked: Option<(Instant, u64)>,
-    /// Facts from the Kubernetes effect runner, and those not yet published.
+    /// Facts from the effect runners (Kubernetes, file reads), and those not yet published.
     facts: tokio::sync::mpsc::UnboundedReceiver<crate::effects::kube::Fact>,
     unpublished: std::collections::VecDeque<crate::effects::kube::Fact>,
     source: Source,
@@ -415,16 +416,17 @@ impl Cycle {
         Ok(())
     }
 
-    /// Publishes the Kubernetes runner's facts as plain entries: the engine reads them back as
+    /// Publishes the effect runners' facts as plain entries: the engine reads them back as
     /// input, like any producer's. One that fails stays first, for the next round.
     async fn publish_facts(&mut self) -> Result<()> {
         while let Ok(fact) = self.facts.try_recv() {
             self.unpublished.push_back(fact);
         }
         while let Some(fact) = self.unpublished.front() {
-            let stream = match fact.stream {
+            let stream = match &fact.stream {
                 crate::effects::kube::FactStream::Status => &self.config.streams.k8s_status,
                 crate::effects::kube::FactStream::Results => &self.config.streams.k8s_results,
+                crate::effects::kube::FactStream::Key(key) => key,
             };
             self.source.xadd(stream, &fact.fields).await?;
             self.unpublished.pop_front();

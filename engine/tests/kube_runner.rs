@@ -284,12 +284,12 @@ fn without_a_cluster_deletion_and_logs_are_answered_saying_so() {
     assert_eq!(facts.len(), 2, "apply has nothing to answer: {facts:?}");
     let (stream, cleaned) = &facts[0];
     assert_eq!(
-        (*stream, cleaned["type"].as_str(), cleaned["status"].as_str()),
+        (stream.clone(), cleaned["type"].as_str(), cleaned["status"].as_str()),
         (FactStream::Status, Some("status_update"), Some("cleaned"))
     );
     assert!(cleaned["details"].as_str().unwrap().contains(NO_CLUSTER));
     let (stream, logs) = &facts[1];
-    assert_eq!((*stream, logs["type"].as_str()), (FactStream::Results, Some("execution_logs")));
+    assert_eq!((stream.clone(), logs["type"].as_str()), (FactStream::Results, Some("execution_logs")));
     assert!(logs["logs"].as_str().unwrap().contains(NO_CLUSTER));
     assert!(facts.iter().all(|(_, f)| f["runner"] == RUNNER && f["execution_id"] == "e1"), "{facts:?}");
 }

@@ -34,7 +34,12 @@ impl Fold {
         let record = Record { format: 1, seq: self.seq, prev_hash: [0; 32], body };
         let typed = match &record.body {
             Body::Entry(entry) => {
-                let role = StreamSet::default().role_of(&entry.stream).ok_or("unknown stream")?;
+                // Every stream's role, the optional validation stream's included.
+                let streams = StreamSet {
+                    automation_validation: Some("maestro:streams:automation:validation".into()),
+                    ..StreamSet::default()
+                };
+                let role = streams.role_of(&entry.stream).ok_or("unknown stream")?;
                 let origin = Origin { stream: &entry.stream, entry: entry.id };
                 Some(decode(role, origin, &entry.fields, &Limits::default()).map_err(|e| format!("{e:?}"))?.event)
             }

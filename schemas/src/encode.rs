@@ -83,6 +83,18 @@ pub fn to_fields(event: &Event) -> TextFields {
         Event::TemplateUsage(u) => vec![pair("data", template_usage_json(u))],
         Event::AutomationJob(job) => automation_job(job),
         Event::HealRequest(heal) => vec![pair("payload", heal_request(heal))],
+        Event::SourceRead(read) => {
+            let mut fields =
+                vec![pair("type", "source_read"), pair("repair_id", &read.repair_id), pair("fact_id", &read.fact_id)];
+            fields.push(pair("file_path", &read.file_path));
+            if let Some(source) = &read.source {
+                fields.push(pair("source", source));
+            }
+            if let Some(refused) = &read.refused {
+                fields.push(pair("refused", refused));
+            }
+            fields
+        }
         Event::AutomationResult(result) => automation_result(result),
         Event::ErrorReport(report) => error_report(report),
         Event::ValidationOutcome(outcome) => {
@@ -112,6 +124,7 @@ pub fn to_proto_fields(event: &Event) -> Vec<(String, Vec<u8>)> {
         Event::TemplateUsage(m) => m.encode_to_vec(),
         Event::AutomationJob(m) => m.encode_to_vec(),
         Event::HealRequest(m) => m.encode_to_vec(),
+        Event::SourceRead(m) => m.encode_to_vec(),
         Event::AutomationResult(m) => m.encode_to_vec(),
         Event::ErrorReport(m) => m.encode_to_vec(),
         Event::ValidationOutcome(m) => m.encode_to_vec(),
@@ -218,7 +231,7 @@ fn heal_request(heal: &he::HealRequest) -> String {
         .opt("orchestrator_id", &heal.orchestrator_id)
         .opt("test_id", &heal.test_id)
         .opt("file_path", &heal.file_path)
-        .value("source", &heal.source)
+        .opt("source", &Some(&heal.source).filter(|s| !s.is_empty()))
         .value("error_message", &heal.error_message)
         .opt("stack_trace", &heal.stack_trace)
         .value("error_type", &heal.error_type)

@@ -15,18 +15,23 @@ pub fn derived_id(prefix: &str, stream: &str, entry: EntryId) -> String {
     format!("{prefix}-{}", &hex.as_str()[..16])
 }
 
-/// A UUID derived from a stream entry (version 4 and variant bits set, so that the old
-/// services' models, which type these ids as `UUID` or `UUID4`, parse it), for ids the old
-/// services drew at random: template ids of creates, usage event ids. `purpose` keeps two ids
-/// of one entry apart.
-pub fn derived_uuid(purpose: &str, stream: &str, entry: EntryId) -> String {
-    let digest = blake3::hash(format!("{purpose}\n{stream}\n{entry}").as_bytes());
+/// A UUID-shaped id (version 4 and variant bits set, lowercase, hyphenated) derived from
+/// `kind` and `seed`, for keys the old services filled with `uuid4()`: the old models, which
+/// type them as `UUID` or `UUID4`, parse it, and a replay derives the same one. `kind` keeps
+/// two ids of one seed apart.
+pub fn derived_uuid(kind: &str, seed: &str) -> String {
+    let digest = blake3::hash(format!("{kind}\n{seed}").as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest.as_bytes()[..16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex = crate::record::hex(&bytes);
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+/// [`derived_uuid`] of a stream entry: template ids of creates, usage event ids.
+pub fn entry_uuid(kind: &str, stream: &str, entry: EntryId) -> String {
+    derived_uuid(kind, &format!("{stream}\n{entry}"))
 }
 
 /// An execution id derived from a stream entry, in the old k8s service's form: 8 lowercase hex
@@ -124,10 +129,10 @@ mod tests {
     #[test]
     fn derived_uuids_are_stable_version_4_uuids() {
         let a = EntryId { ms: 10, seq: 1 };
-        let id = derived_uuid("template", "s", a);
-        assert_eq!(id, derived_uuid("template", "s", a));
-        assert_ne!(id, derived_uuid("usage", "s", a));
-        assert_ne!(id, derived_uuid("template", "s", EntryId { ms: 10, seq: 2 }));
+        let id = entry_uuid("template", "s", a);
+        assert_eq!(id, entry_uuid("template", "s", a));
+        assert_ne!(id, entry_uuid("usage", "s", a));
+        assert_ne!(id, entry_uuid("template", "s", EntryId { ms: 10, seq: 2 }));
         let groups: Vec<&str> = id.split('-').collect();
         assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
         assert!(groups[2].starts_with('4') && "89ab".contains(&groups[3][..1]), "{id}");

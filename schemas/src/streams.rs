@@ -19,8 +19,9 @@ pub enum Role {
     K8sStatus,
 }
 
-/// The stream keys the engine reads, by role. The defaults are the old services' keys; the two
-/// optional healing streams are read only when configured.
+/// The stream keys the engine reads, by role. The defaults are the old services' keys:
+/// `automation:errors` is read by default (the old service consumed it); the validation
+/// stream, which no old code writes, only when configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamSet {
@@ -46,7 +47,7 @@ impl Default for StreamSet {
             automation_jobs: "maestro:streams:automation:jobs".into(),
             automation_healing: "maestro:streams:automation:healing".into(),
             automation_results: "maestro:streams:automation:results".into(),
-            automation_errors: None,
+            automation_errors: Some("maestro:streams:automation:errors".into()),
             automation_validation: None,
             k8s_jobs: "maestro:streams:k8s:jobs".into(),
             k8s_results: "maestro:streams:k8s:results".into(),
@@ -103,11 +104,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nine_default_streams_and_two_optional() {
+    fn ten_default_streams_and_one_optional() {
         let mut set = StreamSet::default();
-        assert_eq!(set.all().len(), 9);
+        assert_eq!(set.all().len(), 10);
         assert_eq!(set.role_of("maestro:streams:k8s:status"), Some(Role::K8sStatus));
-        set.automation_errors = Some("maestro:streams:automation:errors".into());
         set.automation_validation = Some("maestro:streams:automation:validation".into());
         assert_eq!(set.all().len(), 11);
         assert_eq!(set.duplicate_key(), None);

@@ -32,11 +32,13 @@ use tokio::sync::mpsc::UnboundedSender;
 /// The intent kinds this runner takes.
 pub const KINDS: [&str; 3] = ["k8s_apply", "k8s_delete", "k8s_logs"];
 
-/// Which stream a fact goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which stream a fact goes to: the configured `k8s:status` or `k8s:results`, or a key the
+/// intent named (the file-read runner answers on the stream its intent gives).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FactStream {
     Status,
     Results,
+    Key(String),
 }
 
 /// One fact for the engine to publish, in the old flat shape.

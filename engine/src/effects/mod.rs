@@ -8,6 +8,7 @@
 //! queue and is retried at the next batch; ingest goes on meanwhile. A replay queues intents in
 //! its own store and never runs them.
 
+pub mod files;
 pub mod git;
 pub mod kube;
 

@@ -2,7 +2,7 @@
 //! clock records in; `status_update` and `repair_result` entries on `automation:results` out.
 //! All state is the `healing` projection (keys in [`super::model`]).
 
-use super::lifecycle::Session;
+use super::lifecycle::{Session, Streams};
 use super::model::*;
 use crate::contract::{Decision, Event, Handler, HandlerError, StateView};
 use maestro_schemas::ids::derived_id;
@@ -13,16 +13,87 @@ use std::collections::BTreeMap;
 /// The projection's name.
 pub const NAME: &str = "healing";
 
-/// The handler, with the stream its outcomes go to.
+/// The handler, with the streams it writes to and whether validation outcomes can arrive (a
+/// validation stream is configured: the stream set is configuration recorded in the log, so a
+/// replay decides the same).
 #[derive(Clone, Debug)]
 pub struct Healing {
-    pub results: String,
+    pub streams: Streams,
 }
 
 impl Healing {
     pub fn new(streams: &maestro_schemas::StreamSet) -> Healing {
-        Healing { results: streams.automation_results.clone() }
+        Healing {
+            streams: Streams {
+                results: streams.automation_results.clone(),
+                healing: streams.automation_healing.clone(),
+                validation: streams.automation_validation.is_some(),
+            },
+        }
     }
+}
+
+/// The file a request names: its `file_path`, else the file part of its pytest-style `test_id`.
+fn file_of(heal: &he::HealRequest) -> Option<String> {
+    heal.file_path.clone().filter(|f| !f.is_empty()).or_else(|| {
+        let test = heal.test_id.as_deref()?;
+        let file = test.split("::").next().unwrap_or(test);
+        (!file.is_empty()).then(|| file.to_string())
+    })
+}
+
+/// The orchestrator of a request or report that names none. An absolute path goes to the
+/// running orchestrator whose project holds it (the longest `project_path`); a relative one to
+/// the only running orchestrator with a project, when there is exactly one; anything else to
+/// the default orchestrator.
+fn owner_of(s: &Session<'_>, file: Option<&str>) -> String {
+    let running: Vec<Orchestrator> =
+        s.tx.scan(b"o/")
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<Orchestrator>(&v).ok())
+            .filter(|o| o.running() && !o.project_path.is_empty())
+            .collect();
+    let owner = match file {
+        Some(file) if file.starts_with('/') => {
+            running.into_iter().filter(|o| o.holds(file)).max_by_key(|o| o.project_path.len())
+        }
+        Some(_) if running.len() == 1 => running.into_iter().next(),
+        _ => None,
+    };
+    owner.map_or_else(|| DEFAULT_ORCHESTRATOR.to_string(), |o| o.orchestrator_id)
+}
+
+/// A kept payload key's JSON value.
+fn extra_value(extra: &BTreeMap<String, String>, key: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(extra.get(key)?).ok()
+}
+
+/// The old `ErrorEvent` (seed contract 3.4) of a request: an `ErrorEvent` sent as a dict
+/// answers with its own keys; other shapes get the REST heal's values (severity `medium` when
+/// the request gives none the contract knows, `healable` true, the detection confidence, the
+/// `error_details` as context).
+fn error_event(heal: &he::HealRequest, file: Option<&str>, id: &str, confidence: f64, ms: u64) -> serde_json::Value {
+    let text = |key: &str| extra_value(&heal.extra, key).and_then(|v| v.as_str().map(str::to_string));
+    let severity = text("severity")
+        .filter(|s| maestro_schemas::event::SEVERITIES.contains(&s.as_str()))
+        .unwrap_or("medium".into());
+    let context = extra_value(&heal.extra, "context")
+        .filter(serde_json::Value::is_object)
+        .or_else(|| extra_value(&heal.extra, "error_details").filter(serde_json::Value::is_object))
+        .unwrap_or_else(|| serde_json::json!({}));
+    serde_json::json!({
+        "error_id": text("error_id").unwrap_or_else(|| id.to_string()),
+        "error_type": heal.error_type,
+        "severity": severity,
+        "file_path": file.unwrap_or_default(),
+        "line_number": heal.line_number,
+        "stack_trace": heal.stack_trace,
+        "error_message": heal.error_message,
+        "context": context,
+        "timestamp": text("timestamp").unwrap_or_else(|| maestro_schemas::ids::naive_iso(ms)),
+        "healable": extra_value(&heal.extra, "healable").and_then(|v| v.as_bool()).unwrap_or(true),
+        "confidence": confidence,
+    })
 }
 
 /// Whether a failing test runs under a JavaScript runner, judged by its file or test id.
@@ -105,14 +176,18 @@ impl Healing {
     }
 
     /// Stops an orchestrator: its queued repairs are skipped; repairs already validating keep
-    /// waiting for their outcome or time-out. Stopping a stopped one answers `stopped` again.
+    /// waiting for their outcome or time-out. Stopping a stopped one answers `stopped` again,
+    /// and so does stopping an unknown one: whatever the id named is not running, and a
+    /// `status_update` is the only answer the old consumers parse (the old service said
+    /// nothing at all, which leaves a caller waiting).
     fn stop_monitoring(&self, s: &mut Session<'_>, id: &str, ms: u64) -> Result<(), HandlerError> {
         if id == DEFAULT_ORCHESTRATOR {
             return Err(HandlerError::Invalid("the default orchestrator cannot be stopped".into()));
         }
-        let mut orchestrator: Orchestrator = s
-            .load(&orchestrator_key(id))
-            .ok_or_else(|| HandlerError::Invalid(format!("stop_monitoring: no orchestrator {id} is registered")))?;
+        let Some(mut orchestrator) = s.load::<Orchestrator>(&orchestrator_key(id)) else {
+            s.status_update(id, "stopped", ms);
+            return Ok(());
+        };
         if orchestrator.running() {
             orchestrator.status = "stopped".into();
             orchestrator.stopped_ms = Some(ms);
@@ -124,19 +199,32 @@ impl Healing {
     }
 
     fn heal(&self, s: &mut Session<'_>, heal: &he::HealRequest, entry: &Entry) {
-        let path = heal.file_path.clone().or_else(|| heal.test_id.clone()).unwrap_or_default();
+        let file = file_of(heal);
+        let path = file.clone().or_else(|| heal.test_id.clone()).unwrap_or_default();
+        let repair_id = derived_id("repair", &entry.stream, entry.id);
+        // An ErrorEvent brings the detector's confidence and healability, which admission
+        // judges as the old orchestrator did; other shapes get the type's confidence.
+        let detection = extra_value(&heal.extra, "confidence")
+            .and_then(|v| v.as_f64())
+            .filter(|c| c.is_finite())
+            .unwrap_or_else(|| detection_confidence(&heal.error_type, &path));
         let failure = Failure {
             error_type: heal.error_type.clone(),
             message: heal.error_message.clone(),
-            file: heal.file_path.clone(),
+            file: file.clone(),
             line: heal.line_number,
             test_id: heal.test_id.clone(),
             severity: extra_text(&heal.extra, "severity").unwrap_or_else(|| "unspecified".into()),
         };
+        let orchestrator_id = match heal.orchestrator_id.clone().filter(|o| !o.is_empty()) {
+            Some(id) => id,
+            None => owner_of(s, file.as_deref()),
+        };
         let repair = Repair {
-            repair_id: derived_id("repair", &entry.stream, entry.id),
-            orchestrator_id: heal.orchestrator_id.clone().unwrap_or_else(|| DEFAULT_ORCHESTRATOR.into()),
-            detection_confidence: detection_confidence(&heal.error_type, &path),
+            error_event: error_event(heal, file.as_deref(), &repair_id, detection, entry.id.ms),
+            repair_id,
+            orchestrator_id,
+            detection_confidence: detection,
             error: failure.clone(),
             status: RepairStatus::Pending,
             failure_class: None,
@@ -148,6 +236,9 @@ impl Healing {
             validation_passed: None,
             reason: None,
             source: None,
+            reading: None,
+            syntax_valid: None,
+            fix_success: None,
             stream: entry.stream.clone(),
             entry_id: entry.id.to_string(),
             requested_ms: entry.id.ms,
@@ -164,6 +255,10 @@ impl Healing {
         };
         let arrival = arrival(&entry.stream, entry.id);
         s.note_error(&failure, seen, &arrival);
+        if extra_value(&heal.extra, "healable").and_then(|v| v.as_bool()) == Some(false) {
+            let reason = "the error event says it is not healable".to_string();
+            return s.finish(repair, RepairStatus::Skipped, Some(reason), entry.id.ms);
+        }
         s.admit(repair, heal.source.clone(), &arrival, entry.id.ms);
     }
 
@@ -171,13 +266,7 @@ impl Healing {
     /// detected, against the running orchestrator whose project holds the file (the longest
     /// matching `project_path`), else the default one.
     fn error_report(&self, s: &mut Session<'_>, report: &he::ErrorReport, entry: &Entry) {
-        let owner =
-            s.tx.scan(b"o/")
-                .into_iter()
-                .filter_map(|(_, v)| serde_json::from_slice::<Orchestrator>(&v).ok())
-                .filter(|o| o.running() && !o.project_path.is_empty() && report.file_path.starts_with(&o.project_path))
-                .max_by_key(|o| o.project_path.len())
-                .map_or_else(|| DEFAULT_ORCHESTRATOR.to_string(), |o| o.orchestrator_id);
+        let owner = owner_of(s, Some(report.file_path.as_str()));
         let failure = Failure {
             error_type: report.error_type.clone(),
             message: report.error_message.clone(),
@@ -197,16 +286,14 @@ impl Healing {
         s.note_error(&failure, seen, &arrival(&entry.stream, entry.id));
     }
 
-    fn validation(&self, s: &mut Session<'_>, outcome: &he::ValidationOutcome, ms: u64) -> Result<(), HandlerError> {
+    /// Moves a validating repair to its final state. An outcome for an unknown repair, or for
+    /// one that is not validating (a repeat, or one that timed out first), is valid and
+    /// changes nothing: the reason is returned.
+    fn validation(&self, s: &mut Session<'_>, outcome: &he::ValidationOutcome, ms: u64) -> Option<&'static str> {
         let id = &outcome.repair_id;
-        let mut repair: Repair = s
-            .load(&repair_key(id))
-            .ok_or_else(|| HandlerError::Invalid(format!("validation outcome: no repair {id}")))?;
+        let Some(mut repair) = s.load::<Repair>(&repair_key(id)) else { return Some("unknown_repair") };
         if repair.status != RepairStatus::Validating {
-            return Err(HandlerError::Invalid(format!(
-                "validation outcome for repair {id}, which is {} and not validating; ignored",
-                repair.status.name()
-            )));
+            return Some("repair_not_validating");
         }
         repair.validation_passed = Some(outcome.passed);
         let (status, reason) = if outcome.passed {
@@ -218,7 +305,7 @@ impl Healing {
         let orchestrator_id = repair.orchestrator_id.clone();
         s.finish(repair, status, reason, ms);
         s.fill_slots(&orchestrator_id, ms);
-        Ok(())
+        None
     }
 }
 
@@ -228,7 +315,8 @@ impl Handler for Healing {
     }
 
     fn handle(&self, state: &dyn StateView, event: Event<'_>) -> Result<Decision, HandlerError> {
-        let mut s = Session::new(state, &self.results);
+        let mut s = Session::new(state, &self.streams);
+        let mut ignored = None;
         match (&event.record.body, event.typed.map(|t| &t.event)) {
             (Body::Clock { time_ms }, _) => s.expire(*time_ms),
             (Body::Entry(entry), Some(typed)) => {
@@ -242,12 +330,20 @@ impl Handler for Healing {
                     },
                     Typed::HealRequest(heal) => self.heal(&mut s, heal, entry),
                     Typed::ErrorReport(report) => self.error_report(&mut s, report, entry),
-                    Typed::ValidationOutcome(outcome) => self.validation(&mut s, outcome, ms)?,
+                    Typed::ValidationOutcome(outcome) => ignored = self.validation(&mut s, outcome, ms),
+                    Typed::SourceRead(read) if !s.source_read(read, ms) => {
+                        ignored = Some("no_repair_reads_this_file");
+                    }
                     _ => {}
                 }
             }
             _ => {}
         }
-        Ok(Decision { outputs: s.outputs, changes: s.tx.into_changes(), ..Decision::default() })
+        Ok(Decision {
+            outputs: s.outputs,
+            intents: s.intents,
+            changes: s.tx.into_changes(),
+            ignored: ignored.map(str::to_string),
+        })
     }
 }

@@ -2,12 +2,14 @@
 //! validation outcomes and time-outs, with the statistics they move.
 //!
 //! `pending -> analyzing -> healing -> validating -> success | failed`, or `skipped`. A repair
-//! is active from admission to its final state; at most `max_concurrent_repairs` are active
-//! per orchestrator and the rest wait in arrival order. Every repair gets one `repair_result`
-//! when its plan is decided and one more when it reaches a final state later.
+//! holds one of its orchestrator's `max_concurrent_repairs` slots only while it waits for an
+//! answer some source will give: the text of its file (the engine's source-read fact) and,
+//! when a validation stream is configured, its validation outcome. Without one the plan is the
+//! final answer. The rest wait in arrival order. Every repair gets one `repair_result` when its
+//! plan is decided and, when it waits for validation, one more at its final state.
 
 use super::model::*;
-use crate::contract::{Output, Overlay, StateView};
+use crate::contract::{Intent, Output, Overlay, StateView};
 use maestro_schemas::encode::to_fields;
 use maestro_schemas::ids::naive_iso;
 use maestro_schemas::proto::healing::{AutomationResult, OrchestratorStatus, RepairResult, automation_result};
@@ -21,12 +23,23 @@ use serde_json::json;
 pub struct Session<'a> {
     pub tx: Overlay<'a>,
     pub outputs: Vec<Output>,
-    results: &'a str,
+    pub intents: Vec<Intent>,
+    streams: &'a Streams,
+}
+
+/// Where the handler's entries go, and whether a validation stream is configured.
+#[derive(Clone, Debug)]
+pub struct Streams {
+    pub results: String,
+    /// Where the source-read facts come back (`automation:healing`).
+    pub healing: String,
+    /// Whether validation outcomes can arrive: without a validation stream nobody sends one.
+    pub validation: bool,
 }
 
 impl<'a> Session<'a> {
-    pub fn new(state: &'a dyn StateView, results: &'a str) -> Session<'a> {
-        Session { tx: Overlay::new(state), outputs: Vec::new(), results }
+    pub fn new(state: &'a dyn StateView, streams: &'a Streams) -> Session<'a> {
+        Session { tx: Overlay::new(state), outputs: Vec::new(), intents: Vec::new(), streams }
     }
 
     pub fn load<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
@@ -45,7 +58,7 @@ impl<'a> Session<'a> {
 
     fn publish(&mut self, result: automation_result::Result) {
         let fields = to_fields(&maestro_schemas::Event::AutomationResult(AutomationResult { result: Some(result) }));
-        self.outputs.push(Output::new(self.results, fields));
+        self.outputs.push(Output::new(self.streams.results.clone(), fields));
     }
 
     /// `{type: status_update, orchestrator_id, status, timestamp}`.
@@ -57,8 +70,39 @@ impl<'a> Session<'a> {
         }));
     }
 
-    /// `{type: repair_result, orchestrator_id, result, timestamp}`.
+    /// `{type: repair_result, orchestrator_id, result, timestamp}`. `result` holds the engine's
+    /// keys and the old `RepairResult`'s (seed contract 3.5) with their old types: where the two
+    /// share a key (`validation_passed`, `confidence_score`) the old type wins, a bool and a
+    /// float, and the engine's tri-state outcome is `validation_outcome`.
     fn repair_result(&mut self, repair: &Repair, ms: u64) {
+        let confidence = repair.confidence_score.unwrap_or(repair.detection_confidence);
+        let healing_result = match (&repair.strategy, &repair.healed_code) {
+            (Some(strategy), Some(healed)) => json!({
+                "healing_id": maestro_schemas::ids::derived_uuid("heal", &repair.repair_id),
+                "test_id": repair.error.test_id.clone()
+                    .unwrap_or_else(|| maestro_schemas::ids::derived_uuid("test", &repair.repair_id)),
+                "strategy_used": strategy,
+                "success": repair.fix_success.unwrap_or(false),
+                "original_code": repair.source.clone().unwrap_or_default(),
+                "healed_code": healed,
+                "confidence_score": confidence,
+                "validation_results": {
+                    "success": repair.fix_success.unwrap_or(false),
+                    "syntax_valid": repair.syntax_valid.unwrap_or(false),
+                    "semantic_score": repair.similarity.unwrap_or(0.0),
+                    "confidence": confidence,
+                    "execution_time": 0.0,
+                    "validation_details": {
+                        "failure_class": repair.failure_class,
+                        "decision": repair.decision,
+                        "similarity": repair.similarity,
+                    },
+                },
+                "execution_time": 0.0,
+                "created_at": repair.requested_ms as f64 / 1000.0,
+            }),
+            _ => serde_json::Value::Null,
+        };
         let result = json!({
             "repair_id": repair.repair_id,
             "error": {
@@ -67,12 +111,20 @@ impl<'a> Session<'a> {
                 "file": repair.error.file,
                 "line": repair.error.line,
             },
+            "error_event": repair.error_event,
             "status": repair.status.name(),
             "strategy": repair.strategy,
+            "healing_result": healing_result,
             "healed_code": repair.healed_code,
-            "confidence_score": repair.confidence_score,
+            "confidence_score": confidence,
             "decision": repair.decision,
-            "validation_passed": repair.validation_passed,
+            "validation_passed": repair.validation_passed == Some(true),
+            "validation_outcome": repair.validation_passed,
+            "fix_applied": false,
+            "execution_time": ms.saturating_sub(repair.requested_ms) as f64 / 1000.0,
+            "commit_sha": null,
+            "pr_url": null,
+            "error_message": repair.reason,
             "failure_class": repair.failure_class,
             "reason": repair.reason,
             "timestamp": naive_iso(ms),
@@ -151,7 +203,7 @@ impl<'a> Session<'a> {
         if let Some(reason) = refusal {
             return self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
         }
-        repair.source = Some(source);
+        repair.source = Some(source).filter(|s| !s.is_empty());
         self.save(queue_key(&repair.orchestrator_id, arrival), &repair.repair_id);
         self.add_queued(&repair.orchestrator_id, 1);
         let orchestrator_id = repair.orchestrator_id.clone();
@@ -176,13 +228,79 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Plans an admitted repair: analyzing (classification), healing (the strategy's
-    /// transform), then validating when the fix parses and stays similar, failed when it does
-    /// not, skipped when the strategy found nothing to change.
+    /// Starts a repair in a free slot: plans it when its source is known, else asks the engine
+    /// to read its file under the orchestrator's project and waits, in `analyzing`, for the
+    /// fact. A request that names no file, or an orchestrator without a project, fails here.
     fn start(&mut self, mut repair: Repair, orchestrator: &Orchestrator, ms: u64) {
         self.save(active_key(&repair.orchestrator_id, &repair.repair_id), &ms);
         repair.enter(RepairStatus::Analyzing, ms);
-        let source = repair.source.take().unwrap_or_default();
+        if repair.source.is_some() {
+            return self.plan(repair, orchestrator, ms);
+        }
+        let Some(file) = repair.error.file.clone().filter(|f| !f.is_empty()) else {
+            let reason = "the request carries no source and names no file to read it from".to_string();
+            return self.finish(repair, RepairStatus::Failed, Some(reason), ms);
+        };
+        if orchestrator.project_path.is_empty() {
+            let reason = format!(
+                "the request carries no source and orchestrator {} has no project_path to read {file} under \
+                 (send orchestrator_id, or start_monitoring the project that holds the file)",
+                orchestrator.orchestrator_id
+            );
+            return self.finish(repair, RepairStatus::Failed, Some(reason), ms);
+        }
+        let id = format!("{READ_FILE}/{}", repair.repair_id);
+        let payload = json!({
+            "root": orchestrator.project_path,
+            "path": file,
+            "max_bytes": MAX_SOURCE_BYTES,
+            "reply_stream": self.streams.healing,
+            "reply_fields": [["type", "source_read"], ["repair_id", repair.repair_id], ["file_path", file]],
+        });
+        self.intents.push(Intent { kind: READ_FILE.into(), id: id.clone(), payload: payload.to_string().into_bytes() });
+        repair.reading = Some(id);
+        let deadline = ms.saturating_add(READ_TIMEOUT_MS);
+        repair.deadline_ms = Some(deadline);
+        self.save(deadline_key(deadline, &repair.repair_id), &"");
+        self.save(repair_key(&repair.repair_id), &repair);
+    }
+
+    /// Continues a repair waiting for its file with the engine's fact: the text, or why the
+    /// file was not read. Returns false when the repair waits for no such read (unknown, or a
+    /// fact that is not of its own intent), which changes nothing.
+    pub fn source_read(&mut self, read: &maestro_schemas::proto::healing::SourceRead, ms: u64) -> bool {
+        let Some(mut repair) = self.load::<Repair>(&repair_key(&read.repair_id)) else { return false };
+        if repair.reading.as_deref() != Some(read.fact_id.as_str()) {
+            return false;
+        }
+        repair.reading = None;
+        if let Some(deadline) = repair.deadline_ms.take() {
+            self.tx.delete(deadline_key(deadline, &repair.repair_id));
+        }
+        let orchestrator_id = repair.orchestrator_id.clone();
+        match (&read.source, &read.refused) {
+            (Some(source), None) => {
+                repair.source = Some(source.clone());
+                let orchestrator = self.orchestrator(&orchestrator_id).unwrap_or_else(Orchestrator::default_one);
+                self.plan(repair, &orchestrator, ms);
+            }
+            (_, refused) => {
+                let file = repair.error.file.clone().unwrap_or_default();
+                let why = refused.clone().unwrap_or_else(|| "no text".into());
+                let reason = format!("could not read {file}: {why}");
+                self.finish(repair, RepairStatus::Failed, Some(reason), ms);
+            }
+        }
+        self.fill_slots(&orchestrator_id, ms);
+        true
+    }
+
+    /// Plans a repair whose source is known: analyzing (classification), healing (the
+    /// strategy's transform), then failed when the fix does not parse or strays too far,
+    /// skipped when the strategy found nothing to change, and otherwise validating when a
+    /// validation stream is configured, success (the plan is the final answer) when not.
+    fn plan(&mut self, mut repair: Repair, orchestrator: &Orchestrator, ms: u64) {
+        let source = repair.source.clone().unwrap_or_default();
         let plan = super::plan(&source, &repair.error.message);
         repair.failure_class = Some(plan.class.name().to_string());
         repair.strategy = Some(plan.strategy.name().to_string());
@@ -194,6 +312,8 @@ impl<'a> Session<'a> {
         repair.healed_code = Some(healed);
         repair.confidence_score = Some(assessment.confidence);
         repair.similarity = Some(assessment.similarity);
+        repair.syntax_valid = Some(assessment.parses);
+        repair.fix_success = Some(assessment.success);
         repair.decision = Some(assessment.decision.name().to_string());
         let confidence = assessment.confidence;
         self.count(&repair.orchestrator_id, |s| s.repairs_attempted += 1);
@@ -212,6 +332,9 @@ impl<'a> Session<'a> {
             };
             return self.finish(repair, RepairStatus::Failed, Some(reason), ms);
         }
+        if !self.streams.validation {
+            return self.finish(repair, RepairStatus::Success, None, ms);
+        }
         let deadline = ms.saturating_add(orchestrator.settings.validation_timeout_ms);
         repair.deadline_ms = Some(deadline);
         repair.enter(RepairStatus::Validating, ms);
@@ -225,7 +348,7 @@ impl<'a> Session<'a> {
     pub fn finish(&mut self, mut repair: Repair, status: RepairStatus, reason: Option<String>, ms: u64) {
         repair.enter(status, ms);
         repair.reason = reason;
-        repair.source = None;
+        repair.reading = None;
         self.tx.delete(active_key(&repair.orchestrator_id, &repair.repair_id));
         if let Some(deadline) = repair.deadline_ms {
             self.tx.delete(deadline_key(deadline, &repair.repair_id));
@@ -256,7 +379,11 @@ impl<'a> Session<'a> {
             let Some(repair) = self.load::<Repair>(&repair_key(&id)) else { continue };
             let since = repair.transitions.last().map_or(now, |(_, at)| *at);
             let allowed = repair.deadline_ms.unwrap_or(now).saturating_sub(since);
-            let reason = format!("timed out: no validation outcome within {} ms", allowed);
+            let reason = if repair.reading.is_some() {
+                format!("timed out: the file was not read within {allowed} ms")
+            } else {
+                format!("timed out: no validation outcome within {allowed} ms")
+            };
             if !touched.contains(&repair.orchestrator_id) {
                 touched.push(repair.orchestrator_id.clone());
             }

@@ -78,6 +78,13 @@ impl Orchestrator {
     pub fn running(&self) -> bool {
         self.status == "started"
     }
+
+    /// Whether `file` (an absolute path) lies in this orchestrator's project: the project path
+    /// itself or below it, compared by whole path components.
+    pub fn holds(&self, file: &str) -> bool {
+        let root = self.project_path.trim_end_matches('/');
+        !root.is_empty() && (file == root || file.strip_prefix(root).is_some_and(|rest| rest.starts_with('/')))
+    }
 }
 
 /// The failure a repair is about, as the request described it.
@@ -91,6 +98,18 @@ pub struct Failure {
     pub test_id: Option<String>,
     pub severity: String,
 }
+
+/// The largest test file the engine reads for a repair: the fact that carries its text must
+/// fit in one entry (1 MiB by default) with room for its other fields.
+pub const MAX_SOURCE_BYTES: u64 = 512 * 1024;
+
+/// How long a repair waits for its file's text. The engine's runner answers at once; a read
+/// lost to a crash between the effect and the publication of its fact must not hold a slot
+/// for ever, so a clock record past this fails the repair.
+pub const READ_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// The intent kind of a file read: generic, the engine knows nothing of repairs.
+pub const READ_FILE: &str = "read_file";
 
 /// Where a repair is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,8 +160,19 @@ pub struct Repair {
     pub validation_passed: Option<bool>,
     /// Why a repair was skipped or failed, in words.
     pub reason: Option<String>,
-    /// The test source, kept only while the repair waits for a slot.
+    /// The test source: the request's, or the text a source-read fact brought.
     pub source: Option<String>,
+    /// The id of the file read this repair waits for (its `fact_id`), while it waits.
+    #[serde(default)]
+    pub reading: Option<String>,
+    /// The old service's `ErrorEvent` of the request (seed contract 3.4), as answered.
+    #[serde(default)]
+    pub error_event: serde_json::Value,
+    /// Whether the healed source parses, and whether the fix succeeded (parses and stays similar).
+    #[serde(default)]
+    pub syntax_valid: Option<bool>,
+    #[serde(default)]
+    pub fix_success: Option<bool>,
     /// The stream entry that asked for the repair.
     pub stream: String,
     pub entry_id: String,

@@ -13,7 +13,7 @@ use super::search::{Query, TemplateMeta, search};
 use super::versions::{self, Stamp};
 use crate::contract::{Change, Decision, ELAPSED_MS, Event, Handler, HandlerError, Intent, Output, StateView};
 use maestro_schemas::encode::{template_result_json_with, template_usage_json_with};
-use maestro_schemas::ids::{derived_id, derived_uuid, naive_iso};
+use maestro_schemas::ids::{derived_id, entry_uuid, naive_iso};
 use maestro_schemas::proto::templates::{Operation, TemplateRequest, TemplateResult, TemplateUsageEvent};
 use maestro_schemas::{Body, Entry, Event as Typed, Reject, Status};
 use serde::{Deserialize, Serialize};
@@ -156,7 +156,7 @@ impl Templates {
             extra: Default::default(),
         };
         let usage = TemplateUsageEvent {
-            event_id: derived_uuid("usage", &r.entry.stream, r.entry.id),
+            event_id: entry_uuid("usage", &r.entry.stream, r.entry.id),
             template_id: template_id.unwrap_or_else(|| "unknown".into()),
             tenant_id: r.req.tenant_id.clone(),
             user_id: r.req.user_id.clone(),
@@ -205,7 +205,7 @@ impl Templates {
         let mut outputs = vec![self.timed_output(&self.results, template_result_json_with(&result, ELAPSED_MS), entry)];
         if let Some((operation, tenant_id, user_id)) = unknown {
             let usage = TemplateUsageEvent {
-                event_id: derived_uuid("usage", &entry.stream, entry.id),
+                event_id: entry_uuid("usage", &entry.stream, entry.id),
                 template_id: template_id.filter(|id| !id.is_empty()).unwrap_or_else(|| "unknown".into()),
                 tenant_id,
                 user_id,
@@ -417,7 +417,7 @@ impl Templates {
     }
 
     fn create(&self, state: &dyn StateView, r: &Request<'_>) -> Outcome {
-        let id = r.req.template_id.clone().unwrap_or_else(|| derived_uuid("template", &r.entry.stream, r.entry.id));
+        let id = r.req.template_id.clone().unwrap_or_else(|| entry_uuid("template", &r.entry.stream, r.entry.id));
         if state.get(&key("t", r.tenant(), &[&id])).is_some() {
             return Err(format!("template {id:?} already exists"));
         }

@@ -134,6 +134,17 @@ pub fn validate(event: &Event, limits: &Limits) -> Result<(), Reject> {
             }
         }
         Event::ValidationOutcome(outcome) => required("repair_id", &outcome.repair_id),
+        Event::SourceRead(read) => {
+            required("repair_id", &read.repair_id)?;
+            required("fact_id", &read.fact_id)?;
+            if read.source.is_some() == read.refused.is_some() {
+                return Err(Reject::new(
+                    "bad_field",
+                    "a source_read fact carries exactly one of `source` and `refused`",
+                ));
+            }
+            Ok(())
+        }
         Event::K8sJob(job) => k8s_job(job, limits),
         Event::K8sStatus(status) => {
             required("execution_id", &status.execution_id)?;
@@ -167,11 +178,10 @@ fn template_request(r: &te::TemplateRequest, limits: &Limits) -> Result<(), Reje
     )
 }
 
+/// A request without a file or without a message is still a request the old code could send
+/// (the orchestrator's error details name no file): the handler answers it with a repair
+/// result, so it is not rejected here.
 fn heal_request(heal: &he::HealRequest, limits: &Limits) -> Result<(), Reject> {
-    if heal.test_id.as_deref().is_none_or(str::is_empty) && heal.file_path.as_deref().is_none_or(str::is_empty) {
-        return Err(Reject::new("missing_field", "one of `test_id` and `file_path` is required"));
-    }
-    required("error_message", &heal.error_message)?;
     one_of("error_type", &heal.error_type, &ERROR_TYPES)?;
     ids(limits, &[("orchestrator_id", heal.orchestrator_id.as_deref().unwrap_or_default())])
 }

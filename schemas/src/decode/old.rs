@@ -36,13 +36,14 @@ pub fn decode(role: Role, flat: &Flat<'_>, limits: &Limits) -> Result<Event, Rej
         Role::AutomationJobs => {
             let kind = flat.req("type")?;
             required("payload")?;
-            let job = automation_job(kind, payload("payload")?).ok_or_else(|| unknown_type(role, kind))??;
+            let job = automation_job(kind, payload("payload")?, limits).ok_or_else(|| unknown_type(role, kind))??;
             let timestamp = flat.text("timestamp").map(str::to_string);
             Event::AutomationJob(he::AutomationJob { job: Some(job), timestamp })
         }
+        Role::AutomationHealing if flat.text("type") == Some("source_read") => Event::SourceRead(source_read(flat)?),
         Role::AutomationHealing => {
             required("payload")?;
-            Event::HealRequest(heal_request(payload("payload")?)?)
+            Event::HealRequest(heal_request(payload("payload")?, limits)?)
         }
         Role::AutomationResults => Event::AutomationResult(automation_result(flat, limits)?),
         Role::AutomationErrors => Event::ErrorReport(error_report(flat)?),
@@ -107,7 +108,7 @@ fn template_usage(mut o: Obj<'_>) -> Result<te::TemplateUsageEvent, Reject> {
     })
 }
 
-fn automation_job(kind: &str, mut o: Obj<'_>) -> Option<Result<he::automation_job::Job, Reject>> {
+fn automation_job(kind: &str, mut o: Obj<'_>, limits: &Limits) -> Option<Result<he::automation_job::Job, Reject>> {
     use he::automation_job::Job;
     Some(match kind {
         "start_monitoring" => (|| {
@@ -137,22 +138,62 @@ fn automation_job(kind: &str, mut o: Obj<'_>) -> Option<Result<he::automation_jo
             let orchestrator_id = o.req_str("orchestrator_id")?;
             Ok(Job::StopMonitoring(he::StopMonitoring { orchestrator_id, extra: o.rest() }))
         })(),
-        "heal_test_failure" => heal_request(o).map(Job::HealTestFailure),
+        "heal_test_failure" => heal_request(o, limits).map(Job::HealTestFailure),
         _ => return None,
     })
 }
 
-fn heal_request(mut o: Obj<'_>) -> Result<he::HealRequest, Reject> {
+/// Every heal-request shape of the old code (seed contract 3.3): the fields may be at the top
+/// level or, in the REST `ManualHealRequest`, inside `error_details` (kept whole in `extra`);
+/// the healer README names the file `test_file`. None of them carries the source.
+fn heal_request(mut o: Obj<'_>, limits: &Limits) -> Result<he::HealRequest, Reject> {
+    let orchestrator_id = o.opt_str("orchestrator_id")?;
+    let test_id = o.opt_str("test_id")?;
+    let file_path = match o.opt_str("file_path")? {
+        Some(path) => Some(path),
+        None => o.opt_str("test_file")?,
+    };
+    let source = o.opt_str("source")?.unwrap_or_default();
+    let mut error_message = o.opt_str("error_message")?;
+    let mut stack_trace = o.opt_str("stack_trace")?;
+    let error_type = o.opt_str("error_type")?.unwrap_or_default();
+    let mut line_number = o.opt_i64("line_number")?;
+    let details = o.opt_object_json("error_details")?;
+    let mut extra = o.rest();
+    if let Some(details) = details {
+        let mut d = Obj::parse("error_details", details.as_bytes(), limits)?;
+        if error_message.is_none() {
+            error_message = d.opt_str("error_message")?;
+        }
+        if stack_trace.is_none() {
+            stack_trace = d.opt_str("stack_trace")?;
+        }
+        if line_number.is_none() {
+            line_number = d.opt_i64("line_number")?;
+        }
+        extra.insert("error_details".into(), details);
+    }
     Ok(he::HealRequest {
-        orchestrator_id: o.opt_str("orchestrator_id")?,
-        test_id: o.opt_str("test_id")?,
-        file_path: o.opt_str("file_path")?,
-        source: o.req_str("source")?,
-        error_message: o.req_str("error_message")?,
-        stack_trace: o.opt_str("stack_trace")?,
-        error_type: o.opt_str("error_type")?.unwrap_or_default(),
-        line_number: o.opt_i64("line_number")?,
-        extra: o.rest(),
+        orchestrator_id,
+        test_id,
+        file_path,
+        source,
+        error_message: error_message.unwrap_or_default(),
+        stack_trace,
+        error_type,
+        line_number,
+        extra,
+    })
+}
+
+/// The engine's source-read fact (flat fields, written by its runner).
+fn source_read(flat: &Flat<'_>) -> Result<he::SourceRead, Reject> {
+    Ok(he::SourceRead {
+        repair_id: flat.req("repair_id")?.into(),
+        fact_id: flat.req("fact_id")?.into(),
+        file_path: flat.text("file_path").unwrap_or_default().into(),
+        source: flat.text("source").map(str::to_string),
+        refused: flat.text("refused").map(str::to_string),
     })
 }
 

@@ -48,11 +48,12 @@ fn fixed_type(role: Role) -> Option<&'static str> {
         Role::TemplatesRequests => "template_request",
         Role::TemplatesResults => "template_result",
         Role::TemplatesUsage => "template_usage",
-        Role::AutomationHealing => "heal_request",
         Role::AutomationErrors => "error_report",
         Role::AutomationValidation => "validation_outcome",
         Role::K8sStatus => "status_update",
-        Role::AutomationJobs | Role::AutomationResults | Role::K8sJobs | Role::K8sResults => return None,
+        Role::AutomationJobs | Role::AutomationHealing | Role::AutomationResults | Role::K8sJobs | Role::K8sResults => {
+            return None;
+        }
     })
 }
 
@@ -80,6 +81,7 @@ pub fn decode(role: Role, kind: &str, bytes: &[u8], limits: &Limits) -> Result<E
             Event::TemplateUsage(m)
         }
         Role::AutomationJobs => Event::AutomationJob(automation_job(kind, bytes, limits)?),
+        Role::AutomationHealing if kind == "source_read" => Event::SourceRead(message(kind, bytes)?),
         Role::AutomationHealing => {
             let mut m: he::HealRequest = message(kind, bytes)?;
             canonical_extra(&mut m.extra, limits)?;

@@ -159,12 +159,23 @@ fn a_rejected_request_still_gets_its_one_error_result() {
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let mut engine = EngineProc::start(&server.url(), &data.path().join("engine"), &[]);
-    let broken = r#"{"request_id":"r-bad","operation":"explode","tenant_id":"t","user_id":"u"}"#;
-    redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(broken).query::<String>(&mut conn).unwrap();
+    let unknown = r#"{"request_id":"r-bad","operation":"explode","tenant_id":"t","user_id":"u"}"#;
+    let unparsed = r#"{"request_id":"r-unparsed","operation":"retrieve","tenant_id":7}"#;
+    for data in [unknown, unparsed] {
+        redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data).query::<String>(&mut conn).unwrap();
+    }
     wait_drained(&mut conn, Duration::from_secs(30));
     assert!(engine.terminate().success());
     let results = results(&mut conn);
-    assert_eq!(results.len(), 1);
-    assert!(results["r-bad"]["error"].as_str().unwrap().starts_with("unknown_operation"), "{}", results["r-bad"]);
-    assert_eq!(read_stream(&mut conn, USAGE).len(), 0, "no usage event for a request that was never parsed");
+    assert_eq!(results.len(), 2);
+    // An operation the old service did not know is answered as it answered it.
+    assert_eq!(results["r-bad"]["error"], "Unknown operation: explode", "{}", results["r-bad"]);
+    assert!(results["r-unparsed"]["error"].as_str().unwrap().starts_with("bad_field"), "{}", results["r-unparsed"]);
+    let usage = read_stream(&mut conn, USAGE);
+    assert_eq!(usage.len(), 1, "a usage event for the parsed request only");
+    let event: Value = serde_json::from_str(&usage[0].1["data"]).unwrap();
+    assert_eq!((&event["operation"], &event["success"]), (&json!("explode"), &json!(false)));
+    let dead = read_stream(&mut conn, &format!("{REQUESTS}:dead"));
+    let reasons: Vec<&str> = dead.iter().map(|(_, f)| f["dead_reason"].as_str()).collect();
+    assert_eq!(reasons, ["unknown_operation", "bad_field"], "both are still dead letters");
 }

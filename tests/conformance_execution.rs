@@ -10,7 +10,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::Path;
 use std::time::Duration;
 
 /// A passing run makes 171 checks (every answer is awaited before the streams are parsed, so
@@ -28,16 +27,7 @@ fn old_producers_and_consumers_work_unchanged_against_the_engine() {
     let mut engine = EngineProc::start(&server.url(), &dir, &env);
     engine.wait_connected();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/conformance/execution.py");
-    let output = python::python_env().run_script(&script, &[&server.url()]);
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(output.status.success(), "the conformance script failed:\n{stdout}\n{stderr}\n{}", engine.stderr());
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    let passed = summary["passed"].as_u64().unwrap();
-    assert_eq!(summary["failed"], 0, "{stdout}");
-    assert!(passed > CHECKS_FLOOR, "only {passed} checks passed:\n{stdout}");
-    eprintln!("conformance: {passed} checks passed");
+    let stdout = python::conformance("execution", &[&server.url()], CHECKS_FLOOR, || engine.stderr());
     let ids_line = stdout.lines().find_map(|l| l.strip_prefix("IDS ")).unwrap();
     let ids: Value = serde_json::from_str(ids_line).unwrap();
 

@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 
 /// Checks the script makes on a full run; a run that checks less has lost coverage.
 const FLOOR: u64 = 150;
@@ -23,16 +22,7 @@ fn old_healing_producers_and_consumers_work_unchanged() {
     let mut engine = EngineProc::start(&server.url(), &dir, &[]);
     engine.wait_connected();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/conformance/healing.py");
-    let output = common::python::python_env().run_script(&script, &[&server.url(), project.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the old clients failed:\n{stdout}\n{stderr}\nengine:\n{}", engine.stderr());
-    println!("{stdout}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
-    let passed = summary["passed"].as_u64().unwrap();
-    assert!(passed >= FLOOR, "only {passed} checks passed (floor {FLOOR}):\n{stdout}");
-    assert_eq!(summary["failed"], 0);
+    common::python::conformance("healing", &[&server.url(), project.to_str().unwrap()], FLOOR, || engine.stderr());
 
     // Nothing of this ordinary traffic is a dead letter.
     wait_drained(&mut conn, std::time::Duration::from_secs(20));

@@ -125,3 +125,22 @@ pub fn kubernetes_validate(files: &[PathBuf]) -> (bool, String, String) {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (output.status.success(), text(&output.stdout), text(&output.stderr))
 }
+
+/// Runs the conformance script `tests/python/conformance/<name>.py` with the environment's
+/// interpreter; fails the test, showing the script's output and `context()` (the engine's
+/// log), unless it exits 0 having failed no check and passed at least `floor` (a run that
+/// checks less has lost coverage). Returns the script's stdout.
+pub fn conformance(name: &str, args: &[&str], floor: u64, context: impl Fn() -> String) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/python/conformance/{name}.py"));
+    let output = python_env().run_script(&script, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the old clients failed:\n{stdout}\n{stderr}\nengine:\n{}", context());
+    let summary: serde_json::Value =
+        stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+    let passed = summary["passed"].as_u64().unwrap_or(0);
+    assert_eq!(summary["failed"], 0, "{stdout}");
+    assert!(passed >= floor, "only {passed} checks passed (floor {floor}):\n{stdout}");
+    eprintln!("{name} conformance: {passed} checks passed");
+    stdout
+}

@@ -139,7 +139,6 @@ impl Templates {
     }
 
     fn respond(&self, r: &Request<'_>, operation: &str, outcome: Outcome) -> Decision {
-        let timestamp = naive_iso(r.entry.id.ms);
         let (result, template_id, changes, intents, error) = match outcome {
             Ok(done) => (Some(done.result), done.template_id, done.changes, done.intents, None),
             Err(error) => (None, r.req.template_id.clone(), Vec::new(), Vec::new(), Some(error)),
@@ -152,25 +151,15 @@ impl Templates {
             result_json: result,
             error,
             duration_ms: 0,
-            timestamp: timestamp.clone(),
+            timestamp: naive_iso(r.entry.id.ms),
             extra: Default::default(),
         };
-        let usage = TemplateUsageEvent {
-            event_id: entry_uuid("usage", &r.entry.stream, r.entry.id),
-            template_id: template_id.unwrap_or_else(|| "unknown".into()),
-            tenant_id: r.req.tenant_id.clone(),
-            user_id: r.req.user_id.clone(),
-            operation: operation.into(),
-            success,
-            duration_ms: 0,
-            timestamp,
-            extra: Default::default(),
-        };
+        let who = (r.req.tenant_id.as_str(), r.req.user_id.as_str());
         Decision {
             changes,
             outputs: vec![
                 self.timed_output(&self.results, template_result_json_with(&result, ELAPSED_MS), r.entry),
-                self.timed_output(&self.usage, template_usage_json_with(&usage, ELAPSED_MS), r.entry),
+                self.usage_output(r.entry, template_id, who, operation, success),
             ],
             intents,
             ignored: None,
@@ -184,7 +173,6 @@ impl Templates {
         let data = entry.field("data").and_then(|d| serde_json::from_slice::<Value>(d).ok()).unwrap_or_default();
         let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_string);
         let request_id = text("request_id").unwrap_or_else(|| derived_id("req", &entry.stream, entry.id));
-        let timestamp = naive_iso(entry.id.ms);
         let unknown = match (reason.code.as_str(), text("operation"), text("tenant_id"), text("user_id")) {
             ("unknown_operation", Some(op), Some(tenant), Some(user)) => Some((op, tenant, user)),
             _ => None,
@@ -199,25 +187,38 @@ impl Templates {
                 unknown.as_ref().map_or_else(|| reason.to_string(), |(op, ..)| format!("Unknown operation: {op}")),
             ),
             duration_ms: 0,
-            timestamp: timestamp.clone(),
+            timestamp: naive_iso(entry.id.ms),
             extra: Default::default(),
         };
         let mut outputs = vec![self.timed_output(&self.results, template_result_json_with(&result, ELAPSED_MS), entry)];
-        if let Some((operation, tenant_id, user_id)) = unknown {
-            let usage = TemplateUsageEvent {
-                event_id: entry_uuid("usage", &entry.stream, entry.id),
-                template_id: template_id.filter(|id| !id.is_empty()).unwrap_or_else(|| "unknown".into()),
-                tenant_id,
-                user_id,
-                operation,
-                success: false,
-                duration_ms: 0,
-                timestamp,
-                extra: Default::default(),
-            };
-            outputs.push(self.timed_output(&self.usage, template_usage_json_with(&usage, ELAPSED_MS), entry));
+        if let Some((operation, tenant, user)) = unknown {
+            outputs.push(self.usage_output(entry, template_id, (&tenant, &user), &operation, false));
         }
         Decision { outputs, ..Decision::default() }
+    }
+
+    /// A request's usage event in the old shape (`template_id` "unknown" when the request had
+    /// none), its `duration_ms` filled in on publication.
+    fn usage_output(
+        &self,
+        entry: &Entry,
+        template_id: Option<String>,
+        (tenant, user): (&str, &str),
+        operation: &str,
+        success: bool,
+    ) -> Output {
+        let usage = TemplateUsageEvent {
+            event_id: entry_uuid("usage", &entry.stream, entry.id),
+            template_id: template_id.filter(|id| !id.is_empty()).unwrap_or_else(|| "unknown".into()),
+            tenant_id: tenant.to_string(),
+            user_id: user.to_string(),
+            operation: operation.to_string(),
+            success,
+            duration_ms: 0,
+            timestamp: naive_iso(entry.id.ms),
+            extra: Default::default(),
+        };
+        self.timed_output(&self.usage, template_usage_json_with(&usage, ELAPSED_MS), entry)
     }
 }
 

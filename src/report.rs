@@ -81,7 +81,8 @@ pub fn print_healing(store: &Store, orchestrator: &str) -> anyhow::Result<()> {
     println!("\nhealing (projection `{HEALING}`): repairs of orchestrator {orchestrator}");
     println!("{:<34} {:<18} {:<25} {:>5} {:<18} {:<9}", "test file", "class", "strategy", "conf", "decision", "status");
     for r in &repairs {
-        let file = r.error.file.as_deref().unwrap_or("-").trim_start_matches("tests/");
+        // The file's name: requests name it relative to the project or by its absolute path.
+        let file = r.error.file.as_deref().map_or("-", |f| f.rsplit('/').next().unwrap_or(f));
         println!(
             "{file:<34} {:<18} {:<25} {:>5} {:<18} {:<9}",
             r.failure_class.as_deref().unwrap_or("-"),

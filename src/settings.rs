@@ -41,6 +41,34 @@ pub enum SettingsError {
 /// Environment variables that are flags of the binary, not engine settings.
 const NOT_ENGINE_SETTINGS: [&str; 4] = ["config", "http", "log_format", "admins"];
 
+/// The settings an environment variable may name: `MAESTRO_<SETTING>`, or
+/// `MAESTRO_<SETTING>__<KEY>` for a key inside one.
+fn known_settings() -> Vec<String> {
+    match serde_json::to_value(EngineConfig::default()) {
+        Ok(serde_json::Value::Object(settings)) => settings.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `name` (without its `MAESTRO_` prefix) names one of `known`.
+fn names_a_setting(name: &str, known: &[String]) -> bool {
+    let setting = name.split("__").next().unwrap_or(name);
+    known.iter().map(String::as_str).chain(NOT_ENGINE_SETTINGS).any(|k| k.eq_ignore_ascii_case(setting))
+}
+
+/// `MAESTRO_*` variables that name no setting. Kubernetes sets `MAESTRO_PORT`,
+/// `MAESTRO_SERVICE_HOST`, ... in every pod of a namespace with a Service called `maestro`, so
+/// these are warned about and left out, not refused; an unknown key in a settings file stays
+/// an error.
+fn unknown_variables(known: &[String]) -> Vec<String> {
+    let mut unknown: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.strip_prefix("MAESTRO_").is_some_and(|rest| !names_a_setting(rest, known)))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 /// Builds the engine configuration.
 pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
     let mut figment = Figment::from(Serialized::defaults(EngineConfig::default()));
@@ -50,7 +78,15 @@ pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
         None if Path::new("maestro.toml").exists() => figment = figment.merge(Toml::file("maestro.toml")),
         None => {}
     }
-    figment = figment.merge(Env::prefixed("MAESTRO_").ignore(&NOT_ENGINE_SETTINGS).split("__"));
+    let known = known_settings();
+    let unknown = unknown_variables(&known);
+    if !unknown.is_empty() {
+        tracing::warn!(variables = %unknown.join(", "), "ignoring MAESTRO_* environment variables that name no setting");
+    }
+    let env = Env::prefixed("MAESTRO_")
+        .ignore(&NOT_ENGINE_SETTINGS)
+        .filter(move |name| names_a_setting(name.as_str(), &known));
+    figment = figment.merge(env.split("__"));
     if let Some(url) = &args.redis_url {
         figment = figment.merge(Serialized::default("redis_url", url));
     }
@@ -100,6 +136,27 @@ mod tests {
             jail.set_env("MAESTRO_READ_COUNT", "many");
             let err = load(&args).unwrap_err().to_string();
             assert!(err.contains("READ_COUNT") && err.contains("MAESTRO_"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_that_name_no_setting_are_left_out_and_named_but_a_files_unknown_key_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            // What Kubernetes sets for a Service called `maestro`.
+            jail.set_env("MAESTRO_PORT", "tcp://10.0.0.7:9090");
+            jail.set_env("MAESTRO_SERVICE_HOST", "10.0.0.7");
+            jail.set_env("MAESTRO_PORT_9090_TCP_ADDR", "10.0.0.7");
+            jail.set_env("MAESTRO_GROUP", "from-env");
+            let config = load(&ConfigArgs::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.group, "from-env");
+            assert_eq!(
+                unknown_variables(&known_settings()),
+                ["MAESTRO_PORT", "MAESTRO_PORT_9090_TCP_ADDR", "MAESTRO_SERVICE_HOST"]
+            );
+            jail.create_file("maestro.toml", "port = 9090\n")?;
+            let err = load(&ConfigArgs::default()).unwrap_err().to_string();
+            assert!(err.contains("port"), "{err}");
             Ok(())
         });
     }

@@ -362,3 +362,17 @@ fn entries_trimmed_while_pending_are_counted_and_logged_as_lost() {
     }
     assert_eq!(total_pending(&mut conn), 0);
 }
+
+/// Kubernetes sets `MAESTRO_PORT`, `MAESTRO_SERVICE_HOST`, ... in every pod of a namespace with
+/// a Service called `maestro`: the engine starts anyway and names them in a warning.
+#[test]
+fn stray_maestro_variables_are_a_warning_not_a_refusal_to_start() {
+    let server = redis(false);
+    let data = tempfile::tempdir().unwrap();
+    let env = [("MAESTRO_PORT", "tcp://10.0.0.7:9090"), ("MAESTRO_SERVICE_HOST", "10.0.0.7")];
+    let mut engine = EngineProc::start(&server.url(), &data.path().join("engine"), &env);
+    engine.wait_connected();
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    let stderr = engine.stderr();
+    assert!(stderr.contains("MAESTRO_PORT, MAESTRO_SERVICE_HOST") && stderr.contains("WARN"), "{stderr}");
+}

@@ -112,4 +112,9 @@ fn redis_killed_and_restarted_is_survived_and_an_empty_restart_recreates_the_gro
     engine.assert_no_panic();
     produced.extend(after_loss);
     assert_exactly_once(&produced, &export(&dir));
+    // Every outage is logged when it starts and when it ends, not only the first one.
+    let stderr = engine.stderr();
+    let (started, ended) =
+        (stderr.matches("redis unavailable").count(), stderr.matches("redis available again").count());
+    assert!(started >= 2 && started == ended, "{started} outages logged, {ended} ends:\n{stderr}");
 }

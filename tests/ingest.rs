@@ -234,6 +234,10 @@ fn http_serves_health_readiness_status_and_metrics() {
         "maestro_pending{stream=",
         "maestro_lag{stream=",
         "maestro_entries_read_total{stream=",
+        "maestro_up 1",
+        "maestro_ready 1",
+        "maestro_redis_up 1",
+        "maestro_storage_ok 1",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }

@@ -41,6 +41,17 @@ async fn status_json(State(shared): State<Shared>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
+    // The state flags as gauges, read at scrape time: during an outage or a disk-full the batch
+    // loop that updates the counters is not running, and these must still say so.
+    let snap = shared.status.snapshot();
+    for (name, value) in [
+        ("maestro_up", true),
+        ("maestro_ready", snap.ready),
+        ("maestro_redis_up", snap.redis_up),
+        ("maestro_storage_ok", snap.storage_ok),
+    ] {
+        metrics::gauge!(name).set(f64::from(u8::from(value)));
+    }
     match &shared.metrics {
         Some(handle) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()),
         None => {

@@ -150,7 +150,10 @@ async fn session(
     let mut effects = Effects::new(runners);
     run_effects(&mut effects, &dispatcher, status)?;
     Status::set(&status.log_open, true);
-    Status::set(&status.storage_ok, true);
+    if !status.storage_ok.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        // The log reopened after a storage failure: that error no longer holds.
+        status.clear_error();
+    }
     status.head_seq.store(log.head_seq(), std::sync::atomic::Ordering::Relaxed);
     let names = handlers.iter().map(|h| h.name()).collect();
     *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((dispatcher.store().clone(), names));
@@ -180,6 +183,7 @@ async fn session(
         unpublished: std::collections::VecDeque::new(),
         source,
         status: status.clone(),
+        outage_since: None,
     };
     cycle.follow(shutdown).await
 }
@@ -302,6 +306,8 @@ struct Cycle {
     unpublished: std::collections::VecDeque<crate::effects::kube::Fact>,
     source: Source,
     status: Arc<Status>,
+    /// When the current Redis outage began, if Redis is unavailable.
+    outage_since: Option<Instant>,
 }
 
 impl Cycle {
@@ -309,25 +315,23 @@ impl Cycle {
     async fn follow(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         // Capped at 1 s so the engine resumes within about a second of Redis coming back.
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-        let mut reported = false;
         while !stopping(shutdown) {
             match self.connected(shutdown).await {
                 Ok(()) => return Ok(()),
                 Err(error) if is_storage(&error) || is_fatal(&error) => return Err(error),
                 Err(error) => {
-                    Status::set(&self.status.redis_up, false);
                     Status::set(&self.status.caught_up, false);
                     self.status.error(error.to_string());
-                    if !reported {
+                    // Every outage is logged once when it starts, however many retries it takes.
+                    if self.status.redis_up.swap(false, std::sync::atomic::Ordering::Relaxed)
+                        || self.outage_since.is_none()
+                    {
+                        backoff.reset();
+                        self.outage_since = Some(Instant::now());
                         tracing::warn!(%error, "redis unavailable; retrying");
-                        reported = true;
                     }
                     sleep_or_stop(shutdown, backoff.next()).await;
                 }
-            }
-            if self.status.redis_up.load(std::sync::atomic::Ordering::Relaxed) {
-                backoff.reset();
-                reported = false;
             }
         }
         Ok(())
@@ -341,6 +345,10 @@ impl Cycle {
         let log = &self.log;
         self.source.ensure_groups(|stream| log.cursor(stream)).await?;
         Status::set(&self.status.redis_up, true);
+        if let Some(since) = self.outage_since.take() {
+            self.status.clear_error();
+            tracing::info!(down_for = ?since.elapsed(), "redis available again");
+        }
         tracing::info!("connected to redis; draining own pending entries");
         self.drain_pending(shutdown).await?;
         let mut next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);

@@ -106,4 +106,9 @@ impl Status {
             *last = text.into();
         }
     }
+
+    /// The error was recovered from: `last_error` names only a problem that still holds.
+    pub fn clear_error(&self) {
+        self.error(String::new());
+    }
 }

@@ -737,6 +737,26 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn outbox_entries_written_before_elapsed_times_still_decode() {
+        #[derive(Serialize)]
+        struct Old {
+            seq: u64,
+            index: u32,
+            stream: String,
+            fields: Vec<(String, Vec<u8>)>,
+            maxlen: Option<u64>,
+        }
+        let fields = vec![("data".to_string(), b"{}".to_vec())];
+        let old = Old { seq: 9, index: 1, stream: "s".into(), fields: fields.clone(), maxlen: Some(10) };
+        let item = OutboxItem::decode(&codec::encode(&old).unwrap()).unwrap();
+        let expected =
+            OutboxItem { seq: 9, index: 1, stream: "s".into(), fields, maxlen: Some(10), elapsed_from_ms: None };
+        assert_eq!(item, expected);
+        let timed = OutboxItem { elapsed_from_ms: Some(1_795_851_623_000), ..expected };
+        assert_eq!(OutboxItem::decode(&codec::encode(&timed).unwrap()).unwrap(), timed);
+    }
+
     /// A sled database in a temp dir (kept while the first element lives), its value files and
     /// its live store.
     fn fresh() -> (tempfile::TempDir, sled::Db, ValueFiles, Store) {

@@ -354,6 +354,10 @@ async fn main() {
         }
     };
     let cli = Cli::parse();
+    if let Err(error) = maestro_engine::failpoint::configure_from_env() {
+        eprintln!("error: {error}");
+        std::process::exit(2);
+    }
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run { config, http } => run(config, http, shutdown).await,

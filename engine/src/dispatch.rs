@@ -369,6 +369,7 @@ impl Dispatcher {
                     return Err(error);
                 }
             };
+            crate::failpoint::crash_point("during-catch-up");
             total.records += report.records;
             total.dead_lettered += report.dead_lettered;
             total.intents += report.intents;

@@ -3,6 +3,7 @@ pub mod datadir;
 pub mod dispatch;
 pub mod effects;
 pub mod error;
+pub mod failpoint;
 pub mod http;
 pub mod ingest;
 pub mod log;

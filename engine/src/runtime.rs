@@ -538,11 +538,13 @@ impl Cycle {
         // Step 3: one durable batch of records, dedup index and cursors.
         let decoded = prepared.decoded;
         let records = self.log.append(prepared.records)?;
+        crate::failpoint::crash_point("after-append");
         Status::add(&self.status.records_appended, records.len() as u64);
         self.status.head_seq.store(self.log.head_seq(), std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("maestro_records_appended_total").increment(records.len() as u64);
         // Step 4: handlers, projections and the outbox, in one state batch.
         let report = self.dispatcher.dispatch(&records, Some(&decoded))?;
+        crate::failpoint::crash_point("after-flush");
         if report.dead_lettered > 0 {
             Status::add(&self.status.dead_lettered, report.dead_lettered);
             metrics::counter!("maestro_dead_lettered_total").increment(report.dead_lettered);
@@ -553,7 +555,9 @@ impl Cycle {
         }
         // Step 5: publish outputs, then run effect intents.
         self.publish_outbox().await?;
+        crate::failpoint::crash_point("after-publish");
         run_effects(&mut self.effects, &self.dispatcher, &self.status)?;
+        crate::failpoint::crash_point("before-ack");
         // Step 6: acknowledge every delivered entry, new or already recorded.
         self.source.ack(&prepared.acks).await?;
         Status::add(&self.status.entries_acked, prepared.acks.len() as u64);
@@ -592,6 +596,8 @@ impl Cycle {
             }
             let (keys, items): (Vec<_>, Vec<_>) = items.into_iter().unzip();
             self.source.publish(&items).await?;
+            // Published but still in the outbox: the publish guard must make the next pass a no-op.
+            crate::failpoint::crash_point("mid-batch");
             self.dispatcher.store().remove_outbox(&keys)?;
         }
     }

@@ -550,6 +550,10 @@ impl Store {
             let bytes = codec::encode(intent).map_err(|e| EngineError::State(e.to_string()))?;
             batch.insert(effect_key(*seq, *index), bytes);
         }
+        if !pending.checkpoints.is_empty() {
+            // Value files written, the batch that refers to them and the checkpoint not yet.
+            crate::failpoint::crash_point("during-checkpoint");
+        }
         self.tree.apply_batch(batch)?;
         Ok(())
     }

@@ -1,0 +1,55 @@
+//! Crash points for the failpoint matrix (R2 in the reliability spec).
+//!
+//! A crash point aborts the process where it stands: no unwinding, no destructors, no flush of
+//! anything the engine buffered, as a `kill -9` at exactly that line would. The points are named
+//! after the step of the batch cycle they interrupt, and compiled in only with the
+//! `failpoints` feature, which the workspace's test builds turn on (the binary's dev-dependency
+//! on this crate) and release builds do not. `FAILPOINTS="after-append=2*off->return"` aborts
+//! at the third pass through `after-append` (the `fail` crate's action syntax).
+
+/// Aborts the process when the point `name` is configured to fire; otherwise does nothing.
+pub fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| abort_at(name));
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+#[cfg(feature = "failpoints")]
+fn abort_at(name: &str) {
+    tracing::error!(failpoint = name, "failpoint fired: aborting the process");
+    std::process::abort()
+}
+
+/// Names every crash point, so a test (and a typo in `FAILPOINTS`) can be checked against them.
+pub const CRASH_POINTS: [&str; 7] =
+    ["after-append", "after-flush", "mid-batch", "after-publish", "before-ack", "during-checkpoint", "during-catch-up"];
+
+/// Configures the crash points from the `FAILPOINTS` environment variable
+/// (`name=actions;name=actions`). Unset is fine; set in a build without the points, or naming
+/// a point that does not exist, is an error: a failpoint test must never pass because its
+/// point silently did nothing.
+pub fn configure_from_env() -> Result<(), String> {
+    let Ok(spec) = std::env::var("FAILPOINTS") else {
+        return Ok(());
+    };
+    for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, actions) =
+            item.split_once('=').ok_or_else(|| format!("FAILPOINTS: `{item}` is not name=actions"))?;
+        if !CRASH_POINTS.contains(&name) {
+            return Err(format!("FAILPOINTS: no crash point `{name}` (there are: {})", CRASH_POINTS.join(", ")));
+        }
+        configure(name, actions)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+fn configure(name: &str, actions: &str) -> Result<(), String> {
+    fail::cfg(name, actions).map_err(|e| format!("FAILPOINTS: {name}: {e}"))
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn configure(name: &str, _actions: &str) -> Result<(), String> {
+    Err(format!("FAILPOINTS names `{name}`, but this build has no crash points (only test builds have them)"))
+}

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 pub struct EngineConfig {
     /// Redis to read from and publish to.
     pub redis_url: String,
+    /// PEM file of the certificate authorities trusted for a `rediss://` URL; without it the
+    /// system's trust store is used.
+    pub redis_ca_file: Option<PathBuf>,
     /// Where the log and projections live.
     pub data_dir: PathBuf,
     /// Consumer group name.
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: None,
             data_dir: PathBuf::from("./maestro-data"),
             group: "maestro-engine".into(),
             streams: StreamSet::default(),

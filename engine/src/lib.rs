@@ -1,4 +1,5 @@
 pub mod config;
+pub mod connect;
 pub mod datadir;
 pub mod dispatch;
 pub mod effects;

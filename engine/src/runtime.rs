@@ -62,7 +62,7 @@ pub async fn run(
     let data_dir = DataDir::open(&config.data_dir)?;
     let _address = AddressFile::write(&data_dir, &status)?;
     let consumer = data_dir.consumer_name(fresh_consumer_name)?;
-    let client = redis::Client::open(config.redis_url.as_str())?;
+    let client = crate::connect::client(&config)?;
     tracing::info!(consumer, data_dir = %config.data_dir.display(), group = config.group, "engine starting");
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {

@@ -6,6 +6,7 @@ pub mod bench_catalogue;
 pub mod bench_replay;
 pub mod demo;
 pub mod exec_demo;
+pub mod flood;
 pub mod groups;
 pub mod heal_demo;
 pub mod manifests_cli;

@@ -3,6 +3,7 @@
 //! the log, the pending lists and the dead-letter streams hold.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod chaos;
 pub mod python;
 
 pub use maestro::redis_server::{RedisOptions, RedisServer};

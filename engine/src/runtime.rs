@@ -148,7 +148,8 @@ async fn session(
         None => runners.push(Box::new(crate::effects::kube::NoCluster { identity, facts })),
     }
     let mut effects = Effects::new(runners);
-    run_effects(&mut effects, &dispatcher, status)?;
+    effects.resume(dispatcher.store())?;
+    effects.run_and_report(dispatcher.store(), status)?;
     Status::set(&status.log_open, true);
     if !status.storage_ok.swap(true, std::sync::atomic::Ordering::Relaxed) {
         // The log reopened after a storage failure: that error no longer holds.
@@ -200,8 +201,9 @@ async fn kube_runner(
     if !kubeconfig && !in_cluster {
         tracing::warn!(
             "no Kubernetes cluster configured (KUBECONFIG unset, not in a cluster): test environments stay in \
-             provisioning, cleanup and log requests are answered saying so; `maestro manifests EXECUTION_ID \
-             --data-dir DIR` prints their manifests for kubectl"
+             provisioning, their k8s_apply intents wait and run when the engine starts with a cluster; cleanup \
+             and log requests are answered saying so; `maestro manifests EXECUTION_ID --data-dir DIR` prints \
+             their manifests for kubectl"
         );
         return None;
     }
@@ -249,18 +251,6 @@ fn record_config(log: &mut Log, config: &EngineConfig) -> Result<()> {
             let body = maestro_schemas::Body::Setting { name: name.to_string(), value };
             log.append(vec![crate::log::NewRecord { body, request: None }])?;
         }
-    }
-    Ok(())
-}
-
-/// Runs queued effect intents; a failing one is reported and retried with the next batch.
-fn run_effects(effects: &mut Effects, dispatcher: &Dispatcher, status: &Status) -> Result<()> {
-    let report = effects.run_pending(dispatcher.store())?;
-    metrics::counter!("maestro_effects_done_total").increment(report.done + report.repeated);
-    metrics::counter!("maestro_effects_dropped_total").increment(report.dropped);
-    if let Some((id, reason)) = report.failed {
-        metrics::counter!("maestro_effects_failed_total").increment(1);
-        status.error(format!("effect {id} failed (retried next batch): {reason}"));
     }
     Ok(())
 }
@@ -437,7 +427,10 @@ impl Cycle {
                 crate::effects::kube::FactStream::Key(key) => key,
             };
             self.source.xadd(stream, &fact.fields).await?;
-            self.unpublished.pop_front();
+            if let Some(id) = self.unpublished.pop_front().and_then(|fact| fact.finishes) {
+                self.effects.finished(self.dispatcher.store(), &id)?;
+                self.effects.report(&self.status);
+            }
         }
         Ok(())
     }
@@ -461,7 +454,7 @@ impl Cycle {
         metrics::counter!("maestro_clock_records_total").increment(1);
         self.dispatcher.dispatch(&records, None)?;
         self.publish_outbox().await?;
-        run_effects(&mut self.effects, &self.dispatcher, &self.status)
+        self.effects.run_and_report(self.dispatcher.store(), &self.status)
     }
 
     async fn drain_pending(&mut self, shutdown: &Shutdown) -> Result<()> {
@@ -556,7 +549,7 @@ impl Cycle {
         // Step 5: publish outputs, then run effect intents.
         self.publish_outbox().await?;
         crate::failpoint::crash_point("after-publish");
-        run_effects(&mut self.effects, &self.dispatcher, &self.status)?;
+        self.effects.run_and_report(self.dispatcher.store(), &self.status)?;
         crate::failpoint::crash_point("before-ack");
         // Step 6: acknowledge every delivered entry, new or already recorded.
         self.source.ack(&prepared.acks).await?;

@@ -2,6 +2,7 @@
 //! between the batch loop, the HTTP server and in-process callers such as `demo`.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -30,6 +31,10 @@ pub struct Status {
     /// Where the HTTP server listens, if it does: the runtime writes it into the data dir, so
     /// that the replay tools, kept out by the lock, can ask the engine instead.
     pub http: Mutex<Option<std::net::SocketAddr>>,
+    /// Effect intents waiting for a runner of their kind, per kind (none listed: none wait).
+    pub effects_waiting: Mutex<BTreeMap<String, u64>>,
+    /// Effect intents whose runner's task is still going.
+    pub effects_in_flight: AtomicU64,
 }
 
 /// How many batch durations [`Status`] keeps.
@@ -52,6 +57,8 @@ pub struct Snapshot {
     pub lost: u64,
     pub batches: u64,
     pub last_error: String,
+    pub effects_waiting: BTreeMap<String, u64>,
+    pub effects_in_flight: u64,
 }
 
 impl Status {
@@ -72,6 +79,8 @@ impl Status {
             lost: get(&self.lost),
             batches: get(&self.batches),
             last_error: self.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            effects_waiting: self.effects_waiting.lock().map(|w| w.clone()).unwrap_or_default(),
+            effects_in_flight: get(&self.effects_in_flight),
             ready: false,
         };
         snap.ready = snap.redis_up && snap.log_open && snap.storage_ok && snap.caught_up;
@@ -105,6 +114,14 @@ impl Status {
         if let Ok(mut last) = self.last_error.lock() {
             *last = text.into();
         }
+    }
+
+    /// Notes the effect intents waiting for a runner, per kind, and those in flight.
+    pub fn effects<'a>(&self, waiting: impl Iterator<Item = (&'a String, &'a u64)>, in_flight: u64) {
+        if let Ok(mut kept) = self.effects_waiting.lock() {
+            *kept = waiting.map(|(kind, n)| (kind.clone(), *n)).collect();
+        }
+        self.effects_in_flight.store(in_flight, Ordering::Relaxed);
     }
 
     /// The error was recovered from: `last_error` names only a problem that still holds.

@@ -4,7 +4,8 @@
 //!
 //! Keys: `p` + name + 0 + key (state), `s` + name (position), `d` + name (state digest, kept
 //! current by every commit), `h` + name + 0 + seq (checkpoint hash), `o` + seq + index
-//! (outbox), `e` + seq + index (effect intents waiting to run), `g` (dispatch guard). A commit
+//! (outbox), `e` + seq + index (effect intents queued; [`effect_queue`] also keeps those waiting
+//! for a runner and those in flight), `g` (dispatch guard). A commit
 //! writes state, positions, outbox entries and intents in one batch, so a projection never runs
 //! ahead of its outputs or its effects. State values of 4 KiB and more are files beside sled
 //! (see [`crate::value_files`]); every read here resolves them, so callers see values only.
@@ -19,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, btree_map};
 use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
+
+mod effect_queue;
+pub use effect_queue::IntentKey;
 
 fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + name.len() + key.len());
@@ -699,25 +703,6 @@ impl Store {
             batch.remove(key.clone());
         }
         self.tree.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Effect intents waiting to run, in log order, with their keys.
-    pub fn effects(&self, limit: usize) -> Result<Vec<(sled::IVec, Intent)>> {
-        self.tree
-            .scan_prefix(b"e")
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                let intent = codec::decode(&value).map_err(|e| EngineError::State(format!("effect intent: {e}")))?;
-                Ok((key, intent))
-            })
-            .collect()
-    }
-
-    /// Forgets an effect intent that has run (or can never run).
-    pub fn remove_effect(&self, key: &sled::IVec) -> Result<()> {
-        self.tree.remove(key)?;
         Ok(())
     }
 

@@ -114,11 +114,17 @@ fn runner(client: kube::Client) -> (KubeRunner, UnboundedReceiver<Fact>) {
 }
 
 fn facts(receiver: &mut UnboundedReceiver<Fact>) -> Vec<(FactStream, Value)> {
-    let mut out = Vec::new();
+    facts_and_ends(receiver).0
+}
+
+/// The facts sent, and for each the intent it is the last fact of.
+fn facts_and_ends(receiver: &mut UnboundedReceiver<Fact>) -> (Vec<(FactStream, Value)>, Vec<Option<String>>) {
+    let (mut out, mut ends) = (Vec::new(), Vec::new());
     while let Ok(fact) = receiver.try_recv() {
+        ends.push(fact.finishes);
         out.push((fact.stream, fact.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect()));
     }
-    out
+    (out, ends)
 }
 
 /// The handler's apply intent for an app-only environment with one test command.
@@ -179,7 +185,7 @@ async fn provisioning_readiness_job_completion_and_logs_with_a_retried_api_error
     let (runner, mut receiver) = runner(client);
     runner.provision("k8s_apply/e1/1", &apply_payload()).await;
     assert_eq!(server.await.unwrap(), 13, "every expected request was made");
-    let facts = facts(&mut receiver);
+    let (facts, finishes) = facts_and_ends(&mut receiver);
     let kinds: Vec<String> = facts
         .iter()
         .map(|(_, f)| {
@@ -201,6 +207,7 @@ async fn provisioning_readiness_job_completion_and_logs_with_a_retried_api_error
     assert_eq!((result["execution_id"].as_str(), result["namespace"].as_str()), (Some("e1"), Some(NS)));
     assert_eq!((result["test_results"][0].clone(), result["status"].as_str()), (expected, Some("completed")));
     assert_eq!(facts[3].1["fact_id"], "k8s_apply/e1/1/completed", "deterministic: a repeat is recognisable");
+    assert_eq!(finishes, [None, None, None, Some("k8s_apply/e1/1".to_string())], "the last fact ends the intent");
     assert!(facts.iter().all(|(_, f)| f["runner"] == RUNNER), "every fact names its runner: {facts:?}");
 }
 
@@ -212,8 +219,9 @@ async fn a_persistent_api_error_is_reported_as_a_failed_fact_naming_it() {
     let (runner, mut receiver) = runner(client);
     runner.provision("k8s_apply/e1/1", &apply_payload()).await;
     assert_eq!(server.await.unwrap(), 3, "three attempts");
-    let facts = facts(&mut receiver);
+    let (facts, finishes) = facts_and_ends(&mut receiver);
     assert_eq!(facts.len(), 1, "{facts:?}");
+    assert_eq!(finishes, [Some("k8s_apply/e1/1".to_string())], "a failure ends the intent");
     assert_eq!(facts[0].1["status"], "failed");
     let details = facts[0].1["details"].as_str().unwrap();
     assert!(details.contains("apply quality-fabric-e1") && details.contains("after 3 attempts"), "{details}");
@@ -269,19 +277,37 @@ async fn logs_are_fetched_per_job_and_capped() {
 }
 
 #[test]
-fn without_a_cluster_deletion_and_logs_are_answered_saying_so() {
-    use maestro_engine::effects::EffectRunner;
+fn without_a_cluster_deletion_and_logs_are_answered_saying_so_and_applies_wait() {
     use maestro_engine::effects::kube::{NO_CLUSTER, NoCluster};
+    use maestro_engine::effects::{EffectRunner, Ran};
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
     let mut runner = NoCluster { identity: RUNNER.into(), facts: sender };
     let payload = json!({"execution_id": "e1", "namespace": NS, "jobs": ["test-job-1"]}).to_string().into_bytes();
     let intent =
         |kind: &str, id: &str| maestro_handlers::Intent { kind: kind.into(), id: id.into(), payload: payload.clone() };
-    runner.run(&intent("k8s_apply", "k8s_apply/e1/1")).unwrap();
-    runner.run(&intent("k8s_delete", "k8s_delete/e1/3")).unwrap();
-    runner.run(&intent("k8s_logs", "k8s_logs/e1/1-0")).unwrap();
-    let facts = facts(&mut receiver);
-    assert_eq!(facts.len(), 2, "apply has nothing to answer: {facts:?}");
+    assert!(!runner.handles("k8s_apply"), "an apply waits for a runner that can apply it");
+    assert_eq!(runner.run(&intent("k8s_delete", "k8s_delete/e1/3")), Ok(Ran::Started));
+    assert_eq!(runner.run(&intent("k8s_logs", "k8s_logs/e1/1-0")), Ok(Ran::Started));
+    let pointless = runner.obsoletes(&intent("k8s_delete", "k8s_delete/e1/3")).expect("a deletion obsoletes");
+    assert!(pointless(&intent("k8s_apply", "k8s_apply/e1/1")), "the environment's apply");
+    let other = maestro_handlers::Intent {
+        kind: "k8s_apply".into(),
+        id: "k8s_apply/e2/1".into(),
+        payload: json!({"execution_id": "e2"}).to_string().into_bytes(),
+    };
+    assert!(!pointless(&other), "not another environment's");
+    assert!(runner.obsoletes(&intent("k8s_logs", "k8s_logs/e1/1-0")).is_none());
+    let mut sent = Vec::new();
+    while let Ok(fact) = receiver.try_recv() {
+        sent.push(fact);
+    }
+    let finishes: Vec<Option<&str>> = sent.iter().map(|f| f.finishes.as_deref()).collect();
+    assert_eq!(finishes, [Some("k8s_delete/e1/3"), Some("k8s_logs/e1/1-0")], "each answer ends its intent");
+    let facts: Vec<(FactStream, Value)> = sent
+        .into_iter()
+        .map(|fact| (fact.stream, fact.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
+        .collect();
+    assert_eq!(facts.len(), 2, "{facts:?}");
     let (stream, cleaned) = &facts[0];
     assert_eq!(
         (stream.clone(), cleaned["type"].as_str(), cleaned["status"].as_str()),

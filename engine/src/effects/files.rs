@@ -54,9 +54,10 @@ impl EffectRunner for FileReader {
                 fields.push(("refused".into(), reason));
             }
         }
-        // A closed channel means the engine is stopping.
-        let _ = self.facts.send(Fact { stream: FactStream::Key(ask.reply_stream), fields });
-        Ok(Ran::Done)
+        // In flight until the fact is published: a crash before that reads the file again.
+        let finishes = Some(intent.id.clone());
+        let _ = self.facts.send(Fact { stream: FactStream::Key(ask.reply_stream), fields, finishes });
+        Ok(Ran::Started)
     }
 }
 

@@ -8,16 +8,22 @@
 //! - `k8s_delete`: the namespace is deleted (`cleaned`; a namespace already gone is cleaned).
 //! - `k8s_logs`: each job's pod logs, capped per job (`execution_logs`).
 //!
-//! An intent is handed to a task and leaves the queue; API errors are retried with a back-off
-//! and, when they persist, reported as a `failed` fact naming the error. Every fact carries a
+//! An intent is handed to a task ([`Ran::Started`]) and stays in flight until the task's last
+//! fact is published: an engine killed mid-provisioning runs the intent again at its next start,
+//! and the task goes through every step again (server-side apply changes nothing that is
+//! there, readiness is polled again, repeated facts have the same ids). A deletion makes the
+//! environment's apply, waiting or in flight, pointless ([`EffectRunner::obsoletes`]): an apply
+//! run after it would create a namespace nothing deletes again. API errors are retried with a
+//! back-off and, when they persist, reported as a `failed` fact naming the error. Every fact carries a
 //! `fact_id` derived from the intent, and the handler takes facts forward-only, so a repeated
 //! effect changes nothing. Every fact names the runner (`runner`, the engine's identity): the
 //! handler acts only on facts of runners it trusts.
 //!
-//! Without a cluster, [`NoCluster`] takes the same intents: deletion and logs are answered
-//! (there is no cluster, so nothing to delete and no logs), environments stay `provisioning`.
+//! Without a cluster, [`NoCluster`] answers deletion and logs (there is no cluster, so nothing to
+//! delete and no logs); it takes no `k8s_apply`: those wait, environments stay `provisioning`,
+//! until the engine starts with a cluster and this runner applies them.
 
-use super::{EffectRunner, Ran};
+use super::{EffectRunner, Obsoletes, Ran};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, Service};
@@ -46,6 +52,26 @@ pub enum FactStream {
 pub struct Fact {
     pub stream: FactStream,
     pub fields: Vec<(String, String)>,
+    /// The id of the intent this is the last fact of: once it is published, that intent's task
+    /// is over ([`super::Effects::finished`]).
+    pub finishes: Option<String>,
+}
+
+/// A deletion of an environment makes its apply pointless, whether it waits for a runner or is
+/// in flight.
+fn deletion_obsoletes(ran: &Intent) -> Option<Obsoletes> {
+    if ran.kind != "k8s_delete" {
+        return None;
+    }
+    let deleted = execution_id(&ran.payload)?;
+    Some(Box::new(move |other: &Intent| {
+        other.kind == "k8s_apply" && execution_id(&other.payload).as_deref() == Some(deleted.as_str())
+    }))
+}
+
+fn execution_id(payload: &[u8]) -> Option<String> {
+    let payload: Value = serde_json::from_slice(payload).ok()?;
+    payload["execution_id"].as_str().map(str::to_string)
 }
 
 /// How patient the runner is.
@@ -106,7 +132,11 @@ impl EffectRunner for KubeRunner {
                 _ => runner.logs(&id, &payload).await,
             }
         });
-        Ok(Ran::Done)
+        Ok(Ran::Started)
+    }
+
+    fn obsoletes(&self, ran: &Intent) -> Option<Obsoletes> {
+        deletion_obsoletes(ran)
     }
 }
 
@@ -151,14 +181,38 @@ fn now_naive() -> String {
 
 impl KubeRunner {
     fn fact(&self, intent: &str, stream: FactStream, kind: &str, execution_id: &str, rest: &[(&str, String)]) {
+        self.send(intent, stream, kind, execution_id, rest, false);
+    }
+
+    /// The task's last fact: once published, the intent is no longer in flight.
+    fn last_fact(&self, intent: &str, stream: FactStream, kind: &str, execution_id: &str, rest: &[(&str, String)]) {
+        self.send(intent, stream, kind, execution_id, rest, true);
+    }
+
+    fn send(
+        &self,
+        intent: &str,
+        stream: FactStream,
+        kind: &str,
+        execution_id: &str,
+        rest: &[(&str, String)],
+        last: bool,
+    ) {
         let fields = fact_fields(&self.identity, intent, kind, execution_id, rest);
-        // A closed channel means the engine is stopping; the fact is learnt again on restart.
-        let _ = self.facts.send(Fact { stream, fields });
+        let finishes = last.then(|| intent.to_string());
+        // A closed channel means the engine is stopping; the intent is still in flight and is
+        // run again at the next start.
+        let _ = self.facts.send(Fact { stream, fields, finishes });
     }
 
     fn status(&self, intent: &str, execution_id: &str, status: &str, details: Value) {
         let rest = [("status", status.to_string()), ("details", details.to_string())];
         self.fact(intent, FactStream::Status, "status_update", execution_id, &rest);
+    }
+
+    fn last_status(&self, intent: &str, execution_id: &str, status: &str, details: Value) {
+        let rest = [("status", status.to_string()), ("details", details.to_string())];
+        self.last_fact(intent, FactStream::Status, "status_update", execution_id, &rest);
     }
 
     /// Retries an API call with a doubling back-off; the last error names the call.
@@ -225,7 +279,7 @@ impl KubeRunner {
         let id = text(payload, "execution_id");
         if let Err(error) = self.provision_steps(intent, payload).await {
             tracing::error!(execution_id = id, error, "provisioning failed");
-            self.status(intent, &id, "failed", json!({"error": error}));
+            self.last_status(intent, &id, "failed", json!({"error": error}));
         }
     }
 
@@ -246,7 +300,7 @@ impl KubeRunner {
         let jobs = results.len();
         let (result, status) = execution_result(&id, &namespace, results);
         self.fact(intent, FactStream::Results, "execution_result", &id, &[("result", result.to_string())]);
-        self.status(intent, &id, status, json!({"namespace": namespace, "jobs": jobs}));
+        self.last_status(intent, &id, status, json!({"namespace": namespace, "jobs": jobs}));
         Ok(())
     }
 
@@ -334,8 +388,11 @@ impl KubeRunner {
             })
             .await;
         match deleted {
-            Ok(()) => self.status(intent, &id, "cleaned", json!({"namespace": namespace})),
-            Err(error) => tracing::error!(execution_id = id, error, "namespace deletion failed; expiry retries it"),
+            Ok(()) => self.last_status(intent, &id, "cleaned", json!({"namespace": namespace})),
+            // Left in flight: the next start deletes again.
+            Err(error) => {
+                tracing::error!(execution_id = id, error, "namespace deletion failed; retried at the next start")
+            }
         }
     }
 
@@ -347,14 +404,15 @@ impl KubeRunner {
             let log = self.job_log(&namespace, job).await.unwrap_or_else(|e| format!("(no log: {e})"));
             logs.push_str(&format!("=== {job} ===\n{log}\n"));
         }
-        self.fact(intent, FactStream::Results, "execution_logs", &id, &[("logs", logs)]);
+        self.last_fact(intent, FactStream::Results, "execution_logs", &id, &[("logs", logs)]);
     }
 }
 
 /// The runner when no cluster is configured: it answers what can be answered without one.
-/// `k8s_delete` is `cleaned` (nothing was created), `k8s_logs` an `execution_logs` saying there
-/// are none; `k8s_apply` leaves the environment `provisioning` (its manifests can be applied
-/// by hand: `maestro manifests`).
+/// `k8s_delete` is `cleaned` (nothing was created: the apply waits for a cluster runner, and the
+/// deletion makes it pointless), `k8s_logs` an `execution_logs` saying there are none. It takes
+/// no `k8s_apply`: those wait, the environment stays `provisioning` (its manifests can be
+/// applied by hand: `maestro manifests`) until the engine starts with a cluster.
 #[derive(Clone, Debug)]
 pub struct NoCluster {
     pub identity: String,
@@ -364,9 +422,16 @@ pub struct NoCluster {
 /// What the no-cluster answers say.
 pub const NO_CLUSTER: &str = "no Kubernetes cluster is configured";
 
+/// The kinds [`NoCluster`] answers.
+pub const NO_CLUSTER_KINDS: [&str; 2] = ["k8s_delete", "k8s_logs"];
+
 impl EffectRunner for NoCluster {
     fn handles(&self, kind: &str) -> bool {
-        KINDS.contains(&kind)
+        NO_CLUSTER_KINDS.contains(&kind)
+    }
+
+    fn obsoletes(&self, ran: &Intent) -> Option<Obsoletes> {
+        deletion_obsoletes(ran)
     }
 
     fn run(&mut self, intent: &Intent) -> Result<Ran, String> {
@@ -387,12 +452,11 @@ impl EffectRunner for NoCluster {
                 let logs = format!("{NO_CLUSTER}: no test jobs ran in {namespace}, so there are no logs");
                 (FactStream::Results, "execution_logs", vec![("logs", logs)])
             }
-            _ => return Ok(Ran::Done),
+            other => return Err(format!("no answer without a cluster to a {other:?} intent")),
         };
         let fields = fact_fields(&self.identity, &intent.id, kind, &id, &rest);
-        // A closed channel means the engine is stopping; the intent was taken, its answer is lost
-        // with the process (as a cluster runner's task would be).
-        let _ = self.facts.send(Fact { stream, fields });
-        Ok(Ran::Done)
+        // In flight until the answer is published: a crash before that answers again.
+        let _ = self.facts.send(Fact { stream, fields, finishes: Some(intent.id.clone()) });
+        Ok(Ran::Started)
     }
 }

@@ -1,3 +1,5 @@
+pub mod anchors;
+pub mod backoff;
 pub mod config;
 pub mod datadir;
 pub mod dispatch;
@@ -6,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod log;
+pub mod read_only;
 pub mod runtime;
 pub mod source;
 pub mod status;

@@ -90,7 +90,7 @@ fn a_truncated_log_is_refused_at_start_with_or_without_its_head_anchor() {
             }
             let (mut engine, exit) = start(&server, &dir, &[], &[]);
             let stderr = engine.stderr();
-            let last = stderr.lines().filter(|l| l.starts_with("error:")).last().unwrap_or("started");
+            let last = stderr.lines().rfind(|l| l.starts_with("error:")).unwrap_or("started");
             eprintln!("{case}: {last}");
             assert!(!stderr.contains("panicked at"), "{case}: {stderr}");
             match exit {

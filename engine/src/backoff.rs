@@ -4,24 +4,24 @@ use std::time::Duration;
 
 /// Capped exponential back-off.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     cap: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Backoff {
+    pub(crate) fn new(first: Duration, cap: Duration) -> Backoff {
         Backoff { first, cap, current: first }
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let now = self.current;
         self.current = (self.current * 2).min(self.cap);
         now
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.first;
     }
 }

@@ -1,5 +1,5 @@
 pub mod anchors;
-pub mod backoff;
+mod backoff;
 pub mod config;
 pub mod datadir;
 pub mod dispatch;

@@ -9,9 +9,10 @@
 
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::log::{Holds, Log, NewRecord, write_anchor_file};
+use crate::log::{Log, NewRecord, log_key};
+use crate::source::Source;
 use maestro_schemas::Body;
-use maestro_schemas::record::hex;
+use maestro_schemas::record::{hash_stored, hex};
 use std::path::Path;
 
 /// The name of the setting records that hold an operator's choice to go on with a log that
@@ -38,6 +39,63 @@ impl Anchor {
     fn accepted_name(&self) -> String {
         format!("{ACCEPTED} {} {} {}", self.seq, self.hash, self.what)
     }
+}
+
+/// Whether the log holds a record an anchor names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holds {
+    Yes,
+    /// The log ends before the anchored seq.
+    Shorter,
+    /// The log has another record at that seq (its hash, hex).
+    Differs(String),
+}
+
+/// Whether `log` holds record `seq` with chain hash `hash` (hex).
+pub fn holds(log: &Log, seq: u64, hash: &str) -> Result<Holds> {
+    if log.head_seq() < seq {
+        return Ok(Holds::Shorter);
+    }
+    let actual = match seq {
+        0 => return Ok(Holds::Yes),
+        _ => match log.db().get(log_key(seq))? {
+            Some(stored) => hex(&hash_stored(&stored)),
+            None => return Ok(Holds::Shorter),
+        },
+    };
+    Ok(if actual == hash { Holds::Yes } else { Holds::Differs(actual) })
+}
+
+/// Writes `<seq> <hash>` to `path` (temporary file, then rename, so it is never half written).
+pub fn write_anchor_file(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| EngineError::DataDir { path: path.to_path_buf(), source };
+    std::fs::write(&tmp, format!("{seq} {}\n", hex(hash))).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Sets KEYS[1] to ARGV[2] unless it holds `<seq> <hash>` with a seq at or past ARGV[1].
+const ADVANCE_SCRIPT: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held then
+  local seq = tonumber(string.match(held, '^(%d+) '))
+  if seq and seq >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Sets the Redis anchor `key` to the head `(seq, hash)` unless it already names that seq or a
+/// later one, compared and set in one script.
+pub async fn advance_redis(source: &mut Source, key: &str, seq: u64, hash: &[u8; 32]) -> Result<()> {
+    let text = format!("{seq} {}", hex(hash));
+    let _: i64 = source.run(redis::cmd("EVAL").arg(ADVANCE_SCRIPT).arg(1).arg(key).arg(seq).arg(text)).await?;
+    Ok(())
+}
+
+/// The Redis anchor under `key`, if set.
+pub async fn read_redis(source: &mut Source, key: &str) -> Result<Option<String>> {
+    source.run(redis::cmd("GET").arg(key)).await
 }
 
 /// The anchor in `path`, if the file exists.
@@ -102,7 +160,7 @@ enum Remembered {
 /// Goes on when the log holds the anchored record; else refuses, or records the operator's
 /// choice to go on.
 fn settle(log: &mut Log, anchor: &Anchor, accept: bool, remembered: Remembered) -> Result<()> {
-    let log_has = match log.holds(anchor.seq, &anchor.hash)? {
+    let log_has = match holds(log, anchor.seq, &anchor.hash)? {
         Holds::Yes => return Ok(()),
         Holds::Shorter => format!("the log ends at seq {} hash {}", log.head_seq(), hex(&log.head_hash())),
         Holds::Differs(actual) => {

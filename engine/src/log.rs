@@ -133,16 +133,6 @@ pub struct Log {
     copy: Option<tempfile::TempDir>,
 }
 
-/// Whether the log holds a record an anchor names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Holds {
-    Yes,
-    /// The log ends before the anchored seq.
-    Shorter,
-    /// The log has another record at that seq (its hash, hex).
-    Differs(String),
-}
-
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log").field("head_seq", &self.head_seq).finish_non_exhaustive()
@@ -166,7 +156,7 @@ impl Log {
     pub fn open_unchecked(dir: &Path, cache_bytes: u64) -> Result<Log> {
         let anchor = dir.join(ANCHOR_FILE);
         if !dir.join("db").exists() && !anchor.exists() {
-            write_anchor_file(&anchor, 0, &GENESIS_HASH)?;
+            crate::anchors::write_anchor_file(&anchor, 0, &GENESIS_HASH)?;
         }
         Log::open_with(dir, cache_bytes, true)
     }
@@ -343,7 +333,7 @@ impl Log {
 
     /// Rewrites the head anchor (temporary file, then rename, so it is never half written).
     fn write_anchor(&self) -> Result<()> {
-        write_anchor_file(&self.anchor, self.head_seq, &self.head_hash)
+        crate::anchors::write_anchor_file(&self.anchor, self.head_seq, &self.head_hash)
     }
 
     /// Where the data dir's own head anchor is.
@@ -379,21 +369,6 @@ impl Log {
             )));
         };
         self.check_point(seq, &hash, "head anchor")
-    }
-
-    /// Whether the log holds record `seq` with chain hash `hash` (hex).
-    pub fn holds(&self, seq: u64, hash: &str) -> Result<Holds> {
-        if self.head_seq < seq {
-            return Ok(Holds::Shorter);
-        }
-        let actual = match seq {
-            0 => hex(&GENESIS_HASH),
-            _ => match self.db.get(log_key(seq))? {
-                Some(stored) => hex(&hash_stored(&stored)),
-                None => return Ok(Holds::Shorter),
-            },
-        };
-        Ok(if actual == hash || seq == 0 { Holds::Yes } else { Holds::Differs(actual) })
     }
 
     /// Checks that the log holds record `seq` with hash `hash` (hex), as an anchor kept outside
@@ -506,14 +481,6 @@ impl Log {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
-}
-
-/// Writes `<seq> <hash>` to `path` (temporary file, then rename, so it is never half written).
-pub fn write_anchor_file(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |source| EngineError::DataDir { path: path.to_path_buf(), source };
-    std::fs::write(&tmp, format!("{seq} {}\n", hex(hash))).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// What a clean verification saw.

@@ -399,8 +399,7 @@ impl Cycle {
         }
         if self.config.anchor_redis {
             let key = self.config.anchor_key(&self.source.config().consumer);
-            let text = format!("{} {}", head.0, maestro_schemas::record::hex(&head.1));
-            self.source.advance_anchor(&key, head.0, &text).await?;
+            crate::anchors::advance_redis(&mut self.source, &key, head.0, &head.1).await?;
         }
         self.anchored = Some((Instant::now(), head));
         Ok(())
@@ -413,7 +412,7 @@ impl Cycle {
             return Ok(());
         }
         let key = self.config.anchor_key(&self.source.config().consumer);
-        let held = self.source.get(&key).await?;
+        let held = crate::anchors::read_redis(&mut self.source, &key).await?;
         let before = self.log.head_seq();
         crate::anchors::check_redis(&mut self.log, &key, held, self.config.accept_truncated_log)?;
         let records = self.log.range(before + 1, self.log.head_seq()).collect::<Result<Vec<_>>>()?;

@@ -178,17 +178,6 @@ pub struct GroupInfo {
     pub lag: Option<u64>,
 }
 
-/// Sets KEYS[1] to ARGV[2] unless it holds `<seq> <hash>` with a seq at or past ARGV[1].
-const ADVANCE_ANCHOR_SCRIPT: &str = r"
-local held = redis.call('GET', KEYS[1])
-if held then
-  local seq = tonumber(string.match(held, '^(%d+) '))
-  if seq and seq >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-";
-
 /// Redis reads, acks and publishes for one consumer of one group.
 pub struct Source {
     client: redis::Client,
@@ -239,7 +228,7 @@ impl Source {
     }
 
     /// Runs a command on the writer connection, dropping the connection after an I/O error.
-    async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T> {
+    pub(crate) async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T> {
         let mut conn = self.writer().await?;
         let result = cmd.query_async::<T>(&mut conn).await;
         self.forget_on_io_error(result)
@@ -264,20 +253,6 @@ impl Source {
     pub async fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let _: () = self.run(redis::cmd("SET").arg(key).arg(value)).await?;
         Ok(())
-    }
-
-    /// The value of `key`, if set (the external chain anchor).
-    pub async fn get(&mut self, key: &str) -> Result<Option<String>> {
-        self.run(redis::cmd("GET").arg(key)).await
-    }
-
-    /// Sets the anchor `key` to `text` (the head at `seq`) unless it already names that seq or
-    /// a later one, in one script, so that an anchor only ever moves forward.
-    pub async fn advance_anchor(&mut self, key: &str, seq: u64, text: &str) -> Result<()> {
-        let mut conn = self.writer().await?;
-        let script = redis::Script::new(ADVANCE_ANCHOR_SCRIPT);
-        let result = script.key(key).arg(seq).arg(text).invoke_async::<i64>(&mut conn).await;
-        self.forget_on_io_error(result).map(|_| ())
     }
 
     /// Appends one entry as any producer would (no origin): the effect runners' facts.

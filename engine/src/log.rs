@@ -156,6 +156,7 @@ impl Log {
     pub fn open_unchecked(dir: &Path, cache_bytes: u64) -> Result<Log> {
         let anchor = dir.join(ANCHOR_FILE);
         if !dir.join("db").exists() && !anchor.exists() {
+            std::fs::create_dir_all(dir).map_err(|source| EngineError::DataDir { path: dir.to_path_buf(), source })?;
             crate::anchors::write_anchor_file(&anchor, 0, &GENESIS_HASH)?;
         }
         Log::open_with(dir, cache_bytes, true)

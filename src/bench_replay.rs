@@ -112,7 +112,7 @@ pub fn worker(args: ReplayWorkerArgs) -> anyhow::Result<()> {
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
     let started = Instant::now();
     {
-        let (_dir, log) = maestro_replay::open_log(&config.data_dir)?;
+        let (_dir, log) = maestro_replay::open_log_writable(&config.data_dir)?;
         maestro_replay::rebuild::rebuild_in_place(&log, &config, crate::handlers(&config), &|_, _| {})?;
     }
     let replay = started.elapsed();

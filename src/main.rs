@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use maestro::settings::{self, ConfigArgs};
+use maestro_engine::config::EngineConfig;
 use maestro_engine::status::Status;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,12 @@ enum Command {
         /// Serve /healthz, /readyz, /status and /metrics here. Env: MAESTRO_HTTP.
         #[arg(long, value_name = "ADDR", env = "MAESTRO_HTTP")]
         http: Option<SocketAddr>,
+        /// Start even though the log is shorter than, or disagrees with, one of its anchors
+        /// (the data dir's HEAD, the anchor file, the Redis anchor key): records were lost.
+        /// The choice is recorded in the log, naming what disagreed. See README, "When the
+        /// engine refuses its log".
+        #[arg(long)]
+        accept_truncated_log: bool,
     },
     /// Start a private Redis (unless MAESTRO_REDIS_URL answers), run the engine, publish a
     /// realistic mix on all streams, and print what was ingested.
@@ -241,8 +248,13 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-async fn run(config: ConfigArgs, http: Option<SocketAddr>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let config = settings::load(&config)?;
+async fn run(
+    config: ConfigArgs,
+    http: Option<SocketAddr>,
+    accept_truncated_log: bool,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let config = EngineConfig { accept_truncated_log, ..settings::load(&config)? };
     let status = Arc::new(Status::default());
     if let Some(addr) = http {
         let handle = maestro::metrics::install()?;
@@ -362,7 +374,7 @@ async fn main() {
     }
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, http } => run(config, http, shutdown).await,
+        Command::Run { config, http, accept_truncated_log } => run(config, http, accept_truncated_log, shutdown).await,
         Command::Demo(args) => maestro::demo::demo(args).await,
         Command::Manifests { execution_id, data_dir } => maestro::manifests_cli::print(&data_dir, &execution_id),
         Command::Export { data_dir, from, to, stream, tenant, format } => {

@@ -28,6 +28,13 @@ pub fn open(args: &ConfigArgs) -> anyhow::Result<(EngineConfig, DataDir, Log)> {
     Ok((recorded(config, &log)?, dir, log))
 }
 
+/// As [`open`], with the log opened in place for a tool that writes to it.
+pub fn open_writable(args: &ConfigArgs) -> anyhow::Result<(EngineConfig, DataDir, Log)> {
+    let config = settings::load(args)?;
+    let (dir, log) = maestro_replay::open_log_writable(&config.data_dir)?;
+    Ok((recorded(config, &log)?, dir, log))
+}
+
 /// `config` with the stream keys of `log`'s last config record; a log without one ran with
 /// the default keys (the engine records any other configuration before it reads).
 pub fn recorded(mut config: EngineConfig, log: &Log) -> anyhow::Result<EngineConfig> {
@@ -219,7 +226,7 @@ pub fn explain(config: ConfigArgs, projection: String, key: String, at: Option<A
 
 /// `maestro replay rebuild`: projections rebuilt from the log and made live in one write.
 pub fn rebuild(config: ConfigArgs, projection: Option<String>) -> anyhow::Result<()> {
-    let (config, _dir, log) = open(&config)?;
+    let (config, _dir, log) = open_writable(&config)?;
     let handlers = match &projection {
         Some(name) => vec![state::find(crate::handlers(&config), name)?],
         None => crate::handlers(&config),

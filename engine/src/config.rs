@@ -50,6 +50,13 @@ pub struct EngineConfig {
     pub anchor_redis: bool,
     /// How often the external anchors are written (and at every clean stop).
     pub anchor_interval_ms: u64,
+    /// Start on a log that is shorter than, or disagrees with, an anchor (recorded in the log).
+    /// Only the `run --accept-truncated-log` flag sets it: a settings file or variable that
+    /// kept it on would accept every later loss without anyone choosing to.
+    #[serde(skip)]
+    pub accept_truncated_log: bool,
+    /// How often the running engine removes value files nothing refers to (also at start).
+    pub value_sweep_interval_ms: u64,
     /// How often a clock record with the Redis server's time is appended to the log, so that
     /// time-outs and expiries are decided on logged time; 0 appends none.
     pub clock_interval_ms: u64,
@@ -84,6 +91,8 @@ impl Default for EngineConfig {
             anchor_file: None,
             anchor_redis: true,
             anchor_interval_ms: 10_000,
+            accept_truncated_log: false,
+            value_sweep_interval_ms: 600_000,
             clock_interval_ms: 10_000,
             max_active_environments: maestro_handlers::execution::DEFAULT_MAX_ACTIVE,
             execution_runners: Vec::new(),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
@@ -28,7 +28,25 @@ impl DataDir {
         let lock =
             OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
         match lock.try_lock() {
-            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: lock }),
+            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: Some(lock) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Locked(path.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&lock_path)(e)),
+        }
+    }
+
+    /// Takes the lock of an existing data dir without writing to it: `LOCK` is opened for
+    /// reading, and a data dir without one (no engine ever ran on it, or a copy) is not locked.
+    pub fn open_existing(path: &Path) -> Result<DataDir> {
+        let lock_path = path.join("LOCK");
+        let lock = match File::open(&lock_path) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(DataDir { path: path.to_path_buf(), _lock: None });
+            }
+            Err(e) => return Err(io(&lock_path)(e)),
+        };
+        match lock.try_lock_shared() {
+            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: Some(lock) }),
             Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Locked(path.to_path_buf())),
             Err(std::fs::TryLockError::Error(e)) => Err(io(&lock_path)(e)),
         }

@@ -1,3 +1,5 @@
+pub mod anchors;
+mod backoff;
 pub mod config;
 pub mod connect;
 pub mod datadir;
@@ -8,6 +10,7 @@ pub mod failpoint;
 pub mod http;
 pub mod ingest;
 pub mod log;
+pub mod read_only;
 pub mod runtime;
 pub mod source;
 pub mod status;

@@ -127,6 +127,10 @@ pub struct Log {
     head_seq: u64,
     head_hash: [u8; 32],
     cursors: HashMap<String, EntryId>,
+    /// A copy of the data dir's sled files that this log was opened from, for tools that must
+    /// not change a byte of the data dir (sled writes on open and recovery). Declared last so
+    /// sled closes before the copy is removed; appends are refused on such a log.
+    copy: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for Log {
@@ -140,15 +144,42 @@ impl Log {
     /// the head against the anchor and the tail of the chain, so a damaged record near the head
     /// is an error naming its seq, and a log that lost records is an error too.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Log> {
-        let log = Log::open_with(dir, cache_bytes, true)?;
+        let log = Log::open_unchecked(dir, cache_bytes)?;
         log.check_anchor()?;
+        Ok(log)
+    }
+
+    /// Opens (or creates) the log with its tail checked but not its head anchor, for a caller
+    /// that checks every anchor itself (the engine at start-up). A new log gets its anchor
+    /// (seq 0) before sled creates `db/`, so a `db/` without `HEAD` is never a fresh log: it is
+    /// one whose anchor was lost, possibly with records.
+    pub fn open_unchecked(dir: &Path, cache_bytes: u64) -> Result<Log> {
+        let anchor = dir.join(ANCHOR_FILE);
+        if !dir.join("db").exists() && !anchor.exists() {
+            std::fs::create_dir_all(dir).map_err(|source| EngineError::DataDir { path: dir.to_path_buf(), source })?;
+            crate::anchors::write_anchor_file(&anchor, 0, &GENESIS_HASH)?;
+        }
+        Log::open_with(dir, cache_bytes, true)
+    }
+
+    /// Opens a copy of the data dir's sled files in a temporary directory, with the tail check
+    /// as [`Log::open_with`]: the data dir itself is only read (its `HEAD` and value files
+    /// included), whatever sled does on open or recovery, and appends are refused.
+    pub fn open_copy(dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
+        let copy = crate::read_only::copy_db(&dir.join("db"))?;
+        let mut log = Log::open_at(&copy.path().join("db"), dir, cache_bytes, check_tail)?;
+        log.copy = Some(copy);
         Ok(log)
     }
 
     /// Opens the log; `check_tail` false skips the tail check, for tools that check every
     /// record themselves and must name the first damaged one.
     pub fn open_with(dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
-        let db_path = &dir.join("db");
+        Log::open_at(&dir.join("db"), dir, cache_bytes, check_tail)
+    }
+
+    /// Opens sled at `db_path`, with the anchor and value files of data dir `dir`.
+    fn open_at(db_path: &Path, dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
         let db = open_sled(db_path, cache_bytes)?;
         let db_file = db_path.join("db");
         let sync_file = File::open(&db_file).map_err(|source| EngineError::DataDir { path: db_file, source })?;
@@ -162,7 +193,8 @@ impl Log {
         }
         let anchor = dir.join(ANCHOR_FILE);
         let value_files = ValueFiles::new(dir.join(VALUE_FILES_DIR));
-        let mut log = Log { db, value_files, anchor, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors };
+        let mut log =
+            Log { db, value_files, anchor, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors, copy: None };
         if let Some((key, stored)) = log.db.scan_prefix([LOG]).next_back().transpose()? {
             let seq = seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("log key {key:?}")))?;
             log.head_seq = seq;
@@ -244,6 +276,9 @@ impl Log {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        if self.copy.is_some() {
+            return Err(EngineError::State("a log opened read-only (from a copy) takes no appends".into()));
+        }
         let mut batch = sled::Batch::default();
         let (mut seq, mut hash) = (self.head_seq, self.head_hash);
         let mut cursors: HashMap<String, EntryId> = HashMap::new();
@@ -299,11 +334,12 @@ impl Log {
 
     /// Rewrites the head anchor (temporary file, then rename, so it is never half written).
     fn write_anchor(&self) -> Result<()> {
-        let tmp = self.anchor.with_extension("tmp");
-        let text = format!("{} {}\n", self.head_seq, hex(&self.head_hash));
-        let io = |source| EngineError::DataDir { path: self.anchor.clone(), source };
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &self.anchor).map_err(io)
+        crate::anchors::write_anchor_file(&self.anchor, self.head_seq, &self.head_hash)
+    }
+
+    /// Where the data dir's own head anchor is.
+    pub fn anchor_path(&self) -> &Path {
+        &self.anchor
     }
 
     /// The anchored head, if an anchor was written: (seq, hash hex).
@@ -320,8 +356,19 @@ impl Log {
 
     /// Checks that the log reaches the anchored head and that the record there is the anchored
     /// one: a log that sled recovered shorter, or a record replaced under the anchor, is named.
+    /// A log without an anchor is refused too: a new log is given one before sled creates
+    /// its files, so a missing anchor means it was lost, and sled may have recovered a damaged
+    /// file as a shorter (even empty) log that nothing else could tell from a whole one.
     pub fn check_anchor(&self) -> Result<()> {
-        let Some((seq, hash)) = self.anchor()? else { return Ok(()) };
+        let Some((seq, hash)) = self.anchor()? else {
+            return Err(EngineError::Damaged(format!(
+                "the data dir has a log (db/, head seq {} hash {}) but no head anchor {}: records may have been \
+                 lost with it",
+                self.head_seq,
+                hex(&self.head_hash),
+                self.anchor.display()
+            )));
+        };
         self.check_point(seq, &hash, "head anchor")
     }
 

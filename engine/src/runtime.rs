@@ -7,6 +7,7 @@
 //! connections and retries with a capped back-off; entries delivered but not acknowledged come
 //! back from the pending list, and the dedup index keeps them from being recorded twice.
 
+use crate::backoff::Backoff;
 use crate::config::EngineConfig;
 use crate::datadir::{DataDir, fresh_consumer_name};
 use crate::dispatch::{Decoder, Dispatcher, OutputStamp};
@@ -125,7 +126,8 @@ async fn session(
     status: &Arc<Status>,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
-    let mut log = Log::open(data_dir.path(), config.cache_bytes)?;
+    let mut log = Log::open_unchecked(data_dir.path(), config.cache_bytes)?;
+    crate::anchors::check_local(&mut log, config)?;
     let store = log.store()?;
     let stamp =
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
@@ -150,6 +152,7 @@ async fn session(
     let mut effects = Effects::new(runners);
     effects.resume(dispatcher.store())?;
     effects.run_and_report(dispatcher.store(), status)?;
+    crate::value_files::sweep_unreferenced(&log.value_files(), dispatcher.store())?;
     Status::set(&status.log_open, true);
     if !status.storage_ok.swap(true, std::sync::atomic::Ordering::Relaxed) {
         // The log reopened after a storage failure: that error no longer holds.
@@ -179,6 +182,7 @@ async fn session(
         effects,
         ingest,
         anchored: None,
+        sweeper: crate::value_files::Sweeper::new(Duration::from_millis(config.value_sweep_interval_ms)),
         clocked: None,
         facts: fact_receiver,
         unpublished: std::collections::VecDeque::new(),
@@ -255,30 +259,6 @@ fn record_config(log: &mut Log, config: &EngineConfig) -> Result<()> {
     Ok(())
 }
 
-/// Capped exponential back-off.
-#[derive(Debug)]
-struct Backoff {
-    first: Duration,
-    cap: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(first: Duration, cap: Duration) -> Backoff {
-        Backoff { first, cap, current: first }
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.current;
-        self.current = (self.current * 2).min(self.cap);
-        now
-    }
-
-    fn reset(&mut self) {
-        self.current = self.first;
-    }
-}
-
 /// Everything one batch needs.
 #[derive(Debug)]
 struct Cycle {
@@ -289,6 +269,8 @@ struct Cycle {
     ingest: Ingest,
     /// When, and at which head `(seq, hash)`, the external anchors were last written.
     anchored: Option<(Instant, (u64, [u8; 32]))>,
+    /// Removes value files nothing refers to, between batches.
+    sweeper: crate::value_files::Sweeper,
     /// When, and with which time, the last clock record was appended.
     clocked: Option<(Instant, u64)>,
     /// Facts from the effect runners (Kubernetes, file reads), and those not yet published.
@@ -331,6 +313,7 @@ impl Cycle {
     /// exist, drain our own pending list, then read new entries until shutdown.
     async fn connected(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         self.source.ping().await?;
+        self.check_redis_anchor().await?;
         self.publish_outbox().await?;
         let log = &self.log;
         self.source.ensure_groups(|stream| log.cursor(stream)).await?;
@@ -378,6 +361,7 @@ impl Cycle {
             self.publish_facts().await?;
             self.tick().await?;
             self.anchor(false).await?;
+            self.sweeper.tick(&self.log.value_files(), self.dispatcher.store())?;
             if Instant::now() >= next_claim {
                 self.claim_idle().await?;
                 next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
@@ -399,19 +383,30 @@ impl Cycle {
         if !(force || due) || head.0 == 0 || self.anchored.is_some_and(|(_, last)| last == head) {
             return Ok(());
         }
-        let text = format!("{} {}", head.0, maestro_schemas::record::hex(&head.1));
+        // Both only move forward: a log that lost records never pulls an anchor back.
         if let Some(path) = &self.config.anchor_file {
-            let tmp = path.with_extension("tmp");
-            let io = |source| EngineError::DataDir { path: path.clone(), source };
-            std::fs::write(&tmp, format!("{text}\n")).map_err(io)?;
-            std::fs::rename(&tmp, path).map_err(io)?;
+            crate::anchors::advance_file(path, head.0, &head.1)?;
         }
         if self.config.anchor_redis {
             let key = self.config.anchor_key(&self.source.config().consumer);
-            self.source.set(&key, &text).await?;
+            crate::anchors::advance_redis(&mut self.source, &key, head.0, &head.1).await?;
         }
         self.anchored = Some((Instant::now(), head));
         Ok(())
+    }
+
+    /// Checks the Redis anchor once Redis answers, before anything read from it is appended;
+    /// a record accepting a disagreement is dispatched like any other.
+    async fn check_redis_anchor(&mut self) -> Result<()> {
+        if !self.config.anchor_redis {
+            return Ok(());
+        }
+        let key = self.config.anchor_key(&self.source.config().consumer);
+        let held = crate::anchors::read_redis(&mut self.source, &key).await?;
+        let before = self.log.head_seq();
+        crate::anchors::check_redis(&mut self.log, &key, held, self.config.accept_truncated_log)?;
+        let records = self.log.range(before + 1, self.log.head_seq()).collect::<Result<Vec<_>>>()?;
+        self.dispatcher.dispatch(&records, None).map(|_| ())
     }
 
     /// Publishes the effect runners' facts as plain entries: the engine reads them back as

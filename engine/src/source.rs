@@ -228,7 +228,7 @@ impl Source {
     }
 
     /// Runs a command on the writer connection, dropping the connection after an I/O error.
-    async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T> {
+    pub(crate) async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T> {
         let mut conn = self.writer().await?;
         let result = cmd.query_async::<T>(&mut conn).await;
         self.forget_on_io_error(result)

@@ -12,14 +12,16 @@
 //! or that happens to start with [`MARK`], is always stored as a file, so a stored value that
 //! starts with [`MARK`] is always a reference. Files are written under a temporary name and
 //! renamed, and checked against their name when read, so a damaged file is named, never
-//! returned. They are not fsynced, as the store's sled writes are not: the store is derived
-//! from the log.
+//! returned. Each is fsynced, with its directory, before the state batch that refers to it
+//! commits, so a committed reference never points at a file a power loss took. The engine
+//! removes the files nothing refers to any more between batches ([`Sweeper`]).
 
 use crate::error::{EngineError, Result};
 use maestro_schemas::record::hex;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Values from this size on are stored as files.
 pub const MIN_FILE_VALUE: usize = 4096;
@@ -70,10 +72,20 @@ impl ValueFiles {
             return Ok([MARK, &hash].concat());
         }
         let parent = path.parent().unwrap_or(&self.dir);
+        let (new_root, new_folder) = (!self.dir.is_dir(), !parent.is_dir());
         std::fs::create_dir_all(parent).map_err(io)?;
         let mut temporary = tempfile::NamedTempFile::new_in(parent).map_err(io)?;
         temporary.write_all(&value).map_err(io)?;
+        // Durable before the state that refers to it commits: file, name, and a new folder's name.
+        temporary.as_file().sync_all().map_err(io)?;
         temporary.persist(&path).map_err(|e| io(e.error))?;
+        sync_dir(parent).map_err(io)?;
+        if new_folder {
+            sync_dir(&self.dir).map_err(io)?;
+        }
+        if let Some(data_dir) = self.dir.parent().filter(|_| new_root) {
+            sync_dir(data_dir).map_err(io)?;
+        }
         Ok([MARK, &hash].concat())
     }
 
@@ -119,6 +131,48 @@ impl ValueFiles {
         }
         Ok((files, bytes))
     }
+}
+
+/// Removes the value files that `store`, the live store, does not refer to. Only for the one
+/// writer of the data dir, between its commits: a commit writes its files before the state
+/// that refers to them, so a sweep during one could remove a file about to be referred to.
+pub fn sweep_unreferenced(files: &ValueFiles, store: &crate::store::Store) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let keep = store.referenced_files()?;
+    let (removed, bytes) = files.sweep(&keep)?;
+    if removed > 0 {
+        tracing::info!(removed, bytes, kept = keep.len(), "removed value files nothing refers to");
+    }
+    Ok(())
+}
+
+/// Runs [`sweep_unreferenced`] at most every `every`, for the engine's batch loop.
+#[derive(Debug)]
+pub struct Sweeper {
+    every: Duration,
+    next: Instant,
+}
+
+impl Sweeper {
+    pub fn new(every: Duration) -> Sweeper {
+        Sweeper { every, next: Instant::now() + every }
+    }
+
+    /// Sweeps when due; call only between commits (see [`sweep_unreferenced`]).
+    pub fn tick(&mut self, files: &ValueFiles, store: &crate::store::Store) -> Result<()> {
+        if Instant::now() < self.next {
+            return Ok(());
+        }
+        self.next = Instant::now() + self.every;
+        sweep_unreferenced(files, store)
+    }
+}
+
+/// Makes a directory's entries durable (a renamed file's name lives in its directory).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The hash a file name spells, in lowercase hex.

@@ -36,8 +36,22 @@ pub type Result<T> = std::result::Result<T, ReplayError>;
 /// Small cache: the tools read each record once.
 const TOOL_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Opens an existing data dir's log for a tool (taking the lock, so never beside a live engine).
+/// Opens an existing data dir's log for a tool that only reads (export, verify, state, diff,
+/// explain, check): sled opens a copy of `db/`, so not a byte of the data dir changes, damaged
+/// or not (see `maestro_engine::read_only`). Takes the lock shared, so never beside a live
+/// engine, and appends to the returned log are refused.
 pub fn open_log(data_dir: &Path) -> Result<(DataDir, Log)> {
+    if !data_dir.join("db").is_dir() {
+        return Err(ReplayError::NoLog(data_dir.display().to_string()));
+    }
+    let dir = DataDir::open_existing(data_dir)?;
+    let log = Log::open_copy(dir.path(), TOOL_CACHE_BYTES, false)?;
+    Ok((dir, log))
+}
+
+/// Opens an existing data dir's log in place, taking its lock, for a tool that writes to it
+/// (`replay rebuild`).
+pub fn open_log_writable(data_dir: &Path) -> Result<(DataDir, Log)> {
     if !data_dir.join("db").is_dir() {
         return Err(ReplayError::NoLog(data_dir.display().to_string()));
     }

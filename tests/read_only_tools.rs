@@ -1,0 +1,154 @@
+//! The read-only tools (`verify`, `export`, `replay state/diff/explain/check`) change not a
+//! byte of the data dir they read, whole or damaged (a truncated `db/db`, a deleted `HEAD`,
+//! flipped bytes): the BLAKE3 of every file is the same before and after each run, and a
+//! second `verify` of a damaged dir fails as the first did. The data dir is written by the
+//! engine binary from a real `redis-server`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// BLAKE3 of every file under `dir`, by path relative to it.
+fn checksums(dir: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            } else {
+                let hash = blake3::hash(&std::fs::read(&path).unwrap()).to_hex().to_string();
+                out.insert(path.strip_prefix(root).unwrap().to_path_buf(), hash);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every read-only tool's command line over `dir`.
+fn tools(dir: &str) -> Vec<Vec<String>> {
+    let dd = ["--data-dir", dir];
+    let mut out = vec![
+        vec!["verify"],
+        vec!["verify", "--chain-only"],
+        vec!["export"],
+        vec!["replay", "state", "--projection", "templates"],
+        vec!["replay", "state", "--projection", "stream_stats", "--at", "5"],
+        vec!["replay", "diff", "--from", "3", "--to", "40"],
+        vec!["replay", "explain", "--projection", "stream_stats", "--key", "maestro:streams:k8s:status"],
+        vec!["replay", "check"],
+    ];
+    for args in &mut out {
+        args.extend(dd);
+    }
+    out.into_iter().map(|args| args.into_iter().map(String::from).collect()).collect()
+}
+
+/// Runs every tool over `dir` (twice for `verify`), checking that no file changed; returns the
+/// exit codes of the two `verify` runs.
+fn run_all(dir: &Path, case: &str) -> (Option<i32>, Option<i32>) {
+    let before = checksums(dir);
+    let mut verify = Vec::new();
+    for args in tools(dir.to_str().unwrap()).into_iter().chain(std::iter::once(tools(dir.to_str().unwrap())[0].clone()))
+    {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = maestro(&args);
+        assert!(!stderr.contains("panicked at"), "{case}: {args:?}: {stderr}");
+        let after = checksums(dir);
+        let changed: Vec<_> = before.keys().chain(after.keys()).filter(|p| before.get(*p) != after.get(*p)).collect();
+        assert!(changed.is_empty(), "{case}: `maestro {}` changed {changed:?} ({stderr})", args.join(" "));
+        if args == ["verify", "--data-dir", dir.to_str().unwrap()] {
+            verify.push(code);
+        }
+    }
+    (verify[0], verify[1])
+}
+
+/// How a copy of the data dir is damaged.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// `db/db` cut to this percentage of its length.
+    Truncate(u64),
+    DeleteHead,
+    /// Sixteen bits flipped in `db/db`.
+    Flip,
+}
+
+impl Damage {
+    fn apply(self, dir: &Path) {
+        let db = dir.join("db/db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        match self {
+            Damage::Truncate(percent) => {
+                std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len * percent / 100).unwrap()
+            }
+            Damage::DeleteHead => std::fs::remove_file(dir.join("HEAD")).unwrap(),
+            Damage::Flip => {
+                let mut bytes = std::fs::read(&db).unwrap();
+                let mut rng = maestro::traffic::Rng::new(5);
+                for _ in 0..16 {
+                    let at = rng.below(len) as usize;
+                    bytes[at] ^= 1 << rng.below(8);
+                }
+                std::fs::write(&db, bytes).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn read_only_tools_change_no_byte_of_a_whole_or_damaged_data_dir() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let mut engine = EngineProc::start(&server.url(), &dir, &[("MAESTRO_ADMINS", "acme:alice")]);
+    produce(&mut conn, 300, 7, false);
+    let body = maestro::traffic::template_body(&mut maestro::traffic::Rng::new(3), 9_000);
+    let create = json!({"request_id": "r1", "operation": "create", "tenant_id": "acme", "user_id": "alice",
+        "template_id": "tpl-1", "parameters": {"name": "api", "content": body, "manifest": manifest("api")}});
+    redis::cmd("XADD")
+        .arg("maestro:streams:templates:requests")
+        .arg("*")
+        .arg("data")
+        .arg(create.to_string())
+        .query::<String>(&mut conn)
+        .unwrap();
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    assert!(dir.join("values").is_dir(), "the data dir has value files too");
+
+    let (first, second) = run_all(&dir, "whole");
+    assert_eq!((first, second), (Some(0), Some(0)), "a whole data dir verifies");
+
+    let damages = [Damage::Truncate(60), Damage::Truncate(10), Damage::DeleteHead, Damage::Flip];
+    for damage in damages {
+        let case = format!("{damage:?}");
+        let copy = data.path().join(&case);
+        copy_dir(&dir, &copy);
+        damage.apply(&copy);
+        let (first, second) = run_all(&copy, &case);
+        assert_eq!(first, second, "{case}: a second verify answers as the first");
+        if !matches!(damage, Damage::Flip) {
+            assert_eq!(first, Some(1), "{case}: verify finds the damage");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The running engine removes the value files nothing refers to (at start, and every
+//! `value_sweep_interval_ms`), and keeps every file its store refers to. Real `redis-server`,
+//! the engine binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const REQUESTS: &str = "maestro:streams:templates:requests";
+
+fn send(conn: &mut redis::Connection, id: &str, op: &str, parameters: Value) {
+    let data = json!({"request_id": id, "operation": op, "tenant_id": "acme", "user_id": "alice",
+        "template_id": "tpl-api", "parameters": parameters});
+    redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query::<String>(conn).unwrap();
+}
+
+fn files(dir: &Path) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    for folder in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(folder.path()).into_iter().flatten().flatten() {
+            out.insert(file.path());
+        }
+    }
+    out
+}
+
+/// A value file no state refers to, as a replaced body leaves one.
+fn plant_orphan(values: &Path, text: &str) -> PathBuf {
+    let bytes = text.repeat(300).into_bytes();
+    let name = blake3::hash(&bytes).to_hex().to_string();
+    let path = values.join(&name[..2]).join(&name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The value files the stopped engine's store refers to.
+fn referenced(dir: &Path, values: &Path) -> HashSet<PathBuf> {
+    let (_dir, log) = maestro_replay::open_log(dir).unwrap();
+    let store = log.store().unwrap();
+    store
+        .referenced_files()
+        .unwrap()
+        .into_iter()
+        .map(|hash| {
+            let name = maestro_schemas::record::hex(&hash);
+            values.join(&name[..2]).join(name)
+        })
+        .collect()
+}
+
+#[test]
+fn the_running_engine_removes_unreferenced_value_files_and_keeps_referenced_ones() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let values = dir.join(maestro_engine::log::VALUE_FILES_DIR);
+    let body = |seed, bytes| maestro::traffic::template_body(&mut maestro::traffic::Rng::new(seed), bytes);
+    let env = [("MAESTRO_ADMINS", "acme:alice"), ("MAESTRO_VALUE_SWEEP_INTERVAL_MS", "200")];
+    let mut engine = EngineProc::start(&server.url(), &dir, &env);
+    send(&mut conn, "c1", "create", json!({"name": "api", "content": body(1, 8_000), "manifest": manifest("api")}));
+    wait_drained(&mut conn, Duration::from_secs(30));
+    send(&mut conn, "u1", "update", json!({"content": body(2, 30_000), "version": "1.1.0"}));
+    wait_drained(&mut conn, Duration::from_secs(30));
+    // Planted after the update committed: once it is gone, a sweep ran after that commit.
+    let orphan = plant_orphan(&values, "replaced body ");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while orphan.exists() {
+        assert!(Instant::now() < deadline, "the running engine never removed {}", orphan.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    let kept = referenced(&dir, &values);
+    assert!(kept.len() >= 2, "the bodies are value files: {kept:?}");
+    assert_eq!(files(&values), kept, "exactly the files the store refers to are left");
+
+    // At start, before the first read, with no periodic sweep due for ten minutes.
+    let orphan = plant_orphan(&values, "left by a crash ");
+    let mut engine = EngineProc::start(&server.url(), &dir, &[env[0]]);
+    engine.wait_connected();
+    assert!(!orphan.exists(), "the engine removed the unreferenced file at start");
+    send(&mut conn, "r1", "retrieve", json!({}));
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    assert_eq!(files(&values), kept, "every referenced file stayed");
+    let (code, out, err) = maestro(&["replay", "check", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "every value reads back: {out}{err}");
+}

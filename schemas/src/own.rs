@@ -155,7 +155,7 @@ mod tests {
         let mut front = good.clone();
         front.insert(0, (b"output_id".to_vec(), b"1-0".to_vec()));
         assert!(!key.is_own_output(STREAM, &front));
-        assert!(!key.seal(STREAM, &mut vec![(b"data".to_vec(), b"{}".to_vec())]));
+        assert!(!key.seal(STREAM, &mut [(b"data".to_vec(), b"{}".to_vec())]));
     }
 
     #[test]

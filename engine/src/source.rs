@@ -639,4 +639,17 @@ mod tests {
         assert!(parse_read_reply(Value::Nil).unwrap().is_empty());
         assert!(parse_read_reply(Value::Int(3)).is_err());
     }
+
+    #[test]
+    fn field_names_are_kept_as_the_bytes_redis_sent() {
+        let name = |b: &[u8]| Value::BulkString(b.to_vec());
+        let fields = Value::Array(vec![name(b"x\xff"), bulk("1"), name(b"x\xfe"), bulk("2")]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("s1"),
+            Value::Array(vec![Value::Array(vec![bulk("5-1"), fields])]),
+        ])]);
+        let entries = parse_read_reply(reply).unwrap();
+        let expected = vec![(b"x\xff".to_vec(), b"1".to_vec()), (b"x\xfe".to_vec(), b"2".to_vec())];
+        assert_eq!(entries[0].fields, Some(expected), "two names, as sent");
+    }
 }

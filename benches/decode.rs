@@ -13,7 +13,7 @@ use std::hint::black_box;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Entry = (Role, String, Vec<(String, Vec<u8>)>);
+type Entry = (Role, String, Vec<(Vec<u8>, Vec<u8>)>);
 
 fn mix(control: bool, n: u64) -> Vec<Entry> {
     let streams = StreamSet::default();
@@ -22,7 +22,7 @@ fn mix(control: bool, n: u64) -> Vec<Entry> {
         .map(|i| {
             let (stream, fields) = if control { traffic.control_message(i) } else { traffic.next_message() };
             let role = streams.role_of(&stream).unwrap();
-            (role, stream, fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect())
+            (role, stream, fields.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect())
         })
         .collect()
 }

@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
 
 /// A state with one running orchestrator (slots to spare) and a heal request for it.
 fn handler_input(source: &str) -> (BTreeMap<Vec<u8>, Vec<u8>>, Record, TypedEvent) {
-    let entry = |stream: &str, ms: u64, fields: Vec<(String, Vec<u8>)>| {
+    let entry = |stream: &str, ms: u64, fields: Vec<(Vec<u8>, Vec<u8>)>| {
         let id = EntryId { ms, seq: 0 };
         let role = StreamSet::default().role_of(stream).unwrap();
         let typed = decode(role, Origin { stream, entry: id }, &fields, &Limits::default()).unwrap().event;

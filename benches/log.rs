@@ -23,7 +23,7 @@ fn entries(n: u64) -> Vec<NewRecord> {
                 body: Body::Entry(Entry {
                     stream,
                     id: EntryId { ms: 1_795_000_000_000 + i, seq: 0 },
-                    fields: fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+                    fields: fields.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect(),
                     status: Status::Accepted,
                 }),
                 request: None,

@@ -62,7 +62,7 @@ struct Request {
 
 fn request(seq: u64, data: Value) -> Request {
     let streams = StreamSet::default();
-    let fields = vec![("data".to_string(), data.to_string().into_bytes())];
+    let fields = vec![(b"data".to_vec(), data.to_string().into_bytes())];
     let id = EntryId { ms: 1_790_000_000_000 + seq, seq: 0 };
     let origin = Origin { stream: &streams.templates_requests, entry: id };
     let typed = decode(Role::TemplatesRequests, origin, &fields, &Limits::default()).unwrap().event;

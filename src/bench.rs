@@ -134,7 +134,7 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
         for entry in &got {
             let mut value = Vec::new();
             for (name, field) in entry.fields.iter().flatten() {
-                value.extend_from_slice(name.as_bytes());
+                value.extend_from_slice(name);
                 value.extend_from_slice(field);
             }
             batch.insert([entry.stream.as_bytes(), &entry.id.to_be_bytes()].concat(), value);

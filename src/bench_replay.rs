@@ -45,7 +45,8 @@ fn write_log(dir: &Path, records: u64) -> anyhow::Result<u64> {
         let batch: Vec<NewRecord> = (i..(i + 5_000).min(records))
             .map(|n| {
                 let (stream, fields) = traffic.control_message(n);
-                let fields: Vec<(String, Vec<u8>)> = fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                let fields: Vec<(Vec<u8>, Vec<u8>)> =
+                    fields.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect();
                 bytes += fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u64;
                 let id = EntryId { ms: 1_795_000_000_000 + n / 9, seq: n % 9 };
                 NewRecord { body: Body::Entry(Entry { stream, id, fields, status: Status::Accepted }), request: None }

@@ -431,7 +431,8 @@ mod tests {
         let mut traffic = Traffic::new(7, streams.clone());
         for i in 0..2_000 {
             let (stream, fields) = if i % 2 == 0 { traffic.next_message() } else { traffic.control_message(i) };
-            let raw: Vec<(String, Vec<u8>)> = fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+            let raw: Vec<(Vec<u8>, Vec<u8>)> =
+                fields.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect();
             let role = streams.role_of(&stream).unwrap();
             let origin = Origin { stream: &stream, entry: EntryId { ms: i, seq: 0 } };
             if let Err(reject) = decode(role, origin, &raw, &Limits::default()) {

@@ -133,17 +133,22 @@ fn a_second_publish_of_the_same_outbox_entry_is_a_no_op() {
         count: 10,
         block: Duration::from_millis(100),
         published_key: "maestro:engine:test:published".into(),
+        output_key_key: "maestro:engine:test:output-key".into(),
     };
     let mut source = Source::new(redis::Client::open(server.url()).unwrap(), config);
     let item = |seq, index| OutboxItem {
         seq,
         index,
         stream: RESULTS.into(),
-        fields: vec![("data".into(), b"{}".to_vec())],
+        fields: vec![
+            (b"output_id".to_vec(), format!("{seq}-{index}").into_bytes()),
+            (b"data".to_vec(), b"{}".to_vec()),
+        ],
         maxlen: None,
         elapsed_from_ms: None,
     };
     runtime.block_on(async {
+        source.load_output_key().await.unwrap();
         assert_eq!(source.publish(&[item(1, 0), item(1, 1), item(2, 0)]).await.unwrap(), 3);
         // After a crash between publishing and forgetting the outbox, the same items come again.
         assert_eq!(source.publish(&[item(1, 1), item(2, 0)]).await.unwrap(), 0);

@@ -9,8 +9,8 @@ use maestro_schemas::envelope::Limits;
 use maestro_schemas::{EntryId, Event, Origin, Role, StreamSet, decode};
 use std::collections::BTreeMap;
 
-fn raw(fields: &[(String, String)]) -> Vec<(String, Vec<u8>)> {
-    fields.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect()
+fn raw(fields: &[(String, String)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fields.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 fn origin(stream: &str) -> Origin<'_> {
@@ -87,7 +87,7 @@ fn hostile_nesting_is_rejected_without_a_stack_overflow() {
     for _ in 0..101 {
         nested.extend_from_slice(&[0x9c, 0x06]); // field 99, wire type 4 (end group)
     }
-    let fields = vec![("type".to_string(), b"template_request".to_vec()), ("proto".to_string(), nested)];
+    let fields = vec![(b"type".to_vec(), b"template_request".to_vec()), (b"proto".to_vec(), nested)];
     let reject = decode(Role::TemplatesRequests, origin("s"), &fields, &Limits::default()).unwrap_err();
     assert_eq!(reject.code, "bad_protobuf", "{reject}");
     assert!(reject.detail.contains("recursion"), "{reject}");
@@ -97,7 +97,7 @@ fn hostile_nesting_is_rejected_without_a_stack_overflow() {
 fn rejects_name_their_reason() {
     let limits = Limits::default();
     let data = |json: &str| raw(&[("data".into(), json.into())]);
-    type Case = (Role, Vec<(String, Vec<u8>)>, &'static str);
+    type Case = (Role, Vec<(Vec<u8>, Vec<u8>)>, &'static str);
     let cases: Vec<Case> = vec![
         (
             Role::TemplatesRequests,
@@ -161,6 +161,21 @@ fn rejects_name_their_reason() {
             data(&format!(r#"{{"operation":"create","tenant_id":"{}","user_id":"u"}}"#, "t".repeat(300))),
             "too_long",
         ),
+        (
+            Role::K8sJobs,
+            // A name that is not text cannot be the `type` the decoder looks for: not a missing
+            // field, text that is not UTF-8.
+            vec![(b"\xff\xfetype".to_vec(), b"get_logs".to_vec()), (b"payload".to_vec(), b"{}".to_vec())],
+            "not_utf8",
+        ),
+        (
+            Role::TemplatesRequests,
+            vec![
+                (b"data".to_vec(), br#"{"operation":"search","tenant_id":"t","user_id":"u"}"#.to_vec()),
+                (b"n\xc3".to_vec(), vec![]),
+            ],
+            "not_utf8",
+        ),
     ];
     for (role, fields, code) in cases {
         let reject = decode(role, origin("s"), &fields, &limits).expect_err(code);
@@ -199,11 +214,11 @@ fn golden_fixtures_of_schema_version_1_decode_forever() {
     for fixture in &mut fixtures {
         let stream = fixture["stream"].as_str().unwrap().to_string();
         let entry = EntryId::parse(fixture["id"].as_str().unwrap()).unwrap();
-        let fields: Vec<(String, Vec<u8>)> = fixture["fields"]
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = fixture["fields"]
             .as_object()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().as_bytes().to_vec()))
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_str().unwrap().as_bytes().to_vec()))
             .collect();
         let role = streams.role_of(&stream).unwrap();
         let origin = Origin { stream: &stream, entry };
@@ -252,5 +267,8 @@ fn a_golden_record_of_format_1_decodes_forever() {
     let bytes: Vec<u8> =
         (0..hex.trim().len()).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap()).collect();
     assert_eq!(Record::decode(42, &bytes).unwrap(), expected);
+    // Both ways: this build writes the very bytes format 1 was written with (field names were
+    // `String`s then, bytes now; bincode stores both as a length and the bytes).
+    assert_eq!(expected.encode().unwrap(), bytes, "record format 1 is written as it always was");
     assert_eq!(RECORD_FORMAT, 1, "a new record format needs its own fixture beside this one");
 }

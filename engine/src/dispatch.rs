@@ -12,7 +12,8 @@ use crate::store::{Guard, OutboxItem, Pending, Store, View};
 use maestro_handlers::{Change, Event, Handler};
 use maestro_schemas::envelope::Limits;
 use maestro_schemas::ids::output_id;
-use maestro_schemas::{Body, Origin, Record, Status, StreamSet, TypedEvent, decode};
+use maestro_schemas::own::{ORIGIN_FIELD, OUTPUT_ID_FIELD};
+use maestro_schemas::{Body, Fields, Origin, Record, Status, StreamSet, TypedEvent, decode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -249,7 +250,8 @@ impl Dispatcher {
                             *report.ignored.entry((entry.stream.clone(), reason)).or_default() += 1;
                         }
                         for output in decision.outputs.into_iter().filter(|_| self.keep.outputs) {
-                            let fields = output.fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                            let fields =
+                                output.fields.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect();
                             let mut item = self.stamped(record.seq, index, output.stream, fields, None);
                             item.elapsed_from_ms = output.elapsed_from_ms;
                             pending.publish(item);
@@ -281,16 +283,11 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn stamped(
-        &self,
-        seq: u64,
-        index: u32,
-        stream: String,
-        mut fields: Vec<(String, Vec<u8>)>,
-        maxlen: Option<u64>,
-    ) -> OutboxItem {
-        fields.insert(0, ("origin".into(), self.stamp.origin.clone().into_bytes()));
-        fields.insert(1, ("output_id".into(), output_id(seq, index).into_bytes()));
+    fn stamped(&self, seq: u64, index: u32, stream: String, mut fields: Fields, maxlen: Option<u64>) -> OutboxItem {
+        // First, so that a dead-letter copy's own `origin`/`output_id` (the producer's, copied
+        // after them) never stand for the engine's; the publisher marks the `output_id`.
+        fields.insert(0, (ORIGIN_FIELD.to_vec(), self.stamp.origin.clone().into_bytes()));
+        fields.insert(1, (OUTPUT_ID_FIELD.to_vec(), output_id(seq, index).into_bytes()));
         OutboxItem { seq, index, stream, fields, maxlen, elapsed_from_ms: None }
     }
 
@@ -308,12 +305,12 @@ impl Dispatcher {
             _ => return None,
         };
         let mut fields = vec![
-            ("dead_stream".to_string(), entry.stream.clone().into_bytes()),
-            ("dead_id".to_string(), entry.id.to_string().into_bytes()),
-            ("dead_seq".to_string(), record.seq.to_string().into_bytes()),
-            ("dead_reason".to_string(), code.into_bytes()),
-            ("dead_detail".to_string(), detail.into_bytes()),
-            ("dead_deliveries".to_string(), deliveries.to_string().into_bytes()),
+            (b"dead_stream".to_vec(), entry.stream.clone().into_bytes()),
+            (b"dead_id".to_vec(), entry.id.to_string().into_bytes()),
+            (b"dead_seq".to_vec(), record.seq.to_string().into_bytes()),
+            (b"dead_reason".to_vec(), code.into_bytes()),
+            (b"dead_detail".to_vec(), detail.into_bytes()),
+            (b"dead_deliveries".to_vec(), deliveries.to_string().into_bytes()),
         ];
         fields.extend(entry.fields.iter().cloned());
         let stream = StreamSet::dead_letter_key(&entry.stream);

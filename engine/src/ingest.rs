@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::log::{Log, NewRecord};
 use crate::source::RawEntry;
 use maestro_schemas::envelope::{self, Limits, Reject};
+use maestro_schemas::own::OutputKey;
 use maestro_schemas::{Body, Entry, EntryId, Fields, Origin, Status, StreamSet, TypedEvent, decode};
 use std::collections::{HashMap, HashSet};
 
@@ -27,6 +28,9 @@ pub struct Ingest {
     pub streams: StreamSet,
     pub limits: Limits,
     pub max_deliveries: u32,
+    /// The group's output key: only an entry whose mark it checks is an engine's own output.
+    /// Without one (not loaded yet) every entry is input.
+    pub output_key: Option<OutputKey>,
 }
 
 impl Ingest {
@@ -89,7 +93,7 @@ impl Ingest {
             );
             return rejected(reason, fields);
         }
-        if envelope::is_own_output(&fields) {
+        if self.output_key.as_ref().is_some_and(|key| key.is_own_output(stream, &fields)) {
             return (Status::Own, fields, None, None);
         }
         let Some(role) = self.streams.role_of(stream) else {

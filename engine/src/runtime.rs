@@ -171,10 +171,15 @@ async fn session(
             count: config.read_count,
             block: Duration::from_millis(config.block_ms),
             published_key: format!("maestro:engine:{}:published", config.group),
+            output_key_key: format!("maestro:engine:{}:output-key", config.group),
         },
     );
-    let ingest =
-        Ingest { streams: config.streams.clone(), limits: config.limits, max_deliveries: config.max_deliveries };
+    let ingest = Ingest {
+        streams: config.streams.clone(),
+        limits: config.limits,
+        max_deliveries: config.max_deliveries,
+        output_key: None,
+    };
     let mut cycle = Cycle {
         config: config.clone(),
         log,
@@ -314,6 +319,8 @@ impl Cycle {
     async fn connected(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         self.source.ping().await?;
         self.check_redis_anchor().await?;
+        // Before anything is published or read: outputs are marked, and marks checked, with it.
+        self.ingest.output_key = Some(self.source.load_output_key().await?);
         self.publish_outbox().await?;
         let log = &self.log;
         self.source.ensure_groups(|stream| log.cursor(stream)).await?;

@@ -9,7 +9,8 @@
 use crate::error::{EngineError, Result};
 use crate::store::OutboxItem;
 use maestro_handlers::ELAPSED_MS;
-use maestro_schemas::EntryId;
+use maestro_schemas::own::OutputKey;
+use maestro_schemas::{EntryId, Fields};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -18,13 +19,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// One entry as Redis delivered it. `fields` is `None` when the entry was deleted (trimmed)
-/// while it sat in a pending list: Redis then delivers only its id.
+/// One entry as Redis delivered it, field names and values as the bytes Redis held. `fields`
+/// is `None` when the entry was deleted (trimmed) while it sat in a pending list: Redis then
+/// delivers only its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawEntry {
     pub stream: String,
     pub id: EntryId,
-    pub fields: Option<Vec<(String, Vec<u8>)>>,
+    pub fields: Option<Fields>,
     /// Times Redis delivered it to a consumer of the group (1 for a first delivery).
     pub deliveries: u32,
 }
@@ -47,6 +49,8 @@ pub struct SourceConfig {
     pub block: Duration,
     /// Hash key for the publish guard (see [`PUBLISH_SCRIPT`]).
     pub published_key: String,
+    /// Key of the group's output key (see [`Source::load_output_key`]).
+    pub output_key_key: String,
 }
 
 /// Publishes a run of outbox entries, skipping those this consumer already published. KEYS[1]
@@ -86,13 +90,6 @@ fn into_bytes(value: Value) -> Vec<u8> {
     }
 }
 
-fn into_text(value: Value) -> String {
-    match String::from_utf8(into_bytes(value)) {
-        Ok(text) => text,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }
-}
-
 fn bytes(value: &Value) -> Option<&[u8]> {
     match value {
         Value::BulkString(b) => Some(b),
@@ -124,12 +121,12 @@ fn parse_entry(stream: &str, value: Value) -> Result<RawEntry> {
     let id = EntryId::parse(&id).map_err(|e| EngineError::Reply(e.to_string()))?;
     let fields = match fields {
         Value::Nil => None,
-        Value::Map(pairs) => Some(pairs.into_iter().map(|(k, v)| (into_text(k), into_bytes(v))).collect()),
+        Value::Map(pairs) => Some(pairs.into_iter().map(|(k, v)| (into_bytes(k), into_bytes(v))).collect()),
         Value::Array(flat) => {
             let mut out = Vec::with_capacity(flat.len() / 2);
             let mut flat = flat.into_iter();
             while let Some(name) = flat.next() {
-                out.push((into_text(name), flat.next().map(into_bytes).unwrap_or_default()));
+                out.push((into_bytes(name), flat.next().map(into_bytes).unwrap_or_default()));
             }
             Some(out)
         }
@@ -186,6 +183,8 @@ pub struct Source {
     /// Entries per stream per read; shared with the read-ahead task.
     count: Arc<AtomicUsize>,
     writer: Option<MultiplexedConnection>,
+    /// The key that marks this group's outputs, once loaded from Redis.
+    output_key: Option<OutputKey>,
 }
 
 impl std::fmt::Debug for Source {
@@ -197,7 +196,8 @@ impl std::fmt::Debug for Source {
 impl Source {
     pub fn new(client: redis::Client, config: SourceConfig) -> Source {
         let count = Arc::new(AtomicUsize::new(config.count));
-        Source { client, config, count, writer: None, publish_script: redis::Script::new(PUBLISH_SCRIPT) }
+        let publish_script = redis::Script::new(PUBLISH_SCRIPT);
+        Source { client, config, count, writer: None, publish_script, output_key: None }
     }
 
     pub fn config(&self) -> &SourceConfig {
@@ -253,6 +253,30 @@ impl Source {
     pub async fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let _: () = self.run(redis::cmd("SET").arg(key).arg(value)).await?;
         Ok(())
+    }
+
+    /// Reads the group's output key, creating it when no engine of the group has yet (a random
+    /// key, `SET NX`, so that every engine of the group ends up with the same one). It marks
+    /// every output this engine publishes and proves which entries read back are outputs of
+    /// an engine of the group (`maestro_schemas::own`). Read at every connection: an engine
+    /// follows a key that was replaced (Redis restarted empty) once it reconnects.
+    pub async fn load_output_key(&mut self) -> Result<OutputKey> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh)
+            .map_err(|e| EngineError::Reply(format!("no random bytes for the output key: {e}")))?;
+        let key = self.config.output_key_key.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SET").arg(&key).arg(OutputKey::new(fresh).to_hex()).arg("NX").ignore();
+        pipe.cmd("GET").arg(&key);
+        let (stored,): (Option<Vec<u8>>,) = self.run_pipe(&pipe).await?;
+        let loaded = stored.as_deref().and_then(OutputKey::from_hex).ok_or_else(|| {
+            EngineError::Reply(format!(
+                "the output key at {key} is not 64 hex digits (delete it to have a new one made; every engine of \
+                 the group then needs a restart)"
+            ))
+        })?;
+        self.output_key = Some(loaded.clone());
+        Ok(loaded)
     }
 
     /// Appends one entry as any producer would (no origin): the effect runners' facts.
@@ -415,8 +439,12 @@ impl Source {
     }
 
     /// Publishes outbox entries in order through [`PUBLISH_SCRIPT`] (EVALSHA, loaded once),
-    /// many entries per call. Returns how many were new.
+    /// many entries per call. Returns how many were new. Each entry is marked as it goes out,
+    /// over its final bytes (the elapsed time filled in), with the key loaded at connection.
     pub async fn publish(&mut self, items: &[OutboxItem]) -> Result<u64> {
+        let Some(key) = self.output_key.clone() else {
+            return Err(EngineError::Reply("no output key loaded: nothing is published unmarked".into()));
+        };
         let mut published = 0;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -432,16 +460,24 @@ impl Source {
                 }
                 args.push(b"*".to_vec());
                 let mut elapsed = item.elapsed_from_ms.map(|start| now_ms.saturating_sub(start));
+                let mut fields: Fields = Vec::with_capacity(item.fields.len());
                 for (name, value) in &item.fields {
-                    args.push(name.clone().into_bytes());
-                    args.push(match elapsed.and_then(|ms| fill_elapsed(value, ms)) {
+                    let value = match elapsed.and_then(|ms| fill_elapsed(value, ms)) {
                         Some(filled) => {
                             elapsed = None;
                             filled
                         }
                         None => value.clone(),
-                    });
+                    };
+                    fields.push((name.clone(), value));
                 }
+                if !key.seal(&item.stream, &mut fields) {
+                    return Err(EngineError::State(format!(
+                        "outbox entry {}-{} has no single output_id to carry its mark",
+                        item.seq, item.index
+                    )));
+                }
+                args.extend(fields.into_iter().flat_map(|(name, value)| [name, value]));
                 invocation.arg(&item.stream).arg(item.seq).arg(item.index).arg(args.len()).arg(args);
             }
             let result = invocation.invoke_async::<u64>(&mut conn).await;
@@ -598,9 +634,22 @@ mod tests {
         let entries = parse_read_reply(reply).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, EntryId { ms: 5, seq: 1 });
-        assert_eq!(entries[0].fields.as_ref().unwrap()[1], ("payload".to_string(), b"{}".to_vec()));
+        assert_eq!(entries[0].fields.as_ref().unwrap()[1], (b"payload".to_vec(), b"{}".to_vec()));
         assert_eq!(entries[1].fields, None);
         assert!(parse_read_reply(Value::Nil).unwrap().is_empty());
         assert!(parse_read_reply(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn field_names_are_kept_as_the_bytes_redis_sent() {
+        let name = |b: &[u8]| Value::BulkString(b.to_vec());
+        let fields = Value::Array(vec![name(b"x\xff"), bulk("1"), name(b"x\xfe"), bulk("2")]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("s1"),
+            Value::Array(vec![Value::Array(vec![bulk("5-1"), fields])]),
+        ])]);
+        let entries = parse_read_reply(reply).unwrap();
+        let expected = vec![(b"x\xff".to_vec(), b"1".to_vec()), (b"x\xfe".to_vec(), b"2".to_vec())];
+        assert_eq!(entries[0].fields, Some(expected), "two names, as sent");
     }
 }

@@ -166,7 +166,9 @@ pub struct OutboxItem {
     pub seq: u64,
     pub index: u32,
     pub stream: String,
-    pub fields: Vec<(String, Vec<u8>)>,
+    /// Names and values as bytes: a dead-letter copy holds the producer's names as Redis held
+    /// them. (Written by earlier builds with `String` names, which bincode stores alike.)
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
     /// Approximate cap on the target stream's length (dead-letter streams are capped).
     pub maxlen: Option<u64>,
     /// Where the publisher fills in the elapsed milliseconds since this time (see
@@ -181,7 +183,7 @@ struct OutboxItemWithoutElapsed {
     seq: u64,
     index: u32,
     stream: String,
-    fields: Vec<(String, Vec<u8>)>,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
     maxlen: Option<u64>,
 }
 
@@ -736,9 +738,11 @@ mod tests {
             fields: Vec<(String, Vec<u8>)>,
             maxlen: Option<u64>,
         }
-        let fields = vec![("data".to_string(), b"{}".to_vec())];
-        let old = Old { seq: 9, index: 1, stream: "s".into(), fields: fields.clone(), maxlen: Some(10) };
+        // Field names were `String`s then: they read back as the same bytes.
+        let old_fields = vec![("data".to_string(), b"{}".to_vec())];
+        let old = Old { seq: 9, index: 1, stream: "s".into(), fields: old_fields, maxlen: Some(10) };
         let item = OutboxItem::decode(&codec::encode(&old).unwrap()).unwrap();
+        let fields = vec![(b"data".to_vec(), b"{}".to_vec())];
         let expected =
             OutboxItem { seq: 9, index: 1, stream: "s".into(), fields, maxlen: Some(10), elapsed_from_ms: None };
         assert_eq!(item, expected);

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         let (name, tail) = tail.split_at((*name_len as usize).min(tail.len()));
         let Some((&value_len, tail)) = tail.split_first() else { break };
         let (value, tail) = tail.split_at((value_len as usize).min(tail.len()));
-        fields.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+        fields.push((name.to_vec(), value.to_vec()));
         rest = tail;
     }
     let origin = Origin { stream, entry: EntryId { ms: 1, seq: 0 } };

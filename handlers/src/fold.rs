@@ -57,7 +57,7 @@ impl Fold {
     /// An accepted entry of `stream` at `ms`.
     pub fn entry(&mut self, stream: &str, ms: u64, fields: &[(&str, String)]) -> Result<EntryId, String> {
         let id = EntryId { ms, seq: 0 };
-        let fields = fields.iter().map(|(k, v)| (k.to_string(), v.clone().into_bytes())).collect();
+        let fields = fields.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone().into_bytes())).collect();
         self.body(Body::Entry(Entry { stream: stream.into(), id, fields, status: Status::Accepted }))?;
         Ok(id)
     }

@@ -67,13 +67,16 @@ fn field_value(value: &[u8]) -> Value {
     }
 }
 
-/// Fields as a JSON object, or as a list of pairs when a name repeats (Redis allows it and an
-/// object would silently keep only one).
-fn fields_json(fields: &[(String, Vec<u8>)]) -> Value {
+/// Fields as a JSON object, or as a list of `[name, value]` pairs when a name repeats (Redis
+/// allows it and an object would silently keep only one) or is not UTF-8 (a JSON key must be
+/// text): such a name is written as `{"hex": ...}`, like a value that is not UTF-8.
+fn fields_json(fields: &[(Vec<u8>, Vec<u8>)]) -> Value {
+    let pairs = || Value::Array(fields.iter().map(|(n, v)| json!([field_value(n), field_value(v)])).collect());
     let mut object = Map::new();
     for (name, value) in fields {
-        if object.insert(name.clone(), field_value(value)).is_some() {
-            return Value::Array(fields.iter().map(|(n, v)| json!([n, field_value(v)])).collect());
+        let Ok(name) = std::str::from_utf8(name) else { return pairs() };
+        if object.insert(name.to_string(), field_value(value)).is_some() {
+            return pairs();
         }
     }
     Value::Object(object)

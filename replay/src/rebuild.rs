@@ -356,7 +356,7 @@ mod tests {
         vec![Arc::new(maestro_handlers::stream_stats::StreamStats), Arc::new(usage)]
     }
 
-    fn usage_fields(i: u64) -> Vec<(String, Vec<u8>)> {
+    fn usage_fields(i: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
         let data = format!(
             r#"{{"event_id":"evt-{i}","template_id":"tpl-{}","tenant_id":"t{}","user_id":"u","operation":"retrieve","success":true,"duration_ms":{},"timestamp":"2026-11-0{}T10:00:00"}}"#,
             i % 7,

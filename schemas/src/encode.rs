@@ -117,7 +117,7 @@ pub fn to_fields(event: &Event) -> TextFields {
 }
 
 /// The protobuf form of an event: `type` and the role message's bytes in `proto`.
-pub fn to_proto_fields(event: &Event) -> Vec<(String, Vec<u8>)> {
+pub fn to_proto_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
     let bytes = match event {
         Event::TemplateRequest(m) => m.encode_to_vec(),
         Event::TemplateResult(m) => m.encode_to_vec(),

@@ -1,6 +1,7 @@
-//! The first check every entry passes: its size limits, and the engine's own-output mark. An
-//! entry that fails is recorded as rejected with a [`Reject`] that names the reason; it is never
-//! dropped and never stalls the stream. Decoding proper is in [`crate::decode`].
+//! The first check every entry passes: its size limits. An entry that fails is recorded as
+//! rejected with a [`Reject`] that names the reason; it is never dropped and never stalls the
+//! stream. The engine's own outputs are recognised in [`crate::own`], decoding proper is in
+//! [`crate::decode`].
 
 use serde::{Deserialize, Serialize};
 
@@ -43,16 +44,17 @@ impl std::fmt::Display for Reject {
     }
 }
 
-/// The value of an engine-written `origin` field starts with this.
+/// The value of an engine-written `origin` field starts with this (what proves an output the
+/// engine's is its mark, [`crate::own`]).
 pub const ORIGIN_PREFIX: &str = "maestro-engine/";
 
 /// Size of an entry as the limits count it.
-pub fn entry_bytes(fields: &[(String, Vec<u8>)]) -> usize {
+pub fn entry_bytes(fields: &[(Vec<u8>, Vec<u8>)]) -> usize {
     fields.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
 /// Checks the size limits only. Done first, so that an oversized entry is never parsed.
-pub fn check_size(fields: &[(String, Vec<u8>)], limits: &Limits) -> Result<(), Reject> {
+pub fn check_size(fields: &[(Vec<u8>, Vec<u8>)], limits: &Limits) -> Result<(), Reject> {
     if fields.len() > limits.max_fields {
         return Err(Reject::new(
             "too_many_fields",
@@ -64,11 +66,6 @@ pub fn check_size(fields: &[(String, Vec<u8>)], limits: &Limits) -> Result<(), R
         return Err(Reject::new("too_large", format!("{bytes} bytes, the limit is {}", limits.max_entry_bytes)));
     }
     Ok(())
-}
-
-/// True when the entry carries the `origin` mark of an engine's own output.
-pub fn is_own_output(fields: &[(String, Vec<u8>)]) -> bool {
-    fields.iter().any(|(k, v)| k == "origin" && v.starts_with(ORIGIN_PREFIX.as_bytes()))
 }
 
 /// Deepest nesting of `[`/`{` in a JSON text, counted without recursion so that a hostile
@@ -102,8 +99,8 @@ pub fn json_depth(text: &[u8]) -> usize {
 mod tests {
     use super::*;
 
-    fn f(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+    fn f(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
     }
 
     #[test]
@@ -120,11 +117,5 @@ mod tests {
         assert_eq!(check_size(&f(&[("a", "12345678901")]), &limits).unwrap_err().code, "too_large");
         assert_eq!(check_size(&f(&[("a", ""), ("b", ""), ("c", "")]), &limits).unwrap_err().code, "too_many_fields");
         assert!(check_size(&f(&[("a", "123")]), &limits).is_ok());
-    }
-
-    #[test]
-    fn own_outputs_are_recognised() {
-        assert!(is_own_output(&f(&[("origin", "maestro-engine/c1"), ("data", "{}")])));
-        assert!(!is_own_output(&f(&[("origin", "someone-else")])));
     }
 }

@@ -9,6 +9,7 @@ pub mod encode;
 pub mod entry_id;
 pub mod envelope;
 pub mod ids;
+pub mod own;
 pub mod proto;
 pub mod record;
 pub mod streams;

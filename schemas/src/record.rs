@@ -48,8 +48,11 @@ pub enum Body {
     Setting { name: String, value: String },
 }
 
-/// Field/value pairs of a stream entry, in Redis order.
-pub type Fields = Vec<(String, Vec<u8>)>;
+/// Field/value pairs of a stream entry, in Redis order, names and values as the bytes Redis
+/// held: a name that is not UTF-8 is kept, never replaced, so two names that differ only in
+/// invalid bytes stay two fields. (bincode writes a `Vec<u8>` exactly as it wrote the `String`
+/// names of earlier builds, so their records decode unchanged.)
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A stream entry as read from Redis.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +96,7 @@ impl Status {
 impl Entry {
     /// The value of the first field called `name`.
     pub fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.fields.iter().find(|(k, _)| k.as_slice() == name.as_bytes()).map(|(_, v)| v.as_slice())
     }
 }
 

@@ -310,8 +310,8 @@ fn origin() -> Origin<'static> {
     Origin { stream: "s", entry: EntryId { ms: 1, seq: 0 } }
 }
 
-fn bytes(fields: Vec<(String, String)>) -> Vec<(String, Vec<u8>)> {
-    fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect()
+fn bytes(fields: Vec<(String, String)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fields.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect()
 }
 
 proptest! {
@@ -334,9 +334,10 @@ proptest! {
     }
 }
 
-/// Arbitrary entries: field names from the real vocabulary and noise, values from JSON-ish text
-/// and raw bytes. Every one must come back as an event or a typed reject; none may panic.
-fn arbitrary_fields() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+/// Arbitrary entries: field names from the real vocabulary, noise and raw bytes, values from
+/// JSON-ish text and raw bytes. Every one must come back as an event or a typed reject; none
+/// may panic.
+fn arbitrary_fields() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>)>> {
     let name = prop_oneof![
         proptest::sample::select(vec![
             "data",
@@ -358,8 +359,9 @@ fn arbitrary_fields() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
             "passed",
             "schema_version"
         ])
-        .prop_map(String::from),
-        "[a-z]{1,8}",
+        .prop_map(|s| s.as_bytes().to_vec()),
+        "[a-z]{1,8}".prop_map(String::into_bytes),
+        vec(any::<u8>(), 0..8),
     ];
     let value = prop_oneof![
         vec(any::<u8>(), 0..64),

@@ -120,8 +120,8 @@ impl Session<'_> {
 
     /// Whether a fact entry names a trusted runner.
     fn trusts(&self, entry: &Entry) -> bool {
-        let named = entry.fields.iter().find(|(k, _)| k == super::RUNNER_FIELD);
-        let Some(runner) = named.and_then(|(_, v)| std::str::from_utf8(v).ok()) else { return false };
+        let named = entry.field(super::RUNNER_FIELD);
+        let Some(runner) = named.and_then(|v| std::str::from_utf8(v).ok()) else { return false };
         self.runners().iter().any(|r| r == runner)
     }
 

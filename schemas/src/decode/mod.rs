@@ -26,15 +26,30 @@ pub struct Origin<'a> {
     pub entry: EntryId,
 }
 
-/// The fields of one entry, read by name. Every value but `proto` must be UTF-8.
+/// The fields of one entry, read by name. Every name, and every value but `proto`, must be
+/// UTF-8: the decoder looks fields up by name, so a name that is not text is an error
+/// (`not_utf8`), never an unknown or a missing field.
 #[derive(Debug)]
 pub struct Flat<'a> {
-    fields: &'a [(String, Vec<u8>)],
+    fields: &'a [(Vec<u8>, Vec<u8>)],
 }
 
 impl<'a> Flat<'a> {
-    fn new(fields: &'a [(String, Vec<u8>)]) -> Result<Flat<'a>, Reject> {
-        for (name, value) in fields.iter().filter(|(name, _)| name != "proto") {
+    fn new(fields: &'a [(Vec<u8>, Vec<u8>)]) -> Result<Flat<'a>, Reject> {
+        for (name, value) in fields {
+            let name = std::str::from_utf8(name).map_err(|e| {
+                Reject::new(
+                    "not_utf8",
+                    format!(
+                        "a field name is not UTF-8 at byte {} (the name's bytes: {})",
+                        e.valid_up_to(),
+                        crate::record::hex(name.get(..64).unwrap_or(name))
+                    ),
+                )
+            })?;
+            if name == "proto" {
+                continue;
+            }
             if let Err(e) = std::str::from_utf8(value) {
                 return Err(Reject::new(
                     "not_utf8",
@@ -47,7 +62,7 @@ impl<'a> Flat<'a> {
 
     /// The raw bytes of the first field called `name`.
     pub fn bytes(&self, name: &str) -> Option<&'a [u8]> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.fields.iter().find(|(k, _)| k.as_slice() == name.as_bytes()).map(|(_, v)| v.as_slice())
     }
 
     /// The text of field `name` (UTF-8 was checked up front).
@@ -98,7 +113,7 @@ pub fn upcast(version: u32, event: crate::Event) -> Result<TypedEvent, Reject> {
 pub fn decode(
     role: Role,
     origin: Origin<'_>,
-    fields: &[(String, Vec<u8>)],
+    fields: &[(Vec<u8>, Vec<u8>)],
     limits: &Limits,
 ) -> Result<Decoded, Reject> {
     check_size(fields, limits)?;

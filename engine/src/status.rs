@@ -2,6 +2,7 @@
 //! between the batch loop, the HTTP server and in-process callers such as `demo`.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -30,6 +31,22 @@ pub struct Status {
     /// Where the HTTP server listens, if it does: the runtime writes it into the data dir, so
     /// that the replay tools, kept out by the lock, can ask the engine instead.
     pub http: Mutex<Option<std::net::SocketAddr>>,
+    /// Per stream key: whether it is read, why not, and group skips found on it.
+    pub streams: Mutex<BTreeMap<String, StreamState>>,
+}
+
+/// One stream's state in `/status`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StreamState {
+    /// Read with the others; false while an error of its own (wrong type, no permission, a
+    /// group that cannot be created) stops it.
+    pub up: bool,
+    /// The error that stopped it (empty while it is up).
+    pub error: String,
+    /// Times an error of its own stopped it.
+    pub errors: u64,
+    /// Entries the consumer group's position would have skipped (see `runtime/streams.rs`).
+    pub group_skipped: u64,
 }
 
 /// How many batch durations [`Status`] keeps.
@@ -52,6 +69,7 @@ pub struct Snapshot {
     pub lost: u64,
     pub batches: u64,
     pub last_error: String,
+    pub streams: BTreeMap<String, StreamState>,
 }
 
 impl Status {
@@ -72,6 +90,7 @@ impl Status {
             lost: get(&self.lost),
             batches: get(&self.batches),
             last_error: self.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            streams: self.streams.lock().map(|s| s.clone()).unwrap_or_default(),
             ready: false,
         };
         snap.ready = snap.redis_up && snap.log_open && snap.storage_ok && snap.caught_up;
@@ -99,6 +118,13 @@ impl Status {
     /// The kept batch durations, oldest first.
     pub fn batch_micros(&self) -> Vec<u64> {
         self.batch_latency.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Changes one stream's entry in `/status`.
+    pub fn stream(&self, key: &str, change: impl FnOnce(&mut StreamState)) {
+        if let Ok(mut streams) = self.streams.lock() {
+            change(streams.entry(key.to_string()).or_default());
+        }
     }
 
     pub fn error(&self, text: impl Into<String>) {

@@ -207,6 +207,8 @@ enum BenchCommand {
     ReplayWorker(maestro::bench_replay::ReplayWorkerArgs),
     /// Engine memory and create throughput with a large template catalogue (default 100,000).
     Catalogue(maestro::bench_catalogue::CatalogueArgs),
+    /// Engine peak RSS with large entries queued before it starts (VmHWM of `maestro run`).
+    Memory(maestro::bench_memory::MemoryArgs),
     /// One side of `bench ingest`, run by it as a child process.
     #[command(hide = true)]
     IngestWorker(maestro::bench::WorkerArgs),
@@ -395,6 +397,7 @@ async fn main() {
         Command::Bench { which: BenchCommand::Replay(args) } => maestro::bench_replay::replay(args),
         Command::Bench { which: BenchCommand::ReplayWorker(args) } => maestro::bench_replay::worker(args),
         Command::Bench { which: BenchCommand::Catalogue(args) } => maestro::bench_catalogue::catalogue(args),
+        Command::Bench { which: BenchCommand::Memory(args) } => maestro::bench_memory::memory(args),
         Command::Bench { which: BenchCommand::IngestWorker(args) } => maestro::bench::worker(args).await,
     };
     if let Err(error) = result {

@@ -197,15 +197,16 @@ fn an_accepted_group_skip_is_counted_and_logged_once_but_not_read() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let addr = http_addr();
-    let env = [("MAESTRO_ACCEPT_GROUP_SKIP", "true"), ("MAESTRO_INFO_INTERVAL_MS", "100")];
+    let env = [("MAESTRO_ACCEPT_GROUP_SKIP", "true"), ("MAESTRO_INFO_INTERVAL_MS", "100"), ("MAESTRO_BLOCK_MS", "100")];
     let mut engine = EngineProc::start_with(&server.url(), &dir, &env, &["--http", &addr]);
-    engine.wait_connected();
+    wait_until("the skip logged", Duration::from_secs(30), || skip_line(&engine.stderr()).is_some());
+    // Many checks of the group's position run meanwhile (every 100 ms): the skip is counted once.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status(&addr)["streams"][REQUESTS]["group_skipped"], 50);
     let mut traffic = Traffic::new(22, StreamSet::default());
     let later: Vec<Message> = (0..5).map(|_| traffic.control_message(0)).collect();
     let later = produce_messages(&mut conn, &later);
     wait_drained(&mut conn, Duration::from_secs(60));
-    // Several checks of the group's position ran meanwhile: the skip is counted once.
-    std::thread::sleep(Duration::from_millis(600));
     let snap = status(&addr);
     assert_eq!(snap["streams"][REQUESTS]["group_skipped"], 50, "{snap}");
     assert!(engine.terminate().success(), "{}", engine.stderr());

@@ -32,6 +32,9 @@ pub struct RawEntry {
     pub fields: Option<Vec<(String, Vec<u8>)>>,
     /// Times Redis delivered it to a consumer of the group (1 for a first delivery).
     pub deliveries: u32,
+    /// The bytes of an entry over the size limit whose fields Redis was asked to keep (see
+    /// [`ReadAhead`]): `fields` is then empty, and the entry is rejected as `too_large`.
+    pub withheld: Option<usize>,
 }
 
 impl RawEntry {
@@ -140,7 +143,7 @@ fn parse_entry(stream: &str, value: Value) -> Result<RawEntry> {
         }
         other => return Err(reply("entry fields", &other)),
     };
-    Ok(RawEntry { stream: stream.to_string(), id, fields, deliveries: 1 })
+    Ok(RawEntry { stream: stream.to_string(), id, fields, deliveries: 1, withheld: None })
 }
 
 fn parse_entries(stream: &str, value: Value) -> Result<Vec<RawEntry>> {
@@ -330,11 +333,12 @@ impl Source {
     }
 
     /// Starts reading new entries of `streams` ahead on a connection of its own (see
-    /// [`ReadAhead`]); a read of more than `budget` bytes makes it careful.
-    pub async fn read_ahead(&self, streams: Vec<String>, budget: usize) -> Result<ReadAhead> {
+    /// [`ReadAhead`]); a read of more than `budget` bytes makes it careful, and careful reads
+    /// leave entries over `entry_limit` bytes in Redis.
+    pub async fn read_ahead(&self, streams: Vec<String>, budget: usize, entry_limit: usize) -> Result<ReadAhead> {
         let conn = self.connection(self.config.block + Duration::from_secs(5)).await?;
         let config = SourceConfig { streams, ..self.config.clone() };
-        Ok(ReadAhead::spawn(conn, config, self.count.clone(), budget))
+        Ok(ReadAhead::spawn(conn, config, self.count.clone(), (budget, entry_limit)))
     }
 
     /// Claims entries of `stream` idle for at least `min_idle` from any consumer (a dead engine's

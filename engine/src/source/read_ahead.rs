@@ -1,13 +1,29 @@
 //! Reading new entries ahead of the batch being processed, stream errors kept to their stream,
 //! and memory kept to one large read at a time.
 
-use super::{RawEntry, SourceConfig, parse_read_reply};
+use super::{RawEntry, SourceConfig, parse_entry, parse_read_reply};
 use crate::error::{EngineError, Result};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
+
+/// A careful read of one stream: `XREADGROUP ... COUNT ARGV[3] STREAMS KEYS[1] >` for group
+/// ARGV[1] and consumer ARGV[2], inside Redis, answering an entry over ARGV[4] bytes (names and
+/// values) as its id and size only. The entry is delivered (pending) as any other, but its
+/// payload, which the engine would only drop, never crosses the connection.
+const SIZED_READ: &str = r"
+local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+if not read then return {} end
+local limit, out = tonumber(ARGV[4]), {}
+for i, entry in ipairs(read[1][2]) do
+  local size = 0
+  for _, part in ipairs(entry[2]) do size = size + #part end
+  if size > limit then out[i] = {entry[1], size} else out[i] = entry end
+end
+return out
+";
 
 /// One read: the entries, and the streams Redis refused for a reason of their own (see
 /// [`EngineError::belongs_to_stream`]). A refused stream is read no more by this reader.
@@ -38,7 +54,8 @@ struct Handover {
 ///
 /// Memory: Redis cannot say how large the entries waiting are before they are read, so a
 /// read that came back over the byte budget turns the reader careful: it reads one stream at
-/// a time, one entry at a time, and waits until the batch loop is done with each read before
+/// a time, one entry at a time (an entry over the size limit stays in Redis: only its id and
+/// size are read, see [`SIZED_READ`]), and waits until the batch loop is done with each read before
 /// the next, so two large reads are never in memory together. After a whole round of streams
 /// that fit the budget it reads all streams at once again, from COUNT 1 (the batch loop grows
 /// COUNT while reads fit). It starts careful too: what queued while the engine was stopped is
@@ -59,6 +76,9 @@ struct Reader {
     config: SourceConfig,
     count: Arc<AtomicUsize>,
     budget: usize,
+    /// Entries over this many bytes are left in Redis by careful reads (the entry size limit).
+    entry_limit: usize,
+    sized_read: redis::Script,
     /// While careful: the next stream to read alone, and whether the round so far fit.
     careful: Option<(usize, bool)>,
     handover: Arc<Handover>,
@@ -113,6 +133,16 @@ impl Reader {
         Ok(read)
     }
 
+    /// One entry of `stream` through [`SIZED_READ`].
+    async fn sized_read(&mut self, stream: &str) -> Result<Vec<RawEntry>> {
+        let mut invocation = self.sized_read.key(stream);
+        invocation.arg(&self.config.group).arg(&self.config.consumer).arg(1).arg(self.entry_limit);
+        let reply = invocation.invoke_async::<Value>(&mut self.conn).await;
+        drop(invocation);
+        let Value::Array(entries) = reply? else { return Ok(Vec::new()) };
+        entries.into_iter().map(|entry| sized_entry(stream, entry)).collect()
+    }
+
     /// All streams in one blocking read; when Redis refuses it for one key's reason, each
     /// stream alone.
     async fn read_all(&mut self) -> Result<Read> {
@@ -138,8 +168,7 @@ impl Reader {
             }
             return Ok(Read::default());
         };
-        let cmd = self.read_cmd(std::slice::from_ref(&stream), Some(1));
-        let read = match self.query(&cmd).await {
+        let read = match self.sized_read(&stream).await {
             Ok(entries) => Read { entries, ..Read::default() },
             Err(e) if e.belongs_to_stream() => {
                 self.config.streams.retain(|s| *s != stream);
@@ -195,17 +224,41 @@ impl Reader {
     }
 }
 
+/// One entry of a [`SIZED_READ`] reply: `[id, fields]`, or `[id, size]` for one left in Redis.
+fn sized_entry(stream: &str, value: Value) -> Result<RawEntry> {
+    match value {
+        Value::Array(parts) if matches!(parts.as_slice(), [_, Value::Int(_)]) => {
+            let size = match parts.get(1) {
+                Some(Value::Int(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
+                _ => 0,
+            };
+            let id = Value::Array(parts.into_iter().take(1).chain([Value::Array(Vec::new())]).collect());
+            Ok(RawEntry { withheld: Some(size), ..parse_entry(stream, id)? })
+        }
+        other => parse_entry(stream, other),
+    }
+}
+
 impl ReadAhead {
     pub(super) fn spawn(
         conn: MultiplexedConnection,
         config: SourceConfig,
         count: Arc<AtomicUsize>,
-        budget: usize,
+        (budget, entry_limit): (usize, usize),
     ) -> ReadAhead {
         let (tx, batches) = mpsc::channel(1);
         let handover = Arc::new(Handover::default());
-        let reader =
-            Reader { conn, config, count, budget, careful: Some((0, true)), handover: handover.clone(), sent: 0 };
+        let reader = Reader {
+            conn,
+            config,
+            count,
+            budget,
+            entry_limit,
+            sized_read: redis::Script::new(SIZED_READ),
+            careful: Some((0, true)),
+            handover: handover.clone(),
+            sent: 0,
+        };
         let task = tokio::spawn(reader.run(tx));
         ReadAhead { batches, handover, task }
     }

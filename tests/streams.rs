@@ -222,3 +222,26 @@ fn an_accepted_group_skip_is_counted_and_logged_once_but_not_read() {
     assert!(skipped.iter().all(|k| !seen.contains_key(k)), "none of the skipped entries is read");
     assert_exactly_once(&later, &records);
 }
+
+#[test]
+fn an_oversized_entry_queued_before_start_is_rejected_by_its_size_alone() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let payload = vec![b'x'; 2 * 1024 * 1024];
+    let big: String = redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(&payload).query(&mut conn).unwrap();
+    let produced = produce(&mut conn, 90, 31, true);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    wait_drained(&mut conn, Duration::from_secs(60));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    let dead = read_stream(&mut conn, &format!("{REQUESTS}:dead"));
+    let copy = dead.iter().find(|(_, f)| f.get("dead_id") == Some(&big)).expect("the oversized entry is dead-lettered");
+    assert_eq!(copy.1["dead_reason"], "too_large");
+    // Its size, names and values, as Redis counted it: 4 bytes of name, 2 MiB of value.
+    assert_eq!(copy.1["dead_detail"], format!("{} bytes, the limit is {}", 4 + payload.len(), 1024 * 1024));
+    assert!(!copy.1.contains_key("data"), "the payload is not copied");
+    let mut all = produced;
+    all.push((REQUESTS.to_string(), big));
+    assert_exactly_once(&all, &export(&dir));
+}

@@ -54,13 +54,13 @@ struct Handover {
 ///
 /// Memory: Redis cannot say how large the entries waiting are before they are read, so a
 /// read that came back over the byte budget turns the reader careful: it reads one stream at
-/// a time, one entry at a time (an entry over the size limit stays in Redis: only its id and
-/// size are read, see [`SIZED_READ`]), and waits until the batch loop is done with each read before
+/// a time, as many entries as fit the budget at the size limit each (an entry over the limit
+/// stays in Redis: only its id and size are read, see [`SIZED_READ`]), and waits until the batch loop is done with each read before
 /// the next, so two large reads are never in memory together. After a whole round of streams
 /// that fit the budget it reads all streams at once again, from COUNT 1 (the batch loop grows
 /// COUNT while reads fit). It starts careful too: what queued while the engine was stopped is
-/// unknown. The bound is one entry only while careful: the read that goes over the budget
-/// holds up to COUNT entries of each stream.
+/// unknown. The bound holds only while careful: the read that goes over the budget holds up to
+/// COUNT entries of each stream.
 ///
 /// On [`ReadAhead::finish`] it stops issuing reads and hands over what it had already read:
 /// entries Redis delivered are processed before shutdown, not left pending.
@@ -133,10 +133,13 @@ impl Reader {
         Ok(read)
     }
 
-    /// One entry of `stream` through [`SIZED_READ`].
+    /// The next entries of `stream` through [`SIZED_READ`]: as many as fit the byte budget at
+    /// the entry size limit each (16 with the defaults), at least one.
     async fn sized_read(&mut self, stream: &str) -> Result<Vec<RawEntry>> {
         let mut invocation = self.sized_read.key(stream);
-        invocation.arg(&self.config.group).arg(&self.config.consumer).arg(1).arg(self.entry_limit);
+        // Entries over the limit stay in Redis, so this many fit the budget whatever waits.
+        let count = (self.budget / self.entry_limit.max(1)).clamp(1, self.config.count.max(1));
+        invocation.arg(&self.config.group).arg(&self.config.consumer).arg(count).arg(self.entry_limit);
         let reply = invocation.invoke_async::<Value>(&mut self.conn).await;
         drop(invocation);
         let Value::Array(entries) = reply? else { return Ok(Vec::new()) };
@@ -158,7 +161,7 @@ impl Reader {
         }
     }
 
-    /// The next stream alone, one entry, without blocking. A round of streams that all fit
+    /// The next stream alone, without blocking, through [`SIZED_READ`]. A round of streams that all fit
     /// ends carefulness, and reads of all streams start again from COUNT 1.
     async fn read_careful(&mut self, next: usize, fit: bool) -> Result<Read> {
         let Some(stream) = self.config.streams.get(next).cloned() else {

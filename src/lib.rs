@@ -3,6 +3,7 @@
 pub mod ask_engine;
 pub mod bench;
 pub mod bench_catalogue;
+pub mod bench_memory;
 pub mod bench_replay;
 pub mod demo;
 pub mod exec_demo;

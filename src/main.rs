@@ -216,6 +216,8 @@ enum BenchCommand {
     Catalogue(maestro::bench_catalogue::CatalogueArgs),
     /// Good template requests beside a flood of malformed entries (S5): latency before and during.
     Flood(maestro::flood::FloodArgs),
+    /// Engine peak RSS with large entries queued before it starts (VmHWM of `maestro run`).
+    Memory(maestro::bench_memory::MemoryArgs),
     /// One side of `bench ingest`, run by it as a child process.
     #[command(hide = true)]
     IngestWorker(maestro::bench::WorkerArgs),
@@ -414,6 +416,7 @@ async fn main() {
         Command::Bench { which: BenchCommand::ReplayWorker(args) } => maestro::bench_replay::worker(args),
         Command::Bench { which: BenchCommand::Catalogue(args) } => maestro::bench_catalogue::catalogue(args),
         Command::Bench { which: BenchCommand::Flood(args) } => maestro::flood::bench(args),
+        Command::Bench { which: BenchCommand::Memory(args) } => maestro::bench_memory::memory(args),
         Command::Bench { which: BenchCommand::IngestWorker(args) } => maestro::bench::worker(args).await,
     };
     if let Err(error) = result {

@@ -66,6 +66,11 @@ pub struct EngineConfig {
     /// `k8s:results` facts (field `runner`) move test environments; facts from any other
     /// producer are recorded and counted, never acted on (recorded in the log).
     pub execution_runners: Vec<String>,
+    /// What to do when a stream's consumer group stands past entries this log never recorded
+    /// (someone created it at `$` or moved it with `XGROUP SETID`): by default the engine moves
+    /// it back to the log's cursor and reads them; `true` leaves it there, the skip logged and
+    /// counted.
+    pub accept_group_skip: bool,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +101,7 @@ impl Default for EngineConfig {
             clock_interval_ms: 10_000,
             max_active_environments: maestro_handlers::execution::DEFAULT_MAX_ACTIVE,
             execution_runners: Vec::new(),
+            accept_group_skip: false,
         }
     }
 }

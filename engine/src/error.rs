@@ -35,6 +35,14 @@ impl EngineError {
     pub fn is_no_group(&self) -> bool {
         matches!(self, EngineError::Redis(e) if e.code() == Some("NOGROUP"))
     }
+
+    /// True when Redis refused a command for a reason of one key's own: it holds another type
+    /// (`WRONGTYPE`) or the user may not touch it (`NOPERM`, an ACL key pattern). Such an
+    /// error stops that stream only; every other error is about the connection or the server
+    /// (OOM, MISCONF, READONLY, LOADING, ...) and stops them all.
+    pub fn belongs_to_stream(&self) -> bool {
+        matches!(self, EngineError::Redis(e) if matches!(e.code(), Some("WRONGTYPE" | "NOPERM")))
+    }
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

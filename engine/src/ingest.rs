@@ -50,7 +50,13 @@ impl Ingest {
                 continue;
             }
             let seq = log.head_seq() + out.records.len() as u64 + 1;
-            let (status, fields, request, typed) = self.classify(&entry.stream, entry.id, fields, entry.deliveries);
+            let (status, fields, request, typed) = match entry.withheld {
+                Some(bytes) => {
+                    let reason = envelope::too_large(bytes, &self.limits);
+                    (Status::Rejected { reason, deliveries: entry.deliveries }, Vec::new(), None, None)
+                }
+                None => self.classify(&entry.stream, entry.id, fields, entry.deliveries),
+            };
             let (status, request) = match request {
                 Some(id) => {
                     let key = (entry.stream.clone(), id);

@@ -19,11 +19,12 @@ use crate::log::Log;
 use crate::source::{RawEntry, Source, SourceConfig};
 use crate::status::Status;
 use maestro_handlers::Handler;
-use maestro_schemas::EntryId;
 use maestro_schemas::envelope::ORIGIN_PREFIX;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+mod streams;
 
 /// Stops the engine when it turns `true` (or when its sender is dropped).
 pub type Shutdown = watch::Receiver<bool>;
@@ -161,7 +162,8 @@ async fn session(
     status.head_seq.store(log.head_seq(), std::sync::atomic::Ordering::Relaxed);
     let names = handlers.iter().map(|h| h.name()).collect();
     *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((dispatcher.store().clone(), names));
-    let streams = config.streams.all().into_iter().map(|(_, key)| key.to_string()).collect();
+    let streams: Vec<String> = config.streams.all().into_iter().map(|(_, key)| key.to_string()).collect();
+    let health = streams::StreamHealth::new(&streams, status);
     let source = Source::new(
         client.clone(),
         SourceConfig {
@@ -194,6 +196,7 @@ async fn session(
         source,
         status: status.clone(),
         outage_since: None,
+        health,
     };
     cycle.follow(shutdown).await
 }
@@ -285,6 +288,8 @@ struct Cycle {
     status: Arc<Status>,
     /// When the current Redis outage began, if Redis is unavailable.
     outage_since: Option<Instant>,
+    /// Streams refused for a reason of their own (`runtime/streams.rs`).
+    health: streams::StreamHealth,
 }
 
 impl Cycle {
@@ -322,18 +327,18 @@ impl Cycle {
         // Before anything is published or read: outputs are marked, and marks checked, with it.
         self.ingest.output_key = Some(self.source.load_output_key().await?);
         self.publish_outbox().await?;
-        let log = &self.log;
-        self.source.ensure_groups(|stream| log.cursor(stream)).await?;
+        self.ensure_groups().await?;
         Status::set(&self.status.redis_up, true);
         if let Some(since) = self.outage_since.take() {
             self.status.clear_error();
             tracing::info!(down_for = ?since.elapsed(), "redis available again");
         }
+        self.check_groups().await?;
         tracing::info!("connected to redis; draining own pending entries");
         self.drain_pending(shutdown).await?;
         let mut next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
         let mut next_info = Instant::now();
-        let mut reads = self.source.read_ahead().await?;
+        let mut reads = self.reader().await?;
         loop {
             if stopping(shutdown) {
                 let rest = reads.finish().await;
@@ -350,21 +355,29 @@ impl Cycle {
                     return self.anchor(true).await;
                 }
             };
-            let entries = match entries {
+            let read = match entries {
                 Err(error) if error.is_no_group() => {
                     tracing::warn!("consumer group missing (redis lost it?); recreating at the log's high-water marks");
-                    let log = &self.log;
-                    self.source.ensure_groups(|stream| log.cursor(stream)).await?;
-                    reads = self.source.read_ahead().await?;
+                    self.ensure_groups().await?;
+                    reads = self.reader().await?;
                     continue;
                 }
                 other => other?,
             };
+            for (stream, error) in &read.failed {
+                self.stream_failed(stream, error);
+            }
             // Caught up: the read did not come back full, so nothing was left waiting behind it.
             // (Under steady load a read is rarely empty; readiness must not flap with it.)
             let full = self.source.count() * self.source.config().streams.len();
-            Status::set(&self.status.caught_up, entries.len() < full);
-            self.run_batch(entries).await?;
+            Status::set(&self.status.caught_up, read.all_streams && read.entries.len() < full);
+            self.run_batch(read.entries).await?;
+            reads.done();
+            if self.health.any_due() && self.retry_streams(shutdown).await? {
+                let rest = reads.finish().await;
+                self.run_batch(rest).await?;
+                reads = self.reader().await?;
+            }
             self.publish_facts().await?;
             self.tick().await?;
             self.anchor(false).await?;
@@ -375,6 +388,7 @@ impl Cycle {
             }
             if Instant::now() >= next_info {
                 self.refresh_gauges().await?;
+                self.check_groups().await?;
                 next_info = Instant::now() + Duration::from_millis(self.config.info_interval_ms);
             }
         }
@@ -459,50 +473,6 @@ impl Cycle {
         self.effects.run_and_report(self.dispatcher.store(), &self.status)
     }
 
-    async fn drain_pending(&mut self, shutdown: &Shutdown) -> Result<()> {
-        for stream in self.source.config().streams.clone() {
-            let mut after = EntryId::ZERO;
-            while !stopping(shutdown) {
-                let entries = self.source.read_pending(&stream, after).await?;
-                let Some(last) = entries.last() else { break };
-                after = last.id;
-                self.run_batch(entries).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn claim_idle(&mut self) -> Result<()> {
-        let min_idle = Duration::from_millis(self.config.claim_min_idle_ms);
-        for stream in self.source.config().streams.clone() {
-            let mut start = "0-0".to_string();
-            // Bounded: a janitor pass must not starve new reads.
-            for _ in 0..10 {
-                let (claimed, next, deleted) = self.source.claim(&stream, min_idle, &start).await?;
-                for id in &deleted {
-                    tracing::warn!(stream, id = %id, "entry deleted while pending in another consumer: lost");
-                }
-                self.count_lost(&stream, deleted.len() as u64);
-                if !claimed.is_empty() {
-                    tracing::info!(stream, count = claimed.len(), "claimed idle entries of another consumer");
-                    self.run_batch(claimed).await?;
-                }
-                if next == "0-0" {
-                    break;
-                }
-                start = next;
-            }
-        }
-        Ok(())
-    }
-
-    fn count_lost(&self, stream: &str, n: u64) {
-        if n > 0 {
-            Status::add(&self.status.lost, n);
-            metrics::counter!("maestro_entries_lost_total", "stream" => stream.to_string()).increment(n);
-        }
-    }
-
     async fn refresh_gauges(&mut self) -> Result<()> {
         for (stream, info) in self.source.group_info().await? {
             metrics::gauge!("maestro_pending", "stream" => stream.clone()).set(info.pending as f64);
@@ -572,14 +542,11 @@ impl Cycle {
         for (stream, n) in per_stream {
             metrics::counter!("maestro_entries_read_total", "stream" => stream.to_string()).increment(n);
         }
-        // Reads are bounded in entries by COUNT; bound them in bytes by shrinking COUNT while
-        // reads come back larger than the budget, and growing it back when they fit.
+        // Reads are bounded in entries by COUNT; bound them in bytes by dropping COUNT to 1 when
+        // a read comes back larger than the budget (the reader then reads one stream at a time),
+        // and growing it back while reads fit.
         let count = self.source.count();
-        let next = if bytes > self.config.max_batch_bytes {
-            (count / 2).max(1)
-        } else {
-            (count * 2).min(self.config.read_count)
-        };
+        let next = if bytes > self.config.max_batch_bytes { 1 } else { (count * 2).min(self.config.read_count) };
         self.source.set_count(next);
     }
 

@@ -15,9 +15,14 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+
+mod groups;
+mod read_ahead;
+
+pub use groups::{GroupPosition, Skipped};
+pub use read_ahead::{Read, ReadAhead};
 
 /// One entry as Redis delivered it, field names and values as the bytes Redis held. `fields`
 /// is `None` when the entry was deleted (trimmed) while it sat in a pending list: Redis then
@@ -29,6 +34,9 @@ pub struct RawEntry {
     pub fields: Option<Fields>,
     /// Times Redis delivered it to a consumer of the group (1 for a first delivery).
     pub deliveries: u32,
+    /// The bytes of an entry over the size limit whose fields Redis was asked to keep (see
+    /// [`ReadAhead`]): `fields` is then empty, and the entry is rejected as `too_large`.
+    pub withheld: Option<usize>,
 }
 
 impl RawEntry {
@@ -132,7 +140,7 @@ fn parse_entry(stream: &str, value: Value) -> Result<RawEntry> {
         }
         other => return Err(reply("entry fields", &other)),
     };
-    Ok(RawEntry { stream: stream.to_string(), id, fields, deliveries: 1 })
+    Ok(RawEntry { stream: stream.to_string(), id, fields, deliveries: 1, withheld: None })
 }
 
 fn parse_entries(stream: &str, value: Value) -> Result<Vec<RawEntry>> {
@@ -180,6 +188,7 @@ pub struct Source {
     client: redis::Client,
     config: SourceConfig,
     publish_script: redis::Script,
+    skipped_script: redis::Script,
     /// Entries per stream per read; shared with the read-ahead task.
     count: Arc<AtomicUsize>,
     writer: Option<MultiplexedConnection>,
@@ -197,7 +206,7 @@ impl Source {
     pub fn new(client: redis::Client, config: SourceConfig) -> Source {
         let count = Arc::new(AtomicUsize::new(config.count));
         let publish_script = redis::Script::new(PUBLISH_SCRIPT);
-        Source { client, config, count, writer: None, publish_script, output_key: None }
+        Source { client, config, count, writer: None, publish_script, output_key: None, skipped_script: groups::script() }
     }
 
     pub fn config(&self) -> &SourceConfig {
@@ -302,23 +311,6 @@ impl Source {
         Ok(())
     }
 
-    /// Creates the group on every stream where it is missing: at the engine's own cursor when
-    /// the log already has entries of that stream (Redis lost the group, or lost everything),
-    /// else at `0`, so that a first start reads what producers wrote before it.
-    pub async fn ensure_groups(&mut self, cursor: impl Fn(&str) -> Result<Option<EntryId>>) -> Result<()> {
-        for stream in self.config.streams.clone() {
-            let start = cursor(&stream)?.map(|id| id.to_string()).unwrap_or_else(|| "0".into());
-            let mut cmd = redis::cmd("XGROUP");
-            cmd.arg("CREATE").arg(&stream).arg(&self.config.group).arg(&start).arg("MKSTREAM");
-            match self.run::<Value>(&cmd).await {
-                Ok(_) => tracing::info!(stream, start, group = self.config.group, "consumer group created"),
-                Err(EngineError::Redis(e)) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Reads this consumer's own pending entries of `stream` after `after` (id `0` = from the
     /// start), with their delivery counts.
     pub async fn read_pending(&mut self, stream: &str, after: EntryId) -> Result<Vec<RawEntry>> {
@@ -363,10 +355,13 @@ impl Source {
         Ok(out)
     }
 
-    /// Starts reading new entries ahead on a connection of its own (see [`ReadAhead`]).
-    pub async fn read_ahead(&self) -> Result<ReadAhead> {
+    /// Starts reading new entries of `streams` ahead on a connection of its own (see
+    /// [`ReadAhead`]); a read of more than `budget` bytes makes it careful, and careful reads
+    /// leave entries over `entry_limit` bytes in Redis.
+    pub async fn read_ahead(&self, streams: Vec<String>, budget: usize, entry_limit: usize) -> Result<ReadAhead> {
         let conn = self.connection(self.config.block + Duration::from_secs(5)).await?;
-        Ok(ReadAhead::spawn(conn, self.config.clone(), self.count.clone()))
+        let config = SourceConfig { streams, ..self.config.clone() };
+        Ok(ReadAhead::spawn(conn, config, self.count.clone(), (budget, entry_limit)))
     }
 
     /// Claims entries of `stream` idle for at least `min_idle` from any consumer (a dead engine's
@@ -419,14 +414,17 @@ impl Source {
         }
         match self.run_pipe::<Value>(&pipe).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_no_group() => {
-                // Redis lost the group: nothing is pending any more. Acknowledge stream by
-                // stream so that streams which still have it are not skipped.
+            Err(e) if e.is_no_group() || e.belongs_to_stream() => {
+                // Redis lost the group, or a key changed type or permission under us: nothing
+                // is pending there any more. Acknowledge stream by stream so that streams which
+                // still have it are not skipped.
                 for (stream, ids) in by_stream {
                     let mut cmd = redis::cmd("XACK");
                     cmd.arg(stream).arg(&self.config.group).arg(&ids);
                     match self.run::<Value>(&cmd).await {
-                        Err(e) if e.is_no_group() => tracing::warn!(stream, "group gone while acknowledging"),
+                        Err(e) if e.is_no_group() || e.belongs_to_stream() => {
+                            tracing::warn!(stream, error = %e, "cannot acknowledge on this stream; its entries stay pending")
+                        }
                         other => {
                             other?;
                         }
@@ -485,110 +483,6 @@ impl Source {
             published += self.forget_on_io_error(result)?;
         }
         Ok(published)
-    }
-
-    /// `XINFO GROUPS` for every stream: this group's pending count and lag.
-    pub async fn group_info(&mut self) -> Result<BTreeMap<String, GroupInfo>> {
-        let mut out = BTreeMap::new();
-        for stream in self.config.streams.clone() {
-            let mut cmd = redis::cmd("XINFO");
-            cmd.arg("GROUPS").arg(&stream);
-            let value: Value = match self.run(&cmd).await {
-                Ok(value) => value,
-                Err(EngineError::Redis(e)) if e.code() == Some("ERR") => continue,
-                Err(e) => return Err(e),
-            };
-            for group in items(&value).unwrap_or_default() {
-                let fields: HashMap<String, &Value> = match group {
-                    Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
-                    other => items(other)
-                        .unwrap_or_default()
-                        .chunks(2)
-                        .filter_map(|p| match p {
-                            [k, v] => Some((text(k)?, v)),
-                            _ => None,
-                        })
-                        .collect(),
-                };
-                if fields.get("name").and_then(|v| text(v)).as_deref() != Some(self.config.group.as_str()) {
-                    continue;
-                }
-                let number = |name: &str| match fields.get(name) {
-                    Some(Value::Int(n)) => u64::try_from(*n).ok(),
-                    Some(other) => text(other).and_then(|t| t.parse().ok()),
-                    None => None,
-                };
-                out.insert(stream.clone(), GroupInfo { pending: number("pending").unwrap_or(0), lag: number("lag") });
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Reads new entries of every stream in a task of its own, one read ahead of the batch being
-/// processed, so that the Redis round trip overlaps the previous batch's fsync.
-///
-/// On [`ReadAhead::finish`] it stops issuing reads and hands over what it had already read:
-/// entries Redis delivered are processed before shutdown, not left pending.
-#[derive(Debug)]
-pub struct ReadAhead {
-    batches: mpsc::Receiver<Result<Vec<RawEntry>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReadAhead {
-    fn spawn(mut conn: MultiplexedConnection, config: SourceConfig, count: Arc<AtomicUsize>) -> ReadAhead {
-        let (tx, batches) = mpsc::channel(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let task = tokio::spawn(async move {
-            while !stopping.load(Ordering::Relaxed) {
-                let mut cmd = redis::cmd("XREADGROUP");
-                cmd.arg("GROUP").arg(&config.group).arg(&config.consumer);
-                cmd.arg("COUNT").arg(count.load(Ordering::Relaxed).max(1));
-                cmd.arg("BLOCK").arg(config.block.as_millis() as u64).arg("STREAMS");
-                cmd.arg(&config.streams);
-                for _ in &config.streams {
-                    cmd.arg(">");
-                }
-                let read = match cmd.query_async::<Value>(&mut conn).await {
-                    Ok(value) => parse_read_reply(value),
-                    Err(e) => Err(e.into()),
-                };
-                let failed = read.is_err();
-                if tx.send(read).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        ReadAhead { batches, stop, task }
-    }
-
-    /// The next read: entries (empty when the BLOCK time passed with nothing new), or the
-    /// error that ended reading.
-    pub async fn next(&mut self) -> Result<Vec<RawEntry>> {
-        match self.batches.recv().await {
-            Some(read) => read,
-            None => Err(EngineError::Reply("read-ahead task ended".into())),
-        }
-    }
-
-    /// Stops reading and returns every read already delivered by Redis (waiting at most for
-    /// the read in flight, one BLOCK time).
-    pub async fn finish(mut self) -> Vec<RawEntry> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut rest = Vec::new();
-        while let Some(read) = self.batches.recv().await {
-            rest.extend(read.unwrap_or_default());
-        }
-        rest
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

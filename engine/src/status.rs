@@ -35,6 +35,22 @@ pub struct Status {
     pub effects_waiting: Mutex<BTreeMap<String, u64>>,
     /// Effect intents whose runner's task is still going.
     pub effects_in_flight: AtomicU64,
+    /// Per stream key: whether it is read, why not, and group skips found on it.
+    pub streams: Mutex<BTreeMap<String, StreamState>>,
+}
+
+/// One stream's state in `/status`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StreamState {
+    /// Read with the others; false while an error of its own (wrong type, no permission, a
+    /// group that cannot be created) stops it.
+    pub up: bool,
+    /// The error that stopped it (empty while it is up).
+    pub error: String,
+    /// Times an error of its own stopped it.
+    pub errors: u64,
+    /// Entries the consumer group's position would have skipped (see `runtime/streams.rs`).
+    pub group_skipped: u64,
 }
 
 /// How many batch durations [`Status`] keeps.
@@ -59,6 +75,7 @@ pub struct Snapshot {
     pub last_error: String,
     pub effects_waiting: BTreeMap<String, u64>,
     pub effects_in_flight: u64,
+    pub streams: BTreeMap<String, StreamState>,
 }
 
 impl Status {
@@ -81,6 +98,7 @@ impl Status {
             last_error: self.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
             effects_waiting: self.effects_waiting.lock().map(|w| w.clone()).unwrap_or_default(),
             effects_in_flight: get(&self.effects_in_flight),
+            streams: self.streams.lock().map(|s| s.clone()).unwrap_or_default(),
             ready: false,
         };
         snap.ready = snap.redis_up && snap.log_open && snap.storage_ok && snap.caught_up;
@@ -108,6 +126,13 @@ impl Status {
     /// The kept batch durations, oldest first.
     pub fn batch_micros(&self) -> Vec<u64> {
         self.batch_latency.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Changes one stream's entry in `/status`.
+    pub fn stream(&self, key: &str, change: impl FnOnce(&mut StreamState)) {
+        if let Ok(mut streams) = self.streams.lock() {
+            change(streams.entry(key.to_string()).or_default());
+        }
     }
 
     pub fn error(&self, text: impl Into<String>) {

@@ -63,9 +63,14 @@ pub fn check_size(fields: &[(Vec<u8>, Vec<u8>)], limits: &Limits) -> Result<(), 
     }
     let bytes = entry_bytes(fields);
     if bytes > limits.max_entry_bytes {
-        return Err(Reject::new("too_large", format!("{bytes} bytes, the limit is {}", limits.max_entry_bytes)));
+        return Err(too_large(bytes, limits));
     }
     Ok(())
+}
+
+/// The reject of an entry of `bytes` bytes, over the limit.
+pub fn too_large(bytes: usize, limits: &Limits) -> Reject {
+    Reject::new("too_large", format!("{bytes} bytes, the limit is {}", limits.max_entry_bytes))
 }
 
 /// Deepest nesting of `[`/`{` in a JSON text, counted without recursion so that a hostile

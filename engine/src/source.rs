@@ -206,7 +206,15 @@ impl Source {
     pub fn new(client: redis::Client, config: SourceConfig) -> Source {
         let count = Arc::new(AtomicUsize::new(config.count));
         let publish_script = redis::Script::new(PUBLISH_SCRIPT);
-        Source { client, config, count, writer: None, publish_script, output_key: None, skipped_script: groups::script() }
+        Source {
+            client,
+            config,
+            count,
+            writer: None,
+            publish_script,
+            output_key: None,
+            skipped_script: groups::script(),
+        }
     }
 
     pub fn config(&self) -> &SourceConfig {
@@ -274,11 +282,14 @@ impl Source {
         getrandom::fill(&mut fresh)
             .map_err(|e| EngineError::Reply(format!("no random bytes for the output key: {e}")))?;
         let key = self.config.output_key_key.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("SET").arg(&key).arg(OutputKey::new(fresh).to_hex()).arg("NX").ignore();
-        pipe.cmd("GET").arg(&key);
-        let (stored,): (Option<Vec<u8>>,) = self.run_pipe(&pipe).await?;
-        let loaded = stored.as_deref().and_then(OutputKey::from_hex).ok_or_else(|| {
+        let fresh = OutputKey::new(fresh).to_hex();
+        // One command, so no MULTI for the ACL to allow: `SET NX GET` answers the key already
+        // there, or nil when this call stored the fresh one.
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(&fresh).arg("NX").arg("GET");
+        let stored: Option<Vec<u8>> = self.run(&set).await?;
+        let stored = stored.unwrap_or_else(|| fresh.into_bytes());
+        let loaded = OutputKey::from_hex(&stored).ok_or_else(|| {
             EngineError::Reply(format!(
                 "the output key at {key} is not 64 hex digits (delete it to have a new one made; every engine of \
                  the group then needs a restart)"

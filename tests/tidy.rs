@@ -112,3 +112,70 @@ fn the_tidy_check_catches_what_it_claims_to() {
     let hits: Vec<_> = FORBIDDEN.iter().filter(|p| code.contains(*p)).collect();
     assert_eq!(hits, vec![&"tokio::"]);
 }
+
+/// Non-test lines a source file may have (lines before its first `#[cfg(test)]`).
+const MAX_SOURCE_LINES: usize = 600;
+
+/// The lines of `text` before its test module, if it has one.
+fn non_test_lines(text: &str) -> usize {
+    text.lines().take_while(|line| !line.trim_start().starts_with("#[cfg(test)]")).count()
+}
+
+/// Whether a comment line narrates when it was written (a session or issue number) instead of why.
+fn history_marker(line: &str) -> Option<&'static str> {
+    let comment = line.split_once("//").map(|(_, c)| c.to_lowercase())?;
+    let words: Vec<&str> = comment.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    for pair in words.windows(2) {
+        let number = pair[1].chars().all(|c| c.is_ascii_digit());
+        match pair[0] {
+            "session" if number => return Some("session N"),
+            "issue" if number => return Some("issue N"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Every `.rs` file of the workspace's source trees (not `target/`).
+fn workspace_sources() -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "schemas/src", "handlers/src", "engine/src", "replay/src", "tests", "benches"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files
+}
+
+#[test]
+fn source_files_stay_small_and_comments_say_why_not_when() {
+    let mut violations = Vec::new();
+    let files = workspace_sources();
+    assert!(files.len() > 50, "found only {} source files; the walk is broken", files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let lines = non_test_lines(&text);
+        let is_test = file.components().any(|c| c.as_os_str() == "tests");
+        if !is_test && lines > MAX_SOURCE_LINES {
+            violations.push(format!("{}: {lines} non-test lines (at most {MAX_SOURCE_LINES})", file.display()));
+        }
+        for (number, line) in text.lines().enumerate() {
+            if let Some(marker) = history_marker(line) {
+                violations.push(format!("{}:{}: a history marker ({marker}) in a comment", file.display(), number + 1));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_size_and_history_checks_catch_what_they_claim_to() {
+    // Built at run time, so that this file's own source holds no marker.
+    let issue = format!("//! The templates domain ({} {}): the registry", ["iss", "ue"].concat(), 4);
+    let session = format!("    // measured in {} {}, three runs", ["Sess", "ion"].concat(), 12);
+    assert_eq!(history_marker(&issue), Some("issue N"));
+    assert_eq!(history_marker(&session), Some("session N"));
+    assert_eq!(history_marker("let session = 4; // a session of the registry"), None);
+    assert_eq!(history_marker("let issue_4 = 1;"), None);
+    assert_eq!(non_test_lines("a\nb\n#[cfg(test)]\nmod tests {}\n"), 2);
+    assert_eq!(non_test_lines("a\nb\nc\n"), 3);
+}

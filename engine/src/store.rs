@@ -13,7 +13,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::value_files::ValueFiles;
-use maestro_handlers::{Intent, StateView};
+use maestro_handlers::Intent;
 use maestro_schemas::codec;
 use maestro_schemas::digest::StateDigest;
 use serde::{Deserialize, Serialize};
@@ -21,8 +21,14 @@ use std::collections::{BTreeMap, HashSet, btree_map};
 use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
 
+mod chunked;
 mod effect_queue;
+mod outbox;
+mod view;
+use chunked::{Chunked, LOAD_CHUNK, copy_except};
 pub use effect_queue::IntentKey;
+pub use outbox::OutboxItem;
+pub use view::View;
 
 fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + name.len() + key.len());
@@ -51,82 +57,6 @@ fn live_tree_name(db: &sled::Db) -> Result<String> {
         None => FIRST_GENERATION.to_string(),
     })
 }
-
-/// Writes changes into a tree in batches of at most `chunk` keys. sled handles a batch of many
-/// thousand keys badly (measured: 250,000 keys of 400 B in one batch took 6 s and 2-3 GB, in
-/// batches of 1,000 about 1 s and 110 MB), but batches are not atomic together.
-struct Chunked<'a> {
-    tree: &'a sled::Tree,
-    chunk: usize,
-    batch: sled::Batch,
-    keys: usize,
-}
-
-impl<'a> Chunked<'a> {
-    fn new(tree: &'a sled::Tree, chunk: usize) -> Chunked<'a> {
-        Chunked { tree, chunk, batch: sled::Batch::default(), keys: 0 }
-    }
-
-    fn write(&mut self, key: impl Into<sled::IVec>, value: Option<impl Into<sled::IVec>>) -> Result<()> {
-        match value {
-            Some(value) => self.batch.insert(key, value),
-            None => self.batch.remove(key),
-        }
-        self.keys += 1;
-        if self.keys == self.chunk {
-            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
-            self.keys = 0;
-        }
-        Ok(())
-    }
-
-    /// What is left to apply: the caller may add to it before applying it.
-    fn rest(self) -> sled::Batch {
-        self.batch
-    }
-}
-
-/// Copies every key of `from` into `to` except those under `skip_prefixes` (jumped over, not
-/// read) and `skip_keys`, in chunks. Returns how many were copied.
-fn copy_except(from: &sled::Tree, to: &sled::Tree, skip_prefixes: &[Vec<u8>], skip_keys: &[Vec<u8>]) -> Result<u64> {
-    let mut copied = 0;
-    let mut writer = Chunked::new(to, LOAD_CHUNK);
-    let mut start = Vec::new();
-    'scan: loop {
-        for item in from.range(start.clone()..) {
-            let (key, value) = item?;
-            if let Some(prefix) = skip_prefixes.iter().find(|p| key.starts_with(p)) {
-                match successor(prefix) {
-                    Some(next) => start = next,
-                    None => break 'scan,
-                }
-                continue 'scan;
-            }
-            if !skip_keys.iter().any(|k| k.as_slice() == key.as_ref()) {
-                writer.write(key, Some(value))?;
-                copied += 1;
-            }
-        }
-        break;
-    }
-    to.apply_batch(writer.rest())?;
-    Ok(copied)
-}
-
-/// The first key after every key that starts with `prefix`.
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < u8::MAX {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
-}
-
-/// Keys per batch of [`Store::load`].
-const LOAD_CHUNK: usize = 1_000;
 
 fn position_key(name: &str) -> Vec<u8> {
     [b"s", name.as_bytes()].concat()
@@ -159,50 +89,6 @@ fn u64_value(value: &[u8]) -> Result<u64> {
 
 /// Key/value pairs of one projection, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// An entry waiting to be published.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxItem {
-    pub seq: u64,
-    pub index: u32,
-    pub stream: String,
-    /// Names and values as bytes: a dead-letter copy holds the producer's names as Redis held
-    /// them. (Written by earlier builds with `String` names, which bincode stores alike.)
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Approximate cap on the target stream's length (dead-letter streams are capped).
-    pub maxlen: Option<u64>,
-    /// Where the publisher fills in the elapsed milliseconds since this time (see
-    /// `maestro_handlers::Output::elapsed_from_ms`).
-    pub elapsed_from_ms: Option<u64>,
-}
-
-/// An outbox entry as written before `elapsed_from_ms` existed: a data dir upgraded with
-/// entries still unpublished reads them as entries with no elapsed time to fill in.
-#[derive(Deserialize)]
-struct OutboxItemWithoutElapsed {
-    seq: u64,
-    index: u32,
-    stream: String,
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
-    maxlen: Option<u64>,
-}
-
-impl OutboxItem {
-    fn decode(bytes: &[u8]) -> Result<OutboxItem> {
-        codec::decode(bytes)
-            .or_else(|_| {
-                codec::decode::<OutboxItemWithoutElapsed>(bytes).map(|old| OutboxItem {
-                    seq: old.seq,
-                    index: old.index,
-                    stream: old.stream,
-                    fields: old.fields,
-                    maxlen: old.maxlen,
-                    elapsed_from_ms: None,
-                })
-            })
-            .map_err(|e| EngineError::State(format!("outbox entry: {e}")))
-    }
-}
 
 /// The catch-up guard: which record dispatch was about to start, and how many times a
 /// dispatch starting there has begun without finishing (a crash counts as a delivery).
@@ -283,78 +169,6 @@ impl Pending {
             delta.unmerge(&before);
             delta.merge(&now);
         }
-    }
-}
-
-/// A handler's view of its state: the pending batch first, then the store.
-#[derive(Debug)]
-pub struct View<'a> {
-    pub store: &'a Store,
-    pub pending: &'a Pending,
-    pub name: &'a str,
-    /// A value file that could not be read (see [`View::unreadable`]).
-    unreadable: std::cell::RefCell<Option<String>>,
-}
-
-impl<'a> View<'a> {
-    pub fn new(store: &'a Store, pending: &'a Pending, name: &'a str) -> View<'a> {
-        View { store, pending, name, unreadable: std::cell::RefCell::new(None) }
-    }
-
-    /// Why a value the handler read could not be read, if one could not. A handler's state
-    /// view has no way to fail, so the value read as absent: the caller must throw away what
-    /// the handler decided, which may be wrong (a create over a template whose body is
-    /// unreadable), and stop the batch.
-    pub fn unreadable(&self) -> Option<String> {
-        self.unreadable.borrow_mut().take()
-    }
-
-    fn resolve(&self, stored: &[u8]) -> Option<Vec<u8>> {
-        match self.store.files.load(stored) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                *self.unreadable.borrow_mut() = Some(error.to_string());
-                None
-            }
-        }
-    }
-}
-
-impl StateView for View<'_> {
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let full = state_key(self.name, key);
-        match self.pending.overlay.get(&full) {
-            Some(staged) => staged.value.clone(),
-            // A read error here is a storage failure, not a missing key; the commit of the same
-            // batch will hit it too and stop the batch before anything is acknowledged.
-            None => self.store.stored(&full).ok().flatten().and_then(|stored| self.resolve(&stored)),
-        }
-    }
-
-    fn scan_limit(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let full = state_key(self.name, prefix);
-        let strip = state_key(self.name, b"").len();
-        // The batch's own changes win over what the store holds.
-        let under = || {
-            self.pending
-                .overlay
-                .range(full.clone()..)
-                .take_while(|(k, _)| k.starts_with(&full))
-                .map(|(k, s)| (k, &s.value))
-        };
-        let deletes = under().filter(|(_, v)| v.is_none()).count();
-        let stored = self
-            .store
-            .tree
-            .scan_prefix(&full)
-            .flatten()
-            .take(limit.saturating_add(deletes))
-            .filter_map(|(k, v)| Some((k.to_vec(), self.resolve(&v)?)))
-            .collect();
-        maestro_handlers::contract::merge_scan(stored, under(), limit)
-            .into_iter()
-            .map(|(k, v)| (k[strip..].to_vec(), v))
-            .collect()
     }
 }
 

@@ -1,4 +1,4 @@
-//! The templates domain (issue 4): the registry handler, the quality gate on manifests, roles
+//! The templates domain: the registry handler, the quality gate on manifests, roles
 //! and tenancy, search and its index, versions and their git history, all pure.
 
 pub mod access;

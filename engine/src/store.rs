@@ -541,6 +541,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use maestro_handlers::StateView;
 
     #[test]
     fn outbox_entries_written_before_elapsed_times_still_decode() {

@@ -153,7 +153,7 @@ fn anchors_ahead_of_a_restored_log_refuse_start_until_accepted_and_never_move_ba
     assert!(engine.terminate().success(), "{}", engine.stderr());
     copy_dir(&dir, &backup);
     let mut engine = EngineProc::start(&server.url(), &dir, &with_file);
-    produce(&mut conn, 60, 2, true);
+    let lost_by_restore = produce(&mut conn, 60, 2, true);
     wait_drained(&mut conn, Duration::from_secs(30));
     assert!(engine.terminate().success(), "{}", engine.stderr());
     let file_anchor = std::fs::read_to_string(&anchor_file).unwrap();
@@ -183,14 +183,20 @@ fn anchors_ahead_of_a_restored_log_refuse_start_until_accepted_and_never_move_ba
     assert_eq!(export(&dir).len(), restored, "nothing read from Redis was appended before the refusal");
     assert_eq!(total_pending(&mut conn), 0, "nothing was even read");
 
-    // The operator accepts: the engine goes on, records the choice, and the clean stop leaves
-    // both anchors where they were.
+    // The operator accepts: the engine goes on and records the choice. The group stands past
+    // what the restored log holds, so it is moved back and the entries the restore lost are
+    // recorded again; the anchors never move back meanwhile.
     let (mut engine, exit) = start(&server, &dir, &with_file, &["--accept-truncated-log"]);
     assert_eq!(exit, None, "{}", engine.stderr());
     wait_drained(&mut conn, Duration::from_secs(30));
     assert!(engine.terminate().success(), "{}", engine.stderr());
     let records = export(&dir);
     assert!(recorded(&records).contains_key(&waiting[0]), "the entries waiting in Redis are recorded");
+    let recorded_again = recorded(&records);
+    assert!(
+        lost_by_restore.iter().all(|k| recorded_again.contains_key(k)),
+        "the entries the restore lost are read again"
+    );
     let accepted = acceptances(&dir);
     assert_eq!(accepted.len(), 2, "one record per anchor that disagreed: {accepted:?}");
     // The second disagreement was found with the first one's record already appended.
@@ -200,8 +206,12 @@ fn anchors_ahead_of_a_restored_log_refuse_start_until_accepted_and_never_move_ba
         assert!(value.contains(what) && value.contains(&format!("records seq {ahead}")), "{value}");
         assert!(value.contains(&format!("the log ends at seq {head}")), "{value}");
     }
-    assert_eq!(std::fs::read_to_string(&anchor_file).unwrap(), file_anchor, "the anchor file did not move back");
-    assert_eq!(redis_anchor(&mut conn, &dir), key_anchor, "the Redis anchor did not move back");
+    let not_back = |now: String, before: &str, what: &str| {
+        let now = now.trim().to_string();
+        assert!(anchor_seq(&now) > ahead || now == before.trim(), "the {what} moved back: {now} after {before}");
+    };
+    not_back(std::fs::read_to_string(&anchor_file).unwrap(), &file_anchor, "anchor file");
+    not_back(redis_anchor(&mut conn, &dir), &key_anchor, "Redis anchor");
 
     // The choice holds for the next starts, and once the log passes the old head the anchors
     // move forward again.

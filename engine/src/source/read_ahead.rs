@@ -9,18 +9,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
 
-/// A careful read of one stream: `XREADGROUP ... COUNT ARGV[3] STREAMS KEYS[1] >` for group
-/// ARGV[1] and consumer ARGV[2], inside Redis, answering an entry over ARGV[4] bytes (names and
-/// values) as its id and size only. The entry is delivered (pending) as any other, but its
-/// payload, which the engine would only drop, never crosses the connection.
+/// A careful read: `XREADGROUP ... COUNT ARGV[3] STREAMS KEYS... > ...` for group ARGV[1] and
+/// consumer ARGV[2], inside Redis, answering an entry over ARGV[4] bytes (names and values) as
+/// its id and size only. The entry is delivered (pending) as any other, but its payload, which
+/// the engine would only drop, never crosses the connection. One read covers every stream, as
+/// the blocking read does, so entries of different streams keep the order they arrived in (a
+/// heal request after the `start_monitoring` that names its project).
 const SIZED_READ: &str = r"
-local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+local args = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS'}
+for _, key in ipairs(KEYS) do args[#args + 1] = key end
+for _ in ipairs(KEYS) do args[#args + 1] = '>' end
+local read = redis.call(unpack(args))
 if not read then return {} end
 local limit, out = tonumber(ARGV[4]), {}
-for i, entry in ipairs(read[1][2]) do
-  local size = 0
-  for _, part in ipairs(entry[2]) do size = size + #part end
-  if size > limit then out[i] = {entry[1], size} else out[i] = entry end
+for s, stream in ipairs(read) do
+  local entries = {}
+  for i, entry in ipairs(stream[2]) do
+    local size = 0
+    for _, part in ipairs(entry[2]) do size = size + #part end
+    if size > limit then entries[i] = {entry[1], size} else entries[i] = entry end
+  end
+  out[s] = {stream[1], entries}
 end
 return out
 ";
@@ -53,14 +62,14 @@ struct Handover {
 /// delivered, the refused ones are reported in [`Read::failed`] and left out of later reads.
 ///
 /// Memory: Redis cannot say how large the entries waiting are before they are read, so a
-/// read that came back over the byte budget turns the reader careful: it reads one stream at
-/// a time, as many entries as fit the budget at the size limit each (an entry over the limit
-/// stays in Redis: only its id and size are read, see [`SIZED_READ`]), and waits until the batch loop is done with each read before
-/// the next, so two large reads are never in memory together. After a whole round of streams
-/// that fit the budget it reads all streams at once again, from COUNT 1 (the batch loop grows
-/// COUNT while reads fit). It starts careful too: what queued while the engine was stopped is
-/// unknown. The bound holds only while careful: the read that goes over the budget holds up to
-/// COUNT entries of each stream.
+/// read that came back over the byte budget turns the reader careful: each read takes, of
+/// every stream, as many entries as fit the budget at the size limit each (an entry over the
+/// limit stays in Redis: only its id and size are read, see [`SIZED_READ`]), and the reader
+/// waits until the batch loop is done with each read before the next, so two large reads are
+/// never in memory together. A careful read that fits the budget ends it: reads block again,
+/// from COUNT 1 (the batch loop grows COUNT while reads fit). It starts careful too: what
+/// queued while the engine was stopped is unknown. The bound holds only while careful: the
+/// read that goes over the budget holds up to COUNT entries of each stream.
 ///
 /// On [`ReadAhead::finish`] it stops issuing reads and hands over what it had already read:
 /// entries Redis delivered are processed before shutdown, not left pending.
@@ -79,8 +88,8 @@ struct Reader {
     /// Entries over this many bytes are left in Redis by careful reads (the entry size limit).
     entry_limit: usize,
     sized_read: redis::Script,
-    /// While careful: the next stream to read alone, and whether the round so far fit.
-    careful: Option<(usize, bool)>,
+    /// Reads are sized (see [`SIZED_READ`]) until one fits the budget.
+    careful: bool,
     handover: Arc<Handover>,
     /// Reads handed to the batch loop.
     sent: u64,
@@ -133,17 +142,37 @@ impl Reader {
         Ok(read)
     }
 
-    /// The next entries of `stream` through [`SIZED_READ`]: as many as fit the byte budget at
-    /// the entry size limit each (16 with the defaults), at least one.
-    async fn sized_read(&mut self, stream: &str) -> Result<Vec<RawEntry>> {
-        let mut invocation = self.sized_read.key(stream);
-        // Entries over the limit stay in Redis, so this many fit the budget whatever waits.
+    /// The next entries of `streams` through [`SIZED_READ`]: of each, as many as fit the byte
+    /// budget at the entry size limit each (16 with the defaults), at least one.
+    async fn sized_read(&mut self, streams: &[String]) -> Result<Vec<RawEntry>> {
+        let mut invocation = self.sized_read.prepare_invoke();
+        for stream in streams {
+            invocation.key(stream);
+        }
+        // Entries over the limit stay in Redis, so this many of a stream fit the budget.
         let count = (self.budget / self.entry_limit.max(1)).clamp(1, self.config.count.max(1));
         invocation.arg(&self.config.group).arg(&self.config.consumer).arg(count).arg(self.entry_limit);
         let reply = invocation.invoke_async::<Value>(&mut self.conn).await;
         drop(invocation);
-        let Value::Array(entries) = reply? else { return Ok(Vec::new()) };
-        entries.into_iter().map(|entry| sized_entry(stream, entry)).collect()
+        let Value::Array(per_stream) = reply? else { return Ok(Vec::new()) };
+        let mut entries = Vec::new();
+        for stream in per_stream {
+            let Value::Array(mut parts) = stream else {
+                return Err(EngineError::Reply("a sized read's stream".into()));
+            };
+            let (Some(Value::Array(read)), Some(name)) = (parts.pop(), parts.pop()) else {
+                return Err(EngineError::Reply("a sized read's stream without entries".into()));
+            };
+            let name = match name {
+                Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Value::SimpleString(text) => text,
+                _ => return Err(EngineError::Reply("a sized read's stream name".into())),
+            };
+            for entry in read {
+                entries.push(sized_entry(&name, entry)?);
+            }
+        }
+        Ok(entries)
     }
 
     /// All streams in one blocking read; when Redis refuses it for one key's reason, each
@@ -161,26 +190,34 @@ impl Reader {
         }
     }
 
-    /// The next stream alone, without blocking, through [`SIZED_READ`]. A round of streams that all fit
-    /// ends carefulness, and reads of all streams start again from COUNT 1.
-    async fn read_careful(&mut self, next: usize, fit: bool) -> Result<Read> {
-        let Some(stream) = self.config.streams.get(next).cloned() else {
-            self.careful = if fit { None } else { Some((0, true)) };
-            if fit {
-                self.count.store(1, Ordering::Relaxed);
-            }
-            return Ok(Read::default());
-        };
-        let read = match self.sized_read(&stream).await {
+    /// Every stream, without blocking, through [`SIZED_READ`]; when Redis refuses it for one
+    /// key's reason, each stream alone to find which. A read that fits the budget ends
+    /// carefulness, and blocking reads start again from COUNT 1.
+    async fn read_careful(&mut self) -> Result<Read> {
+        let streams = self.config.streams.clone();
+        let read = match self.sized_read(&streams).await {
             Ok(entries) => Read { entries, ..Read::default() },
             Err(e) if e.belongs_to_stream() => {
-                self.config.streams.retain(|s| *s != stream);
-                self.careful = Some((next, fit));
-                return Ok(Read { failed: vec![(stream, e)], ..Read::default() });
+                let mut read = Read::default();
+                for stream in streams {
+                    match self.sized_read(std::slice::from_ref(&stream)).await {
+                        Ok(entries) => read.entries.extend(entries),
+                        Err(e) if e.belongs_to_stream() => read.failed.push((stream, e)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.config.streams.retain(|s| !read.failed.iter().any(|(f, _)| f == s));
+                if read.failed.is_empty() && read.entries.is_empty() {
+                    return Err(e);
+                }
+                read
             }
             Err(e) => return Err(e),
         };
-        self.careful = Some((next + 1, fit && bytes(&read.entries) <= self.budget));
+        if bytes(&read.entries) <= self.budget {
+            self.careful = false;
+            self.count.store(1, Ordering::Relaxed);
+        }
         Ok(read)
     }
 
@@ -190,10 +227,7 @@ impl Reader {
             tokio::time::sleep(self.config.block).await;
             return Ok(Read::default());
         }
-        match self.careful {
-            Some((next, fit)) => self.read_careful(next, fit).await,
-            None => self.read_all().await,
-        }
+        if self.careful { self.read_careful().await } else { self.read_all().await }
     }
 
     /// Waits until the batch loop is done with every read handed over (or stops).
@@ -212,10 +246,10 @@ impl Reader {
             let read = self.read().await;
             let failed = read.is_err();
             let large = read.as_ref().is_ok_and(|r| bytes(&r.entries) > self.budget);
+            let careful = (self.careful || large) && read.as_ref().is_ok_and(|r| !r.entries.is_empty());
             if large {
-                self.careful = Some(self.careful.map_or((0, false), |(next, _)| (next, false)));
+                self.careful = true;
             }
-            let careful = self.careful.is_some() && read.as_ref().is_ok_and(|r| !r.entries.is_empty());
             if tx.send(read).await.is_err() || failed {
                 break;
             }
@@ -258,7 +292,7 @@ impl ReadAhead {
             budget,
             entry_limit,
             sized_read: redis::Script::new(SIZED_READ),
-            careful: Some((0, true)),
+            careful: true,
             handover: handover.clone(),
             sent: 0,
         };

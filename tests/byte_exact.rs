@@ -56,17 +56,13 @@ fn entries(conn: &mut redis::Connection, stream: &str) -> Vec<(String, Pairs)> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A name or value as `maestro export` writes it: text, or `{"hex": ...}` when not UTF-8.
 fn exported_bytes(value: &Value) -> Vec<u8> {
     match value {
         Value::String(text) => text.as_bytes().to_vec(),
         Value::Object(o) => {
             let h = o["hex"].as_str().unwrap();
-            (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+            hex::decode(h).unwrap()
         }
         other => panic!("exported field part {other:?}"),
     }
@@ -152,7 +148,7 @@ fn names_and_values_that_are_not_utf8_are_kept_byte_exact_in_the_log_exports_and
         assert_eq!(&exported_fields(record), fields, "{record}");
     }
     let twin_record = records.iter().find(|r| r["stream"] == REQUESTS && r["id"] == sent[1].1.as_str()).unwrap();
-    assert_eq!(twin_record["fields"][1][0]["hex"], hex(b"x\xff"), "{twin_record}");
+    assert_eq!(twin_record["fields"][1][0]["hex"], hex::encode(b"x\xff"), "{twin_record}");
 
     // `maestro export --format proto`: names and values as bytes.
     let out = Command::new(env!("CARGO_BIN_EXE_maestro"))

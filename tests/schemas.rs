@@ -226,7 +226,7 @@ fn golden_fixtures_of_schema_version_1_decode_forever() {
             decode(role, origin, &fields, &Limits::default()).unwrap_or_else(|r| panic!("{}: {r}", fixture["name"]));
         assert_eq!(decoded.event.schema_version, 1);
         let proto = to_proto_fields(&decoded.event.event);
-        let hex: String = proto[1].1.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&proto[1].1);
         if update && fixture["proto_hex"].is_null() {
             fixture["proto_hex"] = serde_json::Value::String(hex.clone());
         }
@@ -260,12 +260,11 @@ fn a_golden_record_of_format_1_decodes_forever() {
         }),
     };
     if std::env::var("UPDATE_FIXTURES").is_ok() && !path.exists() {
-        let hex: String = expected.encode().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(expected.encode().unwrap());
         std::fs::write(&path, hex + "\n").unwrap();
     }
     let hex = std::fs::read_to_string(&path).unwrap();
-    let bytes: Vec<u8> =
-        (0..hex.trim().len()).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap()).collect();
+    let bytes = hex::decode(hex.trim()).unwrap();
     assert_eq!(Record::decode(42, &bytes).unwrap(), expected);
     // Both ways: this build writes the very bytes format 1 was written with (field names were
     // `String`s then, bytes now; bincode stores both as a length and the bytes).

@@ -5,8 +5,9 @@
 use std::path::Path;
 
 /// Crates the pure crates may depend on. Anything else needs a reason and a change here.
-const PURE_DEPENDENCIES: [&str; 14] = [
+const PURE_DEPENDENCIES: [&str; 15] = [
     "maestro-schemas",
+    "hex",
     "serde",
     "serde_json",
     "bincode",

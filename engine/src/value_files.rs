@@ -177,14 +177,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// The hash a file name spells, in lowercase hex.
 fn parse_hash(name: &str) -> Option<[u8; 32]> {
-    if name.len() != 64 {
-        return None;
-    }
     let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    (hex(&hash) == name).then_some(hash)
+    hex::decode_to_slice(name, &mut hash).ok()?;
+    // Lowercase only: one value, one file name.
+    (hex::encode(hash) == name).then_some(hash)
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ pub fn key_bytes(text: &str) -> Vec<u8> {
 
 /// The bytes of a hex string, if it is one.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    hex::decode(text).ok()
 }
 
 /// A value as JSON: parsed when it is JSON, else a string, else `{"hex": ...}`.

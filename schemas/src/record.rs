@@ -141,7 +141,7 @@ pub fn hash_stored(stored: &[u8]) -> [u8; 32] {
 
 /// Lowercase hex of bytes (hashes, git object ids, binary keys), for messages and exports.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 impl Record {

@@ -130,13 +130,8 @@ fn tree_id(mode: &str, entries: &[(String, Oid)]) -> Oid {
 
 /// The object id named by 40 hex digits.
 pub fn parse_hex(text: &str) -> Option<Oid> {
-    if text.len() != 40 {
-        return None;
-    }
     let mut id = [0u8; 20];
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut id).ok()?;
     Some(id)
 }
 

@@ -111,7 +111,13 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
     let streams: Vec<String> = StreamSet::default().all().into_iter().map(|(_, k)| k.to_string()).collect();
     let mut conn = redis::Client::open(url)?.get_connection()?;
     for stream in &streams {
-        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("bench-raw").arg("0").arg("MKSTREAM").query::<()>(&mut conn)?;
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg("bench-raw")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query::<()>(&mut conn)?;
     }
     let dir = tempfile::tempdir()?;
     let db = sled::Config::new().path(dir.path()).cache_capacity(64 * 1024 * 1024).open()?;

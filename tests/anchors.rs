@@ -35,18 +35,6 @@ fn write_log(dir: &Path) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Starts the engine and waits for it to exit (refused) or to connect (started).
 fn start(server: &RedisServer, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (EngineProc, Option<i32>) {
     let stderr_path = dir.with_extension("stderr.log");

@@ -31,18 +31,6 @@ fn checksums(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Every read-only tool's command line over `dir`.
 fn tools(dir: &str) -> Vec<Vec<String>> {
     let dd = ["--data-dir", dir];

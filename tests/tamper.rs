@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::open_sled;
+use common::{copy_dir, open_sled};
 
 use maestro_engine::log::{Log, NewRecord, log_key};
 use maestro_schemas::record::{GENESIS_HASH, Record, hash_stored, hex};
@@ -41,18 +41,6 @@ fn write_log(dir: &Path) -> (u64, String) {
         log.append(chunk.to_vec()).unwrap();
     }
     (log.head_seq(), hex(&log.head_hash()))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 struct Rng(u64);

@@ -270,3 +270,16 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, response.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
+
+/// Copies a directory tree (a data dir, for a test that damages or restores it).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -23,12 +23,6 @@ pub struct MemoryArgs {
     pub engine: Option<PathBuf>,
 }
 
-/// VmHWM of process `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Stops the engine child whatever happens to the run.
 struct Engine(Child);
 
@@ -79,7 +73,7 @@ fn run_once(exe: &Path, n: usize, bytes: usize) -> anyhow::Result<u64> {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(2));
-    peak_rss_kib(engine.0.id()).context("reading the engine's /proc status")
+    crate::bench::peak_rss_kib_of(engine.0.id()).context("reading the engine's /proc status")
 }
 
 pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {

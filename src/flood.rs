@@ -80,7 +80,7 @@ pub fn flood(engine: &Path, data_dir: &Path, args: &FloodArgs) -> anyhow::Result
     let mut child = start_engine(engine, &url, data_dir, args.dead_letter_maxlen)?;
     let outcome = phases(&url, args, &mut child);
     let engine_alive = matches!(child.try_wait(), Ok(None));
-    let engine_peak_rss_kib = peak_rss_kib(child.id());
+    let engine_peak_rss_kib = crate::bench::peak_rss_kib_of(child.id()).unwrap_or(0);
     // kill(1), not libc::kill: the workspace denies unsafe code.
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
@@ -168,11 +168,17 @@ fn send_good(url: &str, phase: &str, n: u64, origin: Instant, period: Duration) 
     for i in 0..n {
         let scheduled = origin + period * (i as u32);
         std::thread::sleep(scheduled.saturating_duration_since(Instant::now()));
-        let data = serde_json::json!({"request_id": format!("{phase}-{i}"), "operation": "search",
-            "tenant_id": "acme", "user_id": "alice", "parameters": {"query": "fastapi", "page": 1, "page_size": 5}});
-        redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query::<String>(&mut conn)?;
+        send_search(&mut conn, &format!("{phase}-{i}"))?;
     }
     Ok(())
+}
+
+/// XADDs a template search (tenant `acme`, user `alice`) in the old producers' shape; returns
+/// its entry id. Its answer on the results stream carries `request_id`.
+pub fn send_search(conn: &mut redis::Connection, request_id: &str) -> redis::RedisResult<String> {
+    let data = serde_json::json!({"request_id": request_id, "operation": "search", "tenant_id": "acme",
+        "user_id": "alice", "parameters": {"query": "fastapi", "page": 1, "page_size": 5}});
+    redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query(conn)
 }
 
 /// The bad entries, in turn: broken JSON, JSON nested 10,000 deep (one in a hundred: they are
@@ -279,15 +285,6 @@ fn wait_answered(answers: &std::sync::Mutex<HashMap<String, u64>>, n: u64, child
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// `maestro bench flood`: prints both phases and the verdicts of S5.

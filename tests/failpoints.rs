@@ -7,14 +7,11 @@
 mod common;
 
 use common::*;
-use serde_json::json;
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Duration;
 
 const REQUESTS: &str = "maestro:streams:templates:requests";
-const RESULTS: &str = "maestro:streams:templates:results";
 
 /// Small reads and frequent checkpoints, so every point is passed many times in a short load.
 const ENV: [(&str, &str); 3] =
@@ -29,11 +26,7 @@ fn load(conn: &mut redis::Connection, seed: u64) -> (Vec<(String, String)>, Vec<
         produced.extend(produce(conn, 90, seed * 100 + round, true));
         for i in 0..20 {
             let id = format!("fp-{seed}-{round}-{i}");
-            let data = json!({"request_id": id, "operation": "search", "tenant_id": "acme", "user_id": "alice",
-                "parameters": {"query": "fastapi", "page": 1, "page_size": 5}});
-            let entry: String =
-                redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query(conn).unwrap();
-            produced.push((REQUESTS.to_string(), entry));
+            produced.push((REQUESTS.to_string(), maestro::flood::send_search(conn, &id).unwrap()));
             requests.push(id);
         }
     }
@@ -68,13 +61,7 @@ fn assert_recovered(
     engine.assert_no_panic();
     assert_eq!(total_pending(conn), 0);
     assert_exactly_once(produced, &export(dir));
-    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, fields) in read_stream(conn, RESULTS) {
-        let data: serde_json::Value = serde_json::from_str(&fields["data"]).unwrap();
-        if let Some(id) = data["request_id"].as_str().filter(|id| id.starts_with("fp-")) {
-            *answers.entry(id.to_string()).or_default() += 1;
-        }
-    }
+    let answers = answers_to(conn, "fp-");
     let wrong: Vec<_> = requests.iter().filter(|id| answers.get(*id) != Some(&1)).collect();
     assert!(wrong.is_empty(), "{} requests not answered exactly once, first {:?}", wrong.len(), wrong.first());
     assert_eq!(answers.len(), requests.len(), "answers to requests nobody sent");

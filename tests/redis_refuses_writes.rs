@@ -7,12 +7,9 @@
 mod common;
 
 use common::*;
-use serde_json::json;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const REQUESTS: &str = "maestro:streams:templates:requests";
-const RESULTS: &str = "maestro:streams:templates:results";
 
 fn refuse_writes(conn: &mut redis::Connection, refuse: bool) {
     let replicas = if refuse { "1" } else { "0" };
@@ -32,11 +29,7 @@ fn writes_refused_by_redis_are_retried_and_nothing_is_lost_or_repeated() {
     let mut produced = produce(&mut conn, 180, 21, true);
     let requests: Vec<String> = (0..30).map(|i| format!("refused-{i}")).collect();
     for id in &requests {
-        let data = json!({"request_id": id, "operation": "search", "tenant_id": "acme", "user_id": "alice",
-            "parameters": {"query": "fastapi", "page": 1, "page_size": 5}});
-        let entry: String =
-            redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query(&mut conn).unwrap();
-        produced.push((REQUESTS.to_string(), entry));
+        produced.push((REQUESTS.to_string(), maestro::flood::send_search(&mut conn, id).unwrap()));
     }
     refuse_writes(&mut conn, true);
     sigcont(engine.child.id());
@@ -53,12 +46,6 @@ fn writes_refused_by_redis_are_retried_and_nothing_is_lost_or_repeated() {
     engine.assert_no_panic();
     assert!(engine.stderr().contains("redis available again"), "{}", engine.stderr());
     assert_exactly_once(&produced, &export(&dir));
-    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, fields) in read_stream(&mut conn, RESULTS) {
-        let data: serde_json::Value = serde_json::from_str(&fields["data"]).unwrap();
-        if let Some(id) = data["request_id"].as_str().filter(|id| id.starts_with("refused-")) {
-            *answers.entry(id.to_string()).or_default() += 1;
-        }
-    }
+    let answers = answers_to(&mut conn, "refused-");
     assert!(requests.iter().all(|id| answers.get(id) == Some(&1)), "answers: {answers:?}");
 }

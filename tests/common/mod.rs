@@ -283,3 +283,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// How many answers the template results stream holds per request id starting with `prefix`.
+pub fn answers_to(conn: &mut redis::Connection, prefix: &str) -> BTreeMap<String, usize> {
+    let mut answers = BTreeMap::new();
+    for (_, fields) in read_stream(conn, "maestro:streams:templates:results") {
+        let data: Value = serde_json::from_str(&fields["data"]).unwrap();
+        if let Some(id) = data["request_id"].as_str().filter(|id| id.starts_with(prefix)) {
+            *answers.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    answers
+}

@@ -12,6 +12,7 @@ pub mod groups;
 pub mod heal_demo;
 pub mod manifests_cli;
 pub mod metrics;
+pub mod plot;
 pub mod redis_server;
 pub mod replay_cli;
 pub mod report;

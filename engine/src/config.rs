@@ -23,10 +23,14 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// Entries per stream per read (the in-flight budget is this times the stream count).
     pub read_count: usize,
-    /// Once a read returns more than this many bytes, reads shrink until they fit again.
+    /// The most bytes of entries one read brings (Redis stops delivering there; an entry over
+    /// the size limit stays in Redis).
     pub max_batch_bytes: usize,
-    /// How long a read blocks waiting for new entries.
+    /// The longest a read waits for new entries before the batch loop runs its idle work.
     pub block_ms: u64,
+    /// How often the reader asks Redis again while nothing is new: reads are sized inside
+    /// Redis to hold memory to `max_batch_bytes`, and a sized read cannot block.
+    pub poll_ms: u64,
     /// Deliveries (a crash counts as one) after which an entry is parked as poison.
     pub max_deliveries: u32,
     /// Entries idle this long in another consumer's pending list are claimed.
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             read_count: 100,
             max_batch_bytes: 16 * 1024 * 1024,
             block_ms: 1000,
+            poll_ms: 2,
             max_deliveries: 5,
             claim_min_idle_ms: 30_000,
             claim_interval_ms: 5_000,

@@ -54,7 +54,10 @@ pub struct SourceConfig {
     pub streams: Vec<String>,
     /// Entries per stream per read.
     pub count: usize,
+    /// The longest a read waits for something new before the batch loop gets an empty one.
     pub block: Duration,
+    /// How often the reader asks again while nothing is new (a sized read cannot block).
+    pub poll: Duration,
     /// Hash key for the publish guard (see [`PUBLISH_SCRIPT`]).
     pub published_key: String,
     /// Key of the group's output key (see [`Source::load_output_key`]).
@@ -367,8 +370,8 @@ impl Source {
     }
 
     /// Starts reading new entries of `streams` ahead on a connection of its own (see
-    /// [`ReadAhead`]); a read of more than `budget` bytes makes it careful, and careful reads
-    /// leave entries over `entry_limit` bytes in Redis.
+    /// [`ReadAhead`]): reads stop at `budget` bytes and leave entries over `entry_limit` bytes
+    /// in Redis.
     pub async fn read_ahead(&self, streams: Vec<String>, budget: usize, entry_limit: usize) -> Result<ReadAhead> {
         let conn = self.connection(self.config.block + Duration::from_secs(5)).await?;
         let config = SourceConfig { streams, ..self.config.clone() };

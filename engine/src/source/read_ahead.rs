@@ -1,36 +1,47 @@
 //! Reading new entries ahead of the batch being processed, stream errors kept to their stream,
-//! and memory kept to one large read at a time.
+//! and memory kept to the byte budget whatever waits in Redis.
 
-use super::{RawEntry, SourceConfig, parse_entry, parse_read_reply};
+use super::{RawEntry, SourceConfig, parse_entry};
 use crate::error::{EngineError, Result};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
-/// A careful read: `XREADGROUP ... COUNT ARGV[3] STREAMS KEYS... > ...` for group ARGV[1] and
-/// consumer ARGV[2], inside Redis, answering an entry over ARGV[4] bytes (names and values) as
-/// its id and size only. The entry is delivered (pending) as any other, but its payload, which
-/// the engine would only drop, never crosses the connection. One read covers every stream, as
-/// the blocking read does, so entries of different streams keep the order they arrived in (a
-/// heal request after the `start_monitoring` that names its project).
+/// A sized read, inside Redis: `XREADGROUP GROUP ARGV[1] ARGV[2]` of new entries of every
+/// stream in KEYS, at most ARGV[3] of each, until the entries read add up to ARGV[5] bytes
+/// (names and values). An entry over ARGV[4] bytes (the entry size limit) is answered as its id
+/// and size only: it is delivered (pending) as any other, but its payload, which the engine
+/// would only drop, never crosses the connection. Entries are taken a few at a time, never
+/// more than the remaining budget holds at the size limit each, so the reply stays under the
+/// budget plus one entry. The reply: `{drained, {stream, entries}...}`, `drained` being 1 when
+/// every stream gave less than asked within the budget (nothing was left waiting).
+///
+/// One read covers every stream, so entries of different streams keep the order they arrived
+/// in (a heal request after the `start_monitoring` that names its project).
 const SIZED_READ: &str = r"
-local args = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS'}
-for _, key in ipairs(KEYS) do args[#args + 1] = key end
-for _ in ipairs(KEYS) do args[#args + 1] = '>' end
-local read = redis.call(unpack(args))
-if not read then return {} end
-local limit, out = tonumber(ARGV[4]), {}
-for s, stream in ipairs(read) do
-  local entries = {}
-  for i, entry in ipairs(stream[2]) do
-    local size = 0
-    for _, part in ipairs(entry[2]) do size = size + #part end
-    if size > limit then entries[i] = {entry[1], size} else entries[i] = entry end
+local count, limit, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local used, drained, out = 0, 1, {}
+for s, key in ipairs(KEYS) do
+  local entries, stream_drained = {}, false
+  while #entries < count and used < budget do
+    local step = math.max(1, math.min(count - #entries, math.floor((budget - used) / limit)))
+    local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', step, 'STREAMS', key, '>')
+    local got = read and read[1][2] or {}
+    for _, entry in ipairs(got) do
+      local size = 0
+      for _, part in ipairs(entry[2]) do size = size + #part end
+      if size > limit then entries[#entries + 1] = {entry[1], size}
+      else entries[#entries + 1] = entry; used = used + size end
+    end
+    if #got < step then stream_drained = true; break end
   end
-  out[s] = {stream[1], entries}
+  if not stream_drained then drained = 0 end
+  out[s] = {key, entries}
 end
+table.insert(out, 1, drained)
 return out
 ";
 
@@ -40,8 +51,8 @@ return out
 pub struct Read {
     pub entries: Vec<RawEntry>,
     pub failed: Vec<(String, EngineError)>,
-    /// One blocking read of every stream at the shared COUNT: fewer entries than COUNT times
-    /// the streams means nothing was left waiting.
+    /// Every stream gave fewer entries than asked within the byte budget: nothing was left
+    /// waiting when it was read.
     pub all_streams: bool,
 }
 
@@ -57,19 +68,18 @@ struct Handover {
 /// Reads new entries of the streams in a task of its own, one read ahead of the batch being
 /// processed, so that the Redis round trip overlaps the previous batch's fsync.
 ///
-/// One `XREADGROUP` covers every stream. When Redis refuses it for a reason of one key (a
-/// wrong type, an ACL), each stream is read alone to find which: the others' entries are
-/// delivered, the refused ones are reported in [`Read::failed`] and left out of later reads.
+/// Memory: Redis cannot say how large the entries waiting are before they are delivered, and a
+/// blocking `XREADGROUP` brings whatever it delivers. So every read is a [`SIZED_READ`]: Redis
+/// stops delivering at the byte budget and keeps the payload of an entry over the size limit,
+/// whatever queued up. A sized read cannot block (a script never waits), so when nothing is
+/// new the reader polls every `poll` until something is or `block` has passed (then it hands
+/// the batch loop an empty read, as a BLOCK timing out would). A read over half the budget is
+/// not followed by the next until the batch loop is done with it, so the reads in memory add up
+/// to at most the budget plus one entry at the size limit.
 ///
-/// Memory: Redis cannot say how large the entries waiting are before they are read, so a
-/// read that came back over the byte budget turns the reader careful: each read takes, of
-/// every stream, as many entries as fit the budget at the size limit each (an entry over the
-/// limit stays in Redis: only its id and size are read, see [`SIZED_READ`]), and the reader
-/// waits until the batch loop is done with each read before the next, so two large reads are
-/// never in memory together. A careful read that fits the budget ends it: reads block again,
-/// from COUNT 1 (the batch loop grows COUNT while reads fit). It starts careful too: what
-/// queued while the engine was stopped is unknown. The bound holds only while careful: the
-/// read that goes over the budget holds up to COUNT entries of each stream.
+/// Streams fail alone: when Redis refuses the read for a reason of one key (a wrong type, an
+/// ACL), each stream is read alone to find which: the others' entries are delivered, the
+/// refused ones are reported in [`Read::failed`] and left out of later reads.
 ///
 /// On [`ReadAhead::finish`] it stops issuing reads and hands over what it had already read:
 /// entries Redis delivered are processed before shutdown, not left pending.
@@ -83,13 +93,12 @@ pub struct ReadAhead {
 struct Reader {
     conn: MultiplexedConnection,
     config: SourceConfig,
+    /// Entries per stream per read, shared with the batch loop.
     count: Arc<AtomicUsize>,
     budget: usize,
-    /// Entries over this many bytes are left in Redis by careful reads (the entry size limit).
+    /// Entries over this many bytes are left in Redis (the entry size limit).
     entry_limit: usize,
     sized_read: redis::Script,
-    /// Reads are sized (see [`SIZED_READ`]) until one fits the budget.
-    careful: bool,
     handover: Arc<Handover>,
     /// Reads handed to the batch loop.
     sent: u64,
@@ -100,63 +109,27 @@ fn bytes(entries: &[RawEntry]) -> usize {
 }
 
 impl Reader {
-    /// `XREADGROUP` of new entries: with `count` (else the shared COUNT) and no BLOCK, or with
-    /// the shared COUNT and BLOCK.
-    fn read_cmd(&self, streams: &[String], count: Option<usize>) -> redis::Cmd {
-        let block = count.is_none();
-        let count = count.unwrap_or_else(|| self.count.load(Ordering::Relaxed)).max(1);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.config.group).arg(&self.config.consumer);
-        cmd.arg("COUNT").arg(count);
-        if block {
-            cmd.arg("BLOCK").arg(self.config.block.as_millis() as u64);
-        }
-        cmd.arg("STREAMS").arg(streams);
-        for _ in streams {
-            cmd.arg(">");
-        }
-        cmd
-    }
-
-    async fn query(&mut self, cmd: &redis::Cmd) -> Result<Vec<RawEntry>> {
-        match cmd.query_async::<Value>(&mut self.conn).await {
-            Ok(value) => parse_read_reply(value),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Every stream read alone, without blocking: the entries of those Redis serves, and the
-    /// ones it refuses (taken out of `config.streams`).
-    async fn read_each(&mut self) -> Result<Read> {
-        let mut read = Read::default();
-        for stream in self.config.streams.clone() {
-            let count = self.count.load(Ordering::Relaxed);
-            let cmd = self.read_cmd(std::slice::from_ref(&stream), Some(count));
-            match self.query(&cmd).await {
-                Ok(entries) => read.entries.extend(entries),
-                Err(e) if e.belongs_to_stream() => read.failed.push((stream, e)),
-                Err(e) => return Err(e),
-            }
-        }
-        self.config.streams.retain(|s| !read.failed.iter().any(|(f, _)| f == s));
-        Ok(read)
-    }
-
-    /// The next entries of `streams` through [`SIZED_READ`]: of each, as many as fit the byte
-    /// budget at the entry size limit each (16 with the defaults), at least one.
-    async fn sized_read(&mut self, streams: &[String]) -> Result<Vec<RawEntry>> {
+    /// The next entries of `streams` through [`SIZED_READ`], and whether every stream was
+    /// drained.
+    async fn sized_read(&mut self, streams: &[String]) -> Result<(Vec<RawEntry>, bool)> {
         let mut invocation = self.sized_read.prepare_invoke();
         for stream in streams {
             invocation.key(stream);
         }
-        // Entries over the limit stay in Redis, so this many of a stream fit the budget.
-        let count = (self.budget / self.entry_limit.max(1)).clamp(1, self.config.count.max(1));
-        invocation.arg(&self.config.group).arg(&self.config.consumer).arg(count).arg(self.entry_limit);
+        let count = self.count.load(Ordering::Relaxed).max(1);
+        invocation.arg(&self.config.group).arg(&self.config.consumer).arg(count);
+        invocation.arg(self.entry_limit.max(1)).arg(self.budget.max(1));
         let reply = invocation.invoke_async::<Value>(&mut self.conn).await;
         drop(invocation);
-        let Value::Array(per_stream) = reply? else { return Ok(Vec::new()) };
+        let Value::Array(mut per_stream) = reply? else {
+            return Err(EngineError::Reply("a sized read that is not an array".into()));
+        };
+        let drained = match per_stream.first() {
+            Some(Value::Int(flag)) => *flag == 1,
+            _ => return Err(EngineError::Reply("a sized read without its drained flag".into())),
+        };
         let mut entries = Vec::new();
-        for stream in per_stream {
+        for stream in per_stream.drain(1..) {
             let Value::Array(mut parts) = stream else {
                 return Err(EngineError::Reply("a sized read's stream".into()));
             };
@@ -172,62 +145,46 @@ impl Reader {
                 entries.push(sized_entry(&name, entry)?);
             }
         }
-        Ok(entries)
+        Ok((entries, drained))
     }
 
-    /// All streams in one blocking read; when Redis refuses it for one key's reason, each
-    /// stream alone.
-    async fn read_all(&mut self) -> Result<Read> {
-        let cmd = self.read_cmd(&self.config.streams, None);
-        match self.query(&cmd).await {
-            Ok(entries) => Ok(Read { entries, failed: Vec::new(), all_streams: true }),
-            Err(e) if e.belongs_to_stream() => {
-                let read = self.read_each().await?;
-                // Nothing refused alone: the error was not one stream's after all.
-                if read.failed.is_empty() && read.entries.is_empty() { Err(e) } else { Ok(read) }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every stream, without blocking, through [`SIZED_READ`]; when Redis refuses it for one
-    /// key's reason, each stream alone to find which. A read that fits the budget ends
-    /// carefulness, and blocking reads start again from COUNT 1.
-    async fn read_careful(&mut self) -> Result<Read> {
+    /// Every stream in one sized read; when Redis refuses it for one key's reason, each stream
+    /// alone to find which.
+    async fn read_once(&mut self) -> Result<Read> {
         let streams = self.config.streams.clone();
-        let read = match self.sized_read(&streams).await {
-            Ok(entries) => Read { entries, ..Read::default() },
-            Err(e) if e.belongs_to_stream() => {
-                let mut read = Read::default();
-                for stream in streams {
-                    match self.sized_read(std::slice::from_ref(&stream)).await {
-                        Ok(entries) => read.entries.extend(entries),
-                        Err(e) if e.belongs_to_stream() => read.failed.push((stream, e)),
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.config.streams.retain(|s| !read.failed.iter().any(|(f, _)| f == s));
-                if read.failed.is_empty() && read.entries.is_empty() {
-                    return Err(e);
-                }
-                read
-            }
+        let error = match self.sized_read(&streams).await {
+            Ok((entries, all_streams)) => return Ok(Read { entries, failed: Vec::new(), all_streams }),
+            Err(e) if e.belongs_to_stream() => e,
             Err(e) => return Err(e),
         };
-        if bytes(&read.entries) <= self.budget {
-            self.careful = false;
-            self.count.store(1, Ordering::Relaxed);
+        let mut read = Read { all_streams: true, ..Read::default() };
+        for stream in streams {
+            match self.sized_read(std::slice::from_ref(&stream)).await {
+                Ok((entries, drained)) => {
+                    read.entries.extend(entries);
+                    read.all_streams &= drained;
+                }
+                Err(e) if e.belongs_to_stream() => read.failed.push((stream, e)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(read)
+        self.config.streams.retain(|s| !read.failed.iter().any(|(f, _)| f == s));
+        // Nothing refused alone: the error was not one stream's after all.
+        if read.failed.is_empty() && read.entries.is_empty() { Err(error) } else { Ok(read) }
     }
 
+    /// Sized reads every `poll` until one brings something or `block` has passed.
     async fn read(&mut self) -> Result<Read> {
-        if self.config.streams.is_empty() {
-            // Every stream is refused: wait as a BLOCK would, so the batch loop keeps its pace.
-            tokio::time::sleep(self.config.block).await;
-            return Ok(Read::default());
+        let deadline = Instant::now() + self.config.block;
+        loop {
+            let read = if self.config.streams.is_empty() { Read::default() } else { self.read_once().await? };
+            let now = Instant::now();
+            let stopping = self.handover.stop.load(Ordering::Relaxed);
+            if !read.entries.is_empty() || !read.failed.is_empty() || now >= deadline || stopping {
+                return Ok(read);
+            }
+            tokio::time::sleep(self.config.poll.min(deadline - now)).await;
         }
-        if self.careful { self.read_careful().await } else { self.read_all().await }
     }
 
     /// Waits until the batch loop is done with every read handed over (or stops).
@@ -245,16 +202,12 @@ impl Reader {
         while !self.handover.stop.load(Ordering::Relaxed) {
             let read = self.read().await;
             let failed = read.is_err();
-            let large = read.as_ref().is_ok_and(|r| bytes(&r.entries) > self.budget);
-            let careful = (self.careful || large) && read.as_ref().is_ok_and(|r| !r.entries.is_empty());
-            if large {
-                self.careful = true;
-            }
+            let large = read.as_ref().is_ok_and(|r| bytes(&r.entries) > self.budget / 2);
             if tx.send(read).await.is_err() || failed {
                 break;
             }
             self.sent += 1;
-            if careful {
+            if large {
                 self.wait_done().await;
             }
         }
@@ -292,7 +245,6 @@ impl ReadAhead {
             budget,
             entry_limit,
             sized_read: redis::Script::new(SIZED_READ),
-            careful: true,
             handover: handover.clone(),
             sent: 0,
         };
@@ -317,7 +269,7 @@ impl ReadAhead {
     }
 
     /// Stops reading and returns every read already delivered by Redis (waiting at most for
-    /// the read in flight, one BLOCK time). Refused streams found meanwhile are left to the
+    /// the read in flight). Refused streams found meanwhile are left to the
     /// next start of reading.
     pub async fn finish(mut self) -> Vec<RawEntry> {
         self.handover.stop.store(true, Ordering::Relaxed);

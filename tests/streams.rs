@@ -245,3 +245,45 @@ fn an_oversized_entry_queued_before_start_is_rejected_by_its_size_alone() {
     all.push((REQUESTS.to_string(), big));
     assert_exactly_once(&all, &export(&dir));
 }
+
+fn net_output_bytes(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
+    let line = info.lines().find_map(|l| l.strip_prefix("total_net_output_bytes:")).expect("INFO stats has it");
+    line.trim().parse().unwrap()
+}
+
+#[test]
+fn oversized_entries_arriving_together_while_running_never_cross_the_connection() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    wait_until("the engine reads", Duration::from_secs(30), || {
+        let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(REQUESTS).query(&mut conn);
+        matches!(groups, Ok(redis::Value::Array(g)) if !g.is_empty())
+    });
+    let before = net_output_bytes(&mut conn);
+    // Four entries of 8 MiB land in one transaction, so a read that takes what is waiting would
+    // get all four at once.
+    let payload = vec![b'x'; 8 * 1024 * 1024];
+    let mut transaction = redis::pipe();
+    transaction.atomic();
+    for _ in 0..4 {
+        transaction.cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(&payload);
+    }
+    let big: Vec<String> = transaction.query(&mut conn).unwrap();
+    let mut all: Vec<(String, String)> = big.iter().map(|id| (REQUESTS.to_string(), id.clone())).collect();
+    all.extend(produce(&mut conn, 40, 33, true));
+    wait_drained(&mut conn, Duration::from_secs(60));
+    let sent = net_output_bytes(&mut conn) - before;
+    assert!(sent < 2 * 1024 * 1024, "{sent} bytes left Redis for 32 MiB of oversized entries and 40 small ones");
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    let dead = read_stream(&mut conn, &format!("{REQUESTS}:dead"));
+    for id in &big {
+        let copy =
+            dead.iter().find(|(_, f)| f.get("dead_id") == Some(id)).expect("each oversized entry is dead-lettered");
+        assert_eq!(copy.1["dead_reason"], "too_large");
+    }
+    assert_exactly_once(&all, &export(&dir));
+}

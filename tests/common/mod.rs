@@ -142,6 +142,10 @@ fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     unsafe { libc::kill(pid, signal) }
 }
 
+pub fn sigterm(pid: u32) {
+    assert_eq!(unsafe_kill(pid as i32, libc::SIGTERM), 0);
+}
+
 pub fn sigstop(pid: u32) {
     assert_eq!(unsafe_kill(pid as i32, libc::SIGSTOP), 0);
 }

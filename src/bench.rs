@@ -183,7 +183,12 @@ async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> any
         vec![Arc::new(maestro_handlers::stream_stats::StreamStats) as Arc<dyn maestro_handlers::Handler>]
     };
     let expected = expected_records(entries, domains);
-    let engine = tokio::spawn(maestro_engine::runtime::run(config.clone(), handlers, status.clone(), shutdown));
+    let engine = tokio::spawn(maestro_engine::runtime::run(
+        config.clone(),
+        crate::domains::domains_with(&config, handlers),
+        status.clone(),
+        shutdown,
+    ));
     while status.records_appended.load(Ordering::Relaxed) < expected {
         if engine.is_finished() {
             break;

@@ -136,7 +136,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let status = Arc::new(Status::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let engine =
-        tokio::spawn(maestro_engine::runtime::run(config.clone(), crate::handlers(&config), status.clone(), shutdown));
+        tokio::spawn(maestro_engine::runtime::run(config.clone(), crate::domains(&config), status.clone(), shutdown));
 
     let started = Instant::now();
     let published = produce(url.clone(), streams.clone(), args.entries, args.seed).await?;

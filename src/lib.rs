@@ -6,6 +6,7 @@ pub mod bench_catalogue;
 pub mod bench_memory;
 pub mod bench_replay;
 pub mod demo;
+pub mod domains;
 pub mod exec_demo;
 pub mod flood;
 pub mod groups;
@@ -19,21 +20,4 @@ pub mod report;
 pub mod settings;
 pub mod traffic;
 
-use maestro_handlers::Handler;
-use std::sync::Arc;
-
-/// The handlers the engine runs, in dispatch order.
-pub fn handlers(config: &maestro_engine::config::EngineConfig) -> Vec<Arc<dyn Handler>> {
-    use maestro_handlers::templates::{handler::Templates, usage::TemplateUsage};
-    let templates = Templates::new(&config.streams);
-    let usage = TemplateUsage { usage: config.streams.templates_usage.clone(), limits: config.limits };
-    let healing = maestro_handlers::healing::handler::Healing::new(&config.streams);
-    let execution = maestro_handlers::execution::handler::Execution::new(&config.streams);
-    vec![
-        Arc::new(maestro_handlers::stream_stats::StreamStats),
-        Arc::new(templates),
-        Arc::new(usage),
-        Arc::new(healing),
-        Arc::new(execution),
-    ]
-}
+pub use domains::{domains, handlers};

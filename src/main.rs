@@ -264,7 +264,7 @@ async fn run(
         tracing::info!(%bound, "serving /healthz /readyz /status /metrics /state/<projection>");
         *status.http.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bound);
     }
-    maestro_engine::runtime::run(config.clone(), maestro::handlers(&config), status, shutdown).await?;
+    maestro_engine::runtime::run(config.clone(), maestro::domains(&config), status, shutdown).await?;
     Ok(())
 }
 

@@ -295,8 +295,8 @@ pub fn sandbox(config: ConfigArgs, tenant: String, into: PathBuf) -> anyhow::Res
         }
         Ok(maestro_replay::rebuild::heads(repo)?.into_iter().find(|(n, _)| *n == branch).map(|(_, id)| id))
     };
-    let live_head = head(&config.data_dir.join(maestro_engine::runtime::HISTORY_DIR))?;
-    let sandbox_head = head(&into.join(maestro_engine::runtime::HISTORY_DIR))?;
+    let live_head = head(&config.data_dir.join(maestro_effects::HISTORY_DIR))?;
+    let sandbox_head = head(&into.join(maestro_effects::HISTORY_DIR))?;
     println!("history {branch}: live {live_head:?}, sandbox {sandbox_head:?}");
     anyhow::ensure!(differing == 0 && live_head == sandbox_head, "the tenant's state replayed alone differs from live");
     Ok(())
@@ -342,7 +342,7 @@ pub fn history(config: ConfigArgs, into: PathBuf) -> anyhow::Result<()> {
     let keep = maestro_engine::dispatch::Keep::INTENTS;
     let rebuilt = maestro_replay::rebuild::rebuild(&log, &config, templates, u64::MAX, keep, scratch.path())?;
     let heads = maestro_replay::rebuild::history(&rebuilt, &into)?;
-    let live_dir = config.data_dir.join(maestro_engine::runtime::HISTORY_DIR);
+    let live_dir = config.data_dir.join(maestro_effects::HISTORY_DIR);
     let live = if live_dir.exists() { maestro_replay::rebuild::heads(&live_dir)? } else { Vec::new() };
     for (name, id) in &heads {
         let mark = match live.iter().find(|(n, _)| n == name) {

@@ -78,7 +78,8 @@ fn run_until_drained(url: &str, dir: &Path, handlers: Vec<Arc<dyn Handler>>, max
     let status = Arc::new(Status::default());
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let engine = tokio::spawn(maestro_engine::runtime::run(config, handlers, status.clone(), shutdown));
+        let domains = maestro::domains::domains_with(&config, handlers);
+        let engine = tokio::spawn(maestro_engine::runtime::run(config, domains, status.clone(), shutdown));
         let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
         tokio::task::spawn_blocking(move || wait_drained(&mut conn, Duration::from_secs(60))).await.unwrap();
         stop.send(true).unwrap();

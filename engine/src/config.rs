@@ -117,28 +117,6 @@ impl EngineConfig {
         format!("maestro:engine:{}:anchor:{consumer}", self.group)
     }
 
-    /// The handler settings recorded in the log: (name, value, default value).
-    pub fn settings(&self) -> Vec<(&'static str, String, String)> {
-        use maestro_handlers::execution::{DEFAULT_MAX_ACTIVE, MAX_ACTIVE_SETTING, RUNNERS_SETTING, default_runners};
-        let json = |list: Vec<String>| serde_json::to_string(&list).unwrap_or_default();
-        vec![
-            (MAX_ACTIVE_SETTING, self.max_active_environments.to_string(), DEFAULT_MAX_ACTIVE.to_string()),
-            (RUNNERS_SETTING, json(self.trusted_runners()), json(default_runners())),
-        ]
-    }
-
-    /// The engine's own Kubernetes runner's identity: the `runner` field of its facts.
-    pub fn runner_identity(&self) -> String {
-        maestro_handlers::execution::engine_runner(&self.group)
-    }
-
-    /// Every runner identity whose facts move test environments: the engine's own first.
-    pub fn trusted_runners(&self) -> Vec<String> {
-        let own = self.runner_identity();
-        let others = self.execution_runners.iter().filter(|r| **r != own).cloned();
-        std::iter::once(own.clone()).chain(others).collect()
-    }
-
     /// The bootstrap admins as (tenant, user).
     pub fn admin_pairs(&self) -> Vec<(String, String)> {
         self.admins.iter().filter_map(|a| a.split_once(':')).map(|(t, u)| (t.to_string(), u.to_string())).collect()

@@ -11,8 +11,7 @@ use crate::backoff::Backoff;
 use crate::config::EngineConfig;
 use crate::datadir::{DataDir, fresh_consumer_name};
 use crate::dispatch::{Decoder, Dispatcher, OutputStamp};
-use crate::effects::Effects;
-use crate::effects::git::GitHistory;
+use crate::effects::{Effects, Fact, RunnerContext, RunnerFactory};
 use crate::error::{EngineError, Result};
 use crate::ingest::Ingest;
 use crate::log::Log;
@@ -52,14 +51,26 @@ fn is_storage(error: &EngineError) -> bool {
     )
 }
 
-/// Runs the engine until `shutdown` fires. The caller owns the world: the handlers, the status
+/// What the engine runs: the domains' handlers, the effect runners each session starts, and
+/// the settings handlers depend on, recorded in the log as `(name, value, default)` so that a
+/// replay decides as the live run did.
+#[derive(Clone)]
+pub struct Domains {
+    pub handlers: Vec<Arc<dyn Handler>>,
+    pub runners: RunnerFactory,
+    pub settings: Vec<(String, String, String)>,
+}
+
+impl std::fmt::Debug for Domains {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.handlers.iter().map(|h| h.name()).collect();
+        f.debug_struct("Domains").field("handlers", &names).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// Runs the engine until `shutdown` fires. The caller owns the world: the domains, the status
 /// it can watch, and the shutdown signal.
-pub async fn run(
-    config: EngineConfig,
-    handlers: Vec<Arc<dyn Handler>>,
-    status: Arc<Status>,
-    mut shutdown: Shutdown,
-) -> Result<()> {
+pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Status>, mut shutdown: Shutdown) -> Result<()> {
     config.validate().map_err(EngineError::Config)?;
     let data_dir = DataDir::open(&config.data_dir)?;
     let _address = AddressFile::write(&data_dir, &status)?;
@@ -68,7 +79,7 @@ pub async fn run(
     tracing::info!(consumer, data_dir = %config.data_dir.display(), group = config.group, "engine starting");
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let result = session(&config, &data_dir, &consumer, &client, &handlers, &status, &mut shutdown).await;
+        let result = session(&config, &data_dir, &consumer, &client, &domains, &status, &mut shutdown).await;
         Status::set(&status.log_open, false);
         *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         match result {
@@ -123,10 +134,11 @@ async fn session(
     data_dir: &DataDir,
     consumer: &str,
     client: &redis::Client,
-    handlers: &[Arc<dyn Handler>],
+    domains: &Domains,
     status: &Arc<Status>,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
+    let handlers = &domains.handlers;
     let mut log = Log::open_unchecked(data_dir.path(), config.cache_bytes)?;
     crate::anchors::check_local(&mut log, config)?;
     let store = log.store()?;
@@ -134,22 +146,14 @@ async fn session(
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, decoder, config.checkpoint_every)?;
-    record_config(&mut log, config)?;
+    record_config(&mut log, config, &domains.settings)?;
     let caught = dispatcher.catch_up(&mut log, 512, config.max_deliveries)?;
     if caught.records > 0 {
         tracing::info!(records = caught.records, "projections caught up with the log");
     }
-    let history = data_dir.path().join(HISTORY_DIR);
-    let git = GitHistory::open(&history)
-        .map_err(|e| EngineError::Config(format!("history repository {}: {e}", history.display())))?;
     let (facts, fact_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let reader = crate::effects::files::FileReader { facts: facts.clone() };
-    let mut runners: Vec<Box<dyn crate::effects::EffectRunner>> = vec![Box::new(git), Box::new(reader)];
-    let identity = config.runner_identity();
-    match kube_runner(facts.clone(), identity.clone()).await {
-        Some(kube) => runners.push(Box::new(kube)),
-        None => runners.push(Box::new(crate::effects::kube::NoCluster { identity, facts })),
-    }
+    let context = RunnerContext { data_dir: data_dir.path().to_path_buf(), facts };
+    let runners = (domains.runners)(context).await.map_err(EngineError::Config)?;
     let mut effects = Effects::new(runners);
     effects.resume(dispatcher.store())?;
     effects.run_and_report(dispatcher.store(), status)?;
@@ -202,49 +206,9 @@ async fn session(
     cycle.follow(shutdown).await
 }
 
-/// The Kubernetes effect runner when a cluster is configured (`KUBECONFIG` or in-cluster);
-/// without one, says so: test environments are planned and recorded but stay in
-/// `provisioning`.
-async fn kube_runner(
-    facts: tokio::sync::mpsc::UnboundedSender<crate::effects::kube::Fact>,
-    identity: String,
-) -> Option<crate::effects::kube::KubeRunner> {
-    let kubeconfig = std::env::var_os("KUBECONFIG").is_some();
-    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    if !kubeconfig && !in_cluster {
-        tracing::warn!(
-            "no Kubernetes cluster configured (KUBECONFIG unset, not in a cluster): test environments stay in \
-             provisioning, their k8s_apply intents wait and run when the engine starts with a cluster; cleanup \
-             and log requests are answered saying so; `maestro manifests EXECUTION_ID --data-dir DIR` prints \
-             their manifests for kubectl"
-        );
-        return None;
-    }
-    match kube::Client::try_default().await {
-        Ok(client) => {
-            tracing::info!("kubernetes cluster configured: the effect runner applies test environments");
-            let settings = crate::effects::kube::KubeSettings::default();
-            Some(crate::effects::kube::KubeRunner {
-                client,
-                identity,
-                settings,
-                facts,
-                runtime: tokio::runtime::Handle::current(),
-            })
-        }
-        Err(error) => {
-            tracing::error!(%error, "a Kubernetes cluster is configured but no client could be built; environments stay in provisioning");
-            None
-        }
-    }
-}
-
-/// The template history repository, inside the data dir.
-pub const HISTORY_DIR: &str = "history.git";
-
 /// Appends a config record when the configuration handlers depend on changed since the last
 /// one, so live runs and replays decide with the same configuration.
-fn record_config(log: &mut Log, config: &EngineConfig) -> Result<()> {
+fn record_config(log: &mut Log, config: &EngineConfig, settings: &[(String, String, String)]) -> Result<()> {
     let mut admins = config.admin_pairs();
     admins.sort();
     admins.dedup();
@@ -257,11 +221,11 @@ fn record_config(log: &mut Log, config: &EngineConfig) -> Result<()> {
         let body = maestro_schemas::Body::Config { admins, streams };
         log.append(vec![crate::log::NewRecord { body, request: None }])?;
     }
-    for (name, value, default) in config.settings() {
+    for (name, value, default) in settings {
         // As above: a setting never recorded has its default value.
-        if log.setting(name)?.unwrap_or(default) != value {
+        if log.setting(name)?.as_ref().unwrap_or(default) != value {
             tracing::info!(name, value, "setting recorded in the log");
-            let body = maestro_schemas::Body::Setting { name: name.to_string(), value };
+            let body = maestro_schemas::Body::Setting { name: name.clone(), value: value.clone() };
             log.append(vec![crate::log::NewRecord { body, request: None }])?;
         }
     }
@@ -283,8 +247,8 @@ struct Cycle {
     /// When, and with which time, the last clock record was appended.
     clocked: Option<(Instant, u64)>,
     /// Facts from the effect runners (Kubernetes, file reads), and those not yet published.
-    facts: tokio::sync::mpsc::UnboundedReceiver<crate::effects::kube::Fact>,
-    unpublished: std::collections::VecDeque<crate::effects::kube::Fact>,
+    facts: tokio::sync::mpsc::UnboundedReceiver<Fact>,
+    unpublished: std::collections::VecDeque<Fact>,
     source: Source,
     status: Arc<Status>,
     /// When the current Redis outage began, if Redis is unavailable.
@@ -438,12 +402,7 @@ impl Cycle {
             self.unpublished.push_back(fact);
         }
         while let Some(fact) = self.unpublished.front() {
-            let stream = match &fact.stream {
-                crate::effects::kube::FactStream::Status => &self.config.streams.k8s_status,
-                crate::effects::kube::FactStream::Results => &self.config.streams.k8s_results,
-                crate::effects::kube::FactStream::Key(key) => key,
-            };
-            self.source.xadd(stream, &fact.fields).await?;
+            self.source.xadd(&fact.stream, &fact.fields).await?;
             if let Some(id) = self.unpublished.pop_front().and_then(|fact| fact.finishes) {
                 self.effects.finished(self.dispatcher.store(), &id)?;
                 self.effects.report(&self.status);

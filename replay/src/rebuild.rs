@@ -5,10 +5,10 @@
 //! (the history repository rebuild).
 
 use crate::Result;
+use maestro_effects::git::GitHistory;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::dispatch::{DISPATCHER, Decoder, Dispatcher, Keep, OutputStamp};
 use maestro_engine::effects::Effects;
-use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::Log;
 use maestro_engine::log::VALUE_FILES_DIR;
 use maestro_engine::store::{Pending, Store};

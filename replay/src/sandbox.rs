@@ -3,13 +3,13 @@
 
 use crate::Result;
 use crate::rebuild::dispatch_into;
+use maestro_effects::HISTORY_DIR;
+use maestro_effects::git::GitHistory;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::datadir::DataDir;
 use maestro_engine::dispatch::Keep;
 use maestro_engine::effects::Effects;
-use maestro_engine::effects::git::GitHistory;
 use maestro_engine::log::{Log, NewRecord};
-use maestro_engine::runtime::HISTORY_DIR;
 use maestro_handlers::Handler;
 use maestro_schemas::Body;
 use std::path::Path;

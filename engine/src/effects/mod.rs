@@ -27,10 +27,6 @@
 //!
 //! A replay queues intents in its own store and never runs them.
 
-pub mod files;
-pub mod git;
-pub mod kube;
-
 use crate::error::Result;
 use crate::status::Status;
 use crate::store::{IntentKey, Store};
@@ -45,10 +41,41 @@ pub enum Ran {
     /// It had already happened (a repeat after a crash).
     AlreadyDone,
     /// A task goes on with it; the runner reports its end with the task's last fact
-    /// ([`kube::Fact::finishes`]). Until then the intent is in flight, and run again at the
+    /// ([`Fact::finishes`]). Until then the intent is in flight, and run again at the
     /// next start if the process ends first.
     Started,
 }
+
+/// One fact a runner found out, for the engine to publish as a plain entry and read back as
+/// input, like any producer's: the runner names the stream and the fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fact {
+    pub stream: String,
+    pub fields: Vec<(String, String)>,
+    /// The id of the intent this is the last fact of: once it is published, that intent's task
+    /// is over ([`Effects::finished`]).
+    pub finishes: Option<String>,
+}
+
+/// What a session gives the runners it starts: the data dir (for what they keep on disk) and
+/// where to send their facts.
+#[derive(Clone, Debug)]
+pub struct RunnerContext {
+    pub data_dir: std::path::PathBuf,
+    pub facts: tokio::sync::mpsc::UnboundedSender<Fact>,
+}
+
+/// The effect runners of one session: the engine runs intents of any kind, the caller knows
+/// which runners there are. An error stops the engine (a runner that cannot start is a
+/// configuration fault).
+pub type RunnerFactory = std::sync::Arc<
+    dyn Fn(
+            RunnerContext,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::result::Result<Vec<Box<dyn EffectRunner>>, String>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 /// Tells whether an intent is made pointless by one that ran.
 pub type Obsoletes = Box<dyn Fn(&Intent) -> bool>;

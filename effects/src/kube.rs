@@ -23,11 +23,11 @@
 //! delete and no logs); it takes no `k8s_apply`: those wait, environments stay `provisioning`,
 //! until the engine starts with a cluster and this runner applies them.
 
-use super::{EffectRunner, Obsoletes, Ran};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, Service};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
+use maestro_engine::effects::{EffectRunner, Fact, Obsoletes, Ran};
 use maestro_handlers::Intent;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,23 +38,32 @@ use tokio::sync::mpsc::UnboundedSender;
 /// The intent kinds this runner takes.
 pub const KINDS: [&str; 3] = ["k8s_apply", "k8s_delete", "k8s_logs"];
 
-/// Which stream a fact goes to: the configured `k8s:status` or `k8s:results`, or a key the
-/// intent named (the file-read runner answers on the stream its intent gives).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which of the runner's two streams a fact goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FactStream {
     Status,
     Results,
-    Key(String),
 }
 
-/// One fact for the engine to publish, in the old flat shape.
+/// The keys of the streams the runner's facts go to: the configured `k8s:status` and
+/// `k8s:results`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fact {
-    pub stream: FactStream,
-    pub fields: Vec<(String, String)>,
-    /// The id of the intent this is the last fact of: once it is published, that intent's task
-    /// is over ([`super::Effects::finished`]).
-    pub finishes: Option<String>,
+pub struct FactKeys {
+    pub status: String,
+    pub results: String,
+}
+
+impl FactKeys {
+    pub fn of(streams: &maestro_schemas::StreamSet) -> FactKeys {
+        FactKeys { status: streams.k8s_status.clone(), results: streams.k8s_results.clone() }
+    }
+
+    fn key(&self, stream: FactStream) -> String {
+        match stream {
+            FactStream::Status => self.status.clone(),
+            FactStream::Results => self.results.clone(),
+        }
+    }
 }
 
 /// A deletion of an environment makes its apply pointless, whether it waits for a runner or is
@@ -105,6 +114,7 @@ pub struct KubeRunner {
     /// The `runner` field of every fact.
     pub identity: String,
     pub settings: KubeSettings,
+    pub keys: FactKeys,
     pub facts: UnboundedSender<Fact>,
     pub runtime: tokio::runtime::Handle,
 }
@@ -202,7 +212,7 @@ impl KubeRunner {
         let finishes = last.then(|| intent.to_string());
         // A closed channel means the engine is stopping; the intent is still in flight and is
         // run again at the next start.
-        let _ = self.facts.send(Fact { stream, fields, finishes });
+        let _ = self.facts.send(Fact { stream: self.keys.key(stream), fields, finishes });
     }
 
     fn status(&self, intent: &str, execution_id: &str, status: &str, details: Value) {
@@ -416,6 +426,7 @@ impl KubeRunner {
 #[derive(Clone, Debug)]
 pub struct NoCluster {
     pub identity: String,
+    pub keys: FactKeys,
     pub facts: UnboundedSender<Fact>,
 }
 
@@ -456,7 +467,7 @@ impl EffectRunner for NoCluster {
         };
         let fields = fact_fields(&self.identity, &intent.id, kind, &id, &rest);
         // In flight until the answer is published: a crash before that answers again.
-        let _ = self.facts.send(Fact { stream, fields, finishes: Some(intent.id.clone()) });
+        let _ = self.facts.send(Fact { stream: self.keys.key(stream), fields, finishes: Some(intent.id.clone()) });
         Ok(Ran::Started)
     }
 }

@@ -7,7 +7,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use maestro_engine::effects::kube::{KubeRunner, KubeSettings};
+use maestro_effects::kube::{FactKeys, KubeRunner, KubeSettings};
 use maestro_handlers::execution::handler::render;
 use maestro_handlers::execution::manifests::namespace_of;
 use maestro_schemas::proto::execution::{EnvironmentSpec, ExecuteEphemeralTest, TestConfig};
@@ -24,6 +24,7 @@ async fn every_object_of_an_environment_is_accepted_by_a_real_api_server() {
         client,
         identity: "maestro-engine/maestro-engine".into(),
         settings: KubeSettings::default(),
+        keys: FactKeys::of(&maestro_schemas::StreamSet::default()),
         facts,
         runtime,
     };

@@ -5,7 +5,8 @@
 
 use http::{Request, Response};
 use kube::client::Body;
-use maestro_engine::effects::kube::{Fact, FactStream, KubeRunner, KubeSettings};
+use maestro_effects::kube::{FactKeys, FactStream, KubeRunner, KubeSettings};
+use maestro_engine::effects::Fact;
 use maestro_handlers::execution::handler::render;
 use maestro_schemas::proto::execution::{EnvironmentSpec, ExecuteEphemeralTest, TestConfig};
 use serde_json::{Value, json};
@@ -99,6 +100,20 @@ fn mock(script: Vec<Expect>) -> (kube::Client, tokio::task::JoinHandle<usize>) {
     (kube::Client::new(service, "default"), server)
 }
 
+/// The streams the runners under test send their facts to.
+fn keys() -> FactKeys {
+    FactKeys { status: "test:k8s:status".into(), results: "test:k8s:results".into() }
+}
+
+/// Which of [`keys`] a fact went to.
+fn which(stream: &str) -> FactStream {
+    match stream {
+        "test:k8s:status" => FactStream::Status,
+        "test:k8s:results" => FactStream::Results,
+        other => panic!("a fact on a stream the runner was not given: {other}"),
+    }
+}
+
 fn runner(client: kube::Client) -> (KubeRunner, UnboundedReceiver<Fact>) {
     let (facts, receiver) = tokio::sync::mpsc::unbounded_channel();
     let settings = KubeSettings {
@@ -108,7 +123,14 @@ fn runner(client: kube::Client) -> (KubeRunner, UnboundedReceiver<Fact>) {
         attempts: 3,
     };
     (
-        KubeRunner { client, identity: RUNNER.into(), settings, facts, runtime: tokio::runtime::Handle::current() },
+        KubeRunner {
+            client,
+            identity: RUNNER.into(),
+            settings,
+            keys: keys(),
+            facts,
+            runtime: tokio::runtime::Handle::current(),
+        },
         receiver,
     )
 }
@@ -122,7 +144,7 @@ fn facts_and_ends(receiver: &mut UnboundedReceiver<Fact>) -> (Vec<(FactStream, V
     let (mut out, mut ends) = (Vec::new(), Vec::new());
     while let Ok(fact) = receiver.try_recv() {
         ends.push(fact.finishes);
-        out.push((fact.stream, fact.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect()));
+        out.push((which(&fact.stream), fact.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect()));
     }
     (out, ends)
 }
@@ -278,10 +300,10 @@ async fn logs_are_fetched_per_job_and_capped() {
 
 #[test]
 fn without_a_cluster_deletion_and_logs_are_answered_saying_so_and_applies_wait() {
-    use maestro_engine::effects::kube::{NO_CLUSTER, NoCluster};
+    use maestro_effects::kube::{NO_CLUSTER, NoCluster};
     use maestro_engine::effects::{EffectRunner, Ran};
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-    let mut runner = NoCluster { identity: RUNNER.into(), facts: sender };
+    let mut runner = NoCluster { identity: RUNNER.into(), keys: keys(), facts: sender };
     let payload = json!({"execution_id": "e1", "namespace": NS, "jobs": ["test-job-1"]}).to_string().into_bytes();
     let intent =
         |kind: &str, id: &str| maestro_handlers::Intent { kind: kind.into(), id: id.into(), payload: payload.clone() };
@@ -305,17 +327,17 @@ fn without_a_cluster_deletion_and_logs_are_answered_saying_so_and_applies_wait()
     assert_eq!(finishes, [Some("k8s_delete/e1/3"), Some("k8s_logs/e1/1-0")], "each answer ends its intent");
     let facts: Vec<(FactStream, Value)> = sent
         .into_iter()
-        .map(|fact| (fact.stream, fact.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
+        .map(|fact| (which(&fact.stream), fact.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
         .collect();
     assert_eq!(facts.len(), 2, "{facts:?}");
     let (stream, cleaned) = &facts[0];
     assert_eq!(
-        (stream.clone(), cleaned["type"].as_str(), cleaned["status"].as_str()),
+        (*stream, cleaned["type"].as_str(), cleaned["status"].as_str()),
         (FactStream::Status, Some("status_update"), Some("cleaned"))
     );
     assert!(cleaned["details"].as_str().unwrap().contains(NO_CLUSTER));
     let (stream, logs) = &facts[1];
-    assert_eq!((stream.clone(), logs["type"].as_str()), (FactStream::Results, Some("execution_logs")));
+    assert_eq!((*stream, logs["type"].as_str()), (FactStream::Results, Some("execution_logs")));
     assert!(logs["logs"].as_str().unwrap().contains(NO_CLUSTER));
     assert!(facts.iter().all(|(_, f)| f["runner"] == RUNNER && f["execution_id"] == "e1"), "{facts:?}");
 }

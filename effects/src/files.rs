@@ -10,8 +10,7 @@
 //! followed) to a regular file under the canonical root, be at most `max_bytes` long and be
 //! UTF-8.
 
-use super::kube::{Fact, FactStream};
-use super::{EffectRunner, Ran};
+use maestro_engine::effects::{EffectRunner, Fact, Ran};
 use maestro_handlers::Intent;
 use serde::Deserialize;
 use std::io::Read;
@@ -56,7 +55,7 @@ impl EffectRunner for FileReader {
         }
         // In flight until the fact is published: a crash before that reads the file again.
         let finishes = Some(intent.id.clone());
-        let _ = self.facts.send(Fact { stream: FactStream::Key(ask.reply_stream), fields, finishes });
+        let _ = self.facts.send(Fact { stream: ask.reply_stream, fields, finishes });
         Ok(Ran::Started)
     }
 }

@@ -2,8 +2,8 @@
 //! (see `maestro_handlers::templates::history`) into a bare repository, and checks that libgit2
 //! arrived at exactly the predicted commit id.
 
-use super::{EffectRunner, Ran};
 use git2::{Oid, Repository, Signature, Time, TreeBuilder};
+use maestro_engine::effects::{EffectRunner, Ran};
 use maestro_handlers::Intent;
 use maestro_handlers::templates::history::{Commit, INTENT_KIND};
 use maestro_schemas::record::hex;

@@ -28,9 +28,12 @@ pub struct EngineConfig {
     pub max_batch_bytes: usize,
     /// The longest a read waits for new entries before the batch loop runs its idle work.
     pub block_ms: u64,
-    /// How often the reader asks Redis again while nothing is new: reads are sized inside
-    /// Redis to hold memory to `max_batch_bytes`, and a sized read cannot block.
+    /// How soon the reader asks Redis again after a read that brought nothing: reads are sized
+    /// inside Redis to hold memory to `max_batch_bytes`, and a sized read cannot block. The wait
+    /// doubles while reads stay empty, up to `poll_max_ms`: an idle engine asks about a hundred
+    /// times a second, a busy one never waits long.
     pub poll_ms: u64,
+    pub poll_max_ms: u64,
     /// Deliveries (a crash counts as one) after which an entry is parked as poison.
     pub max_deliveries: u32,
     /// Entries idle this long in another consumer's pending list are claimed.
@@ -89,7 +92,8 @@ impl Default for EngineConfig {
             read_count: 100,
             max_batch_bytes: 16 * 1024 * 1024,
             block_ms: 1000,
-            poll_ms: 2,
+            poll_ms: 1,
+            poll_max_ms: 10,
             max_deliveries: 5,
             claim_min_idle_ms: 30_000,
             claim_interval_ms: 5_000,

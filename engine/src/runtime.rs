@@ -177,6 +177,7 @@ async fn session(
             count: config.read_count,
             block: Duration::from_millis(config.block_ms),
             poll: Duration::from_millis(config.poll_ms),
+            poll_max: Duration::from_millis(config.poll_max_ms),
             published_key: format!("maestro:engine:{}:published", config.group),
             output_key_key: format!("maestro:engine:{}:output-key", config.group),
         },

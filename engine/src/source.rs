@@ -56,8 +56,10 @@ pub struct SourceConfig {
     pub count: usize,
     /// The longest a read waits for something new before the batch loop gets an empty one.
     pub block: Duration,
-    /// How often the reader asks again while nothing is new (a sized read cannot block).
+    /// How soon the reader asks again after an empty read (a sized read cannot block); the wait
+    /// doubles while reads stay empty, up to `poll_max`.
     pub poll: Duration,
+    pub poll_max: Duration,
     /// Hash key for the publish guard (see [`PUBLISH_SCRIPT`]).
     pub published_key: String,
     /// Key of the group's output key (see [`Source::load_output_key`]).

@@ -72,8 +72,10 @@ struct Handover {
 /// blocking `XREADGROUP` brings whatever it delivers. So every read is a [`SIZED_READ`]: Redis
 /// stops delivering at the byte budget and keeps the payload of an entry over the size limit,
 /// whatever queued up. A sized read cannot block (a script never waits), so when nothing is
-/// new the reader polls every `poll` until something is or `block` has passed (then it hands
-/// the batch loop an empty read, as a BLOCK timing out would). A read over half the budget is
+/// new the reader asks again after `poll`, waiting twice as long after each empty answer up to
+/// `poll_max` (so an idle engine costs little and a busy one waits little), until something is
+/// new or `block` has passed (then it hands the batch loop an empty read, as a BLOCK timing out
+/// would). A read over half the budget is
 /// not followed by the next until the batch loop is done with it, so the reads in memory add up
 /// to at most the budget plus one entry at the size limit.
 ///
@@ -102,6 +104,8 @@ struct Reader {
     handover: Arc<Handover>,
     /// Reads handed to the batch loop.
     sent: u64,
+    /// How long to wait before asking again while nothing is new.
+    idle_wait: std::time::Duration,
 }
 
 fn bytes(entries: &[RawEntry]) -> usize {
@@ -173,7 +177,8 @@ impl Reader {
         if read.failed.is_empty() && read.entries.is_empty() { Err(error) } else { Ok(read) }
     }
 
-    /// Sized reads every `poll` until one brings something or `block` has passed.
+    /// Sized reads until one brings something or `block` has passed, the wait between them
+    /// growing from `poll` to `poll_max` while they bring nothing.
     async fn read(&mut self) -> Result<Read> {
         let deadline = Instant::now() + self.config.block;
         loop {
@@ -181,9 +186,13 @@ impl Reader {
             let now = Instant::now();
             let stopping = self.handover.stop.load(Ordering::Relaxed);
             if !read.entries.is_empty() || !read.failed.is_empty() || now >= deadline || stopping {
+                if !read.entries.is_empty() {
+                    self.idle_wait = self.config.poll;
+                }
                 return Ok(read);
             }
-            tokio::time::sleep(self.config.poll.min(deadline - now)).await;
+            tokio::time::sleep(self.idle_wait.min(deadline - now)).await;
+            self.idle_wait = (self.idle_wait * 2).min(self.config.poll_max.max(self.config.poll));
         }
     }
 
@@ -238,6 +247,7 @@ impl ReadAhead {
     ) -> ReadAhead {
         let (tx, batches) = mpsc::channel(1);
         let handover = Arc::new(Handover::default());
+        let idle_wait = config.poll;
         let reader = Reader {
             conn,
             config,
@@ -247,6 +257,7 @@ impl ReadAhead {
             sized_read: redis::Script::new(SIZED_READ),
             handover: handover.clone(),
             sent: 0,
+            idle_wait,
         };
         let task = tokio::spawn(reader.run(tx));
         ReadAhead { batches, handover, task }

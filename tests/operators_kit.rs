@@ -596,3 +596,44 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_a_running_engin
     engine.assert_no_panic();
     assert_exactly_once(&produced, &export(&dir));
 }
+
+/// Every setting as `(dotted name, default as docs/operations.md writes it)`.
+fn settings_with_defaults() -> Vec<(String, String)> {
+    fn shown(value: &Value) -> String {
+        match value {
+            Value::Null => "none".into(),
+            Value::Array(items) if items.is_empty() => "none".into(),
+            Value::String(text) => format!("`{text}`"),
+            other => other.to_string(),
+        }
+    }
+    let Value::Object(settings) = serde_json::to_value(maestro_engine::config::EngineConfig::default()).unwrap() else {
+        panic!("settings are an object")
+    };
+    let mut out = Vec::new();
+    for (name, value) in settings {
+        match value {
+            Value::Object(inner) => out.extend(inner.iter().map(|(key, v)| (format!("{name}.{key}"), shown(v)))),
+            other => out.push((name, shown(&other))),
+        }
+    }
+    out
+}
+
+#[test]
+fn the_operations_guide_lists_every_setting_with_its_default() {
+    let guide = read(&repo().join("docs/operations.md"));
+    let settings = settings_with_defaults();
+    assert!(settings.len() >= 35, "{settings:?}");
+    for (name, default) in &settings {
+        let row = guide
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("docs/operations.md has no row for the setting `{name}` (default {default})"));
+        let cell = row.split('|').nth(2).unwrap().trim();
+        assert_eq!(cell, default, "the default of `{name}` in docs/operations.md");
+    }
+    for link in ["README.md", "ARCHITECTURE.md"] {
+        assert!(read(&repo().join(link)).contains("docs/operations.md"), "{link} links the operations guide");
+    }
+}

@@ -637,3 +637,47 @@ fn the_operations_guide_lists_every_setting_with_its_default() {
         assert!(read(&repo().join(link)).contains("docs/operations.md"), "{link} links the operations guide");
     }
 }
+
+/// The value of an unlabelled gauge in a /metrics answer.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// What `MaestroAnchorDisagreementAccepted` watches: 0 on a log that agrees with its anchors,
+/// 1 once an operator made the engine go on from one that does not (here: `HEAD` removed).
+#[test]
+fn an_accepted_anchor_disagreement_shows_on_metrics() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let addr = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        format!("127.0.0.1:{port}")
+    };
+    let first = addr();
+    let mut engine = EngineProc::start_with(&server.url(), &dir, &[], &["--http", &first]);
+    engine.wait_connected();
+    produce(&mut conn, 50, 3, true);
+    wait_drained(&mut conn, Duration::from_secs(60));
+    let metrics = wait_for_metrics(&first, &["maestro_anchor_accepted".to_string()].into(), &engine);
+    assert_eq!(gauge(&metrics, "maestro_anchor_accepted"), Some(0.0), "{metrics}");
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+
+    std::fs::remove_file(dir.join("HEAD")).unwrap();
+    let second = addr();
+    let mut engine = EngineProc::start_with(&server.url(), &dir, &[], &["--http", &second, "--accept-truncated-log"]);
+    engine.wait_connected();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = http_get(&second, "/metrics").1;
+        if gauge(&metrics, "maestro_anchor_accepted") == Some(1.0) {
+            assert_eq!(gauge(&metrics, "maestro_catch_up_remaining"), Some(0.0), "caught up: {metrics}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not shown:\n{metrics}\n{}", engine.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    engine.assert_no_panic();
+}

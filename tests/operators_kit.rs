@@ -501,6 +501,16 @@ fn referenced_metrics() -> BTreeSet<String> {
     }
     let dashboard: Value = serde_json::from_str(&read(&repo().join("deploy/grafana/maestro.json"))).unwrap();
     let mut panels = 0;
+    let mut ids = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "panel ids are unique: {}", panel["id"]);
+        let grid = &panel["gridPos"];
+        assert!(
+            grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24,
+            "{} fits the 24 columns",
+            panel["title"]
+        );
+    }
     for panel in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
         panels += 1;
         let targets = panel["targets"].as_array().unwrap();

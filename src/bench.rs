@@ -329,3 +329,19 @@ fn plots(dir: &std::path::Path, sides: &[(&str, &RunFigures)]) -> anyhow::Result
     write_svg(&files[1], chart, &latency)?;
     Ok(files.to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_is_taken_over_half_seconds_of_progress() {
+        let rates = rate_points(&[(0.25, 100), (0.5, 200), (1.0, 300), (1.6, 900)]);
+        let expected = [(0.5, 400.0), (1.0, 200.0), (1.6, 1000.0)];
+        assert_eq!(rates.len(), expected.len(), "{rates:?}");
+        for ((t, r), (et, er)) in rates.iter().zip(expected) {
+            assert!((t - et).abs() < 1e-9 && (r - er).abs() < 1e-6, "{rates:?}");
+        }
+        assert!(rate_points(&[]).is_empty());
+    }
+}

@@ -199,6 +199,20 @@ fn the_statefulset_runs_the_engine_as_its_settings_routes_and_image_expect() {
         assert!(http.contains(&format!(".route(\"{path}\"")), "the engine serves {path}");
     }
 
+    // The binary takes the container's arguments: with a settings file that does not exist
+    // added, they parse (a bad argument exits 2) and the start stops at the settings (exit 1).
+    let args: Vec<&str> = as_strs(&c["args"]);
+    assert_eq!(args.last(), Some(&"run"));
+    let parsed = Command::new(env!("CARGO_BIN_EXE_maestro"))
+        .args(&args)
+        .args(["--config", "/nonexistent/maestro.toml"])
+        .env_remove("MAESTRO_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&parsed.stderr);
+    assert_eq!(parsed.status.code(), Some(1), "maestro {args:?}: {stderr}");
+    assert!(stderr.contains("/nonexistent/maestro.toml does not exist"), "{stderr}");
+
     // Non-root, read-only root, as the image's user.
     let sc = &c["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);

@@ -36,6 +36,9 @@ pub struct IngestArgs {
     /// XREADGROUP COUNT per stream, for both runs.
     #[arg(long, default_value_t = 100)]
     pub count: usize,
+    /// Where the plots go: throughput and batch latency over the run, per side (SVG).
+    #[arg(long, value_name = "DIR", default_value = "target/bench-plots")]
+    pub plots: std::path::PathBuf,
 }
 
 /// What one run measured.
@@ -45,6 +48,12 @@ pub struct RunFigures {
     pub elapsed: Duration,
     pub batch_micros: Vec<u64>,
     pub peak_rss_kib: u64,
+    /// (seconds since the start, entries or records done), for the throughput plot.
+    #[serde(default)]
+    pub progress: Vec<(f64, u64)>,
+    /// Bytes of the data dir (the raw side's sled directory) at the end of the run.
+    #[serde(default)]
+    pub data_dir_bytes: u64,
 }
 
 impl RunFigures {
@@ -124,7 +133,7 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
     let db = sled::Config::new().path(dir.path()).cache_capacity(64 * 1024 * 1024).open()?;
     let db_file = std::fs::File::open(dir.path().join("db"))?;
     let started = Instant::now();
-    let (mut done, mut batch_micros) = (0u64, Vec::new());
+    let (mut done, mut batch_micros, mut progress) = (0u64, Vec::new(), Vec::new());
     while done < entries {
         let batch_start = Instant::now();
         let mut read = redis::cmd("XREADGROUP");
@@ -153,8 +162,12 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
         acks.query::<()>(&mut conn)?;
         done += got.len() as u64;
         batch_micros.push(batch_start.elapsed().as_micros() as u64);
+        progress.push((started.elapsed().as_secs_f64(), done));
     }
-    Ok(RunFigures { events: done, elapsed: started.elapsed(), batch_micros, peak_rss_kib: peak_rss_kib() })
+    let elapsed = started.elapsed();
+    drop(db);
+    let data_dir_bytes = crate::bench_catalogue::dir_bytes(dir.path());
+    Ok(RunFigures { events: done, elapsed, batch_micros, peak_rss_kib: peak_rss_kib(), progress, data_dir_bytes })
 }
 
 /// Records the engine writes for `entries` control messages: one per entry, plus, with the
@@ -163,6 +176,9 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
 fn expected_records(entries: u64, domains: bool) -> u64 {
     if domains { entries + 2 * entries.div_ceil(9) } else { entries }
 }
+
+/// How often the engine's progress is sampled for the throughput plot.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> anyhow::Result<RunFigures> {
     let dir = tempfile::tempdir()?;
@@ -189,9 +205,15 @@ async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> any
         status.clone(),
         shutdown,
     ));
+    let mut progress = Vec::new();
+    let mut sampled = Instant::now();
     while status.records_appended.load(Ordering::Relaxed) < expected {
         if engine.is_finished() {
             break;
+        }
+        if sampled.elapsed() >= PROGRESS_EVERY {
+            sampled = Instant::now();
+            progress.push((started.elapsed().as_secs_f64(), status.records_appended.load(Ordering::Relaxed)));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -202,8 +224,17 @@ async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> any
     if recorded < expected {
         anyhow::bail!("the engine stopped after {recorded} of {expected} records: {}", status.snapshot().last_error);
     }
+    progress.push((elapsed.as_secs_f64(), recorded));
+    let data_dir_bytes = crate::bench_catalogue::dir_bytes(dir.path());
     // Throughput counts input entries, the same events the raw baseline counts.
-    Ok(RunFigures { events: entries, elapsed, batch_micros: status.batch_micros(), peak_rss_kib: peak_rss_kib() })
+    Ok(RunFigures {
+        events: entries,
+        elapsed,
+        batch_micros: status.batch_micros(),
+        peak_rss_kib: peak_rss_kib(),
+        progress,
+        data_dir_bytes,
+    })
 }
 
 /// Runs one side and prints its figures as one JSON line for the parent.
@@ -253,5 +284,69 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "with the domain handlers (answers to every template request published and read back): {:.2} of raw",
         domains.per_second() / raw.per_second()
     );
+    for (name, run) in [("raw baseline", &raw), ("engine", &engine), ("+ domains", &domains)] {
+        println!(
+            "data dir after the run, {name}: {:.1} MB, {:.0} bytes per entry",
+            run.data_dir_bytes as f64 / 1e6,
+            run.data_dir_bytes as f64 / args.entries.max(1) as f64
+        );
+    }
+    let sides = [("raw baseline", &raw), ("engine", &engine), ("engine + domains", &domains)];
+    let written = plots(&args.plots, &sides)?;
+    println!("plots: {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())
+}
+
+/// Throughput per half second, from `(seconds, done)` samples.
+fn rate_points(progress: &[(f64, u64)]) -> Vec<(f64, f64)> {
+    let mut points = Vec::new();
+    let mut last = (0.0, 0u64);
+    for &(t, done) in progress {
+        if t - last.0 >= 0.5 {
+            points.push((t, done.saturating_sub(last.1) as f64 / (t - last.0)));
+            last = (t, done);
+        }
+    }
+    points
+}
+
+/// Writes the throughput and batch latency plots of every side into `dir`.
+fn plots(dir: &std::path::Path, sides: &[(&str, &RunFigures)]) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use crate::plot::{Chart, Series, write_svg};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let throughput: Vec<Series> =
+        sides.iter().map(|(name, run)| Series::new(*name, rate_points(&run.progress))).collect();
+    let latency: Vec<Series> = sides
+        .iter()
+        .map(|(name, run)| {
+            let points = run.batch_micros.iter().enumerate().map(|(i, us)| (i as f64 + 1.0, *us as f64 / 1000.0));
+            Series::new(*name, points.collect())
+        })
+        .collect();
+    let files = [dir.join("ingest-throughput.svg"), dir.join("ingest-batch-latency.svg")];
+    let chart = Chart {
+        title: "bench ingest: throughput (per half second)",
+        x_label: "seconds since the start",
+        y_label: "records (raw: entries) per second",
+    };
+    write_svg(&files[0], chart, &throughput)?;
+    let chart = Chart { title: "bench ingest: batch latency, batch by batch", x_label: "batch", y_label: "ms" };
+    write_svg(&files[1], chart, &latency)?;
+    Ok(files.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_is_taken_over_half_seconds_of_progress() {
+        let rates = rate_points(&[(0.25, 100), (0.5, 200), (1.0, 300), (1.6, 900)]);
+        let expected = [(0.5, 400.0), (1.0, 200.0), (1.6, 1000.0)];
+        assert_eq!(rates.len(), expected.len(), "{rates:?}");
+        for ((t, r), (et, er)) in rates.iter().zip(expected) {
+            assert!((t - et).abs() < 1e-9 && (r - er).abs() < 1e-6, "{rates:?}");
+        }
+        assert!(rate_points(&[]).is_empty());
+    }
 }

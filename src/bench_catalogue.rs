@@ -80,7 +80,8 @@ fn results_len(conn: &mut redis::Connection) -> u64 {
     redis::cmd("XLEN").arg(StreamSet::default().templates_results).query(conn).unwrap_or(0)
 }
 
-fn dir_bytes(path: &std::path::Path) -> u64 {
+/// Bytes of the files under `path`, recursively (0 when it cannot be read).
+pub fn dir_bytes(path: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else { return 0 };
     entries
         .flatten()

@@ -260,6 +260,7 @@ async fn run(
     let status = Arc::new(Status::default());
     if let Some(addr) = http {
         let handle = maestro::metrics::install()?;
+        maestro::metrics::register(&config);
         let (bound, _task) = maestro_engine::http::serve(addr, status.clone(), Some(handle), shutdown.clone()).await?;
         tracing::info!(%bound, "serving /healthz /readyz /status /metrics /state/<projection>");
         *status.http.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bound);

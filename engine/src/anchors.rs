@@ -176,6 +176,7 @@ fn decide(log: &mut Log, name: String, detail: String, accept: bool, remembered:
         && let Some(earlier) = log.setting(&name)?
     {
         tracing::warn!(accepted = earlier, "the log disagrees with an anchor, as an operator accepted earlier");
+        metrics::gauge!("maestro_anchor_accepted").set(1.0);
         return Ok(());
     }
     if !accept {
@@ -190,5 +191,6 @@ fn decide(log: &mut Log, name: String, detail: String, accept: bool, remembered:
         "going on with a log that disagrees with an anchor (--accept-truncated-log); recorded in the log"
     );
     log.append(vec![NewRecord { body: Body::Setting { name, value: detail }, request: None }])?;
+    metrics::gauge!("maestro_anchor_accepted").set(1.0);
     Ok(())
 }

@@ -58,6 +58,8 @@ pub struct Report {
     pub intents: u64,
     /// Valid entries a handler had nothing to do for, by (stream, reason).
     pub ignored: BTreeMap<(String, String), u64>,
+    /// Dead-letter copies made, by (stream of the entry, reason code).
+    pub dead_letters: BTreeMap<(String, String), u64>,
 }
 
 /// Dispatches records to handlers and keeps their projections.
@@ -184,6 +186,10 @@ impl Dispatcher {
         if self.load_bytes.is_none_or(|limit| self.pending.bytes() >= limit) {
             self.flush()?;
         }
+        for ((stream, reason), n) in &report.dead_letters {
+            metrics::counter!("maestro_dead_letters_total", "stream" => stream.clone(), "reason" => reason.clone())
+                .increment(*n);
+        }
         Ok(report)
     }
 
@@ -271,11 +277,12 @@ impl Dispatcher {
         }
         if record.seq > own_position {
             // Built only when kept: the copy clones every field of the entry.
-            if let Some(item) =
+            if let Some((key, item)) =
                 self.keep.outputs.then(|| self.dead_letter(record, quarantined, &failures, index)).flatten()
             {
                 pending.publish(item);
                 report.dead_lettered += 1;
+                *report.dead_letters.entry(key).or_default() += 1;
             }
             pending.advance(DISPATCHER, record.seq);
         }
@@ -291,8 +298,15 @@ impl Dispatcher {
         OutboxItem { seq, index, stream, fields, maxlen, elapsed_from_ms: None }
     }
 
-    /// The dead-letter copy of a record that was rejected, quarantined or failed a handler.
-    fn dead_letter(&self, record: &Record, quarantined: bool, failures: &[String], index: u32) -> Option<OutboxItem> {
+    /// The dead-letter copy of a record that was rejected, quarantined or failed a handler, with
+    /// (the entry's stream, the reason code) for `/metrics`.
+    fn dead_letter(
+        &self,
+        record: &Record,
+        quarantined: bool,
+        failures: &[String],
+        index: u32,
+    ) -> Option<((String, String), OutboxItem)> {
         let Body::Entry(entry) = &record.body else { return None };
         let (code, detail, deliveries) = match (&entry.status, quarantined) {
             (_, true) => (
@@ -308,13 +322,14 @@ impl Dispatcher {
             (b"dead_stream".to_vec(), entry.stream.clone().into_bytes()),
             (b"dead_id".to_vec(), entry.id.to_string().into_bytes()),
             (b"dead_seq".to_vec(), record.seq.to_string().into_bytes()),
-            (b"dead_reason".to_vec(), code.into_bytes()),
+            (b"dead_reason".to_vec(), code.clone().into_bytes()),
             (b"dead_detail".to_vec(), detail.into_bytes()),
             (b"dead_deliveries".to_vec(), deliveries.to_string().into_bytes()),
         ];
         fields.extend(entry.fields.iter().cloned());
         let stream = StreamSet::dead_letter_key(&entry.stream);
-        Some(self.stamped(record.seq, index, stream, fields, Some(self.stamp.dead_letter_maxlen)))
+        let key = (entry.stream.clone(), code);
+        Some((key, self.stamped(record.seq, index, stream, fields, Some(self.stamp.dead_letter_maxlen))))
     }
 
     /// Brings every projection up to the log's head before the engine reads new entries.
@@ -329,6 +344,7 @@ impl Dispatcher {
         loop {
             let position = self.position()?;
             let head = log.head_seq();
+            metrics::gauge!("maestro_catch_up_remaining").set(head.saturating_sub(position) as f64);
             if position >= head {
                 break;
             }
@@ -372,6 +388,9 @@ impl Dispatcher {
             total.intents += report.intents;
             for (key, n) in report.ignored {
                 *total.ignored.entry(key).or_default() += n;
+            }
+            for (key, n) in report.dead_letters {
+                *total.dead_letters.entry(key).or_default() += n;
             }
         }
         self.store.set_guard(Guard::default())?;

@@ -49,8 +49,13 @@ async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
         ("maestro_ready", snap.ready),
         ("maestro_redis_up", snap.redis_up),
         ("maestro_storage_ok", snap.storage_ok),
+        ("maestro_log_open", snap.log_open),
     ] {
         metrics::gauge!(name).set(f64::from(u8::from(value)));
+    }
+    metrics::gauge!("maestro_head_seq").set(snap.head_seq as f64);
+    if let Some(bytes) = resident_bytes() {
+        metrics::gauge!("maestro_resident_bytes").set(bytes as f64);
     }
     match &shared.metrics {
         Some(handle) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()),
@@ -58,6 +63,14 @@ async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
             (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "metrics recorder not installed\n".into())
         }
     }
+}
+
+/// The process's resident set size, from `VmRSS` in `/proc/self/status` (Linux; None elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// How often `/state` reads again when the engine committed while it read.

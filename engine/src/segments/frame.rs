@@ -137,7 +137,7 @@ impl Frame {
         self.first + self.records.len() as u64 - 1
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.records.len()
     }
 
@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(first, 5);
         assert!(writer.is_empty());
         let frame = Frame::parse(bytes.clone(), 5, "test").unwrap();
-        assert_eq!((frame.first, frame.last(), frame.len()), (5, 7, 3));
+        assert_eq!((frame.first, frame.last(), frame.count()), (5, 7, 3));
         assert_eq!(frame.get(6), Some(&b"record-6"[..]));
         assert_eq!(frame.get(8), None);
         let error = Frame::parse(bytes.clone(), 4, "test").unwrap_err().to_string();

@@ -7,7 +7,9 @@
 //! are empty, so catch-up dispatches the whole log (the rebuild); then it opens the data dir again,
 //! now with current projections, and times how long until the engine could serve; then it
 //! times reading and decoding the log alone, the floor under every rebuild, and last
-//! `maestro replay rebuild`'s own path.
+//! `maestro replay rebuild`'s own path, whose progress and memory it draws as an SVG chart.
+//! The log is sealed into segments as it is written, as the engine seals between batches; the
+//! parent reports the data dir's bytes per record and times `maestro verify --chain-only`.
 
 use crate::traffic::Traffic;
 use anyhow::Context;
@@ -26,6 +28,9 @@ pub struct ReplayArgs {
     /// Write the log here and keep it (default: a temp dir, removed afterwards).
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+    /// Where to draw `maestro replay rebuild`'s progress and memory (SVG).
+    #[arg(long, value_name = "FILE", default_value = "bench-replay-rebuild.svg")]
+    pub plot: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -34,12 +39,20 @@ pub struct ReplayWorkerArgs {
     pub data_dir: PathBuf,
 }
 
-/// Writes `records` accepted entries of the control mix, with their dedup index and cursors.
-fn write_log(dir: &Path, records: u64) -> anyhow::Result<u64> {
+/// What writing the log gave: entry field bytes and the records' stored bytes.
+struct Written {
+    field_bytes: u64,
+    stored_bytes: u64,
+}
+
+/// Writes `records` accepted entries of the control mix, with their dedup index and cursors,
+/// sealing complete segments after each batch as the engine does between batches.
+fn write_log(dir: &Path, records: u64) -> anyhow::Result<Written> {
     let mut log = Log::open(dir, 64 << 20)?;
     let streams = StreamSet::default();
     let mut traffic = Traffic::new(3, streams);
     let mut bytes = 0;
+    let mut stored_bytes = 0;
     let mut i = 0;
     while i < records {
         let batch: Vec<NewRecord> = (i..(i + 5_000).min(records))
@@ -53,9 +66,35 @@ fn write_log(dir: &Path, records: u64) -> anyhow::Result<u64> {
             })
             .collect();
         i += batch.len() as u64;
-        log.append(batch)?;
+        for record in log.append(batch)? {
+            stored_bytes += record.encode()?.len() as u64;
+        }
+        log.seal(maestro_engine::segments::DEFAULT_SEGMENT_RECORDS)?;
     }
-    Ok(bytes)
+    Ok(Written { field_bytes: bytes, stored_bytes })
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The resident set now, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Opens the data dir as the engine does and brings every projection up to the log's head.
@@ -112,15 +151,26 @@ pub fn worker(args: ReplayWorkerArgs) -> anyhow::Result<()> {
     // peak RSS counted from here (writing 5 to clear_refs resets the high-water mark).
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
     let started = Instant::now();
+    // (seconds, records rebuilt, RSS KiB), sampled at most every 50 ms.
+    let progress = std::cell::RefCell::new(vec![(0.0, 0u64, rss_kib())]);
     {
         let (_dir, log) = maestro_replay::open_log_writable(&config.data_dir)?;
-        maestro_replay::rebuild::rebuild_in_place(&log, &config, crate::handlers(&config), &|_, _| {})?;
+        let sample = |reached: u64, _until: u64| {
+            let mut points = progress.borrow_mut();
+            let at = started.elapsed().as_secs_f64();
+            if points.last().is_none_or(|(last, _, _)| at - last >= 0.05) {
+                points.push((at, reached, rss_kib()));
+            }
+        };
+        maestro_replay::rebuild::rebuild_in_place(&log, &config, crate::handlers(&config), &sample)?;
     }
     let replay = started.elapsed();
+    progress.borrow_mut().push((replay.as_secs_f64(), records, rss_kib()));
     let figures = serde_json::json!({
         "records": records, "rebuild_s": rebuild.as_secs_f64(), "peak_rss_kib": peak,
         "restart_s": restart.as_secs_f64(), "restart_records": again, "replay_rebuild_s": replay.as_secs_f64(),
         "peak_rss_kib_replay": crate::bench::peak_rss_kib(), "read_records": read, "read_s": read_s.as_secs_f64(),
+        "progress": progress.into_inner(),
     });
     println!("{figures}");
     Ok(())
@@ -130,12 +180,37 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let temp = tempfile::Builder::new().prefix("maestro-bench-replay-").tempdir()?;
     let path = args.keep.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let started = Instant::now();
-    let bytes = write_log(&path, args.records)?;
+    let written = write_log(&path, args.records)?;
+    let bytes = written.field_bytes;
+    let write_s = started.elapsed().as_secs_f64();
     println!(
-        "wrote {} records ({:.0} MB of entry fields) in {:.1} s",
+        "wrote {} records ({:.0} MB of entry fields) in {write_s:.1} s = {:.0} records/s, sealed into segments as written",
         args.records,
         bytes as f64 / 1e6,
-        started.elapsed().as_secs_f64()
+        args.records as f64 / write_s
+    );
+    let per_record = |b: u64| b as f64 / args.records.max(1) as f64;
+    println!(
+        "data dir: {:.0} bytes per record ({:.0} stored bytes per record: {:.2}x; sled {:.0}, segments {:.0} bytes per record)",
+        per_record(dir_bytes(&path)),
+        per_record(written.stored_bytes),
+        dir_bytes(&path) as f64 / written.stored_bytes.max(1) as f64,
+        per_record(dir_bytes(&path.join("db"))),
+        per_record(dir_bytes(&path.join(maestro_engine::segments::SEGMENTS_DIR)))
+    );
+    let started = Instant::now();
+    let verified = std::process::Command::new(std::env::current_exe()?)
+        .args(["verify", "--chain-only", "--data-dir"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running maestro verify")?;
+    let verify_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(verified.status.success(), "maestro verify failed: {}", String::from_utf8_lossy(&verified.stderr));
+    println!(
+        "maestro verify --chain-only: {} records in {verify_s:.2} s = {:.0} records/s",
+        args.records,
+        args.records as f64 / verify_s
     );
     let out = std::process::Command::new(std::env::current_exe()?)
         .args(["bench", "replay-worker", "--data-dir"])
@@ -173,5 +248,21 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         figures["restart_s"].as_f64().unwrap_or(f64::NAN),
         figures["restart_records"]
     );
+    let points: Vec<(f64, u64, u64)> = serde_json::from_value(figures["progress"].clone()).unwrap_or_default();
+    let rebuilt = points.iter().map(|(at, seq, _)| (*at, *seq as f64 / 1000.0)).collect();
+    let rss = points.iter().map(|(at, _, kib)| (*at, *kib as f64 / 1024.0)).collect();
+    crate::plot::write_svg(
+        &args.plot,
+        crate::plot::Chart {
+            title: &format!("maestro replay rebuild of {records} records"),
+            x_label: "seconds",
+            y_label: "thousand records / MiB",
+        },
+        &[
+            crate::plot::Series::new("records rebuilt (thousands)", rebuilt),
+            crate::plot::Series::new("resident memory (MiB)", rss),
+        ],
+    )?;
+    println!("rebuild progress drawn in {}", args.plot.display());
     Ok(())
 }

@@ -13,9 +13,14 @@ use std::time::Duration;
 
 const REQUESTS: &str = "maestro:streams:templates:requests";
 
-/// Small reads and frequent checkpoints, so every point is passed many times in a short load.
-const ENV: [(&str, &str); 3] =
-    [("MAESTRO_READ_COUNT", "8"), ("MAESTRO_CHECKPOINT_EVERY", "25"), ("MAESTRO_CLAIM_MIN_IDLE_MS", "1000")];
+/// Small reads, frequent checkpoints and small segments, so every point is passed many times
+/// in a short load, and records are read back from sealed segments.
+const ENV: [(&str, &str); 4] = [
+    ("MAESTRO_READ_COUNT", "8"),
+    ("MAESTRO_CHECKPOINT_EVERY", "25"),
+    ("MAESTRO_CLAIM_MIN_IDLE_MS", "1000"),
+    ("MAESTRO_SEGMENT_RECORDS", "40"),
+];
 
 /// Template searches, each with its own request id (the answers are counted per id), between
 /// control entries of all nine streams.
@@ -83,6 +88,23 @@ fn an_abort_at_each_step_of_the_cycle_loses_nothing_and_repeats_nothing() {
         let (produced, requests) = load(&mut conn, n as u64);
         run_until_abort(&server.url(), &dir, &format!("{point}=3*off->return"));
         assert_recovered(&mut conn, &server.url(), &dir, &produced, &requests);
+        println!("{point}: recovered");
+    }
+}
+
+#[test]
+fn an_abort_at_each_step_of_sealing_loses_nothing_and_repeats_nothing() {
+    // Each point fires on its third pass: two segments were sealed whole before it.
+    for (n, point) in ["seal-after-write", "seal-after-rename", "seal-after-index"].iter().enumerate() {
+        let server = redis(true);
+        let mut conn = connect(&server);
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("engine");
+        let (produced, requests) = load(&mut conn, 50 + n as u64);
+        run_until_abort(&server.url(), &dir, &format!("{point}=2*off->return"));
+        assert_recovered(&mut conn, &server.url(), &dir, &produced, &requests);
+        let segments = std::fs::read_dir(dir.join("segments")).unwrap().count();
+        assert!(segments > 3, "{point}: sealing went on after the abort ({segments} segments)");
         println!("{point}: recovered");
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::log::{Log, NewRecord, log_key};
+use crate::log::{Log, NewRecord};
 use crate::source::Source;
 use maestro_schemas::Body;
 use maestro_schemas::record::{hash_stored, hex};
@@ -58,7 +58,7 @@ pub fn holds(log: &Log, seq: u64, hash: &str) -> Result<Holds> {
     }
     let actual = match seq {
         0 => return Ok(Holds::Yes),
-        _ => match log.db().get(log_key(seq))? {
+        _ => match log.stored(seq)? {
             Some(stored) => hex(&hash_stored(&stored)),
             None => return Ok(Holds::Shorter),
         },

@@ -78,6 +78,9 @@ pub struct EngineConfig {
     /// it back to the log's cursor and reads them; `true` leaves it there, the skip logged and
     /// counted.
     pub accept_group_skip: bool,
+    /// Records per sealed segment of the log: complete ranges this long move from sled into
+    /// immutable segment files between batches (see `segments/`).
+    pub segment_records: u64,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
             max_active_environments: maestro_handlers::execution::DEFAULT_MAX_ACTIVE,
             execution_runners: Vec::new(),
             accept_group_skip: false,
+            segment_records: crate::segments::DEFAULT_SEGMENT_RECORDS,
         }
     }
 }
@@ -142,6 +146,9 @@ impl EngineConfig {
         }
         if self.execution_runners.iter().any(|r| r.trim().is_empty()) {
             return Err("execution_runners: an identity must not be empty".into());
+        }
+        if self.segment_records == 0 {
+            return Err("segment_records: must be at least 1".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());

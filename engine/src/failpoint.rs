@@ -22,8 +22,18 @@ fn abort_at(name: &str) {
 }
 
 /// Names every crash point, so a test (and a typo in `FAILPOINTS`) can be checked against them.
-pub const CRASH_POINTS: [&str; 7] =
-    ["after-append", "after-flush", "mid-batch", "after-publish", "before-ack", "during-checkpoint", "during-catch-up"];
+pub const CRASH_POINTS: [&str; 10] = [
+    "after-append",
+    "after-flush",
+    "mid-batch",
+    "after-publish",
+    "before-ack",
+    "during-checkpoint",
+    "during-catch-up",
+    "seal-after-write",
+    "seal-after-rename",
+    "seal-after-index",
+];
 
 /// Configures the crash points from the `FAILPOINTS` environment variable
 /// (`name=actions;name=actions`). Unset is fine; set in a build without the points, or naming

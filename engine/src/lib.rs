@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod log;
 pub mod read_only;
 pub mod runtime;
+pub mod segments;
 pub mod source;
 pub mod status;
 pub mod store;

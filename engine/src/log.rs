@@ -15,6 +15,7 @@
 //! whose range can hold the id.
 
 use crate::error::{EngineError, Result};
+use crate::segments::{SEGMENTS_DIR, Segments, Stored, StoredRange};
 use crate::store::Store;
 use crate::value_files::ValueFiles;
 use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT, hash_stored, hex};
@@ -127,6 +128,8 @@ pub struct Log {
     head_seq: u64,
     head_hash: [u8; 32],
     cursors: HashMap<String, EntryId>,
+    /// The sealed history (`segments/`, see [`crate::segments`]); sled holds the rest.
+    segments: Segments,
     /// A copy of the data dir's sled files that this log was opened from, for tools that must
     /// not change a byte of the data dir (sled writes on open and recovery). Declared last so
     /// sled closes before the copy is removed; appends are refused on such a log.
@@ -167,7 +170,7 @@ impl Log {
     /// included), whatever sled does on open or recovery, and appends are refused.
     pub fn open_copy(dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
         let copy = crate::read_only::copy_db(&dir.join("db"))?;
-        let mut log = Log::open_at(&copy.path().join("db"), dir, cache_bytes, check_tail)?;
+        let mut log = Log::open_at(&copy.path().join("db"), dir, cache_bytes, check_tail, false)?;
         log.copy = Some(copy);
         Ok(log)
     }
@@ -175,11 +178,12 @@ impl Log {
     /// Opens the log; `check_tail` false skips the tail check, for tools that check every
     /// record themselves and must name the first damaged one.
     pub fn open_with(dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
-        Log::open_at(&dir.join("db"), dir, cache_bytes, check_tail)
+        Log::open_at(&dir.join("db"), dir, cache_bytes, check_tail, true)
     }
 
-    /// Opens sled at `db_path`, with the anchor and value files of data dir `dir`.
-    fn open_at(db_path: &Path, dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
+    /// Opens sled at `db_path`, with the anchor, segments and value files of data dir `dir`;
+    /// `tidy` removes segment files of seals that did not finish (never on a copy).
+    fn open_at(db_path: &Path, dir: &Path, cache_bytes: u64, check_tail: bool, tidy: bool) -> Result<Log> {
         let db = open_sled(db_path, cache_bytes)?;
         let db_file = db_path.join("db");
         let sync_file = File::open(&db_file).map_err(|source| EngineError::DataDir { path: db_file, source })?;
@@ -193,15 +197,22 @@ impl Log {
         }
         let anchor = dir.join(ANCHOR_FILE);
         let value_files = ValueFiles::new(dir.join(VALUE_FILES_DIR));
-        let mut log =
-            Log { db, value_files, anchor, sync_file, head_seq: 0, head_hash: GENESIS_HASH, cursors, copy: None };
+        let segments = Segments::load(&db, dir.join(SEGMENTS_DIR), tidy)?;
+        let (head_seq, head_hash) = segments.last().map_or((0, GENESIS_HASH), |m| (m.last, m.last_hash));
+        let mut log = Log { db, value_files, anchor, sync_file, head_seq, head_hash, cursors, segments, copy: None };
         if let Some((key, stored)) = log.db.scan_prefix([LOG]).next_back().transpose()? {
             let seq = seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("log key {key:?}")))?;
             log.head_seq = seq;
             log.head_hash = hash_stored(&stored);
             if check_tail {
                 Record::decode(seq, &stored)?;
-                log.verify(seq.saturating_sub(TAIL_CHECK - 1).max(1), seq)?;
+            }
+        }
+        if check_tail && log.head_seq > 0 {
+            let head = log.head_seq;
+            let checked = log.verify(head.saturating_sub(TAIL_CHECK - 1).max(1), head)?;
+            if checked.head_hash != log.head_hash {
+                return Err(EngineError::Damaged(format!("record {head}: differs from its segment index entry")));
             }
         }
         Ok(log)
@@ -385,8 +396,7 @@ impl Log {
         if seq == 0 {
             return Ok(());
         }
-        let stored =
-            self.db.get(log_key(seq))?.ok_or_else(|| EngineError::Damaged(format!("record {seq}: missing")))?;
+        let stored = self.stored(seq)?.ok_or_else(|| EngineError::Damaged(format!("record {seq}: missing")))?;
         if hex(&hash_stored(&stored)) != hash {
             return Err(EngineError::Damaged(format!("record {seq}: differs from the one its {what} names")));
         }
@@ -395,24 +405,50 @@ impl Log {
 
     /// Reads and checksum-checks record `seq`.
     pub fn read(&self, seq: u64) -> Result<Option<Record>> {
-        match self.db.get(log_key(seq))? {
+        match self.stored(seq)? {
             Some(stored) => Ok(Some(Record::decode(seq, &stored)?)),
             None => Ok(None),
         }
     }
 
+    /// The stored bytes of record `seq` (frame-checked when sealed), if the log has it.
+    pub fn stored(&self, seq: u64) -> Result<Option<Stored>> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        if seq <= self.segments.sealed_through() {
+            return self.segments.stored(seq).map(Some);
+        }
+        Ok(self.db.get(log_key(seq))?.map(Stored::Sled))
+    }
+
+    /// Stored bytes of records `from..=to` in order, through the segments, then sled; a
+    /// missing seq is an error, and the range ends early where the log does.
+    pub fn stored_range(&self, from: u64, to: u64) -> StoredRange<'_> {
+        StoredRange::new(&self.segments, &self.db, from, to)
+    }
+
     /// Records `from..=to` in order, each checksum-checked; a missing seq is an error.
     pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = Result<Record>> + '_ {
-        let mut expected = from.max(1);
-        self.db.range(log_key(from.max(1))..=log_key(to)).map(move |item| {
-            let (key, stored) = item?;
-            let seq = seq_of_log_key(&key).unwrap_or(0);
-            if seq != expected {
-                return Err(EngineError::Damaged(format!("record {expected}: missing (next stored is {seq})")));
-            }
-            expected += 1;
+        self.stored_range(from, to).map(|item| {
+            let (seq, stored) = item?;
             Ok(Record::decode(seq, &stored)?)
         })
+    }
+
+    /// Seals every complete range of `per_segment` records into a segment file (see
+    /// [`crate::segments`]). Returns how many records were sealed; a log opened from a copy
+    /// seals nothing.
+    pub fn seal(&mut self, per_segment: u64) -> Result<u64> {
+        if self.copy.is_some() {
+            return Ok(0);
+        }
+        crate::segments::seal(&self.db, &self.sync_file, &mut self.segments, self.head_seq, per_segment)
+    }
+
+    /// The sealed part of the log.
+    pub fn segments(&self) -> &Segments {
+        &self.segments
     }
 
     /// The configuration the log last recorded, if any: (admins, streams).
@@ -452,19 +488,15 @@ impl Log {
     pub fn verify(&self, from: u64, to: u64) -> Result<VerifySummary> {
         let mut expected_hash = match from {
             0 | 1 => GENESIS_HASH,
-            _ => match self.db.get(log_key(from - 1))? {
+            _ => match self.stored(from - 1)? {
                 Some(stored) => hash_stored(&stored),
                 None => return Err(EngineError::Damaged(format!("record {}: missing", from - 1))),
             },
         };
         let mut summary = VerifySummary { records: 0, head_hash: expected_hash };
         let mut next = from.max(1);
-        for item in self.db.range(log_key(from.max(1))..=log_key(to)) {
-            let (key, stored) = item?;
-            let seq = seq_of_log_key(&key).unwrap_or(0);
-            if seq != next {
-                return Err(EngineError::Damaged(format!("record {next}: missing (next stored is {seq})")));
-            }
+        for item in self.stored_range(from, to) {
+            let (seq, stored) = item?;
             let record = Record::decode(seq, &stored)?;
             record.check_chain(&expected_hash)?;
             expected_hash = hash_stored(&stored);
@@ -478,9 +510,9 @@ impl Log {
         Ok(summary)
     }
 
-    /// Bytes sled uses on disk.
+    /// Bytes sled and the segment files use on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.segments.bytes()
     }
 }
 

@@ -348,6 +348,7 @@ impl Cycle {
             self.tick().await?;
             self.anchor(false).await?;
             self.sweeper.tick(&self.log.value_files(), self.dispatcher.store())?;
+            self.log.seal(self.config.segment_records)?;
             if Instant::now() >= next_claim {
                 self.claim_idle().await?;
                 next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);

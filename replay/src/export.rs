@@ -3,7 +3,7 @@
 //! stream and tenant.
 
 use crate::{Result, record_json};
-use maestro_engine::log::{Log, log_key};
+use maestro_engine::log::Log;
 use maestro_schemas::proto::log as pb;
 use maestro_schemas::record::{hash_stored, hex};
 use maestro_schemas::{Body, Record, Status};
@@ -89,13 +89,13 @@ fn to_proto(record: &Record, stored: &[u8]) -> pb::ExportedRecord {
 pub fn export(log: &Log, filter: &Filter, format: Format, out: &mut impl Write) -> Result<u64> {
     let to = filter.to.unwrap_or(u64::MAX).min(log.head_seq());
     let mut written = 0;
-    for record in log.range(filter.from.max(1), to) {
-        let record = record?;
+    for item in log.stored_range(filter.from.max(1), to) {
+        let (seq, stored) = item?;
+        let record = maestro_schemas::Record::decode(seq, &stored).map_err(maestro_engine::error::EngineError::from)?;
         if !filter.keeps(&record) {
             continue;
         }
-        let stored = log.db().get(log_key(record.seq)).map_err(maestro_engine::error::EngineError::from)?;
-        let stored = stored.as_deref().unwrap_or_default();
+        let stored = &stored[..];
         match format {
             Format::Jsonl => {
                 let mut line = record_json(&record);

@@ -147,7 +147,10 @@ pub(crate) fn dispatch_into(
         let lanes = inputs.len();
         let reader = {
             let reporter = reporter.clone();
-            scope.spawn(move || read_batches(log, &decoder, from, until, &inputs, &reporter))
+            let (records, read) = std::sync::mpsc::sync_channel::<Vec<Record>>(READ_AHEAD);
+            let decoder = &decoder;
+            scope.spawn(move || type_batches(decoder, &read, &inputs));
+            scope.spawn(move || read_batches(log, from, until, &records, &reporter))
         };
         drop(reporter);
         // The first failure ends the wait; dropping `reports` and the lanes' inputs (the reader
@@ -198,14 +201,30 @@ fn run_lane(
     });
 }
 
-/// Reads records `from..=until` in batches, decodes them and hands each to every lane, until
-/// done, a read fails (reported) or a lane hangs up. Returns how many records it handed over.
+/// Gives each batch of records its typed events and hands it to every lane, until the reader is
+/// done or a lane hangs up. A thread of its own, so the reader only reads and checks: the typed
+/// decode of the entries' fields costs about as much as reading the records.
+fn type_batches(
+    decoder: &Decoder,
+    batches: &std::sync::mpsc::Receiver<Vec<Record>>,
+    lanes: &[std::sync::mpsc::SyncSender<Decoded>],
+) {
+    for records in batches {
+        let typed = records.iter().map(|r| decoder.typed(r)).collect();
+        let batch: Decoded = Arc::new((records, typed));
+        if lanes.iter().any(|lane| lane.send(batch.clone()).is_err()) {
+            return;
+        }
+    }
+}
+
+/// Reads records `from..=until` in batches, checked and decoded, and hands each on, until done,
+/// a read fails (reported) or the next stage hangs up. Returns how many records it handed over.
 fn read_batches(
     log: &Log,
-    decoder: &Decoder,
     from: u64,
     until: u64,
-    lanes: &[std::sync::mpsc::SyncSender<Decoded>],
+    next_stage: &std::sync::mpsc::SyncSender<Vec<Record>>,
     reporter: &std::sync::mpsc::Sender<Report>,
 ) -> u64 {
     let mut next = from;
@@ -218,9 +237,7 @@ fn read_batches(
                 break;
             }
         };
-        let typed = records.iter().map(|r| decoder.typed(r)).collect();
-        let batch: Decoded = Arc::new((records, typed));
-        if lanes.iter().any(|lane| lane.send(batch.clone()).is_err()) {
+        if next_stage.send(records).is_err() {
             break;
         }
         next = last + 1;

@@ -290,6 +290,7 @@ impl Cycle {
     async fn connected(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         self.source.ping().await?;
         self.check_redis_anchor().await?;
+        self.check_publish_mark().await?;
         // Before anything is published or read: outputs are marked, and marks checked, with it.
         self.ingest.output_key = Some(self.source.load_output_key().await?);
         self.publish_outbox().await?;
@@ -395,6 +396,21 @@ impl Cycle {
         crate::anchors::check_redis(&mut self.log, &key, held, self.config.accept_truncated_log)?;
         let records = self.log.range(before + 1, self.log.head_seq()).collect::<Result<Vec<_>>>()?;
         self.dispatcher.dispatch(&records, None).map(|_| ())
+    }
+
+    /// A publish mark past the log's head means the log was cut back since it was set: lowered
+    /// to the head, so that the outputs of what is appended from now on are published. Entries
+    /// read again after the cut may be answered a second time; none is left unanswered.
+    async fn check_publish_mark(&mut self) -> Result<()> {
+        let head = self.log.head_seq();
+        if let Some(mark) = self.source.lower_publish_mark(head).await? {
+            tracing::warn!(
+                mark,
+                head,
+                "publish mark past the log's head (log restored or cut back): lowered to the head"
+            );
+        }
+        Ok(())
     }
 
     /// Publishes the effect runners' facts as plain entries: the engine reads them back as

@@ -91,6 +91,19 @@ if published > 0 then redis.call('HSET', KEYS[1], ARGV[1], ms .. ':' .. mi) end
 return published
 ";
 
+/// Lowers this consumer's publish mark (KEYS[1], field ARGV[1]) to seq ARGV[2] when it stands
+/// past it; returns the mark it found there, or false when it was not past.
+const LOWER_MARK_SCRIPT: &str = r"
+local mark = redis.call('HGET', KEYS[1], ARGV[1])
+if not mark then return false end
+local s = string.match(mark, '^(%d+):')
+if s and tonumber(s) > tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+  return mark
+end
+return false
+";
+
 fn reply(what: &str, value: &Value) -> EngineError {
     EngineError::Reply(format!("unexpected {what}: {value:?}").chars().take(300).collect())
 }
@@ -275,6 +288,18 @@ impl Source {
     pub async fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let _: () = self.run(redis::cmd("SET").arg(key).arg(value)).await?;
         Ok(())
+    }
+
+    /// Lowers this consumer's publish mark to `head_seq` when it stands past the log's head: the
+    /// log was cut back (restored from a backup, `--accept-truncated-log`), and outputs of the
+    /// records it appends from now on would otherwise share seqs with outputs already
+    /// published and be skipped. Returns the mark it lowered.
+    pub async fn lower_publish_mark(&mut self, head_seq: u64) -> Result<Option<String>> {
+        let mut conn = self.writer().await?;
+        let script = redis::Script::new(LOWER_MARK_SCRIPT);
+        let mut invocation = script.key(&self.config.published_key);
+        invocation.arg(&self.config.consumer).arg(head_seq).arg(u32::MAX);
+        Ok(invocation.invoke_async::<Option<String>>(&mut conn).await?)
     }
 
     /// Reads the group's output key, creating it when no engine of the group has yet (a random

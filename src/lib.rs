@@ -3,8 +3,10 @@
 pub mod ask_engine;
 pub mod bench;
 pub mod bench_catalogue;
+pub mod bench_latency;
 pub mod bench_memory;
 pub mod bench_replay;
+pub mod bench_templates;
 pub mod demo;
 pub mod exec_demo;
 pub mod flood;
@@ -18,6 +20,7 @@ pub mod replay_cli;
 pub mod report;
 pub mod settings;
 pub mod traffic;
+pub mod verify_outputs;
 
 use maestro_handlers::Handler;
 use std::sync::Arc;

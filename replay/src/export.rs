@@ -49,7 +49,7 @@ fn to_proto(record: &Record, stored: &[u8]) -> pb::ExportedRecord {
             let (code, detail, deliveries, duplicate_of) = match &entry.status {
                 Status::Rejected { reason, deliveries } => (reason.code.clone(), reason.detail.clone(), *deliveries, 0),
                 Status::Duplicate { of_seq } => (String::new(), String::new(), 0, *of_seq),
-                Status::Accepted | Status::Own => (String::new(), String::new(), 0, 0),
+                Status::Accepted | Status::Own | Status::OwnRef(_) => (String::new(), String::new(), 0, 0),
             };
             pb::exported_record::Body::Entry(pb::StreamEntry {
                 stream: entry.stream.clone(),

@@ -37,6 +37,9 @@ pub struct LatencyArgs {
     pub plot: PathBuf,
 }
 
+/// When the first answer to each request arrived, and how many answers each got.
+type Arrivals = (Vec<Option<Instant>>, Vec<u32>);
+
 /// Reads the results stream from `from`, noting when the first answer to each `lat-<n>`
 /// arrived and counting every answer per request.
 fn spawn_reader(
@@ -44,7 +47,7 @@ fn spawn_reader(
     from: String,
     n: usize,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<(Vec<Option<Instant>>, Vec<u32>)>> {
+) -> std::thread::JoinHandle<anyhow::Result<Arrivals>> {
     std::thread::spawn(move || {
         let mut conn = redis::Client::open(url)?.get_connection()?;
         let results = StreamSet::default().templates_results;
@@ -94,7 +97,8 @@ pub fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     let mut engine = Engine::start(&exe, &url, &data.path().join("engine"))?;
     create_catalogue(&mut conn, &mut engine, args.templates)?;
     let results = StreamSet::default().templates_results;
-    let last: Vec<redis::Value> = redis::cmd("XREVRANGE").arg(&results).arg("+").arg("-").arg("COUNT").arg(1).query(&mut conn)?;
+    let last: Vec<redis::Value> =
+        redis::cmd("XREVRANGE").arg(&results).arg("+").arg("-").arg("COUNT").arg(1).query(&mut conn)?;
     let from = match last.first() {
         Some(redis::Value::Array(parts)) => match parts.first() {
             Some(redis::Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
@@ -170,18 +174,26 @@ pub fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         }
     }
     let title = format!("template reads at {}/s: worst latency per 50 ms of schedule", args.rate);
-    write_svg(&args.plot, Chart { title: &title, x_label: "scheduled send (s)", y_label: "ms" }, &[
-        Series::new("latency", worst),
-    ])?;
+    write_svg(
+        &args.plot,
+        Chart { title: &title, x_label: "scheduled send (s)", y_label: "ms" },
+        &[Series::new("latency", worst)],
+    )?;
     let throughput_plot = args.plot.with_file_name(format!(
         "{}-throughput.svg",
         args.plot.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let title = format!("template reads at {}/s: answers per second", args.rate);
-    write_svg(&throughput_plot, Chart { title: &title, x_label: "s", y_label: "answers/s" }, &[Series::new(
-        "answers", throughput,
-    )])?;
+    write_svg(
+        &throughput_plot,
+        Chart { title: &title, x_label: "s", y_label: "answers/s" },
+        &[Series::new("answers", throughput)],
+    )?;
     println!("plots: {} {}", args.plot.display(), throughput_plot.display());
-    anyhow::ensure!(answered == n && duplicated == 0, "{} requests unanswered, {duplicated} answered twice", n - answered);
+    anyhow::ensure!(
+        answered == n && duplicated == 0,
+        "{} requests unanswered, {duplicated} answered twice",
+        n - answered
+    );
     Ok(())
 }

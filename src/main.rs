@@ -402,7 +402,8 @@ async fn main() {
         Command::Verify { config, anchor_file, anchor_redis, chain_only, outputs_redis } => {
             // sled panics on some damaged files where a read meets them; a damaged data dir must
             // be reported (exit 1), never crash the verifier.
-            let run = std::panic::AssertUnwindSafe(|| verify(config, anchor_file, (anchor_redis, outputs_redis), chain_only));
+            let run =
+                std::panic::AssertUnwindSafe(|| verify(config, anchor_file, (anchor_redis, outputs_redis), chain_only));
             std::panic::catch_unwind(run).unwrap_or_else(|panic| {
                 let text = maestro_engine::error::panic_text(panic.as_ref());
                 Err(anyhow::anyhow!("the data dir is damaged: reading it failed with: {text}"))

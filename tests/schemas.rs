@@ -280,7 +280,8 @@ fn a_golden_record_of_format_2_decodes_forever() {
     use maestro_schemas::record::GENESIS_HASH;
     use maestro_schemas::{Body, Entry, OwnRef, Record, Status};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2/record.hex");
-    let fields = vec![(b"origin".to_vec(), b"maestro-engine/c1".to_vec()), (b"output_id".to_vec(), b"41-0.ab".to_vec())];
+    let fields =
+        vec![(b"origin".to_vec(), b"maestro-engine/c1".to_vec()), (b"output_id".to_vec(), b"41-0.ab".to_vec())];
     let stream = "maestro:streams:templates:results";
     let expected = Record {
         format: 2,
@@ -297,10 +298,13 @@ fn a_golden_record_of_format_2_decodes_forever() {
             }),
         }),
     };
-    assert_eq!(maestro_schemas::own::reference(stream, &fields), match &expected.body {
-        Body::Entry(Entry { status: Status::OwnRef(r), .. }) => r.clone(),
-        _ => unreachable!(),
-    });
+    assert_eq!(
+        maestro_schemas::own::reference(stream, &fields),
+        match &expected.body {
+            Body::Entry(Entry { status: Status::OwnRef(r), .. }) => r.clone(),
+            _ => unreachable!(),
+        }
+    );
     if std::env::var("UPDATE_FIXTURES").is_ok() && !path.exists() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, hex::encode(expected.encode().unwrap()) + "\n").unwrap();

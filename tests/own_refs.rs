@@ -62,6 +62,30 @@ fn answers_are_logged_by_reference_and_verify_compares_them_with_redis() {
     let kept = usage.iter().filter(|r| r["status"] == "own" && r["fields"]["data"].is_string()).count();
     assert_eq!(kept, 45, "own usage events logged with their fields");
     let dir_arg = dir.to_str().unwrap();
+    // The protobuf export carries the reference too.
+    let (code, proto) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_maestro"))
+            .args(["export", "--format", "proto", "--data-dir", dir_arg])
+            .output()
+            .unwrap();
+        (out.status.code(), out.stdout)
+    };
+    assert_eq!(code, Some(0));
+    let mut rest = proto.as_slice();
+    let mut references = 0;
+    while !rest.is_empty() {
+        use maestro_schemas::proto::log::exported_record::Body;
+        use prost::Message;
+        let record = maestro_schemas::proto::log::ExportedRecord::decode_length_delimited(&mut rest).unwrap();
+        if let Some(Body::Entry(entry)) = record.body
+            && entry.stream == RESULTS
+        {
+            assert_eq!(entry.output_id, in_redis[&entry.id]["output_id"].as_bytes());
+            assert_eq!(entry.fields_hash.len(), 32);
+            references += 1;
+        }
+    }
+    assert_eq!(references, 45);
     let (code, out, err) = maestro(&["verify", "--data-dir", dir_arg, "--outputs-redis", &server.url()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("ok: 45 own outputs kept by reference equal their entries"), "{out}");

@@ -3,8 +3,10 @@
 pub mod ask_engine;
 pub mod bench;
 pub mod bench_catalogue;
+pub mod bench_latency;
 pub mod bench_memory;
 pub mod bench_replay;
+pub mod bench_templates;
 pub mod demo;
 pub mod domains;
 pub mod exec_demo;
@@ -19,5 +21,6 @@ pub mod replay_cli;
 pub mod report;
 pub mod settings;
 pub mod traffic;
+pub mod verify_outputs;
 
 pub use domains::{domains, handlers};

@@ -98,6 +98,10 @@ enum Command {
         /// Only the checksums, chain and anchors: no index check, no replay.
         #[arg(long)]
         chain_only: bool,
+        /// A Redis holding the streams: every own output the log keeps by reference is compared
+        /// with its entry there (entries Redis no longer holds are counted, not failed).
+        #[arg(long, value_name = "URL")]
+        outputs_redis: Option<String>,
     },
     /// Print every Kubernetes object of an execution's environment as one multi-document YAML,
     /// for `kubectl apply -f -` (rendered again from the request in the log).
@@ -218,6 +222,10 @@ enum BenchCommand {
     Flood(maestro::flood::FloodArgs),
     /// Engine peak RSS with large entries queued before it starts (VmHWM of `maestro run`).
     Memory(maestro::bench_memory::MemoryArgs),
+    /// Template reads end to end against a loop of the old worker's shape, and data-dir growth.
+    Templates(maestro::bench_templates::TemplatesArgs),
+    /// Open-loop template reads at a fixed rate: latency from the scheduled send (appendfsync always).
+    Latency(maestro::bench_latency::LatencyArgs),
     /// One side of `bench ingest`, run by it as a child process.
     #[command(hide = true)]
     IngestWorker(maestro::bench::WorkerArgs),
@@ -296,9 +304,10 @@ fn export(
 fn verify(
     config: ConfigArgs,
     anchor_file: Option<PathBuf>,
-    anchor_redis: Option<String>,
+    redis: (Option<String>, Option<String>),
     chain_only: bool,
 ) -> anyhow::Result<()> {
+    let (anchor_redis, outputs_redis) = redis;
     let (config, dir, log) = maestro::replay_cli::open(&config)?;
     let report = maestro_replay::verify_log(&log)?;
     println!(
@@ -324,6 +333,14 @@ fn verify(
         let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
         let text: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn)?;
         check(&text.with_context(|| format!("no anchor at {key} in {url}"))?, &format!("redis anchor {key}"))?;
+    }
+    if let Some(url) = &outputs_redis {
+        let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+        let found = maestro::verify_outputs::compare(&log, &mut conn)?;
+        println!(
+            "ok: {} own outputs kept by reference equal their entries in {url}; {} no longer there",
+            found.equal, found.gone
+        );
     }
     if chain_only {
         return Ok(());
@@ -383,10 +400,11 @@ async fn main() {
         Command::Export { data_dir, from, to, stream, tenant, format } => {
             export(data_dir, (from, to), stream, tenant, format)
         }
-        Command::Verify { config, anchor_file, anchor_redis, chain_only } => {
+        Command::Verify { config, anchor_file, anchor_redis, chain_only, outputs_redis } => {
             // sled panics on some damaged files where a read meets them; a damaged data dir must
             // be reported (exit 1), never crash the verifier.
-            let run = std::panic::AssertUnwindSafe(|| verify(config, anchor_file, anchor_redis, chain_only));
+            let run =
+                std::panic::AssertUnwindSafe(|| verify(config, anchor_file, (anchor_redis, outputs_redis), chain_only));
             std::panic::catch_unwind(run).unwrap_or_else(|panic| {
                 let text = maestro_engine::error::panic_text(panic.as_ref());
                 Err(anyhow::anyhow!("the data dir is damaged: reading it failed with: {text}"))
@@ -418,6 +436,8 @@ async fn main() {
         Command::Bench { which: BenchCommand::Catalogue(args) } => maestro::bench_catalogue::catalogue(args),
         Command::Bench { which: BenchCommand::Flood(args) } => maestro::flood::bench(args),
         Command::Bench { which: BenchCommand::Memory(args) } => maestro::bench_memory::memory(args),
+        Command::Bench { which: BenchCommand::Templates(args) } => maestro::bench_templates::templates(args),
+        Command::Bench { which: BenchCommand::Latency(args) } => maestro::bench_latency::latency(args),
         Command::Bench { which: BenchCommand::IngestWorker(args) } => maestro::bench::worker(args).await,
     };
     if let Err(error) = result {

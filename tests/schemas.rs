@@ -269,5 +269,49 @@ fn a_golden_record_of_format_1_decodes_forever() {
     // Both ways: this build writes the very bytes format 1 was written with (field names were
     // `String`s then, bytes now; bincode stores both as a length and the bytes).
     assert_eq!(expected.encode().unwrap(), bytes, "record format 1 is written as it always was");
-    assert_eq!(RECORD_FORMAT, 1, "a new record format needs its own fixture beside this one");
+    assert_eq!(maestro_schemas::record::format_for(&expected.body), 1, "a record format 1 holds is written as 1");
+    assert_eq!(RECORD_FORMAT, 2, "a new record format needs its own fixture beside this one");
+}
+
+/// A stored record of format 2 (an own output by reference), as bytes: it must decode forever,
+/// and this build writes it with the same bytes.
+#[test]
+fn a_golden_record_of_format_2_decodes_forever() {
+    use maestro_schemas::record::GENESIS_HASH;
+    use maestro_schemas::{Body, Entry, OwnRef, Record, Status};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2/record.hex");
+    let fields =
+        vec![(b"origin".to_vec(), b"maestro-engine/c1".to_vec()), (b"output_id".to_vec(), b"41-0.ab".to_vec())];
+    let stream = "maestro:streams:templates:results";
+    let expected = Record {
+        format: 2,
+        seq: 43,
+        prev_hash: GENESIS_HASH,
+        body: Body::Entry(Entry {
+            stream: stream.into(),
+            id: EntryId { ms: 1_795_851_623_001, seq: 0 },
+            fields: Vec::new(),
+            status: Status::OwnRef(OwnRef {
+                output_id: b"41-0.ab".to_vec(),
+                fields_hash: maestro_schemas::own::fields_hash(stream, &fields),
+                bytes: 39,
+            }),
+        }),
+    };
+    assert_eq!(
+        maestro_schemas::own::reference(stream, &fields),
+        match &expected.body {
+            Body::Entry(Entry { status: Status::OwnRef(r), .. }) => r.clone(),
+            _ => unreachable!(),
+        }
+    );
+    if std::env::var("UPDATE_FIXTURES").is_ok() && !path.exists() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, hex::encode(expected.encode().unwrap()) + "\n").unwrap();
+    }
+    let hex = std::fs::read_to_string(&path).unwrap();
+    let bytes = hex::decode(hex.trim()).unwrap();
+    assert_eq!(Record::decode(43, &bytes).unwrap(), expected);
+    assert_eq!(expected.encode().unwrap(), bytes, "record format 2 is written as it always was");
+    assert_eq!(maestro_schemas::record::format_for(&expected.body), 2);
 }

@@ -226,7 +226,7 @@ impl Dispatcher {
         report: &mut Report,
     ) -> Result<()> {
         let quarantined = self.quarantined.contains(&record.seq);
-        let own = matches!(&record.body, Body::Entry(e) if e.status == Status::Own);
+        let own = matches!(&record.body, Body::Entry(e) if e.status.is_own());
         let mut failures = Vec::new();
         let mut index = 0u32;
         let mut effect_index = 0u32;

@@ -31,6 +31,12 @@ pub struct Ingest {
     /// The group's output key: only an entry whose mark it checks is an engine's own output.
     /// Without one (not loaded yet) every entry is input.
     pub output_key: Option<OutputKey>,
+    /// Streams whose own outputs are logged with their fields: a projection reads them (the
+    /// usage analytics take the `duration_ms` the engine fills in only when it publishes, which
+    /// no replay can make again). Own outputs of every other stream are logged by reference
+    /// (`Status::OwnRef`): their fields, template bodies included, are already a function of
+    /// the log.
+    pub own_in_full: Vec<String>,
 }
 
 impl Ingest {
@@ -100,7 +106,10 @@ impl Ingest {
             return rejected(reason, fields);
         }
         if self.output_key.as_ref().is_some_and(|key| key.is_own_output(stream, &fields)) {
-            return (Status::Own, fields, None, None);
+            if self.own_in_full.iter().any(|kept| kept == stream) {
+                return (Status::Own, fields, None, None);
+            }
+            return (Status::OwnRef(maestro_schemas::own::reference(stream, &fields)), Vec::new(), None, None);
         }
         let Some(role) = self.streams.role_of(stream) else {
             return rejected(Reject::new("unknown_stream", format!("{stream} is not a configured stream")), fields);

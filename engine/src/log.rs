@@ -18,7 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::segments::{SEGMENTS_DIR, Segments, Stored, StoredRange};
 use crate::store::Store;
 use crate::value_files::ValueFiles;
-use maestro_schemas::record::{GENESIS_HASH, RECORD_FORMAT, hash_stored, hex};
+use maestro_schemas::record::{GENESIS_HASH, format_for, hash_stored, hex};
 use maestro_schemas::{Body, EntryId, Record, codec};
 use std::collections::HashMap;
 use std::fs::File;
@@ -297,7 +297,7 @@ impl Log {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             seq += 1;
-            let record = Record { format: RECORD_FORMAT, seq, prev_hash: hash, body: item.body };
+            let record = Record { format: format_for(&item.body), seq, prev_hash: hash, body: item.body };
             let stored = record.encode()?;
             hash = hash_stored(&stored);
             batch.insert(&log_key(seq), stored);

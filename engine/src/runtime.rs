@@ -187,6 +187,7 @@ async fn session(
         limits: config.limits,
         max_deliveries: config.max_deliveries,
         output_key: None,
+        own_in_full: vec![config.streams.templates_usage.clone()],
     };
     let mut cycle = Cycle {
         config: config.clone(),

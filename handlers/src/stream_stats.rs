@@ -51,7 +51,7 @@ impl Handler for StreamStats {
         counts.records += 1;
         match entry.status {
             Status::Accepted => counts.accepted += 1,
-            Status::Own => counts.own += 1,
+            Status::Own | Status::OwnRef(_) => counts.own += 1,
             Status::Duplicate { .. } => counts.duplicate += 1,
             Status::Rejected { .. } => counts.rejected += 1,
         }

@@ -49,7 +49,11 @@ fn to_proto(record: &Record, stored: &[u8]) -> pb::ExportedRecord {
             let (code, detail, deliveries, duplicate_of) = match &entry.status {
                 Status::Rejected { reason, deliveries } => (reason.code.clone(), reason.detail.clone(), *deliveries, 0),
                 Status::Duplicate { of_seq } => (String::new(), String::new(), 0, *of_seq),
-                Status::Accepted | Status::Own => (String::new(), String::new(), 0, 0),
+                Status::Accepted | Status::Own | Status::OwnRef(_) => (String::new(), String::new(), 0, 0),
+            };
+            let reference = match &entry.status {
+                Status::OwnRef(reference) => Some(reference),
+                _ => None,
             };
             pb::exported_record::Body::Entry(pb::StreamEntry {
                 stream: entry.stream.clone(),
@@ -60,6 +64,9 @@ fn to_proto(record: &Record, stored: &[u8]) -> pb::ExportedRecord {
                 reason_detail: detail,
                 deliveries,
                 duplicate_of,
+                output_id: reference.map(|r| r.output_id.clone()).unwrap_or_default(),
+                fields_hash: reference.map(|r| r.fields_hash.to_vec()).unwrap_or_default(),
+                bytes: reference.map_or(0, |r| r.bytes),
             })
         }
         Body::Clock { time_ms } => pb::exported_record::Body::Clock(pb::Clock { time_ms: *time_ms }),

@@ -99,6 +99,11 @@ pub fn record_json(record: &Record) -> Value {
                     extra["reason"] = json!({ "code": reason.code, "detail": reason.detail, "deliveries": deliveries });
                 }
                 Status::Duplicate { of_seq } => extra["duplicate_of"] = json!(of_seq),
+                Status::OwnRef(reference) => {
+                    extra["output_id"] = json!(String::from_utf8_lossy(&reference.output_id));
+                    extra["fields_hash"] = json!(hex(&reference.fields_hash));
+                    extra["bytes"] = json!(reference.bytes);
+                }
                 Status::Accepted | Status::Own => {}
             }
             extra

@@ -16,7 +16,7 @@ pub mod streams;
 
 pub use entry_id::EntryId;
 pub use envelope::{Limits, Reject};
-pub use record::{Body, Entry, Fields, Record, RecordError, Status};
+pub use record::{Body, Entry, Fields, OwnRef, Record, RecordError, Status};
 pub use streams::{Role, StreamSet};
 pub mod decode;
 pub mod event;

@@ -91,6 +91,34 @@ impl OutputKey {
     }
 }
 
+/// The plain (unkeyed) BLAKE3 of an entry's stream key and fields, each part length-prefixed:
+/// what the log keeps of an own output, so that anyone can compare it with the entry in Redis
+/// without the group's key.
+pub fn fields_hash(stream: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut part = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    part(stream.as_bytes());
+    for (name, value) in fields {
+        part(name);
+        part(value);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// The reference the log keeps of an own output read from `stream` (one whose mark checked):
+/// its output id, the hash of its fields and its size.
+pub fn reference(stream: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> crate::OwnRef {
+    let output_id = first(fields, OUTPUT_ID_FIELD).map(|i| fields[i].1.clone()).unwrap_or_default();
+    crate::OwnRef {
+        output_id,
+        fields_hash: fields_hash(stream, fields),
+        bytes: crate::envelope::entry_bytes(fields) as u64,
+    }
+}
+
 /// The index of the first field called `name`.
 fn first(fields: &[(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<usize> {
     fields.iter().position(|(k, _)| k.as_slice() == name)
@@ -156,6 +184,27 @@ mod tests {
         front.insert(0, (b"output_id".to_vec(), b"1-0".to_vec()));
         assert!(!key.is_own_output(STREAM, &front));
         assert!(!key.seal(STREAM, &mut [(b"data".to_vec(), b"{}".to_vec())]));
+    }
+
+    #[test]
+    fn a_reference_names_the_output_and_hashes_every_byte() {
+        let key = OutputKey::new([7; 32]);
+        let fields = sealed(&key);
+        let reference = reference(STREAM, &fields);
+        assert_eq!(reference.output_id, fields[1].1);
+        assert_eq!(reference.bytes, crate::envelope::entry_bytes(&fields) as u64);
+        assert_ne!(fields_hash("maestro:streams:templates:usage", &fields), reference.fields_hash);
+        for field in 0..fields.len() {
+            for part in 0..2 {
+                let mut changed = fields.clone();
+                let bytes = if part == 0 { &mut changed[field].0 } else { &mut changed[field].1 };
+                bytes.push(b'x');
+                assert_ne!(fields_hash(STREAM, &changed), reference.fields_hash, "field {field} part {part}");
+            }
+        }
+        // Moving a byte from a name to its value changes the hash: the parts are length-prefixed.
+        let moved = vec![(b"ab".to_vec(), b"c".to_vec())];
+        assert_ne!(fields_hash(STREAM, &moved), fields_hash(STREAM, &[(b"a".to_vec(), b"bc".to_vec())]));
     }
 
     #[test]

@@ -8,8 +8,13 @@
 use crate::{EntryId, Reject, codec};
 use serde::{Deserialize, Serialize};
 
-/// The record format this build writes. Older formats are upcast on read, never rewritten.
-pub const RECORD_FORMAT: u16 = 1;
+/// The newest record format this build reads and writes. A record is written in the oldest
+/// format that holds it (see [`format_for`]), so a log without own references stays readable
+/// by builds that know only format 1; older formats are read as they are, never rewritten.
+///
+/// - 1: entries with their fields, clock, quarantine, config and setting records.
+/// - 2: adds [`Status::OwnRef`], an engine's own output recorded by reference.
+pub const RECORD_FORMAT: u16 = 2;
 
 /// The hash a record's predecessor is taken to have when it is the first record.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -79,6 +84,22 @@ pub enum Status {
     Duplicate { of_seq: u64 },
     /// Not valid input; copied to the dead-letter stream with the reason.
     Rejected { reason: Reject, deliveries: u32 },
+    /// An entry this engine published itself, read back and recorded by reference: the entry's
+    /// fields are left out (they are a function of the logged inputs, and a replay makes them
+    /// again); what identifies them is kept. Format 2.
+    OwnRef(OwnRef),
+}
+
+/// What the log keeps of an own output instead of its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnRef {
+    /// The `output_id` field as published: `<seq>-<index>` of the outbox entry, and its mark.
+    pub output_id: Vec<u8>,
+    /// [`crate::own::fields_hash`] of the entry's fields, to compare with Redis while it holds
+    /// the entry.
+    pub fields_hash: [u8; 32],
+    /// The entry's size, names and values, in bytes.
+    pub bytes: u64,
 }
 
 impl Status {
@@ -86,10 +107,25 @@ impl Status {
     pub fn name(&self) -> &'static str {
         match self {
             Status::Accepted => "accepted",
-            Status::Own => "own",
+            Status::Own | Status::OwnRef(_) => "own",
             Status::Duplicate { .. } => "duplicate",
             Status::Rejected { .. } => "rejected",
         }
+    }
+}
+
+impl Status {
+    /// True for an engine's own output read back, recorded in full or by reference.
+    pub fn is_own(&self) -> bool {
+        matches!(self, Status::Own | Status::OwnRef(_))
+    }
+}
+
+/// The format a record with `body` is written in: the oldest that holds it.
+pub fn format_for(body: &Body) -> u16 {
+    match body {
+        Body::Entry(Entry { status: Status::OwnRef(_), .. }) => 2,
+        _ => 1,
     }
 }
 

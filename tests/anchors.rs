@@ -213,3 +213,45 @@ fn anchors_ahead_of_a_restored_log_refuse_start_until_accepted_and_never_move_ba
     assert!(passed > ahead, "the Redis anchor moved forward once the log passed it: {passed} <= {ahead}");
     assert_eq!(anchor_seq(&std::fs::read_to_string(&anchor_file).unwrap()), passed);
 }
+
+#[test]
+fn after_an_accepted_restore_new_requests_are_answered() {
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let backup = data.path().join("backup");
+    let searches = |conn: &mut redis::Connection, prefix: &str, n: usize| {
+        for i in 0..n {
+            maestro::flood::send_search(conn, &format!("{prefix}{i}")).unwrap();
+        }
+    };
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    searches(&mut conn, "before-", 5);
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    copy_dir(&dir, &backup);
+    let mut engine = EngineProc::start(&server.url(), &dir, &[]);
+    searches(&mut conn, "lost-", 60);
+    wait_drained(&mut conn, Duration::from_secs(30));
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+
+    // Back to the backup; the operator accepts the shorter log and the skip of what it lost, so
+    // the new requests get seqs that the lost ones' answers had.
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&backup, &dir);
+    let accept = [("MAESTRO_ACCEPT_GROUP_SKIP", "true")];
+    let (mut engine, exit) = start(&server, &dir, &accept, &["--accept-truncated-log"]);
+    assert_eq!(exit, None, "{}", engine.stderr());
+    searches(&mut conn, "after-", 10);
+    wait_drained(&mut conn, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while answers_to(&mut conn, "after-").len() < 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    let answers = answers_to(&mut conn, "after-");
+    assert_eq!(answers.len(), 10, "every request after the restore is answered: {answers:?}");
+    assert!(answers.values().all(|n| *n == 1), "once each: {answers:?}");
+    assert!(engine.stderr().contains("publish mark past the log's head"), "{}", engine.stderr());
+}

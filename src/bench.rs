@@ -8,7 +8,7 @@ use crate::traffic::{Message, Traffic, publish};
 use anyhow::Context;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::source::parse_read_reply;
-use maestro_engine::status::Status;
+use maestro_engine::status::Health;
 use maestro_schemas::StreamSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -190,7 +190,7 @@ async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> any
         group: if domains { "maestro-engine-domains".into() } else { "maestro-engine".into() },
         ..EngineConfig::default()
     };
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Health::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let handlers = if domains {

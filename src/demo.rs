@@ -5,7 +5,7 @@ use crate::traffic::{Message, Traffic, publish};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use maestro_engine::config::EngineConfig;
-use maestro_engine::status::Status;
+use maestro_engine::status::Health;
 use maestro_handlers::stream_stats::{NAME as STATS, StreamStats};
 use maestro_schemas::StreamSet;
 use std::path::{Path, PathBuf};
@@ -133,7 +133,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let config_group = config.group.clone();
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Health::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let engine =
         tokio::spawn(maestro_engine::runtime::run(config.clone(), crate::domains(&config), status.clone(), shutdown));

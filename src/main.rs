@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use maestro::settings::{self, ConfigArgs};
 use maestro_engine::config::EngineConfig;
-use maestro_engine::status::Status;
+use maestro_engine::status::Health;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -265,7 +265,7 @@ async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let config = EngineConfig { accept_truncated_log, ..settings::load(&config)? };
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Health::default());
     if let Some(addr) = http {
         let handle = maestro::metrics::install()?;
         maestro::metrics::register(&config);

@@ -133,12 +133,12 @@ pub fn state(config: ConfigArgs, query: StateQuery, list: bool) -> anyhow::Resul
     let json = snapshot.to_json(keep);
     emit(serde_json::to_string_pretty(&json)?)?;
     match source {
-        state::Source::Live { at, tail } => {
+        state::StateSource::Live { at, tail } => {
             eprintln!(
                 "from the live store at seq {at} (its keys match its kept digest), then {tail} records of the log"
             )
         }
-        state::Source::Log => eprintln!("replayed from the log's first record"),
+        state::StateSource::Log => eprintln!("replayed from the log's first record"),
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use maestro_engine::config::EngineConfig;
-use maestro_engine::status::Status;
+use maestro_engine::status::Health;
 use maestro_handlers::stream_stats::StreamStats;
 use maestro_handlers::{Decision, Event, Handler, HandlerError, Output, StateView};
 use maestro_schemas::{Body, Status as RecordStatus, StreamSet};
@@ -71,11 +71,11 @@ impl Handler for Picky {
 
 /// Runs the engine in this process with `handlers` until every stream is drained; returns its
 /// status counters.
-fn run_until_drained(url: &str, dir: &Path, handlers: Vec<Arc<dyn Handler>>, max_deliveries: u32) -> Arc<Status> {
+fn run_until_drained(url: &str, dir: &Path, handlers: Vec<Arc<dyn Handler>>, max_deliveries: u32) -> Arc<Health> {
     let config =
         EngineConfig { redis_url: url.into(), data_dir: dir.into(), max_deliveries, ..EngineConfig::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let status = Arc::new(Status::default());
+    let status = Arc::new(Health::default());
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let domains = maestro::domains::domains_with(&config, handlers);

@@ -52,7 +52,7 @@ pub struct OutputStamp {
 
 /// What one dispatch did.
 #[derive(Debug, Default)]
-pub struct Report {
+pub struct DispatchReport {
     pub records: u64,
     pub dead_lettered: u64,
     pub intents: u64,
@@ -169,7 +169,7 @@ impl Dispatcher {
     /// has them (`decoded[i]` belongs to `records[i]`); otherwise they are decoded here. Every
     /// `checkpoint_every` seqs each projection's state hash is staged as a checkpoint, so
     /// checkpoints fall on the same seqs however batches were cut and commits spaced.
-    pub fn dispatch(&mut self, records: &[Record], decoded: Option<&[Option<TypedEvent>]>) -> Result<Report> {
+    pub fn dispatch(&mut self, records: &[Record], decoded: Option<&[Option<TypedEvent>]>) -> Result<DispatchReport> {
         let decoded_here: Vec<Option<TypedEvent>>;
         let decoded = match decoded {
             Some(decoded) if decoded.len() == records.len() => decoded,
@@ -198,8 +198,8 @@ impl Dispatcher {
         records: &[Record],
         decoded: &[Option<TypedEvent>],
         pending: &mut Pending,
-    ) -> Result<Report> {
-        let mut report = Report::default();
+    ) -> Result<DispatchReport> {
+        let mut report = DispatchReport::default();
         let mut positions = Vec::with_capacity(self.handlers.len());
         for handler in &self.handlers {
             positions.push(self.store.position_with(pending, handler.name())?);
@@ -223,7 +223,7 @@ impl Dispatcher {
         positions: &[u64],
         own_position: u64,
         pending: &mut Pending,
-        report: &mut Report,
+        report: &mut DispatchReport,
     ) -> Result<()> {
         let quarantined = self.quarantined.contains(&record.seq);
         let own = matches!(&record.body, Body::Entry(e) if e.status.is_own());
@@ -339,8 +339,8 @@ impl Dispatcher {
     /// the range is re-run one record at a time, so the next crash names its record; a record
     /// that crashed more than `max_deliveries` times is quarantined by appending a quarantine
     /// record to the log.
-    pub fn catch_up(&mut self, log: &mut Log, batch: usize, max_deliveries: u32) -> Result<Report> {
-        let mut total = Report::default();
+    pub fn catch_up(&mut self, log: &mut Log, batch: usize, max_deliveries: u32) -> Result<DispatchReport> {
+        let mut total = DispatchReport::default();
         loop {
             let position = self.position()?;
             let head = log.head_seq();

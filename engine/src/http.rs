@@ -3,7 +3,7 @@
 //! `/state/<projection>` (a projection's state at the engine's position, for the replay tools).
 
 use crate::error::{EngineError, Result};
-use crate::status::Status;
+use crate::status::Health;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 struct Shared {
-    status: Arc<Status>,
+    status: Arc<Health>,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -126,7 +126,7 @@ fn read_consistent(store: &Store, name: &str) -> Result<Option<serde_json::Value
 /// and the server task.
 pub async fn serve(
     addr: SocketAddr,
-    status: Arc<Status>,
+    status: Arc<Health>,
     metrics_handle: Option<PrometheusHandle>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {

@@ -16,7 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::ingest::Ingest;
 use crate::log::Log;
 use crate::source::{RawEntry, Source, SourceConfig};
-use crate::status::Status;
+use crate::status::Health;
 use maestro_handlers::Handler;
 use maestro_schemas::envelope::ORIGIN_PREFIX;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ impl std::fmt::Debug for Domains {
 
 /// Runs the engine until `shutdown` fires. The caller owns the world: the domains, the status
 /// it can watch, and the shutdown signal.
-pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Status>, mut shutdown: Shutdown) -> Result<()> {
+pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Health>, mut shutdown: Shutdown) -> Result<()> {
     config.validate().map_err(EngineError::Config)?;
     let data_dir = DataDir::open(&config.data_dir)?;
     let _address = AddressFile::write(&data_dir, &status)?;
@@ -80,7 +80,7 @@ pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Status>, mu
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let result = session(&config, &data_dir, &consumer, &client, &domains, &status, &mut shutdown).await;
-        Status::set(&status.log_open, false);
+        Health::set(&status.log_open, false);
         *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         match result {
             Ok(()) => {
@@ -89,7 +89,7 @@ pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Status>, mu
             }
             Err(error) if is_fatal(&error) => return Err(error),
             Err(error) => {
-                Status::set(&status.storage_ok, !is_storage(&error));
+                Health::set(&status.storage_ok, !is_storage(&error));
                 status.error(error.to_string());
                 tracing::error!(%error, "storage failed; nothing unrecorded was acknowledged; reopening the log");
                 sleep_or_stop(&mut shutdown, backoff.next()).await;
@@ -109,7 +109,7 @@ pub const HTTP_FILE: &str = "HTTP";
 struct AddressFile(Option<std::path::PathBuf>);
 
 impl AddressFile {
-    fn write(data_dir: &DataDir, status: &Status) -> Result<AddressFile> {
+    fn write(data_dir: &DataDir, status: &Health) -> Result<AddressFile> {
         let Some(addr) = *status.http.lock().unwrap_or_else(std::sync::PoisonError::into_inner) else {
             return Ok(AddressFile(None));
         };
@@ -135,7 +135,7 @@ async fn session(
     consumer: &str,
     client: &redis::Client,
     domains: &Domains,
-    status: &Arc<Status>,
+    status: &Arc<Health>,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     let handlers = &domains.handlers;
@@ -158,7 +158,7 @@ async fn session(
     effects.resume(dispatcher.store())?;
     effects.run_and_report(dispatcher.store(), status)?;
     crate::value_files::sweep_unreferenced(&log.value_files(), dispatcher.store())?;
-    Status::set(&status.log_open, true);
+    Health::set(&status.log_open, true);
     if !status.storage_ok.swap(true, std::sync::atomic::Ordering::Relaxed) {
         // The log reopened after a storage failure: that error no longer holds.
         status.clear_error();
@@ -252,7 +252,7 @@ struct Cycle {
     facts: tokio::sync::mpsc::UnboundedReceiver<Fact>,
     unpublished: std::collections::VecDeque<Fact>,
     source: Source,
-    status: Arc<Status>,
+    status: Arc<Health>,
     /// When the current Redis outage began, if Redis is unavailable.
     outage_since: Option<Instant>,
     /// Streams refused for a reason of their own (`runtime/streams.rs`).
@@ -269,7 +269,7 @@ impl Cycle {
                 Ok(()) => return Ok(()),
                 Err(error) if is_storage(&error) || is_fatal(&error) => return Err(error),
                 Err(error) => {
-                    Status::set(&self.status.caught_up, false);
+                    Health::set(&self.status.caught_up, false);
                     self.status.error(error.to_string());
                     // Every outage is logged once when it starts, however many retries it takes.
                     if self.status.redis_up.swap(false, std::sync::atomic::Ordering::Relaxed)
@@ -296,7 +296,7 @@ impl Cycle {
         self.ingest.output_key = Some(self.source.load_output_key().await?);
         self.publish_outbox().await?;
         self.ensure_groups().await?;
-        Status::set(&self.status.redis_up, true);
+        Health::set(&self.status.redis_up, true);
         if let Some(since) = self.outage_since.take() {
             self.status.clear_error();
             tracing::info!(down_for = ?since.elapsed(), "redis available again");
@@ -338,7 +338,7 @@ impl Cycle {
             // Caught up: the read did not come back full, so nothing was left waiting behind it.
             // (Under steady load a read is rarely empty; readiness must not flap with it.)
             let full = self.source.count() * self.source.config().streams.len();
-            Status::set(&self.status.caught_up, read.all_streams && read.entries.len() < full);
+            Health::set(&self.status.caught_up, read.all_streams && read.entries.len() < full);
             self.run_batch(read.entries).await?;
             reads.done();
             if self.health.any_due() && self.retry_streams(shutdown).await? {
@@ -443,7 +443,7 @@ impl Cycle {
         let body = maestro_schemas::Body::Clock { time_ms };
         let records = self.log.append(vec![crate::log::NewRecord { body, request: None }])?;
         self.clocked = Some((Instant::now(), time_ms));
-        Status::add(&self.status.records_appended, 1);
+        Health::add(&self.status.records_appended, 1);
         self.status.head_seq.store(self.log.head_seq(), std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("maestro_records_appended_total").increment(1);
         metrics::counter!("maestro_clock_records_total").increment(1);
@@ -483,18 +483,18 @@ impl Cycle {
         let decoded = prepared.decoded;
         let records = self.log.append(prepared.records)?;
         crate::failpoint::crash_point("after-append");
-        Status::add(&self.status.records_appended, records.len() as u64);
+        Health::add(&self.status.records_appended, records.len() as u64);
         self.status.head_seq.store(self.log.head_seq(), std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("maestro_records_appended_total").increment(records.len() as u64);
         // Step 4: handlers, projections and the outbox, in one state batch.
         let report = self.dispatcher.dispatch(&records, Some(&decoded))?;
         crate::failpoint::crash_point("after-flush");
         if report.dead_lettered > 0 {
-            Status::add(&self.status.dead_lettered, report.dead_lettered);
+            Health::add(&self.status.dead_lettered, report.dead_lettered);
             metrics::counter!("maestro_dead_lettered_total").increment(report.dead_lettered);
         }
         for ((stream, reason), n) in report.ignored {
-            Status::add(&self.status.ignored, n);
+            Health::add(&self.status.ignored, n);
             metrics::counter!("maestro_ignored_total", "stream" => stream, "reason" => reason).increment(n);
         }
         // Step 5: publish outputs, then run effect intents.
@@ -504,8 +504,8 @@ impl Cycle {
         crate::failpoint::crash_point("before-ack");
         // Step 6: acknowledge every delivered entry, new or already recorded.
         self.source.ack(&prepared.acks).await?;
-        Status::add(&self.status.entries_acked, prepared.acks.len() as u64);
-        Status::add(&self.status.batches, 1);
+        Health::add(&self.status.entries_acked, prepared.acks.len() as u64);
+        Health::add(&self.status.batches, 1);
         metrics::counter!("maestro_entries_acked_total").increment(prepared.acks.len() as u64);
         metrics::histogram!("maestro_batch_seconds").record(started.elapsed().as_secs_f64());
         self.status.batch_took(started.elapsed().as_micros() as u64);
@@ -513,7 +513,7 @@ impl Cycle {
     }
 
     fn note_read(&mut self, entries: &[RawEntry], bytes: usize) {
-        Status::add(&self.status.entries_read, entries.len() as u64);
+        Health::add(&self.status.entries_read, entries.len() as u64);
         let mut per_stream: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
         for entry in entries {
             *per_stream.entry(&entry.stream).or_default() += 1;

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
-pub struct Status {
+pub struct Health {
     pub redis_up: AtomicBool,
     pub log_open: AtomicBool,
     pub storage_ok: AtomicBool,
@@ -53,12 +53,12 @@ pub struct StreamState {
     pub group_skipped: u64,
 }
 
-/// How many batch durations [`Status`] keeps.
+/// How many batch durations [`Health`] keeps.
 pub const LATENCY_SAMPLES: usize = 100_000;
 
-/// A point-in-time copy of [`Status`], as `/status` serves it.
+/// A point-in-time copy of [`Health`], as `/status` serves it.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct HealthSnapshot {
     pub ready: bool,
     pub redis_up: bool,
     pub log_open: bool,
@@ -78,11 +78,11 @@ pub struct Snapshot {
     pub streams: BTreeMap<String, StreamState>,
 }
 
-impl Status {
-    pub fn snapshot(&self) -> Snapshot {
+impl Health {
+    pub fn snapshot(&self) -> HealthSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let flag = |a: &AtomicBool| a.load(Ordering::Relaxed);
-        let mut snap = Snapshot {
+        let mut snap = HealthSnapshot {
             redis_up: flag(&self.redis_up),
             log_open: flag(&self.log_open),
             storage_ok: flag(&self.storage_ok),

@@ -27,7 +27,7 @@ pub struct Filter {
 }
 
 /// The tenant an entry names (`tenant_id` in its `data` JSON or as a flat field), if any.
-pub(crate) fn tenant_of(record: &Record) -> Option<String> {
+pub(crate) fn record_tenant(record: &Record) -> Option<String> {
     let entry = record.entry()?;
     if let Some(tenant) = entry.field("tenant_id") {
         return Some(String::from_utf8_lossy(tenant).into_owned());
@@ -39,7 +39,7 @@ pub(crate) fn tenant_of(record: &Record) -> Option<String> {
 impl Filter {
     fn keeps(&self, record: &Record) -> bool {
         let stream_ok = self.stream.as_deref().is_none_or(|s| record.entry().is_some_and(|e| e.stream == s));
-        stream_ok && self.tenant.as_deref().is_none_or(|t| tenant_of(record).as_deref() == Some(t))
+        stream_ok && self.tenant.as_deref().is_none_or(|t| record_tenant(record).as_deref() == Some(t))
     }
 }
 

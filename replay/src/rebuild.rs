@@ -92,7 +92,7 @@ const READ_AHEAD: usize = 4;
 type Decoded = Arc<(Vec<Record>, Vec<Option<TypedEvent>>)>;
 
 /// What a lane or the reader tells the thread that waits for them.
-enum Report {
+enum LaneReport {
     /// Lane `.0` dispatched records up to seq `.1`.
     Dispatched(usize, u64),
     /// A lane dispatched and wrote everything.
@@ -136,7 +136,7 @@ pub(crate) fn dispatch_into(
         return Ok(0);
     }
     std::thread::scope(|scope| {
-        let (reporter, reports) = std::sync::mpsc::channel::<Report>();
+        let (reporter, reports) = std::sync::mpsc::channel::<LaneReport>();
         let mut inputs = Vec::new();
         for (lane, dispatcher) in dispatchers.into_iter().enumerate() {
             let (input, batches) = std::sync::mpsc::sync_channel::<Decoded>(READ_AHEAD);
@@ -159,12 +159,12 @@ pub(crate) fn dispatch_into(
         let mut finished = 0;
         while finished < lanes {
             match reports.recv() {
-                Ok(Report::Dispatched(lane, seq)) => {
+                Ok(LaneReport::Dispatched(lane, seq)) => {
                     reached[lane] = seq;
                     progress(reached.iter().copied().min().unwrap_or(until), until);
                 }
-                Ok(Report::Finished) => finished += 1,
-                Ok(Report::Failed(error)) => return Err(error),
+                Ok(LaneReport::Finished) => finished += 1,
+                Ok(LaneReport::Failed(error)) => return Err(error),
                 Err(_) => return Err(stopped("a dispatching lane")),
             }
         }
@@ -182,22 +182,22 @@ fn run_lane(
     lane: usize,
     mut dispatcher: Dispatcher,
     batches: &std::sync::mpsc::Receiver<Decoded>,
-    reporter: &std::sync::mpsc::Sender<Report>,
+    reporter: &std::sync::mpsc::Sender<LaneReport>,
 ) {
     for batch in batches {
         let (records, typed) = batch.as_ref();
         let report = match dispatcher.dispatch(records, Some(typed)) {
-            Ok(_) => Report::Dispatched(lane, records.last().map_or(0, |r| r.seq)),
-            Err(error) => Report::Failed(error.into()),
+            Ok(_) => LaneReport::Dispatched(lane, records.last().map_or(0, |r| r.seq)),
+            Err(error) => LaneReport::Failed(error.into()),
         };
-        let failed = matches!(report, Report::Failed(_));
+        let failed = matches!(report, LaneReport::Failed(_));
         if reporter.send(report).is_err() || failed {
             return;
         }
     }
     let _ = reporter.send(match dispatcher.flush() {
-        Ok(()) => Report::Finished,
-        Err(error) => Report::Failed(error.into()),
+        Ok(()) => LaneReport::Finished,
+        Err(error) => LaneReport::Failed(error.into()),
     });
 }
 
@@ -225,7 +225,7 @@ fn read_batches(
     from: u64,
     until: u64,
     next_stage: &std::sync::mpsc::SyncSender<Vec<Record>>,
-    reporter: &std::sync::mpsc::Sender<Report>,
+    reporter: &std::sync::mpsc::Sender<LaneReport>,
 ) -> u64 {
     let mut next = from;
     while next <= until {
@@ -233,7 +233,7 @@ fn read_batches(
         let records = match log.range(next, last).collect::<std::result::Result<Vec<_>, _>>() {
             Ok(records) => records,
             Err(error) => {
-                let _ = reporter.send(Report::Failed(error.into()));
+                let _ = reporter.send(LaneReport::Failed(error.into()));
                 break;
             }
         };

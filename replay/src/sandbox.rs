@@ -44,7 +44,7 @@ pub fn sandbox(
     for record in live.range(1, live.head_seq()) {
         let record = record?;
         let keep = matches!(record.body, Body::Config { .. } | Body::Setting { .. })
-            || crate::export::tenant_of(&record).as_deref() == Some(tenant);
+            || crate::export::record_tenant(&record).as_deref() == Some(tenant);
         if keep {
             batch.push(NewRecord { body: record.body, request: None });
         }

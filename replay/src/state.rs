@@ -119,7 +119,7 @@ pub fn seq_at_time(log: &Log, time_ms: u64) -> Result<u64> {
 
 /// Where a state was taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum StateSource {
     /// The live store at its position `at` (the latest checkpoint), whose stored keys match
     /// its kept digest, and then `tail` records of the log.
     Live { at: u64, tail: u64 },
@@ -138,7 +138,7 @@ pub fn state_at(
     seq: u64,
     scratch: &Path,
     from_log: bool,
-) -> Result<(Snapshot, Source)> {
+) -> Result<(Snapshot, StateSource)> {
     let name = handler.name();
     let seq = seq.min(log.head_seq());
     let live = log.store()?;
@@ -149,15 +149,15 @@ pub fn state_at(
         && let Some(entries) = live.entries_if_kept(name)?
     {
         if at == seq {
-            return Ok((Snapshot { projection: name.to_string(), seq, entries }, Source::Live { at, tail: 0 }));
+            return Ok((Snapshot { projection: name.to_string(), seq, entries }, StateSource::Live { at, tail: 0 }));
         }
         let seed = Seed { projection: name, position: at, entries };
         let rebuilt = rebuild_from(log, config, vec![handler], seq, Keep::STATE_ONLY, scratch, Some(seed))?;
         let snapshot = Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? };
-        return Ok((snapshot, Source::Live { at, tail: rebuilt.records }));
+        return Ok((snapshot, StateSource::Live { at, tail: rebuilt.records }));
     }
     let rebuilt = rebuild(log, config, vec![handler], seq, Keep::STATE_ONLY, scratch)?;
-    Ok((Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? }, Source::Log))
+    Ok((Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? }, StateSource::Log))
 }
 
 /// One key that differs between two states.
@@ -303,17 +303,17 @@ mod tests {
             state_at(&log, &config, handler.clone(), seq, &scratch.path().join(sub), from_log).unwrap()
         };
         let (replayed, source) = at(80, true, "a");
-        assert_eq!(source, Source::Log);
+        assert_eq!(source, StateSource::Log);
         let (seeded, source) = at(80, false, "b");
-        assert_eq!(source, Source::Live { at: 50, tail: 30 });
+        assert_eq!(source, StateSource::Live { at: 50, tail: 30 });
         assert_eq!(seeded, replayed);
-        assert_eq!(at(50, false, "c"), (at(50, true, "d").0, Source::Live { at: 50, tail: 0 }));
-        assert_eq!(at(20, false, "e"), (at(20, true, "f").0, Source::Log), "before the live position");
+        assert_eq!(at(50, false, "c"), (at(50, true, "d").0, StateSource::Live { at: 50, tail: 0 }));
+        assert_eq!(at(20, false, "e"), (at(20, true, "f").0, StateSource::Log), "before the live position");
         // A live state changed behind the engine's back is not trusted.
         let tree = log.db().open_tree("state").unwrap();
         let key: Vec<u8> = [b"pstream_stats\0".as_slice(), streams[0].as_bytes()].concat();
         assert!(tree.insert(key, b"{}".as_slice()).unwrap().is_some());
-        assert_eq!(at(80, false, "g"), (replayed.clone(), Source::Log));
+        assert_eq!(at(80, false, "g"), (replayed.clone(), StateSource::Log));
     }
 
     #[test]

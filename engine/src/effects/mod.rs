@@ -28,7 +28,7 @@
 //! A replay queues intents in its own store and never runs them.
 
 use crate::error::Result;
-use crate::status::Status;
+use crate::status::Health;
 use crate::store::{IntentKey, Store};
 use maestro_handlers::Intent;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -278,7 +278,7 @@ impl Effects {
 
     /// Runs the queue and reports it in `/status` and `/metrics`; a failing intent is an error
     /// in `/status`, retried with the next batch.
-    pub fn run_and_report(&mut self, store: &Store, status: &Status) -> Result<()> {
+    pub fn run_and_report(&mut self, store: &Store, status: &Health) -> Result<()> {
         let report = self.run_pending(store)?;
         metrics::counter!("maestro_effects_done_total").increment(report.done + report.repeated);
         metrics::counter!("maestro_effects_started_total").increment(report.started);
@@ -292,7 +292,7 @@ impl Effects {
     }
 
     /// Publishes the waiting and in-flight counts to `/status` and `/metrics`.
-    pub fn report(&self, status: &Status) {
+    pub fn report(&self, status: &Health) {
         for (kind, n) in &self.waiting {
             metrics::gauge!("maestro_effects_waiting", "kind" => kind.clone()).set(*n as f64);
         }

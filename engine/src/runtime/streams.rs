@@ -18,7 +18,7 @@
 use super::{Backoff, Cycle, Shutdown, stopping};
 use crate::error::{EngineError, Result};
 use crate::source::ReadAhead;
-use crate::status::Status;
+use crate::status::Health;
 use maestro_schemas::EntryId;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ pub(super) struct StreamHealth {
 
 impl StreamHealth {
     /// Every stream starts up, in `/status` and `/metrics`.
-    pub(super) fn new(streams: &[String], status: &Status) -> StreamHealth {
+    pub(super) fn new(streams: &[String], status: &Health) -> StreamHealth {
         for stream in streams {
             status.stream(stream, |s| s.up = true);
             metrics::gauge!("maestro_stream_up", "stream" => stream.clone()).set(1.0);
@@ -104,7 +104,7 @@ impl Cycle {
 
     pub(super) fn count_lost(&self, stream: &str, n: u64) {
         if n > 0 {
-            Status::add(&self.status.lost, n);
+            Health::add(&self.status.lost, n);
             metrics::counter!("maestro_entries_lost_total", "stream" => stream.to_string()).increment(n);
         }
     }

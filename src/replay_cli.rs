@@ -5,7 +5,7 @@ use anyhow::Context;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::datadir::DataDir;
 use maestro_engine::log::Log;
-use maestro_handlers::templates::handler::tenant_of;
+use maestro_handlers::templates::model::tenant_of;
 use maestro_replay::state::{self, KeyChange, Snapshot};
 use maestro_schemas::ids::parse_utc_ms;
 use maestro_schemas::record::hex;

@@ -7,7 +7,8 @@
 mod common;
 
 use common::*;
-use maestro_handlers::templates::handler::{NAME as TEMPLATES, tenant_of};
+use maestro_handlers::templates::handler::NAME as TEMPLATES;
+use maestro_handlers::templates::model::tenant_of;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;

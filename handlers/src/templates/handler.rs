@@ -1,14 +1,11 @@
 //! The template registry handler: one `TemplateResult` and (for every parsed request) one
-//! `TemplateUsageEvent` per request, with the catalogue as a projection of the log.
-//!
-//! State keys (all tenant-scoped, so no request can reach another tenant's templates):
-//! `m/<tenant>\0<id>` a template's metadata (what search reads, and the usage count),
-//! `t/<tenant>\0<id>` the rest of it (body, manifest, status), `g/<tenant>\0<user>` granted
-//! roles, `v/<tenant>\0<id>\0<entry>` the version history (see [`super::versions`]).
+//! `TemplateUsageEvent` per request, with the catalogue as a projection of the log. Its state
+//! keys and records are in [`super::model`].
 
 use super::access::{Role, authorize};
 use super::index::SearchIndex;
 use super::manifest::{self, DEFAULT_MIN_SCORE};
+use super::model::{TemplateBody, TemplateRecord, key};
 use super::search::{Query, TemplateMeta, search};
 use super::versions::{self, Stamp};
 use crate::contract::{Change, Decision, ELAPSED_MS, Event, Handler, HandlerError, Intent, Output, StateView};
@@ -16,33 +13,12 @@ use maestro_schemas::encode::{template_result_json_with, template_usage_json_wit
 use maestro_schemas::ids::{derived_id, entry_uuid, naive_iso};
 use maestro_schemas::proto::templates::{Operation, TemplateRequest, TemplateResult, TemplateUsageEvent};
 use maestro_schemas::{Body, Entry, Event as Typed, Reject, Status};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// The projection's name.
 pub const NAME: &str = "templates";
-
-/// A template: its search metadata (`m/`) and the rest (`t/`). They are stored apart so that a
-/// retrieve, which counts a use, rewrites only the small metadata and answers with the stored
-/// body's bytes as they are.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct TemplateRecord {
-    #[serde(flatten)]
-    pub meta: TemplateMeta,
-    #[serde(flatten)]
-    pub body: TemplateBody,
-}
-
-/// What `t/` holds: everything of a template but its metadata.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TemplateBody {
-    pub tenant_id: String,
-    pub templating_engine: String,
-    pub content: String,
-    pub manifest: Value,
-    pub pin_reason: Option<String>,
-}
 
 /// The handler. Bootstrap admins come from the log's config records (`a/<tenant>\0<user>`).
 #[derive(Clone, Debug)]
@@ -65,24 +41,6 @@ impl Templates {
             index: Arc::default(),
         }
     }
-}
-
-/// A tenant-scoped state key: `<kind>/<tenant>` then each part after a 0 byte.
-pub(crate) fn key(kind: &str, tenant: &str, rest: &[&str]) -> Vec<u8> {
-    let mut key = format!("{kind}/{tenant}").into_bytes();
-    for part in rest {
-        key.push(0);
-        key.extend_from_slice(part.as_bytes());
-    }
-    key
-}
-
-/// The tenant a state key of this projection belongs to (`<kind>/<tenant>` then an optional
-/// 0 byte and more), for per-tenant hashes and exports.
-pub fn tenant_of(key: &[u8]) -> Option<&[u8]> {
-    let start = key.iter().position(|b| *b == b'/')? + 1;
-    let rest = &key[start..];
-    Some(&rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())])
 }
 
 fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {

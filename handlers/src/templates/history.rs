@@ -13,7 +13,7 @@
 //! projection): `hb/<tenant>\0<shard>\0<file>` blob id, `hs/<tenant>\0<shard>` shard tree id,
 //! `hh/<tenant>` the branch head.
 
-use super::handler::key;
+use super::model::key;
 use crate::contract::{Change, StateView};
 use maestro_schemas::record::hex;
 use serde::{Deserialize, Serialize};

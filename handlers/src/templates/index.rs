@@ -8,7 +8,7 @@
 //! tenant's index from the state. So a search's answer depends only on the state, as a pure
 //! handler's must, while a search over 10,000 templates reads no sled key but the version.
 
-use super::handler::key;
+use super::model::key;
 use super::search::{ALL_FIELDS, Candidate, Corpus, Fields, Indexed, Matching, Relevance, TemplateMeta, bigram};
 use crate::contract::{Change, StateView};
 use std::collections::HashMap;

@@ -6,6 +6,7 @@ pub mod handler;
 pub mod history;
 pub mod index;
 pub mod manifest;
+pub mod model;
 pub mod search;
 pub mod usage;
 pub mod versions;

@@ -5,7 +5,7 @@
 //! State keys: `p/<tenant>\0<template>`, `n/<tenant>`, `o/<operation>`, `d/<day>` and the
 //! finest grain `x/<day>\0<tenant>\0<template>\0<operation>`, each a JSON [`Stats`].
 
-use super::handler::key;
+use super::model::key;
 use crate::contract::{Change, Decision, Event, Handler, HandlerError, StateView};
 use maestro_schemas::envelope::Limits;
 use maestro_schemas::ids::format_utc_ms;

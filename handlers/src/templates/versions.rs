@@ -9,8 +9,8 @@
 //! seq, which changes with how reads interleave the streams: the same requests give the same
 //! versions and commit ids whatever the engine's batch sizes.
 
-use super::handler::{TemplateRecord, key};
 use super::history::{self, FileChange, one_line};
+use super::model::{TemplateRecord, key};
 use crate::contract::{Change, Intent, StateView};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

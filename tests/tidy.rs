@@ -198,7 +198,17 @@ fn history_marker(line: &str) -> Option<&'static str> {
 fn workspace_sources() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["src", "schemas/src", "handlers/src", "engine/src", "effects/src", "replay/src", "tests", "benches"] {
+    for dir in [
+        "src",
+        "schemas/src",
+        "handlers/src",
+        "engine/src",
+        "effects/src",
+        "replay/src",
+        "devtools/src",
+        "tests",
+        "benches",
+    ] {
         rust_files(&root.join(dir), &mut files);
     }
     files

@@ -4,6 +4,7 @@
 //! ([`git`]), test environments into a Kubernetes cluster when one is configured ([`kube`]), and
 //! file reads for heal requests that name a test file ([`files`]).
 
+pub mod domains;
 pub mod files;
 pub mod git;
 pub mod kube;

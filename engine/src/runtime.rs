@@ -59,6 +59,9 @@ pub struct Domains {
     pub handlers: Vec<Arc<dyn Handler>>,
     pub runners: RunnerFactory,
     pub settings: Vec<(String, String, String)>,
+    /// Streams whose entries the engine wrote are logged in full, not by reference, because a
+    /// projection reads them back.
+    pub own_in_full: Vec<String>,
 }
 
 impl std::fmt::Debug for Domains {
@@ -187,7 +190,7 @@ async fn session(
         limits: config.limits,
         max_deliveries: config.max_deliveries,
         output_key: None,
-        own_in_full: vec![config.streams.templates_usage.clone()],
+        own_in_full: domains.own_in_full.clone(),
     };
     let mut cycle = Cycle {
         config: config.clone(),

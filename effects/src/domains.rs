@@ -26,8 +26,10 @@ pub fn handlers(config: &EngineConfig) -> Vec<Arc<dyn Handler>> {
 
 /// Every domain, with `handlers` (all of [`handlers`], or fewer for a benchmark).
 pub fn domains_with(config: &EngineConfig, handlers: Vec<Arc<dyn Handler>>) -> Domains {
-    let runners = maestro_effects::runners(&config.streams, runner_identity(config));
-    Domains { handlers, runners, settings: settings(config) }
+    let runners = crate::runners(&config.streams, runner_identity(config));
+    // The usage analytics read the engine's own usage events back.
+    let own_in_full = vec![config.streams.templates_usage.clone()];
+    Domains { handlers, runners, settings: settings(config), own_in_full }
 }
 
 /// Every domain the engine runs.

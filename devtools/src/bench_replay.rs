@@ -103,8 +103,14 @@ fn open_and_catch_up(config: &EngineConfig) -> anyhow::Result<u64> {
     let store = log.store()?;
     let stamp = OutputStamp { origin: "maestro-engine/bench".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
-    let mut dispatcher =
-        Dispatcher::new(crate::handlers(config), store, &log, stamp, decoder, config.checkpoint_every)?;
+    let mut dispatcher = Dispatcher::new(
+        maestro_effects::domains::handlers(config),
+        store,
+        &log,
+        stamp,
+        decoder,
+        config.checkpoint_every,
+    )?;
     Ok(dispatcher.catch_up(&mut log, 512, config.max_deliveries)?.records)
 }
 
@@ -162,7 +168,7 @@ pub fn worker(args: ReplayWorkerArgs) -> anyhow::Result<()> {
                 points.push((at, reached, rss_kib()));
             }
         };
-        maestro_replay::rebuild::rebuild_in_place(&log, &config, crate::handlers(&config), &sample)?;
+        maestro_replay::rebuild::rebuild_in_place(&log, &config, maestro_effects::domains::handlers(&config), &sample)?;
     }
     let replay = started.elapsed();
     progress.borrow_mut().push((replay.as_secs_f64(), records, rss_kib()));

@@ -194,14 +194,14 @@ async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> any
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let handlers = if domains {
-        crate::handlers(&config)
+        maestro_effects::domains::handlers(&config)
     } else {
         vec![Arc::new(maestro_handlers::stream_stats::StreamStats) as Arc<dyn maestro_handlers::Handler>]
     };
     let expected = expected_records(entries, domains);
     let engine = tokio::spawn(maestro_engine::runtime::run(
         config.clone(),
-        crate::domains::domains_with(&config, handlers),
+        maestro_effects::domains::domains_with(&config, handlers),
         status.clone(),
         shutdown,
     ));

@@ -135,8 +135,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let config_group = config.group.clone();
     let status = Arc::new(Health::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let engine =
-        tokio::spawn(maestro_engine::runtime::run(config.clone(), crate::domains(&config), status.clone(), shutdown));
+    let engine = tokio::spawn(maestro_engine::runtime::run(
+        config.clone(),
+        maestro_effects::domains::domains(&config),
+        status.clone(),
+        shutdown,
+    ));
 
     let started = Instant::now();
     let published = produce(url.clone(), streams.clone(), args.entries, args.seed).await?;

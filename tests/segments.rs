@@ -7,37 +7,16 @@
 mod common;
 
 use common::*;
-use maestro_engine::log::{Log, NewRecord};
+use maestro_engine::log::Log;
 use maestro_engine::segments::{SEGMENTS_DIR, SegmentMeta};
-use maestro_schemas::{Body, Entry, EntryId, Status};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn append(log: &mut Log, records: u64) {
-    let batch: Vec<NewRecord> = (1..=records)
-        .map(|i| NewRecord {
-            body: Body::Entry(Entry {
-                stream: "maestro:streams:k8s:status".into(),
-                id: EntryId { ms: 1_795_000_000_000 + i, seq: 0 },
-                fields: vec![
-                    ("type".into(), b"status_update".to_vec()),
-                    ("execution_id".into(), format!("exec-{i}").into_bytes()),
-                ],
-                status: Status::Accepted,
-            }),
-            request: None,
-        })
-        .collect();
-    for chunk in batch.chunks(500) {
-        log.append(chunk.to_vec()).unwrap();
-    }
-}
 
 /// A log of `records`, sealed into segments of `per`; the segments' index entries.
 fn sealed_log(dir: &Path, records: u64, per: u64) -> Vec<SegmentMeta> {
     std::fs::create_dir_all(dir).unwrap();
     let mut log = Log::open(dir, 8 << 20).unwrap();
-    append(&mut log, records);
+    append_status_updates(&mut log, records);
     log.seal(per).unwrap();
     log.segments().list().to_vec()
 }
@@ -65,7 +44,7 @@ fn an_old_data_dir_is_sealed_on_first_start_and_reads_as_before() {
     std::fs::create_dir_all(&dir).unwrap();
     {
         let mut log = Log::open(&dir, 8 << 20).unwrap();
-        append(&mut log, 2_600);
+        append_status_updates(&mut log, 2_600);
     }
     let before = export(&dir);
     assert_eq!(segment_files(&dir), 0);

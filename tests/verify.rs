@@ -4,32 +4,15 @@
 
 mod common;
 
-use common::{maestro, open_sled};
+use common::{append_status_updates, maestro, open_sled};
 
-use maestro_engine::log::{Log, NewRecord, log_key};
-use maestro_schemas::{Body, Entry, EntryId, Status};
+use maestro_engine::log::{Log, log_key};
 use std::path::Path;
 
 fn write_log(dir: &Path, records: u64) {
     std::fs::create_dir_all(dir).unwrap();
     let mut log = Log::open(dir, 8 << 20).unwrap();
-    let batch: Vec<NewRecord> = (1..=records)
-        .map(|i| NewRecord {
-            body: Body::Entry(Entry {
-                stream: "maestro:streams:k8s:status".into(),
-                id: EntryId { ms: 1_795_000_000_000 + i, seq: 0 },
-                fields: vec![
-                    ("type".into(), b"status_update".to_vec()),
-                    ("execution_id".into(), format!("exec-{i}").into_bytes()),
-                ],
-                status: Status::Accepted,
-            }),
-            request: None,
-        })
-        .collect();
-    for chunk in batch.chunks(500) {
-        log.append(chunk.to_vec()).unwrap();
-    }
+    append_status_updates(&mut log, records);
 }
 
 fn flip_record_byte(dir: &Path, seq: u64, offset: usize) {

@@ -80,6 +80,19 @@ impl RunFigures {
     }
 }
 
+/// Bytes of the files under `path`, recursively (0 for what cannot be read).
+pub fn dir_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Peak resident set of this process (VmHWM), in KiB.
 pub fn peak_rss_kib() -> u64 {
     peak_rss_kib_of(std::process::id()).unwrap_or(0)
@@ -166,7 +179,7 @@ fn raw_baseline(url: &str, entries: u64, count: usize) -> anyhow::Result<RunFigu
     }
     let elapsed = started.elapsed();
     drop(db);
-    let data_dir_bytes = crate::bench_catalogue::dir_bytes(dir.path());
+    let data_dir_bytes = dir_bytes(dir.path());
     Ok(RunFigures { events: done, elapsed, batch_micros, peak_rss_kib: peak_rss_kib(), progress, data_dir_bytes })
 }
 
@@ -225,7 +238,7 @@ async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> any
         anyhow::bail!("the engine stopped after {recorded} of {expected} records: {}", status.snapshot().last_error);
     }
     progress.push((elapsed.as_secs_f64(), recorded));
-    let data_dir_bytes = crate::bench_catalogue::dir_bytes(dir.path());
+    let data_dir_bytes = dir_bytes(dir.path());
     // Throughput counts input entries, the same events the raw baseline counts.
     Ok(RunFigures {
         events: entries,

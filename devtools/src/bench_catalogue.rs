@@ -5,6 +5,7 @@
 //! search index. The child's peak RSS (VmHWM) is read after each phase, and its RSS after each
 //! tenth of the reads.
 
+use crate::bench::dir_bytes;
 use crate::redis_server::{RedisOptions, RedisServer};
 use crate::traffic::{Rng, manifest, publish, template_body};
 use anyhow::Context;
@@ -78,18 +79,6 @@ fn proc_status(pid: u32, field: &str) -> u64 {
 
 fn results_len(conn: &mut redis::Connection) -> u64 {
     redis::cmd("XLEN").arg(StreamSet::default().templates_results).query(conn).unwrap_or(0)
-}
-
-/// Bytes of the files under `path`, recursively (0 when it cannot be read).
-pub fn dir_bytes(path: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
 }
 
 fn stop(mut child: Child) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@
 //! The log is sealed into segments as it is written, as the engine seals between batches; the
 //! parent reports the data dir's bytes per record and times `maestro verify --chain-only`.
 
+use crate::bench::dir_bytes;
 use crate::traffic::Traffic;
 use anyhow::Context;
 use maestro_engine::config::EngineConfig;
@@ -72,19 +73,6 @@ fn write_log(dir: &Path, records: u64) -> anyhow::Result<Written> {
         log.seal(maestro_engine::segments::DEFAULT_SEGMENT_RECORDS)?;
     }
     Ok(Written { field_bytes: bytes, stored_bytes })
-}
-
-/// Bytes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// The resident set now, in KiB.

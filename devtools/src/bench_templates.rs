@@ -151,16 +151,7 @@ fn wait_results(
     }
 }
 
-pub fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
-}
+use crate::bench::dir_bytes;
 
 /// Waits until the engine's group has been delivered and has acknowledged every entry of every
 /// stream (its own answers read back included).

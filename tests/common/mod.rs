@@ -299,3 +299,27 @@ pub fn answers_to(conn: &mut redis::Connection, prefix: &str) -> BTreeMap<String
     }
     answers
 }
+
+/// Appends `records` status updates of the k8s status stream (entry ids 1_795_000_000_001...),
+/// 500 to a batch.
+pub fn append_status_updates(log: &mut maestro_engine::log::Log, records: u64) {
+    use maestro_engine::log::NewRecord;
+    use maestro_schemas::{Body, Entry, EntryId, Status};
+    let batch: Vec<NewRecord> = (1..=records)
+        .map(|i| NewRecord {
+            body: Body::Entry(Entry {
+                stream: "maestro:streams:k8s:status".into(),
+                id: EntryId { ms: 1_795_000_000_000 + i, seq: 0 },
+                fields: vec![
+                    ("type".into(), b"status_update".to_vec()),
+                    ("execution_id".into(), format!("exec-{i}").into_bytes()),
+                ],
+                status: Status::Accepted,
+            }),
+            request: None,
+        })
+        .collect();
+    for chunk in batch.chunks(500) {
+        log.append(chunk.to_vec()).unwrap();
+    }
+}

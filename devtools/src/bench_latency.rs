@@ -33,7 +33,7 @@ pub struct LatencyArgs {
     pub engine: Option<PathBuf>,
     /// Where to write the latency plot (SVG); the throughput plot goes beside it, `-throughput`
     /// added to its name.
-    #[arg(long, value_name = "FILE", default_value = "bench-latency.svg")]
+    #[arg(long, value_name = "FILE", default_value = "target/bench-plots/latency.svg")]
     pub plot: PathBuf,
 }
 

@@ -30,7 +30,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
     /// Where to draw `maestro replay rebuild`'s progress and memory (SVG).
-    #[arg(long, value_name = "FILE", default_value = "bench-replay-rebuild.svg")]
+    #[arg(long, value_name = "FILE", default_value = "target/bench-plots/replay-rebuild.svg")]
     pub plot: PathBuf,
 }
 

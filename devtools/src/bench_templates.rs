@@ -30,7 +30,7 @@ pub struct TemplatesArgs {
     #[arg(long, value_name = "PATH")]
     pub engine: Option<PathBuf>,
     /// Where to write the plot (SVG): answers per second over time, engine and old loop.
-    #[arg(long, value_name = "FILE", default_value = "bench-templates.svg")]
+    #[arg(long, value_name = "FILE", default_value = "target/bench-plots/templates.svg")]
     pub plot: PathBuf,
     /// Keep the engine's data dir here (it must not exist yet), to look at it afterwards.
     #[arg(long, value_name = "DIR")]

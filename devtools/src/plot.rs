@@ -37,6 +37,9 @@ const PALETTE: [RGBColor; 6] = [
 /// Writes `series` as a line chart to `path` (SVG, 900x420).
 pub fn write_svg(path: &Path, chart: Chart<'_>, series: &[Series]) -> anyhow::Result<()> {
     let (x_max, y_max) = extent(series);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+    }
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let mut context = ChartBuilder::on(&root)
@@ -83,7 +86,7 @@ mod tests {
     #[test]
     fn a_chart_is_written_with_its_title_and_every_series_name() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let path = dir.path().join("chart.svg");
+        let path = dir.path().join("plots").join("chart.svg");
         let series = [
             Series::new("engine", vec![(0.0, 10.0), (1.0, 30.0), (2.0, 20.0)]),
             Series::new("old worker", vec![(0.0, 5.0), (2.0, 6.0)]),

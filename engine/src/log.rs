@@ -440,10 +440,20 @@ impl Log {
     /// [`crate::segments`]). Returns how many records were sealed; a log opened from a copy
     /// seals nothing.
     pub fn seal(&mut self, per_segment: u64) -> Result<u64> {
+        self.seal_through(self.head_seq, per_segment)
+    }
+
+    /// Seals the oldest complete range only, if there is one: a bounded piece of work.
+    pub fn seal_one(&mut self, per_segment: u64) -> Result<u64> {
+        let through = self.segments.sealed_through().saturating_add(per_segment.max(1));
+        self.seal_through(self.head_seq.min(through), per_segment)
+    }
+
+    fn seal_through(&mut self, head: u64, per_segment: u64) -> Result<u64> {
         if self.copy.is_some() {
             return Ok(0);
         }
-        crate::segments::seal(&self.db, &self.sync_file, &mut self.segments, self.head_seq, per_segment)
+        crate::segments::seal(&self.db, &self.sync_file, &mut self.segments, head, per_segment)
     }
 
     /// The sealed part of the log.

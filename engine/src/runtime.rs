@@ -342,6 +342,7 @@ impl Cycle {
             // (Under steady load a read is rarely empty; readiness must not flap with it.)
             let full = self.source.count() * self.source.config().streams.len();
             Health::set(&self.status.caught_up, read.all_streams && read.entries.len() < full);
+            let idle = read.entries.is_empty();
             self.run_batch(read.entries).await?;
             reads.done();
             if self.health.any_due() && self.retry_streams(shutdown).await? {
@@ -353,7 +354,7 @@ impl Cycle {
             self.tick().await?;
             self.anchor(false).await?;
             self.sweeper.tick(&self.log.value_files(), self.dispatcher.store())?;
-            self.log.seal(self.config.segment_records)?;
+            self.seal(idle)?;
             if Instant::now() >= next_claim {
                 self.claim_idle().await?;
                 next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
@@ -400,6 +401,21 @@ impl Cycle {
         crate::anchors::check_redis(&mut self.log, &key, held, self.config.accept_truncated_log)?;
         let records = self.log.range(before + 1, self.log.head_seq()).collect::<Result<Vec<_>>>()?;
         self.dispatcher.dispatch(&records, None).map(|_| ())
+    }
+
+    /// Moves complete ranges of the log into segment files. Sealing a range stalls the cycle
+    /// for as long as it takes to read it back and write it (about a second for 65,536 records
+    /// here), so it runs when a read found nothing new; under load only once the unsealed tail
+    /// passes sixteen ranges (a million records with the default), and then one range per pass.
+    fn seal(&mut self, idle: bool) -> Result<()> {
+        let per_segment = self.config.segment_records.max(1);
+        let unsealed = self.log.head_seq().saturating_sub(self.log.segments().sealed_through());
+        if idle {
+            self.log.seal(per_segment)?;
+        } else if unsealed > 16 * per_segment {
+            self.log.seal_one(per_segment)?;
+        }
+        Ok(())
     }
 
     /// A publish mark past the log's head means the log was cut back since it was set: lowered

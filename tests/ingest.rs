@@ -258,7 +258,17 @@ fn http_serves_health_readiness_status_and_metrics() {
     // Asked while the engine is busy, the engine still answers a state it held at one seq
     // (checked against replays after the stop).
     let mut busy = connect(&server);
-    let producer = std::thread::spawn(move || produce(&mut busy, 20_000, 7, true).len());
+    // Paced over about three seconds, so that the engine is still writing after a few asks
+    // however fast it drains.
+    let producer = std::thread::spawn(move || {
+        (0..20u64)
+            .map(|i| {
+                let sent = produce(&mut busy, 1_000, 7 + i, true).len();
+                std::thread::sleep(Duration::from_millis(150));
+                sent
+            })
+            .sum::<usize>()
+    });
     let mut answers = std::collections::BTreeMap::new();
     answers.insert(live["seq"].as_u64().unwrap(), live.clone());
     for _ in 0..60 {

@@ -16,8 +16,7 @@ fn a_realistic_mix_dead_letters_only_its_poison_and_counts_what_it_ignores() {
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_http_addr();
     let admins: Vec<String> = (0..8).flat_map(|t| (0..50).map(move |u| format!("tenant-{t}:user-{u}"))).collect();
     let admins = admins.join(",");
     let mut engine = EngineProc::start_with(&server.url(), &dir, &[("MAESTRO_ADMINS", &admins)], &["--http", &addr]);

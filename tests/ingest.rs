@@ -201,8 +201,7 @@ fn http_serves_health_readiness_status_and_metrics() {
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_http_addr();
     let mut engine =
         EngineProc::start_with(&server.url(), &dir, &[("MAESTRO_INFO_INTERVAL_MS", "100")], &["--http", &addr]);
     produce(&mut conn, 90, 6, true);
@@ -351,8 +350,7 @@ fn entries_trimmed_while_pending_are_counted_and_logged_as_lost() {
     assert_eq!(trimmed.len(), 3);
     redis::cmd("XTRIM").arg(stream).arg("MAXLEN").arg(0).query::<i64>(&mut conn).unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_http_addr();
     let mut engine = EngineProc::start_with(&server.url(), &dir, &[], &["--http", &addr]);
     wait_drained(&mut conn, Duration::from_secs(30));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -583,8 +583,7 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_a_running_engin
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_http_addr();
     let env = [("MAESTRO_INFO_INTERVAL_MS", "200")];
     let mut engine = EngineProc::start_with(&server.url(), &dir, &env, &["--http", &addr]);
     engine.wait_connected();
@@ -675,10 +674,7 @@ fn an_accepted_anchor_disagreement_shows_on_metrics() {
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let addr = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        format!("127.0.0.1:{port}")
-    };
+    let addr = free_http_addr;
     let first = addr();
     let mut engine = EngineProc::start_with(&server.url(), &dir, &[], &["--http", &first]);
     engine.wait_connected();

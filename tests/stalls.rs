@@ -31,8 +31,7 @@ fn a_blackholed_or_resetting_connection_is_reported_survived_and_loses_nothing()
     let proxy = ChaosProxy::start(&server.addr());
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_http_addr();
     let env = [("MAESTRO_INFO_INTERVAL_MS", "100")];
     let mut engine = EngineProc::start_with(&proxy.url(), &dir, &env, &["--http", &addr]);
     let mut produced = produce(&mut conn, 180, 31, true);

@@ -20,11 +20,6 @@ fn messages_except(n: u64, seed: u64, except: &str) -> Vec<Message> {
     (0..n).map(|i| traffic.control_message(i)).filter(|(stream, _)| stream != except).collect()
 }
 
-fn http_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    format!("127.0.0.1:{port}")
-}
-
 /// `/status` once the engine answers (at most 15 s).
 fn status(addr: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -64,7 +59,7 @@ fn one_refused_stream_stops_alone(
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
     let mut produced = produce_messages(admin, &messages_except(270, 11, JOBS));
-    let addr = http_addr();
+    let addr = free_http_addr();
     let mut engine = EngineProc::start_with(url, &dir, &[("MAESTRO_INFO_INTERVAL_MS", "200")], &["--http", &addr]);
     let healthy = others(JOBS);
     wait_until("the other streams drained", Duration::from_secs(60), || {
@@ -169,7 +164,7 @@ fn a_group_created_past_unrecorded_entries_is_moved_back_and_they_are_recorded()
     let skipped = group_created_past_fifty_entries(&mut conn);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let addr = http_addr();
+    let addr = free_http_addr();
     let mut engine = EngineProc::start_with(&server.url(), &dir, &[], &["--http", &addr]);
     wait_until("50 entries acknowledged", Duration::from_secs(60), || {
         status(&addr)["entries_acked"].as_u64().unwrap() >= 50
@@ -196,7 +191,7 @@ fn an_accepted_group_skip_is_counted_and_logged_once_but_not_read() {
     let skipped = group_created_past_fifty_entries(&mut conn);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let addr = http_addr();
+    let addr = free_http_addr();
     let env = [("MAESTRO_ACCEPT_GROUP_SKIP", "true"), ("MAESTRO_INFO_INTERVAL_MS", "100"), ("MAESTRO_BLOCK_MS", "100")];
     let mut engine = EngineProc::start_with(&server.url(), &dir, &env, &["--http", &addr]);
     wait_until("the skip logged", Duration::from_secs(30), || skip_line(&engine.stderr()).is_some());

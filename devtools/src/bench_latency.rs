@@ -54,17 +54,9 @@ fn spawn_reader(
         let (mut arrived, mut answers) = (vec![None; n], vec![0u32; n]);
         let mut last = from;
         while !stop.load(Ordering::SeqCst) {
-            let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(100)
-                .arg("STREAMS")
-                .arg(&results)
-                .arg(&last)
-                .query(&mut conn)?;
+            let entries = crate::flood::read_after(&mut conn, &results, &last)?;
             let now = Instant::now();
-            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            for entry in entries {
                 last.clone_from(&entry.id);
                 let Some(i) = answer_index(&entry) else { continue };
                 if let Some(count) = answers.get_mut(i) {

@@ -228,6 +228,24 @@ fn spawn_flooder(
 
 type Arrivals = Vec<((String, u64), Instant)>;
 
+/// The entries of `stream` after `last`, up to 1,000, waiting up to 100 ms for some.
+pub fn read_after(
+    conn: &mut redis::Connection,
+    stream: &str,
+    last: &str,
+) -> redis::RedisResult<Vec<redis::streams::StreamId>> {
+    let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(1000)
+        .arg("BLOCK")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(last)
+        .query(conn)?;
+    Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+}
+
 /// Reads the results stream from its start, noting when each good answer arrived.
 fn spawn_reader(
     url: String,
@@ -239,17 +257,9 @@ fn spawn_reader(
         let mut last = "0-0".to_string();
         let mut arrivals = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(100)
-                .arg("STREAMS")
-                .arg(RESULTS)
-                .arg(&last)
-                .query(&mut conn)?;
+            let entries = read_after(&mut conn, RESULTS, &last)?;
             let now = Instant::now();
-            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            for entry in entries {
                 last = entry.id.clone();
                 let Some(id) = answer_id(&entry) else { continue };
                 let mut answers = answers.lock().map_err(|_| anyhow::anyhow!("answers lock poisoned"))?;

@@ -540,9 +540,9 @@ impl Cycle {
         for (stream, n) in per_stream {
             metrics::counter!("maestro_entries_read_total", "stream" => stream.to_string()).increment(n);
         }
-        // Reads are bounded in entries by COUNT; bound them in bytes by dropping COUNT to 1 when
-        // a read comes back larger than the budget (the reader then reads one stream at a time),
-        // and growing it back while reads fit.
+        // New entries are read sized (the reader's script stops at the budget); COUNT also bounds
+        // the reads of pending and claimed entries, which are not sized, so it drops to 1 after a
+        // read over the budget and grows back while reads fit.
         let count = self.source.count();
         let next = if bytes > self.config.max_batch_bytes { 1 } else { (count * 2).min(self.config.read_count) };
         self.source.set_count(next);

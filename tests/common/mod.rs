@@ -323,3 +323,9 @@ pub fn append_status_updates(log: &mut maestro_engine::log::Log, records: u64) {
         log.append(chunk.to_vec()).unwrap();
     }
 }
+
+/// A loopback address with a port free now, for an engine's `--http`.
+pub fn free_http_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}

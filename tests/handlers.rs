@@ -135,6 +135,8 @@ fn a_second_publish_of_the_same_outbox_entry_is_a_no_op() {
         block: Duration::from_millis(100),
         poll: Duration::from_millis(1),
         poll_max: Duration::from_millis(10),
+        budget: 16 << 20,
+        entry_limit: 1 << 20,
         published_key: "maestro:engine:test:published".into(),
         output_key_key: "maestro:engine:test:output-key".into(),
     };

@@ -282,3 +282,81 @@ fn oversized_entries_arriving_together_while_running_never_cross_the_connection(
     }
     assert_exactly_once(&all, &export(&dir));
 }
+
+/// Four 8 MiB entries and forty small ones, read by `consumer` of the engine's group and left
+/// pending there (its reply is read before the measurement starts); then the engine runs on
+/// `dir` with `env`. No payload of an oversized entry crosses the connection again: each is
+/// dead-lettered `too_large` by id, and every entry is recorded once.
+fn oversized_entries_left_pending(server: &RedisServer, dir: &std::path::Path, consumer: &str, env: &[(&str, &str)]) {
+    let mut conn = connect(server);
+    let payload = vec![b'x'; 8 * 1024 * 1024];
+    let mut big = Vec::new();
+    for _ in 0..4 {
+        let id: String = redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(&payload).query(&mut conn).unwrap();
+        big.push(id);
+    }
+    let mut all: Vec<(String, String)> = big.iter().map(|id| (REQUESTS.to_string(), id.clone())).collect();
+    all.extend(produce(&mut conn, 40, 34, true));
+    for stream in streams() {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query(&mut conn)
+            .unwrap();
+    }
+    assert_eq!(total_pending(&mut conn), all.len() as u64, "every entry waits in {consumer}'s pending list");
+    let before = net_output_bytes(&mut conn);
+    let mut engine = EngineProc::start(&server.url(), dir, env);
+    wait_drained(&mut conn, Duration::from_secs(60));
+    let sent = net_output_bytes(&mut conn) - before;
+    assert!(engine.terminate().success(), "{}", engine.stderr());
+    assert!(
+        sent < 2 * 1024 * 1024,
+        "{sent} bytes left Redis for 32 MiB of oversized pending entries and 40 small ones"
+    );
+    let dead = read_stream(&mut conn, &format!("{REQUESTS}:dead"));
+    for id in &big {
+        let copy =
+            dead.iter().find(|(_, f)| f.get("dead_id") == Some(id)).expect("each oversized entry is dead-lettered");
+        assert_eq!(copy.1["dead_reason"], "too_large");
+    }
+    assert_exactly_once(&all, &export(dir));
+}
+
+#[test]
+fn oversized_entries_pending_at_start_never_cross_the_connection() {
+    let server = redis(false);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    // A first run creates the group and names the engine's consumer in the data dir.
+    let mut first = EngineProc::start(&server.url(), &dir, &[]);
+    first.wait_connected();
+    assert!(first.terminate().success(), "{}", first.stderr());
+    let consumer = std::fs::read_to_string(dir.join("consumer")).unwrap();
+    oversized_entries_left_pending(&server, &dir, consumer.trim(), &[]);
+}
+
+#[test]
+fn oversized_entries_claimed_from_a_stopped_consumer_never_cross_the_connection() {
+    let server = redis(false);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let mut conn = connect(&server);
+    for stream in streams() {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut conn)
+            .unwrap();
+    }
+    oversized_entries_left_pending(&server, &dir, "a-stopped-engine", &[("MAESTRO_CLAIM_MIN_IDLE_MS", "50")]);
+}

@@ -181,6 +181,8 @@ async fn session(
             block: Duration::from_millis(config.block_ms),
             poll: Duration::from_millis(config.poll_ms),
             poll_max: Duration::from_millis(config.poll_max_ms),
+            budget: config.max_batch_bytes,
+            entry_limit: config.limits.max_entry_bytes,
             published_key: format!("maestro:engine:{}:published", config.group),
             output_key_key: format!("maestro:engine:{}:output-key", config.group),
         },
@@ -540,9 +542,9 @@ impl Cycle {
         for (stream, n) in per_stream {
             metrics::counter!("maestro_entries_read_total", "stream" => stream.to_string()).increment(n);
         }
-        // New entries are read sized (the reader's script stops at the budget); COUNT also bounds
-        // the reads of pending and claimed entries, which are not sized, so it drops to 1 after a
-        // read over the budget and grows back while reads fit.
+        // Every read is sized (its script stops at the budget); COUNT drops to 1 after a read
+        // over the budget all the same, so that the next reads take large entries one by one,
+        // and grows back while reads fit.
         let count = self.source.count();
         let next = if bytes > self.config.max_batch_bytes { 1 } else { (count * 2).min(self.config.read_count) };
         self.source.set_count(next);

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 mod groups;
 mod read_ahead;
+mod sized;
 
 pub use groups::{GroupPosition, Skipped};
 pub use read_ahead::{Read, ReadAhead};
@@ -60,6 +61,11 @@ pub struct SourceConfig {
     /// doubles while reads stay empty, up to `poll_max`.
     pub poll: Duration,
     pub poll_max: Duration,
+    /// Bytes one read may bring (`max_batch_bytes`): reads stop there.
+    pub budget: usize,
+    /// Entries over this many bytes (the entry size limit) are left in Redis: a read answers
+    /// them by id and size only.
+    pub entry_limit: usize,
     /// Hash key for the publish guard (see [`PUBLISH_SCRIPT`]).
     pub published_key: String,
     /// Key of the group's output key (see [`Source::load_output_key`]).
@@ -207,6 +213,8 @@ pub struct Source {
     config: SourceConfig,
     publish_script: redis::Script,
     skipped_script: redis::Script,
+    sized_pending: redis::Script,
+    sized_claim: redis::Script,
     /// Entries per stream per read; shared with the read-ahead task.
     count: Arc<AtomicUsize>,
     writer: Option<MultiplexedConnection>,
@@ -232,6 +240,8 @@ impl Source {
             publish_script,
             output_key: None,
             skipped_script: groups::script(),
+            sized_pending: redis::Script::new(sized::SIZED_PENDING),
+            sized_claim: redis::Script::new(sized::SIZED_CLAIM),
         }
     }
 
@@ -353,20 +363,27 @@ impl Source {
     }
 
     /// Reads this consumer's own pending entries of `stream` after `after` (id `0` = from the
-    /// start), with their delivery counts.
+    /// start), with their delivery counts, sized as new entries are (see [`sized`]).
     pub async fn read_pending(&mut self, stream: &str, after: EntryId) -> Result<Vec<RawEntry>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.config.group).arg(&self.config.consumer);
-        cmd.arg("COUNT").arg(self.count()).arg("STREAMS").arg(stream).arg(after.to_string());
-        let value: Value = self.run(&cmd).await?;
-        let mut entries = parse_read_reply(value)?;
+        let mut conn = self.writer().await?;
+        let mut invocation = self.sized_pending.key(stream);
+        invocation.arg(&self.config.group).arg(&self.config.consumer).arg(self.count());
+        invocation.arg(self.config.entry_limit.max(1)).arg(self.config.budget.max(1)).arg(after.to_string());
+        let result = invocation.invoke_async::<Value>(&mut conn).await;
+        drop(invocation);
+        let mut entries = sized::sized_entries(stream, self.forget_on_io_error(result)?)?;
+        self.add_delivery_counts(stream, &mut entries).await?;
+        Ok(entries)
+    }
+
+    async fn add_delivery_counts(&mut self, stream: &str, entries: &mut [RawEntry]) -> Result<()> {
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             let counts = self.delivery_counts(stream, first.id, last.id, entries.len()).await?;
-            for entry in &mut entries {
+            for entry in entries {
                 entry.deliveries = counts.get(&entry.id).copied().unwrap_or(1);
             }
         }
-        Ok(entries)
+        Ok(())
     }
 
     async fn delivery_counts(
@@ -397,48 +414,33 @@ impl Source {
     }
 
     /// Starts reading new entries of `streams` ahead on a connection of its own (see
-    /// [`ReadAhead`]): reads stop at `budget` bytes and leave entries over `entry_limit` bytes
-    /// in Redis.
-    pub async fn read_ahead(&self, streams: Vec<String>, budget: usize, entry_limit: usize) -> Result<ReadAhead> {
+    /// [`ReadAhead`]): reads stop at the configured `budget` bytes and leave entries over
+    /// `entry_limit` bytes in Redis.
+    pub async fn read_ahead(&self, streams: Vec<String>) -> Result<ReadAhead> {
         let conn = self.connection(self.config.block + Duration::from_secs(5)).await?;
         let config = SourceConfig { streams, ..self.config.clone() };
-        Ok(ReadAhead::spawn(conn, config, self.count.clone(), (budget, entry_limit)))
+        Ok(ReadAhead::spawn(conn, config, self.count.clone()))
     }
 
     /// Claims entries of `stream` idle for at least `min_idle` from any consumer (a dead engine's
-    /// pending list). Returns the claimed entries, where to continue, and the ids Redis reports
-    /// as deleted while pending (lost: the caller counts and logs them).
+    /// pending list), sized as new entries are (see [`sized`]). Returns the claimed entries,
+    /// where to continue, and the ids Redis reports as deleted while pending (lost: the caller
+    /// counts and logs them).
     pub async fn claim(
         &mut self,
         stream: &str,
         min_idle: Duration,
         start: &str,
     ) -> Result<(Vec<RawEntry>, String, Vec<EntryId>)> {
-        let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(stream).arg(&self.config.group).arg(&self.config.consumer);
-        cmd.arg(min_idle.as_millis() as u64).arg(start).arg("COUNT").arg(self.count());
-        let value: Value = self.run(&cmd).await?;
-        let Value::Array(parts) = value else { return Err(reply("XAUTOCLAIM reply", &value)) };
-        let mut parts = parts.into_iter();
-        let next = parts.next().as_ref().and_then(text).unwrap_or_else(|| "0-0".into());
-        let mut claimed = match parts.next() {
-            Some(list) => parse_entries(stream, list)?,
-            None => Vec::new(),
-        };
-        if let (Some(first), Some(last)) = (claimed.first(), claimed.last()) {
-            let counts = self.delivery_counts(stream, first.id, last.id, claimed.len()).await?;
-            for entry in &mut claimed {
-                entry.deliveries = counts.get(&entry.id).copied().unwrap_or(1);
-            }
-        }
-        let deleted = parts
-            .next()
-            .as_ref()
-            .and_then(items)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| text(v).and_then(|t| EntryId::parse(&t).ok()))
-            .collect();
+        let mut conn = self.writer().await?;
+        let mut invocation = self.sized_claim.key(stream);
+        invocation.arg(&self.config.group).arg(&self.config.consumer);
+        invocation.arg(min_idle.as_millis() as u64).arg(start).arg(self.count());
+        invocation.arg(self.config.entry_limit.max(1)).arg(self.config.budget.max(1));
+        let result = invocation.invoke_async::<Value>(&mut conn).await;
+        drop(invocation);
+        let (mut claimed, next, deleted) = sized::claim_reply(stream, self.forget_on_io_error(result)?)?;
+        self.add_delivery_counts(stream, &mut claimed).await?;
         Ok((claimed, next, deleted))
     }
 

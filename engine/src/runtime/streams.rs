@@ -116,7 +116,7 @@ impl Cycle {
 
     /// Starts reading ahead the streams that are not refused.
     pub(super) async fn reader(&mut self) -> Result<ReadAhead> {
-        self.source.read_ahead(self.up_streams(), self.config.max_batch_bytes, self.config.limits.max_entry_bytes).await
+        self.source.read_ahead(self.up_streams()).await
     }
 
     /// Stops one stream after an error of its own; it is tried again after a back-off.

@@ -97,9 +97,6 @@ struct Reader {
     config: SourceConfig,
     /// Entries per stream per read, shared with the batch loop.
     count: Arc<AtomicUsize>,
-    budget: usize,
-    /// Entries over this many bytes are left in Redis (the entry size limit).
-    entry_limit: usize,
     sized_read: redis::Script,
     handover: Arc<Handover>,
     /// Reads handed to the batch loop.
@@ -122,7 +119,7 @@ impl Reader {
         }
         let count = self.count.load(Ordering::Relaxed).max(1);
         invocation.arg(&self.config.group).arg(&self.config.consumer).arg(count);
-        invocation.arg(self.entry_limit.max(1)).arg(self.budget.max(1));
+        invocation.arg(self.config.entry_limit.max(1)).arg(self.config.budget.max(1));
         let reply = invocation.invoke_async::<Value>(&mut self.conn).await;
         drop(invocation);
         let Value::Array(mut per_stream) = reply? else {
@@ -211,7 +208,7 @@ impl Reader {
         while !self.handover.stop.load(Ordering::Relaxed) {
             let read = self.read().await;
             let failed = read.is_err();
-            let large = read.as_ref().is_ok_and(|r| bytes(&r.entries) > self.budget / 2);
+            let large = read.as_ref().is_ok_and(|r| bytes(&r.entries) > self.config.budget / 2);
             if tx.send(read).await.is_err() || failed {
                 break;
             }
@@ -224,7 +221,7 @@ impl Reader {
 }
 
 /// One entry of a [`SIZED_READ`] reply: `[id, fields]`, or `[id, size]` for one left in Redis.
-fn sized_entry(stream: &str, value: Value) -> Result<RawEntry> {
+pub(super) fn sized_entry(stream: &str, value: Value) -> Result<RawEntry> {
     match value {
         Value::Array(parts) if matches!(parts.as_slice(), [_, Value::Int(_)]) => {
             let size = match parts.get(1) {
@@ -239,12 +236,7 @@ fn sized_entry(stream: &str, value: Value) -> Result<RawEntry> {
 }
 
 impl ReadAhead {
-    pub(super) fn spawn(
-        conn: MultiplexedConnection,
-        config: SourceConfig,
-        count: Arc<AtomicUsize>,
-        (budget, entry_limit): (usize, usize),
-    ) -> ReadAhead {
+    pub(super) fn spawn(conn: MultiplexedConnection, config: SourceConfig, count: Arc<AtomicUsize>) -> ReadAhead {
         let (tx, batches) = mpsc::channel(1);
         let handover = Arc::new(Handover::default());
         let idle_wait = config.poll;
@@ -252,8 +244,6 @@ impl ReadAhead {
             conn,
             config,
             count,
-            budget,
-            entry_limit,
             sized_read: redis::Script::new(SIZED_READ),
             handover: handover.clone(),
             sent: 0,

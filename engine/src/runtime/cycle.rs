@@ -11,8 +11,9 @@ use crate::effects::{Effects, Fact};
 use crate::error::Result;
 use crate::ingest::Ingest;
 use crate::log::Log;
-use crate::source::{RawEntry, Source};
+use crate::source::{Outgoing, RawEntry, Source};
 use crate::status::Health;
+use crate::store::OutboxItem;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -314,10 +315,22 @@ impl Cycle {
                 return Ok(());
             }
             let (keys, items): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-            self.source.publish(&items).await?;
+            self.source.publish(&items.iter().map(outgoing).collect::<Vec<_>>()).await?;
             // Published but still in the outbox: the publish guard must make the next pass a no-op.
             crate::failpoint::crash_point("mid-batch");
             self.dispatcher.store().remove_outbox(&keys)?;
         }
+    }
+}
+
+/// What the publisher needs of an outbox entry.
+fn outgoing(item: &OutboxItem) -> Outgoing<'_> {
+    Outgoing {
+        seq: item.seq,
+        index: item.index,
+        stream: &item.stream,
+        fields: &item.fields,
+        maxlen: item.maxlen,
+        elapsed_from_ms: item.elapsed_from_ms,
     }
 }

@@ -22,12 +22,7 @@ pub(super) const EFFECTS_IN_FLIGHT: &[u8] = b"f";
 pub(super) const GUARD_KEY: &[u8] = b"g";
 
 pub(super) fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + name.len() + key.len());
-    out.extend_from_slice(STATE);
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    out.extend_from_slice(key);
-    out
+    [STATE, name.as_bytes(), &[0], key].concat()
 }
 
 pub(super) fn digest_key(name: &str) -> Vec<u8> {

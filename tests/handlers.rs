@@ -123,8 +123,7 @@ fn outputs_are_published_once_with_their_origin_and_never_handled_as_input() {
 
 #[test]
 fn a_second_publish_of_the_same_outbox_entry_is_a_no_op() {
-    use maestro_engine::source::{Source, SourceConfig};
-    use maestro_engine::store::OutboxItem;
+    use maestro_engine::source::{Outgoing, Source, SourceConfig};
     let server = redis(false);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let config = SourceConfig {
@@ -141,23 +140,27 @@ fn a_second_publish_of_the_same_outbox_entry_is_a_no_op() {
         output_key_key: "maestro:engine:test:output-key".into(),
     };
     let mut source = Source::new(redis::Client::open(server.url()).unwrap(), config);
-    let item = |seq, index| OutboxItem {
-        seq,
-        index,
-        stream: RESULTS.into(),
-        fields: vec![
-            (b"output_id".to_vec(), format!("{seq}-{index}").into_bytes()),
-            (b"data".to_vec(), b"{}".to_vec()),
-        ],
+    let positions = [(1, 0), (1, 1), (2, 0), (3, 0)];
+    let fields: Vec<_> = positions
+        .iter()
+        .map(|(seq, index)| {
+            vec![(b"output_id".to_vec(), format!("{seq}-{index}").into_bytes()), (b"data".to_vec(), b"{}".to_vec())]
+        })
+        .collect();
+    let item = |n: usize| Outgoing {
+        seq: positions[n].0,
+        index: positions[n].1,
+        stream: RESULTS,
+        fields: &fields[n],
         maxlen: None,
         elapsed_from_ms: None,
     };
     runtime.block_on(async {
         source.load_output_key().await.unwrap();
-        assert_eq!(source.publish(&[item(1, 0), item(1, 1), item(2, 0)]).await.unwrap(), 3);
+        assert_eq!(source.publish(&[item(0), item(1), item(2)]).await.unwrap(), 3);
         // After a crash between publishing and forgetting the outbox, the same items come again.
-        assert_eq!(source.publish(&[item(1, 1), item(2, 0)]).await.unwrap(), 0);
-        assert_eq!(source.publish(&[item(2, 0), item(3, 0)]).await.unwrap(), 1);
+        assert_eq!(source.publish(&[item(1), item(2)]).await.unwrap(), 0);
+        assert_eq!(source.publish(&[item(2), item(3)]).await.unwrap(), 1);
     });
     assert_eq!(read_stream(&mut connect(&server), RESULTS).len(), 4);
 }

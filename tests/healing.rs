@@ -249,7 +249,7 @@ fn admission_queue_validation_outcomes_and_stop_with_repairs_in_flight() {
     assert_eq!(global["errors_detected"], 10, "{global}");
     let assertion = state_value(&state, "k/assertion_update");
     assert_eq!((assertion["attempts"].as_u64(), assertion["successes"].as_u64()), (Some(1), Some(1)));
-    let tally = state_value(&state, "t/type_error\u{0}high");
+    let tally = state_value(&state, "t/type_error|high");
     assert_eq!(tally["count"], 1);
     assert_eq!(state_value(&state, &format!("r/{h4}"))["status"], "validating");
     let h1_record = state_value(&state, &format!("r/{h1}"));

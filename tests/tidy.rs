@@ -158,6 +158,30 @@ fn the_engine_names_no_domain() {
     assert!(violations.is_empty(), "the engine names a domain:\n{}", violations.join("\n"));
 }
 
+/// The log and the store never name each other (the data dir opens sled and hands out both),
+/// and the Redis source publishes a neutral type, not the store's outbox entry.
+#[test]
+fn the_log_the_store_and_the_source_stay_apart() {
+    let engine = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/src");
+    let mut store_files = vec![engine.join("store.rs")];
+    rust_files(&engine.join("store"), &mut store_files);
+    let mut checks: Vec<(std::path::PathBuf, &str)> =
+        vec![(engine.join("log.rs"), "crate::store"), (engine.join("source.rs"), "crate::store")];
+    checks.extend(store_files.into_iter().map(|file| (file, "crate::log")));
+    assert!(checks.len() > 5, "the walk is broken: {checks:?}");
+    let mut violations = Vec::new();
+    for (file, name) in checks {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.lines().take_while(|line| !line.trim_start().starts_with("#[cfg(test)]"));
+        for (number, line) in code.enumerate() {
+            if line.split("//").next().unwrap_or_default().contains(name) {
+                violations.push(format!("{}:{}: {name}", file.display(), number + 1));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "the log, the store and the source name each other:\n{}", violations.join("\n"));
+}
+
 #[test]
 fn the_tidy_check_catches_what_it_claims_to() {
     let engine_code = "use maestro_handlers::Intent;\nuse maestro_handlers::templates::history::Commit; // why\n// git2:: in a comment\n#[cfg(test)]\nuse kube::Api;\n";

@@ -2,9 +2,14 @@
 //!
 //! Layout: `LOCK` (held while open), `consumer` (the Redis consumer name, written on first
 //! start), `HEAD` (the log's head anchor), `db/` (sled: the log in the default tree,
-//! projections in the `state` tree).
+//! projections in the `state` tree), `values/` (large state values), `segments/` (sealed log).
+//!
+//! sled is opened once per data dir, here ([`open_db`]), by the log, and the store is handed
+//! out over the same database ([`Log::store`]): the log and the store never name each other.
 
 use crate::error::{EngineError, Result};
+use crate::log::Log;
+use crate::store::Store;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -72,6 +77,37 @@ impl DataDir {
         File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
         fs::rename(&tmp, &file).map_err(io(&file))?;
         Ok(name)
+    }
+}
+
+/// Opens sled. Two of its habits are handled here. It panics on some damaged files instead of
+/// returning an error: the panic is caught and named. And a handle dropped a moment ago keeps
+/// the files locked until its flusher thread ends (up to one flush interval): since the data
+/// dir's own lock already keeps other engines out, a lock conflict here is that handle, and is
+/// waited out for up to 2 s.
+pub(crate) fn open_db(db_path: &Path, cache_bytes: u64) -> Result<sled::Db> {
+    let mut attempts = 0;
+    loop {
+        let config = sled::Config::new().path(db_path).cache_capacity(cache_bytes).flush_every_ms(Some(500));
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).map_err(|panic| {
+                let text = crate::error::panic_text(panic.as_ref());
+                EngineError::Damaged(format!("sled cannot open {}: its files are damaged ({text})", db_path.display()))
+            })?;
+        match opened {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+impl Log {
+    /// The live projection store of this data dir, in the log's sled database.
+    pub fn store(&self) -> Result<Store> {
+        Store::open(self.db(), self.value_files())
     }
 }
 

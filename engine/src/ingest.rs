@@ -56,10 +56,10 @@ impl Ingest {
                 continue;
             }
             let seq = log.head_seq() + out.records.len() as u64 + 1;
-            let (status, fields, request, typed) = match entry.withheld {
+            let Classified { status, fields, request, typed } = match entry.withheld {
                 Some(bytes) => {
                     let reason = envelope::too_large(bytes, &self.limits);
-                    (Status::Rejected { reason, deliveries: entry.deliveries }, Vec::new(), None, None)
+                    Classified::rejected(reason, entry.deliveries, Vec::new())
                 }
                 None => self.classify(&entry.stream, entry.id, fields, entry.deliveries),
             };
@@ -92,7 +92,7 @@ impl Ingest {
     /// Status, the fields to keep, the producer's request id and the typed event of one new
     /// entry.
     fn classify(&self, stream: &str, id: EntryId, fields: Fields, deliveries: u32) -> Classified {
-        let rejected = |reason: Reject, fields| (Status::Rejected { reason, deliveries }, fields, None, None);
+        let rejected = |reason: Reject, fields| Classified::rejected(reason, deliveries, fields);
         if let Err(reason) = envelope::check_size(&fields, &self.limits) {
             // The payload of an over-limit entry is not copied anywhere: not to the log, not
             // to the dead-letter stream. Its id and the reason are.
@@ -107,19 +107,44 @@ impl Ingest {
         }
         if self.output_key.as_ref().is_some_and(|key| key.is_own_output(stream, &fields)) {
             if self.own_in_full.iter().any(|kept| kept == stream) {
-                return (Status::Own, fields, None, None);
+                return Classified::kept(Status::Own, fields);
             }
-            return (Status::OwnRef(maestro_schemas::own::reference(stream, &fields)), Vec::new(), None, None);
+            return Classified::kept(Status::OwnRef(maestro_schemas::own::reference(stream, &fields)), Vec::new());
         }
         let Some(role) = self.streams.role_of(stream) else {
             return rejected(Reject::new("unknown_stream", format!("{stream} is not a configured stream")), fields);
         };
         match decode(role, Origin { stream, entry: id }, &fields, &self.limits) {
-            Ok(decoded) => (Status::Accepted, fields, decoded.producer_request_id, Some(decoded.event)),
+            Ok(decoded) => Classified {
+                status: Status::Accepted,
+                fields,
+                request: decoded.producer_request_id,
+                typed: Some(decoded.event),
+            },
             Err(reason) => rejected(reason, fields),
         }
     }
 }
 
 /// What [`Ingest::classify`] decides for one entry.
-type Classified = (Status, Fields, Option<String>, Option<TypedEvent>);
+struct Classified {
+    status: Status,
+    /// The fields the log keeps (none for an over-limit entry or an own output logged by
+    /// reference).
+    fields: Fields,
+    /// The producer's request id, for duplicate detection.
+    request: Option<String>,
+    /// The typed event, for dispatch: only an accepted entry has one.
+    typed: Option<TypedEvent>,
+}
+
+impl Classified {
+    fn rejected(reason: Reject, deliveries: u32, fields: Fields) -> Self {
+        Classified { status: Status::Rejected { reason, deliveries }, fields, request: None, typed: None }
+    }
+
+    /// An entry kept with no request id and nothing to dispatch (an engine's own output).
+    fn kept(status: Status, fields: Fields) -> Self {
+        Classified { status, fields, request: None, typed: None }
+    }
+}

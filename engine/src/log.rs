@@ -16,7 +16,6 @@
 
 use crate::error::{EngineError, Result};
 use crate::segments::{SEGMENTS_DIR, Segments, Stored, StoredRange};
-use crate::store::Store;
 use crate::value_files::ValueFiles;
 use maestro_schemas::record::{GENESIS_HASH, format_for, hash_stored, hex};
 use maestro_schemas::{Body, EntryId, Record, codec};
@@ -95,30 +94,6 @@ pub struct NewRecord {
     pub request: Option<(String, String)>,
 }
 
-/// Opens sled. Two of its habits are handled here. It panics on some damaged files instead of
-/// returning an error: the panic is caught and named. And a handle dropped a moment ago keeps
-/// the files locked until its flusher thread ends (up to one flush interval): since the data
-/// dir's own lock already keeps other engines out, a lock conflict here is that handle, and is
-/// waited out for up to 2 s.
-fn open_sled(db_path: &Path, cache_bytes: u64) -> Result<sled::Db> {
-    let mut attempts = 0;
-    loop {
-        let config = sled::Config::new().path(db_path).cache_capacity(cache_bytes).flush_every_ms(Some(500));
-        let opened =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).map_err(|panic| {
-                let text = crate::error::panic_text(panic.as_ref());
-                EngineError::Damaged(format!("sled cannot open {}: its files are damaged ({text})", db_path.display()))
-            })?;
-        match opened {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
-                attempts += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
 /// The log. One writer: the engine that holds the data dir lock.
 pub struct Log {
     db: sled::Db,
@@ -184,7 +159,7 @@ impl Log {
     /// Opens sled at `db_path`, with the anchor, segments and value files of data dir `dir`;
     /// `tidy` removes segment files of seals that did not finish (never on a copy).
     fn open_at(db_path: &Path, dir: &Path, cache_bytes: u64, check_tail: bool, tidy: bool) -> Result<Log> {
-        let db = open_sled(db_path, cache_bytes)?;
+        let db = crate::datadir::open_db(db_path, cache_bytes)?;
         let db_file = db_path.join("db");
         let sync_file = File::open(&db_file).map_err(|source| EngineError::DataDir { path: db_file, source })?;
         let mut cursors = HashMap::new();
@@ -218,7 +193,7 @@ impl Log {
         Ok(log)
     }
 
-    /// The sled database, shared with the projection store.
+    /// The sled database, shared with the projection store (see [`Log::store`]).
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
@@ -226,11 +201,6 @@ impl Log {
     /// The directory of the projection store's large values (see [`crate::value_files`]).
     pub fn value_files(&self) -> ValueFiles {
         self.value_files.clone()
-    }
-
-    /// The live projection store of this data dir.
-    pub fn store(&self) -> Result<Store> {
-        Store::open(&self.db, self.value_files())
     }
 
     /// Seq of the last record (0 when empty).

@@ -7,7 +7,6 @@
 //! Everything else goes over a second connection. Both are re-made after any error.
 
 use crate::error::{EngineError, Result};
-use crate::store::OutboxItem;
 use maestro_handlers::ELAPSED_MS;
 use maestro_schemas::own::OutputKey;
 use maestro_schemas::{EntryId, Fields};
@@ -24,6 +23,19 @@ mod sized;
 
 pub use groups::{GroupPosition, Skipped};
 pub use read_ahead::{Read, ReadAhead};
+
+/// An entry to publish: the log position it answers (its publish guard and its mark), the
+/// stream, the fields, the stream's approximate length cap, and where the elapsed milliseconds
+/// are counted from (see `maestro_handlers::Output::elapsed_from_ms`).
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub seq: u64,
+    pub index: u32,
+    pub stream: &'a str,
+    pub fields: &'a [(Vec<u8>, Vec<u8>)],
+    pub maxlen: Option<u64>,
+    pub elapsed_from_ms: Option<u64>,
+}
 
 /// One entry as Redis delivered it, field names and values as the bytes Redis held. `fields`
 /// is `None` when the entry was deleted (trimmed) while it sat in a pending list: Redis then
@@ -482,7 +494,7 @@ impl Source {
     /// Publishes outbox entries in order through [`PUBLISH_SCRIPT`] (EVALSHA, loaded once),
     /// many entries per call. Returns how many were new. Each entry is marked as it goes out,
     /// over its final bytes (the elapsed time filled in), with the key loaded at connection.
-    pub async fn publish(&mut self, items: &[OutboxItem]) -> Result<u64> {
+    pub async fn publish(&mut self, items: &[Outgoing<'_>]) -> Result<u64> {
         let Some(key) = self.output_key.clone() else {
             return Err(EngineError::Reply("no output key loaded: nothing is published unmarked".into()));
         };
@@ -502,7 +514,7 @@ impl Source {
                 args.push(b"*".to_vec());
                 let mut elapsed = item.elapsed_from_ms.map(|start| now_ms.saturating_sub(start));
                 let mut fields: Fields = Vec::with_capacity(item.fields.len());
-                for (name, value) in &item.fields {
+                for (name, value) in item.fields {
                     let value = match elapsed.and_then(|ms| fill_elapsed(value, ms)) {
                         Some(filled) => {
                             elapsed = None;
@@ -512,14 +524,14 @@ impl Source {
                     };
                     fields.push((name.clone(), value));
                 }
-                if !key.seal(&item.stream, &mut fields) {
+                if !key.seal(item.stream, &mut fields) {
                     return Err(EngineError::State(format!(
                         "outbox entry {}-{} has no single output_id to carry its mark",
                         item.seq, item.index
                     )));
                 }
                 args.extend(fields.into_iter().flat_map(|(name, value)| [name, value]));
-                invocation.arg(&item.stream).arg(item.seq).arg(item.index).arg(args.len()).arg(args);
+                invocation.arg(item.stream).arg(item.seq).arg(item.index).arg(args.len()).arg(args);
             }
             let result = invocation.invoke_async::<u64>(&mut conn).await;
             drop(invocation);

@@ -29,9 +29,10 @@ impl Snapshot {
         hash_of(self.entries.iter())
     }
 
-    /// Canonical JSON: the same state always prints the same bytes. Keys are JSON strings (a 0
-    /// byte between parts prints as `\u0000`), values are JSON when they are JSON. With a
-    /// filter, `state_hash` covers the printed keys and `projection_hash` the whole state.
+    /// Canonical JSON: the same state always prints the same bytes. Keys are JSON strings as
+    /// [`key_text`] prints them (a 0 byte between parts as [`KEY_SEPARATOR`]), values are JSON
+    /// when they are JSON. With a filter, `state_hash` covers the printed keys and
+    /// `projection_hash` the whole state.
     pub fn to_json(&self, keep: impl Fn(&[u8]) -> bool) -> Value {
         let kept: Vec<&(Vec<u8>, Vec<u8>)> = self.entries.iter().filter(|(k, _)| keep(k)).collect();
         let mut state = Map::new();
@@ -53,23 +54,61 @@ fn hash_of<'a>(entries: impl Iterator<Item = &'a (Vec<u8>, Vec<u8>)>) -> String 
     hex(&digest.to_bytes())
 }
 
-/// A key as text: UTF-8 as is, anything else as `hex:` and its bytes.
+/// How a key's 0 bytes (the separator between its parts, see `maestro_handlers::keys::join`)
+/// print: a person can type it, and `key_bytes` reads it back.
+pub const KEY_SEPARATOR: char = '|';
+
+/// A key as text a person can type: UTF-8 with each 0 byte as [`KEY_SEPARATOR`], and a
+/// literal separator or backslash in a part escaped with a backslash (`t/acme|tpl-1`). A key
+/// that is not UTF-8, holds another control character, or starts with `hex:` prints as `hex:`
+/// and its bytes. Only the printed form changes: stored keys and state hashes keep the 0 bytes.
 pub fn key_text(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
-        Ok(text) => text.to_string(),
-        Err(_) => format!("hex:{}", hex(key)),
+        Ok(text) if !text.starts_with("hex:") && !text.chars().any(|c| c != '\0' && c.is_control()) => {
+            let mut out = String::with_capacity(text.len());
+            for c in text.chars() {
+                match c {
+                    '\0' => out.push(KEY_SEPARATOR),
+                    '\\' | KEY_SEPARATOR => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+        _ => format!("hex:{}", hex(key)),
     }
 }
 
-/// Parses a key as `key_text` prints it, or as it appears in `replay state`'s JSON (with
-/// escapes such as `\u0000`, which a command line cannot carry as bytes).
+/// Parses a key as `key_text` prints it. Also reads JSON escapes such as `\u0000` for a 0
+/// byte, as earlier builds printed keys.
 pub fn key_bytes(text: &str) -> Vec<u8> {
-    if text.contains('\\')
-        && let Ok(unescaped) = serde_json::from_str::<String>(&format!("\"{text}\""))
-    {
-        return key_bytes(&unescaped);
+    if let Some(bytes) = text.strip_prefix("hex:").and_then(from_hex) {
+        return bytes;
     }
-    text.strip_prefix("hex:").and_then(from_hex).unwrap_or_else(|| text.as_bytes().to_vec())
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            KEY_SEPARATOR => out.push('\0'),
+            '\\' => match chars.next() {
+                Some(escaped @ ('\\' | KEY_SEPARATOR)) => out.push(escaped),
+                Some('u') => {
+                    let code: String = chars.by_ref().take(4).collect();
+                    match u32::from_str_radix(&code, 16).ok().and_then(char::from_u32) {
+                        Some(decoded) if code.len() == 4 => out.push(decoded),
+                        _ => out.extend(['\\', 'u'].into_iter().chain(code.chars())),
+                    }
+                }
+                Some(other) => out.extend(['\\', other]),
+                None => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out.into_bytes()
 }
 
 /// The bytes of a hex string, if it is one.
@@ -329,10 +368,15 @@ mod tests {
 
     #[test]
     fn keys_print_and_parse_back() {
-        for key in [&b"t/acme\0tpl-1"[..], &[0xff, 0, 1][..], b""] {
-            assert_eq!(key_bytes(&key_text(key)), key);
+        let keys: [&[u8]; 7] =
+            [b"t/acme\0tpl-1", &[0xff, 0, 1], b"", b"a|b\0c\\d\0", b"hex:4142", b"tab\there", b"\\u0041"];
+        for key in keys {
+            assert_eq!(key_bytes(&key_text(key)), key, "{}", key_text(key));
         }
-        assert_eq!(key_bytes("t/acme\\u0000tpl-1"), b"t/acme\0tpl-1", "as printed in JSON");
+        assert_eq!(key_text(b"t/acme\0tpl-1"), "t/acme|tpl-1", "typeable");
+        assert_eq!(key_text(b"a|b\0c\\d"), "a\\|b|c\\\\d", "a literal separator or backslash is escaped");
+        assert_eq!(key_text(b"maestro:streams:x"), "maestro:streams:x", "other punctuation prints as is");
+        assert_eq!(key_bytes("t/acme\\u0000tpl-1"), b"t/acme\0tpl-1", "as earlier builds printed it");
         let snapshot = Snapshot { projection: "p".into(), seq: 3, entries: entries(&[("k", "{\"n\":1}"), ("s", "x")]) };
         let text = snapshot.to_json(|_| true).to_string();
         assert_eq!(text, snapshot.to_json(|_| true).to_string(), "canonical: the same bytes every time");

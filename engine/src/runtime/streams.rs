@@ -15,7 +15,8 @@
 //! stream (someone who created the group at `$` or moved it with `XGROUP SETID` added no
 //! consumer). A shared group is left as it is.
 
-use super::{Backoff, Cycle, Shutdown, stopping};
+use super::cycle::Cycle;
+use super::{Backoff, Shutdown, stopping};
 use crate::error::{EngineError, Result};
 use crate::source::ReadAhead;
 use crate::status::Health;
@@ -88,7 +89,7 @@ impl Cycle {
                 for id in &deleted {
                     tracing::warn!(stream, id = %id, "entry deleted while pending in another consumer: lost");
                 }
-                self.count_lost(&stream, deleted.len() as u64);
+                self.observer.lost(&stream, deleted.len() as u64);
                 if !claimed.is_empty() {
                     tracing::info!(stream, count = claimed.len(), "claimed idle entries of another consumer");
                     self.run_batch(claimed).await?;
@@ -100,13 +101,6 @@ impl Cycle {
             }
         }
         Ok(())
-    }
-
-    pub(super) fn count_lost(&self, stream: &str, n: u64) {
-        if n > 0 {
-            Health::add(&self.status.lost, n);
-            metrics::counter!("maestro_entries_lost_total", "stream" => stream.to_string()).increment(n);
-        }
     }
 
     /// The configured streams that are not refused.

@@ -1,5 +1,5 @@
-//! The effect intents the store keeps, in three places, each keyed by the seq and index of the
-//! record that produced the intent (so each place is in log order):
+//! The effect intents the store keeps, in three [`Queue`]s, each keyed by the seq and index of
+//! the record that produced the intent (so each is in log order):
 //!
 //! - `e` + seq + index: queued, to be run;
 //! - `w` + kind + 0 + seq + index: waiting for a runner of its kind (none is registered);
@@ -7,141 +7,121 @@
 //!
 //! An intent moves between them with one sled batch, so it is always in exactly one of them.
 
-use super::{Store, effect_key};
-use crate::error::{EngineError, Result};
+use super::Store;
+use super::keys::{EFFECTS_IN_FLIGHT, EFFECTS_QUEUED, EFFECTS_WAITING, log_position};
+use super::queue::Queue;
+use crate::error::Result;
 use maestro_handlers::Intent;
-use maestro_schemas::codec;
-
-const QUEUED: &[u8] = b"e";
-const WAITING: &[u8] = b"w";
-const IN_FLIGHT: &[u8] = b"f";
 
 /// Bytes of seq and index that end every intent key.
 const SUFFIX: usize = 12;
 
-fn suffix(key: &[u8]) -> &[u8] {
-    &key[key.len().saturating_sub(SUFFIX)..]
+pub(super) fn queued() -> Queue<Intent> {
+    Queue::new(EFFECTS_QUEUED)
 }
 
-fn waiting_prefix(kind: &str) -> Vec<u8> {
-    [WAITING, kind.as_bytes(), &[0]].concat()
+fn in_flight() -> Queue<Intent> {
+    Queue::new(EFFECTS_IN_FLIGHT)
+}
+
+/// The intents waiting for a runner of `kind`; of every kind when `kind` is `None`.
+fn waiting(kind: Option<&str>) -> Queue<Intent> {
+    match kind {
+        Some(kind) => Queue::new([EFFECTS_WAITING, kind.as_bytes(), &[0]].concat()),
+        None => Queue::new(EFFECTS_WAITING),
+    }
 }
 
 /// Where an intent is kept, by its log position: the key's last twelve bytes, the same in
-/// every place.
+/// every queue.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IntentKey(Vec<u8>);
 
 impl IntentKey {
     /// The key of the intent `index` of the record at `seq`.
     pub fn new(seq: u64, index: u32) -> IntentKey {
-        IntentKey(suffix(&effect_key(seq, index)).to_vec())
+        IntentKey(log_position(seq, index).to_vec())
     }
 
     fn of(key: &[u8]) -> IntentKey {
-        IntentKey(suffix(key).to_vec())
+        IntentKey(key[key.len().saturating_sub(SUFFIX)..].to_vec())
     }
-
-    fn queued(&self) -> Vec<u8> {
-        [QUEUED, &self.0].concat()
-    }
-
-    fn in_flight(&self) -> Vec<u8> {
-        [IN_FLIGHT, &self.0].concat()
-    }
-
-    fn waiting(&self, kind: &str) -> Vec<u8> {
-        [waiting_prefix(kind).as_slice(), &self.0].concat()
-    }
-}
-
-fn decode(value: &[u8]) -> Result<Intent> {
-    codec::decode(value).map_err(|e| EngineError::State(format!("effect intent: {e}")))
 }
 
 impl Store {
-    fn intents_under(&self, prefix: &[u8], limit: usize) -> Result<Vec<(IntentKey, Intent)>> {
-        self.tree
-            .scan_prefix(prefix)
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((IntentKey::of(&key), decode(&value)?))
-            })
-            .collect()
+    fn intents(&self, queue: Queue<Intent>, limit: usize) -> Result<Vec<(IntentKey, Intent)>> {
+        Ok(queue.scan(&self.tree, limit)?.into_iter().map(|(key, intent)| (IntentKey::of(&key), intent)).collect())
     }
 
     /// Queued effect intents, in log order.
     pub fn effects(&self, limit: usize) -> Result<Vec<(IntentKey, Intent)>> {
-        self.intents_under(QUEUED, limit)
+        self.intents(queued(), limit)
     }
 
     /// Forgets a queued intent that has run.
     pub fn remove_effect(&self, key: &IntentKey) -> Result<()> {
-        self.tree.remove(key.queued())?;
-        Ok(())
+        let queued = queued();
+        queued.remove(&self.tree, &[queued.key(&key.0)])
     }
 
     /// Moves a queued intent to the intents waiting for a runner of its kind.
     pub fn park_effect(&self, key: &IntentKey, intent: &Intent) -> Result<()> {
-        self.move_intent(&key.queued(), key.waiting(&intent.kind))
+        self.move_intent(key, &queued(), &waiting(Some(&intent.kind)))
     }
 
     /// Moves a queued intent to the intents in flight: its runner's task goes on after `run`.
     pub fn start_effect(&self, key: &IntentKey) -> Result<()> {
-        self.move_intent(&key.queued(), key.in_flight())
+        self.move_intent(key, &queued(), &in_flight())
     }
 
     /// Forgets an intent in flight whose task reported its end.
     pub fn finish_effect(&self, key: &IntentKey) -> Result<()> {
-        self.tree.remove(key.in_flight())?;
-        Ok(())
+        let in_flight = in_flight();
+        in_flight.remove(&self.tree, &[in_flight.key(&key.0)])
     }
 
     /// Forgets a waiting intent.
     pub fn drop_waiting_effect(&self, key: &IntentKey, kind: &str) -> Result<()> {
-        self.tree.remove(key.waiting(kind))?;
-        Ok(())
+        let waiting = waiting(Some(kind));
+        waiting.remove(&self.tree, &[waiting.key(&key.0)])
     }
 
     /// Intents waiting for a runner, of every kind (in log order per kind).
     pub fn waiting_effects(&self) -> Result<Vec<(IntentKey, Intent)>> {
-        self.intents_under(WAITING, usize::MAX)
+        self.intents(waiting(None), usize::MAX)
     }
 
     /// Intents in flight, in log order.
     pub fn effects_in_flight(&self) -> Result<Vec<(IntentKey, Intent)>> {
-        self.intents_under(IN_FLIGHT, usize::MAX)
+        self.intents(in_flight(), usize::MAX)
     }
 
     /// Queues again every intent in flight: their tasks ended with the process that ran them.
     pub fn requeue_in_flight(&self) -> Result<u64> {
-        let mut moved = 0;
-        for item in self.tree.scan_prefix(IN_FLIGHT) {
-            let (key, _) = item?;
-            self.move_intent(&key, IntentKey::of(&key).queued())?;
-            moved += 1;
-        }
-        Ok(moved)
+        self.requeue_all(&in_flight())
     }
 
     /// Queues again every intent waiting for a runner of `kind`, in log order with the rest.
     pub fn requeue_waiting(&self, kind: &str) -> Result<u64> {
-        let mut moved = 0;
-        for item in self.tree.scan_prefix(waiting_prefix(kind)) {
-            let (key, _) = item?;
-            self.move_intent(&key, IntentKey::of(&key).queued())?;
-            moved += 1;
-        }
-        Ok(moved)
+        self.requeue_all(&waiting(Some(kind)))
     }
 
-    /// Moves the intent at `from` to `to` in one batch; nothing when `from` is gone.
-    fn move_intent(&self, from: &[u8], to: Vec<u8>) -> Result<()> {
-        let Some(value) = self.tree.get(from)? else { return Ok(()) };
+    fn requeue_all(&self, from: &Queue<Intent>) -> Result<u64> {
+        let keys = from.keys(&self.tree)?;
+        for key in &keys {
+            self.move_intent(&IntentKey::of(key), from, &queued())?;
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// Moves the intent at `key` from one queue to another in one batch; nothing when it is
+    /// gone.
+    fn move_intent(&self, key: &IntentKey, from: &Queue<Intent>, to: &Queue<Intent>) -> Result<()> {
+        let from = from.key(&key.0);
+        let Some(value) = self.tree.get(&from)? else { return Ok(()) };
         let mut batch = sled::Batch::default();
         batch.remove(from);
-        batch.insert(to, value);
+        batch.insert(to.key(&key.0), value);
         self.tree.apply_batch(batch)?;
         Ok(())
     }

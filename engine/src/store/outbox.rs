@@ -47,3 +47,13 @@ impl OutboxItem {
             .map_err(|e| EngineError::State(format!("outbox entry: {e}")))
     }
 }
+
+impl super::queue::Queued for OutboxItem {
+    fn encode(&self) -> Result<Vec<u8>> {
+        codec::encode(self).map_err(|e| EngineError::State(e.to_string()))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<OutboxItem> {
+        OutboxItem::decode(bytes)
+    }
+}

@@ -1,6 +1,7 @@
 //! A handler's read view of its projection: the batch's staged changes first, then the store.
 
-use super::{Pending, Store, state_key};
+use super::keys::state_key;
+use super::{Pending, Store};
 use maestro_handlers::StateView;
 
 /// A handler's view of its state: the pending batch first, then the store.

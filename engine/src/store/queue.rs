@@ -1,0 +1,110 @@
+//! One queue type for what the store keeps in log order under a key prefix: the outbox, and
+//! the effect intents queued, waiting for a runner and in flight. Each item's key is the
+//! prefix and the seq and index of the record that produced it.
+
+use super::Store;
+use super::keys::{OUTBOX, log_position};
+use super::outbox::OutboxItem;
+use crate::error::{EngineError, Result};
+use maestro_handlers::Intent;
+use maestro_schemas::codec;
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+/// An item a [`Queue`] keeps: how it is stored.
+pub(super) trait Queued: Sized {
+    fn encode(&self) -> Result<Vec<u8>>;
+    fn decode(bytes: &[u8]) -> Result<Self>;
+}
+
+impl Queued for Intent {
+    fn encode(&self) -> Result<Vec<u8>> {
+        codec::encode(self).map_err(|e| EngineError::State(e.to_string()))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Intent> {
+        codec::decode(bytes).map_err(|e| EngineError::State(format!("effect intent: {e}")))
+    }
+}
+
+/// The items of type `T` under one key prefix, in log order.
+pub(super) struct Queue<T> {
+    prefix: Cow<'static, [u8]>,
+    item: PhantomData<fn() -> T>,
+}
+
+impl<T: Queued> Queue<T> {
+    pub(super) fn new(prefix: impl Into<Cow<'static, [u8]>>) -> Queue<T> {
+        Queue { prefix: prefix.into(), item: PhantomData }
+    }
+
+    /// The key of the item at log position `position` (see [`log_position`]).
+    pub(super) fn key(&self, position: &[u8]) -> Vec<u8> {
+        [self.prefix.as_ref(), position].concat()
+    }
+
+    /// Adds item `index` of the record at `seq` to `batch`.
+    pub(super) fn stage(&self, batch: &mut sled::Batch, seq: u64, index: u32, item: &T) -> Result<()> {
+        batch.insert(self.key(&log_position(seq, index)), item.encode()?);
+        Ok(())
+    }
+
+    /// The first `limit` items, in log order, with their keys.
+    pub(super) fn scan(&self, tree: &sled::Tree, limit: usize) -> Result<Vec<(sled::IVec, T)>> {
+        tree.scan_prefix(self.prefix.as_ref())
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key, T::decode(&value)?))
+            })
+            .collect()
+    }
+
+    /// The keys of every item, in log order.
+    pub(super) fn keys(&self, tree: &sled::Tree) -> Result<Vec<sled::IVec>> {
+        tree.scan_prefix(self.prefix.as_ref()).keys().map(|key| Ok(key?)).collect()
+    }
+
+    /// Removes the items at `keys`, in one batch.
+    pub(super) fn remove<K: AsRef<[u8]>>(&self, tree: &sled::Tree, keys: &[K]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key.as_ref());
+        }
+        tree.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+fn outbox() -> Queue<OutboxItem> {
+    Queue::new(OUTBOX)
+}
+
+impl Store {
+    /// Outbox entries in publishing order, with the keys to remove once they are published.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(sled::IVec, OutboxItem)>> {
+        outbox().scan(&self.tree, limit)
+    }
+
+    /// Forgets published outbox entries.
+    pub fn remove_outbox(&self, keys: &[sled::IVec]) -> Result<()> {
+        outbox().remove(&self.tree, keys)
+    }
+
+    /// Adds the outbox entries and effect intents of a commit to `batch`.
+    pub(super) fn stage_queued(
+        batch: &mut sled::Batch,
+        outputs: &[OutboxItem],
+        intents: &[(u64, u32, Intent)],
+    ) -> Result<()> {
+        let outbox = outbox();
+        for item in outputs {
+            outbox.stage(batch, item.seq, item.index, item)?;
+        }
+        let queued = super::effect_queue::queued();
+        for (seq, index, intent) in intents {
+            queued.stage(batch, *seq, *index, intent)?;
+        }
+        Ok(())
+    }
+}

@@ -264,7 +264,8 @@ async fn run(
     accept_truncated_log: bool,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let config = EngineConfig { accept_truncated_log, ..settings::load(&config)? };
+    let (config, domain_settings) = settings::load_with_domains(&config)?;
+    let config = EngineConfig { accept_truncated_log, ..config };
     let status = Arc::new(Health::default());
     if let Some(addr) = http {
         let handle = maestro::metrics::install()?;
@@ -273,7 +274,7 @@ async fn run(
         tracing::info!(%bound, "serving /healthz /readyz /status /metrics /state/<projection>");
         *status.http.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bound);
     }
-    maestro_engine::runtime::run(config.clone(), maestro::domains(&config), status, shutdown).await?;
+    maestro_engine::runtime::run(config.clone(), maestro::domains(&config, &domain_settings), status, shutdown).await?;
     Ok(())
 }
 

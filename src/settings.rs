@@ -5,6 +5,7 @@
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use maestro_effects::domains::DomainSettings;
 use maestro_engine::config::EngineConfig;
 use std::path::{Path, PathBuf};
 
@@ -41,13 +42,30 @@ pub enum SettingsError {
 /// Environment variables that are flags of the binary, not engine settings.
 const NOT_ENGINE_SETTINGS: [&str; 4] = ["config", "http", "log_format", "admins"];
 
-/// The settings an environment variable may name: `MAESTRO_<SETTING>`, or
-/// `MAESTRO_<SETTING>__<KEY>` for a key inside one.
+/// The settings a file or an environment variable may name: the engine's and the domains'
+/// (`MAESTRO_<SETTING>`, or `MAESTRO_<SETTING>__<KEY>` for a key inside one).
 fn known_settings() -> Vec<String> {
-    match serde_json::to_value(EngineConfig::default()) {
+    let keys = |value: Result<serde_json::Value, serde_json::Error>| match value {
         Ok(serde_json::Value::Object(settings)) => settings.keys().cloned().collect(),
         _ => Vec::new(),
+    };
+    let mut known: Vec<String> = keys(serde_json::to_value(EngineConfig::default()));
+    known.extend(keys(serde_json::to_value(DomainSettings::default())));
+    known
+}
+
+/// Refuses a key of the settings (a file's, most likely) that neither the engine nor a domain
+/// has, naming where it came from. Inner keys (`[streams]`, `[limits]`) are refused by their
+/// own types.
+fn refuse_unknown_keys(figment: &Figment, known: &[String]) -> Result<(), SettingsError> {
+    let all: figment::value::Dict = figment.extract().map_err(|e| SettingsError::Bad(Box::new(e)))?;
+    if let Some(key) = all.keys().find(|key| !known.contains(key)) {
+        let source = figment.find_metadata(key).map_or_else(String::new, |m| {
+            m.source.as_ref().map_or_else(|| format!(" in {}", m.name), |source| format!(" in {} {source}", m.name))
+        });
+        return Err(SettingsError::Invalid(format!("unknown setting `{key}`{source}")));
     }
+    Ok(())
 }
 
 /// Whether `name` (without its `MAESTRO_` prefix) names one of `known`.
@@ -71,6 +89,11 @@ fn unknown_variables(known: &[String]) -> Vec<String> {
 
 /// Builds the engine configuration.
 pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
+    load_with_domains(args).map(|(config, _)| config)
+}
+
+/// Builds the engine configuration and the domains' settings, from the same places.
+pub fn load_with_domains(args: &ConfigArgs) -> Result<(EngineConfig, DomainSettings), SettingsError> {
     let mut figment = Figment::from(Serialized::defaults(EngineConfig::default()));
     match &args.config {
         Some(path) if !path.exists() => return Err(SettingsError::MissingFile(path.clone())),
@@ -79,6 +102,7 @@ pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
         None => {}
     }
     let known = known_settings();
+    refuse_unknown_keys(&figment, &known)?;
     let unknown = unknown_variables(&known);
     if !unknown.is_empty() {
         tracing::warn!(variables = %unknown.join(", "), "ignoring MAESTRO_* environment variables that name no setting");
@@ -108,7 +132,9 @@ pub fn load(args: &ConfigArgs) -> Result<EngineConfig, SettingsError> {
     }
     let config: EngineConfig = figment.extract().map_err(|e| SettingsError::Bad(Box::new(e)))?;
     config.validate().map_err(SettingsError::Invalid)?;
-    Ok(config)
+    let domains: DomainSettings = figment.extract().map_err(|e| SettingsError::Bad(Box::new(e)))?;
+    domains.validate().map_err(SettingsError::Invalid)?;
+    Ok((config, domains))
 }
 
 #[cfg(test)]
@@ -157,6 +183,28 @@ mod tests {
             jail.create_file("maestro.toml", "port = 9090\n")?;
             let err = load(&ConfigArgs::default()).unwrap_err().to_string();
             assert!(err.contains("port"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_domains_settings_come_from_the_same_places_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("maestro.toml", "max_active_environments = 3\nread_count = 9\n")?;
+            jail.set_env("MAESTRO_EXECUTION_RUNNERS", "[ci-runner]");
+            jail.set_env("MAESTRO_ADMINS", "acme:alice, acme:bob");
+            let args = ConfigArgs { admins: vec!["globex:carol".into()], ..ConfigArgs::default() };
+            let (config, domains) = load_with_domains(&args).map_err(|e| e.to_string())?;
+            assert_eq!(config.read_count, 9);
+            assert_eq!(domains.max_active_environments, 3);
+            assert_eq!(domains.execution_runners, ["ci-runner"]);
+            assert_eq!(domains.admins, ["acme:alice", "acme:bob", "globex:carol"]);
+            jail.set_env("MAESTRO_MAX_ACTIVE_ENVIRONMENTS", "0");
+            let err = load(&ConfigArgs::default()).unwrap_err().to_string();
+            assert!(err.contains("max_active_environments"), "{err}");
+            jail.create_file("maestro.toml", "max_active_environment = 3\n")?;
+            let err = load(&ConfigArgs::default()).unwrap_err().to_string();
+            assert!(err.contains("unknown setting `max_active_environment`") && err.contains("maestro.toml"), "{err}");
             Ok(())
         });
     }

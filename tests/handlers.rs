@@ -78,7 +78,7 @@ fn run_until_drained(url: &str, dir: &Path, handlers: Vec<Arc<dyn Handler>>, max
     let status = Arc::new(Health::default());
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let domains = maestro::domains::domains_with(&config, handlers);
+        let domains = maestro::domains::domains_with(&config, &maestro::domains::DomainSettings::default(), handlers);
         let engine = tokio::spawn(maestro_engine::runtime::run(config, domains, status.clone(), shutdown));
         let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
         tokio::task::spawn_blocking(move || wait_drained(&mut conn, Duration::from_secs(60))).await.unwrap();

@@ -630,9 +630,12 @@ fn settings_with_defaults() -> Vec<(String, String)> {
             other => other.to_string(),
         }
     }
-    let Value::Object(settings) = serde_json::to_value(maestro_engine::config::EngineConfig::default()).unwrap() else {
-        panic!("settings are an object")
+    let object = |value: Value| match value {
+        Value::Object(settings) => settings,
+        _ => panic!("settings are an object"),
     };
+    let mut settings = object(serde_json::to_value(maestro_engine::config::EngineConfig::default()).unwrap());
+    settings.extend(object(serde_json::to_value(maestro::domains::DomainSettings::default()).unwrap()));
     let mut out = Vec::new();
     for (name, value) in settings {
         match value {

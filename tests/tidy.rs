@@ -120,14 +120,13 @@ const DOMAIN_NAMES: [&str; 10] = [
     ".automation_",
 ];
 
-/// The domain names a non-test line of `text` holds, with its line number; `allowed` lists the
-/// names this file may hold, and why.
-fn domain_names(text: &str, allowed: &[&str]) -> Vec<(usize, &'static str)> {
+/// The domain names a non-test line of `text` holds, with its line number.
+fn domain_names(text: &str) -> Vec<(usize, &'static str)> {
     let code = text.lines().take_while(|line| !line.trim_start().starts_with("#[cfg(test)]"));
     let mut hits = Vec::new();
     for (number, line) in code.enumerate() {
         let line = line.split("//").next().unwrap_or_default();
-        for name in DOMAIN_NAMES.iter().filter(|n| line.contains(*n) && !allowed.contains(n)) {
+        for name in DOMAIN_NAMES.iter().filter(|n| line.contains(*n)) {
             hits.push((number + 1, *name));
         }
     }
@@ -148,10 +147,7 @@ fn the_engine_names_no_domain() {
     let mut violations = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        // The settings file still holds the execution domain's two settings (their default
-        // comes from the handlers), until settings are split by domain.
-        let allowed: &[&str] = if file.ends_with("config.rs") { &["maestro_handlers::execution"] } else { &[] };
-        for (line, name) in domain_names(&text, allowed) {
+        for (line, name) in domain_names(&text) {
             violations.push(format!("{}:{line}: {name}", file.display()));
         }
     }
@@ -185,9 +181,8 @@ fn the_log_the_store_and_the_source_stay_apart() {
 #[test]
 fn the_tidy_check_catches_what_it_claims_to() {
     let engine_code = "use maestro_handlers::Intent;\nuse maestro_handlers::templates::history::Commit; // why\n// git2:: in a comment\n#[cfg(test)]\nuse kube::Api;\n";
-    assert_eq!(domain_names(engine_code, &[]), vec![(2, "maestro_handlers::templates")]);
-    assert_eq!(domain_names("xadd(&self.config.streams.k8s_status)", &[]), vec![(1, ".k8s_")]);
-    assert!(domain_names(engine_code, &["maestro_handlers::templates"]).is_empty());
+    assert_eq!(domain_names(engine_code), vec![(2, "maestro_handlers::templates")]);
+    assert_eq!(domain_names("xadd(&self.config.streams.k8s_status)"), vec![(1, ".k8s_")]);
     let manifest = "[package]\nname = \"x\"\n\n[dependencies]\nserde.workspace = true\ntokio = \"1\"\n\n[dev-dependencies]\nproptest = \"1\"\n";
     assert_eq!(dependencies(manifest), vec!["serde", "tokio"]);
     let code = "let spec_has = spec.redis_enabled; use tokio::time;";

@@ -6,6 +6,7 @@
 use crate::redis_server::{RedisOptions, RedisServer};
 use crate::traffic::{Message, Traffic, publish};
 use anyhow::Context;
+use maestro_effects::domains::DomainSettings;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::source::parse_read_reply;
 use maestro_engine::status::Health;
@@ -214,7 +215,7 @@ async fn engine_run(url: &str, entries: u64, count: usize, domains: bool) -> any
     let expected = expected_records(entries, domains);
     let engine = tokio::spawn(maestro_engine::runtime::run(
         config.clone(),
-        maestro_effects::domains::domains_with(&config, handlers),
+        maestro_effects::domains::domains_with(&config, &DomainSettings::default(), handlers),
         status.clone(),
         shutdown,
     ));

@@ -4,6 +4,7 @@ use crate::redis_server::{RedisOptions, RedisServer};
 use crate::traffic::{Message, Traffic, publish};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use maestro_effects::domains::DomainSettings;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::status::Health;
 use maestro_handlers::stream_stats::{NAME as STATS, StreamStats};
@@ -123,21 +124,24 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         redis_url: url.clone(),
         data_dir: data_dir.clone(),
         streams: streams.clone(),
-        // Every demo user is an admin of its tenant, so that creates reach the quality gate.
-        admins: (0..8).flat_map(|t| (0..50).map(move |u| format!("tenant-{t}:user-{u}"))).collect(),
         // Clock records twice a second, so that the scenario's short TTL runs out quickly.
         clock_interval_ms: 500,
+        ..EngineConfig::default()
+    };
+    let domain_settings = DomainSettings {
+        // Every demo user is an admin of its tenant, so that creates reach the quality gate.
+        admins: (0..8).flat_map(|t| (0..50).map(move |u| format!("tenant-{t}:user-{u}"))).collect(),
         // The compressed traffic asks for hundreds of environments at once, and no cluster
         // finishes them: a cap of 10 would queue nearly all.
         max_active_environments: 1000,
-        ..EngineConfig::default()
+        ..DomainSettings::default()
     };
     let config_group = config.group.clone();
     let status = Arc::new(Health::default());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let engine = tokio::spawn(maestro_engine::runtime::run(
         config.clone(),
-        maestro_effects::domains::domains(&config),
+        maestro_effects::domains::domains(&config, &domain_settings),
         status.clone(),
         shutdown,
     ));

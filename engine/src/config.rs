@@ -5,8 +5,10 @@ use maestro_schemas::{Limits, StreamSet};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The engine's settings. Unknown keys are refused by the binary's settings loader, which
+/// reads these and the domains' settings from one file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EngineConfig {
     /// Redis to read from and publish to.
     pub redis_url: String,
@@ -48,8 +50,6 @@ pub struct EngineConfig {
     pub checkpoint_every: u64,
     /// Approximate cap of each dead-letter stream.
     pub dead_letter_maxlen: u64,
-    /// Bootstrap admins of the template registry, as `tenant:user`; later grants are events.
-    pub admins: Vec<String>,
     /// A file outside the data dir where the engine keeps `<seq> <hash>` of the log's head, for
     /// `maestro verify --anchor-file` to catch truncation or a rewritten chain.
     pub anchor_file: Option<PathBuf>,
@@ -67,12 +67,6 @@ pub struct EngineConfig {
     /// How often a clock record with the Redis server's time is appended to the log, so that
     /// time-outs and expiries are decided on logged time; 0 appends none.
     pub clock_interval_ms: u64,
-    /// Ephemeral test environments active at once; more wait in order (recorded in the log).
-    pub max_active_environments: u32,
-    /// Runner identities, besides the engine's own Kubernetes runner, whose `k8s:status` and
-    /// `k8s:results` facts (field `runner`) move test environments; facts from any other
-    /// producer are recorded and counted, never acted on (recorded in the log).
-    pub execution_runners: Vec<String>,
     /// What to do when a stream's consumer group stands past entries this log never recorded
     /// (someone created it at `$` or moved it with `XGROUP SETID`): by default the engine moves
     /// it back to the log's cursor and reads them; `true` leaves it there, the skip logged and
@@ -104,15 +98,12 @@ impl Default for EngineConfig {
             cache_bytes: 64 * 1024 * 1024,
             checkpoint_every: 10_000,
             dead_letter_maxlen: 100_000,
-            admins: Vec::new(),
             anchor_file: None,
             anchor_redis: true,
             anchor_interval_ms: 10_000,
             accept_truncated_log: false,
             value_sweep_interval_ms: 600_000,
             clock_interval_ms: 10_000,
-            max_active_environments: maestro_handlers::execution::DEFAULT_MAX_ACTIVE,
-            execution_runners: Vec::new(),
             accept_group_skip: false,
             segment_records: crate::segments::DEFAULT_SEGMENT_RECORDS,
         }
@@ -123,11 +114,6 @@ impl EngineConfig {
     /// The Redis key of a consumer's external anchor.
     pub fn anchor_key(&self, consumer: &str) -> String {
         format!("maestro:engine:{}:anchor:{consumer}", self.group)
-    }
-
-    /// The bootstrap admins as (tenant, user).
-    pub fn admin_pairs(&self) -> Vec<(String, String)> {
-        self.admins.iter().filter_map(|a| a.split_once(':')).map(|(t, u)| (t.to_string(), u.to_string())).collect()
     }
 
     /// Checks what serde cannot: values that parse but make no sense.
@@ -141,22 +127,11 @@ impl EngineConfig {
         if self.group.is_empty() {
             return Err("group: must not be empty".into());
         }
-        if self.max_active_environments == 0 {
-            return Err("max_active_environments: must be at least 1".into());
-        }
-        if self.execution_runners.iter().any(|r| r.trim().is_empty()) {
-            return Err("execution_runners: an identity must not be empty".into());
-        }
         if self.segment_records == 0 {
             return Err("segment_records: must be at least 1".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());
-        }
-        if let Some(bad) =
-            self.admins.iter().find(|a| a.split_once(':').is_none_or(|(t, u)| t.is_empty() || u.is_empty()))
-        {
-            return Err(format!("admins: {bad:?} is not tenant:user"));
         }
         Ok(())
     }

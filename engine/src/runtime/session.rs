@@ -28,6 +28,9 @@ pub struct Domains {
     pub handlers: Vec<Arc<dyn Handler>>,
     pub runners: RunnerFactory,
     pub settings: Vec<(String, String, String)>,
+    /// The config record's bootstrap admins (tenant, user), sorted and each once: a field of the
+    /// schema's config record, which the engine appends when it or the streams changed.
+    pub admins: Vec<(String, String)>,
     /// Streams whose entries the engine wrote are logged in full, not by reference, because a
     /// projection reads them back.
     pub own_in_full: Vec<String>,
@@ -85,7 +88,7 @@ pub(super) async fn session(
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, decoder, config.checkpoint_every)?;
-    record_config(&mut log, config, &domains.settings)?;
+    record_config(&mut log, config, domains)?;
     let caught = dispatcher.catch_up(&mut log, 512, config.max_deliveries)?;
     if caught.records > 0 {
         tracing::info!(records = caught.records, "projections caught up with the log");
@@ -152,11 +155,8 @@ pub(super) async fn session(
 
 /// Appends a config record when the configuration handlers depend on changed since the last
 /// one, so live runs and replays decide with the same configuration.
-fn record_config(log: &mut Log, config: &EngineConfig, settings: &[(String, String, String)]) -> Result<()> {
-    let mut admins = config.admin_pairs();
-    admins.sort();
-    admins.dedup();
-    let wanted = (admins, config.streams.clone());
+fn record_config(log: &mut Log, config: &EngineConfig, domains: &Domains) -> Result<()> {
+    let wanted = (domains.admins.clone(), config.streams.clone());
     // A fresh log with the default configuration needs no record: replays assume the default.
     let recorded = log.config()?.unwrap_or_else(|| (Vec::new(), maestro_schemas::StreamSet::default()));
     if recorded != wanted {
@@ -165,7 +165,7 @@ fn record_config(log: &mut Log, config: &EngineConfig, settings: &[(String, Stri
         let body = maestro_schemas::Body::Config { admins, streams };
         log.append(vec![crate::log::NewRecord { body, request: None }])?;
     }
-    for (name, value, default) in settings {
+    for (name, value, default) in &domains.settings {
         // As above: a setting never recorded has its default value.
         if log.setting(name)?.as_ref().unwrap_or(default) != value {
             tracing::info!(name, value, "setting recorded in the log");

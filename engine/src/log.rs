@@ -18,7 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::segments::{SEGMENTS_DIR, Segments, Stored, StoredRange};
 use crate::store::Store;
 use crate::value_files::ValueFiles;
-use maestro_schemas::record::{GENESIS_HASH, format_for, hash_stored, hex};
+use maestro_schemas::record::{GENESIS_HASH, RecordRef, format_for, hash_stored, hex};
 use maestro_schemas::{Body, EntryId, Record, codec};
 use std::collections::HashMap;
 use std::fs::File;
@@ -507,8 +507,8 @@ impl Log {
         let mut next = from.max(1);
         for item in self.stored_range(from, to) {
             let (seq, stored) = item?;
-            let record = Record::decode(seq, &stored)?;
-            record.check_chain(&expected_hash)?;
+            // Decoded in place: every check of `Record::decode`, without a copy of the fields.
+            RecordRef::decode(seq, &stored)?.check_chain(&expected_hash)?;
             expected_hash = hash_stored(&stored);
             summary.records += 1;
             next += 1;

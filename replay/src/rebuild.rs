@@ -9,18 +9,26 @@ use maestro_effects::git::GitHistory;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::dispatch::{DISPATCHER, Decoder, Dispatcher, Keep, OutputStamp};
 use maestro_engine::effects::Effects;
+use maestro_engine::error::EngineError;
 use maestro_engine::log::Log;
 use maestro_engine::log::VALUE_FILES_DIR;
+use maestro_engine::segments::Stored;
 use maestro_engine::store::{Pending, Store};
 use maestro_engine::value_files::ValueFiles;
 use maestro_handlers::Handler;
-use maestro_schemas::record::hex;
+use maestro_schemas::record::{RecordError, hex};
 use maestro_schemas::{Record, TypedEvent};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
-/// Records read, decoded and handed to the dispatching thread at once.
+/// Records read and handed to the lanes at once.
 const BATCH: u64 = 4096;
+
+/// The scratch store's sled cache. A rebuild writes each key through the staged changes
+/// ([`LOAD_BYTES`]) and reads back mostly what it wrote last, so a larger cache buys little and
+/// adds to the peak.
+const SCRATCH_CACHE_BYTES: u64 = 24 << 20;
 
 /// A scratch store rebuilt from a log, in its own sled database.
 #[derive(Debug)]
@@ -62,7 +70,7 @@ pub fn rebuild_from(
     scratch: &Path,
     seed: Option<Seed<'_>>,
 ) -> Result<Rebuilt> {
-    let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
+    let db = sled::Config::new().path(scratch).cache_capacity(SCRATCH_CACHE_BYTES).open().map_err(engine_error)?;
     // The scratch store keeps its value files in the scratch dir too, so nothing is written
     // into the data dir.
     let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?.knowing_its_keys();
@@ -85,11 +93,63 @@ pub fn rebuild_from(
 /// about 40 MiB.
 const LOAD_BYTES: usize = 32 << 20;
 
-/// Read-ahead between the thread that reads and decodes the log and those that dispatch.
+/// Read-ahead between the thread that reads the log and the lanes.
 const READ_AHEAD: usize = 4;
 
-/// Records and their typed events, as the reading thread hands them over (to every lane).
-type Decoded = Arc<(Vec<Record>, Vec<Option<TypedEvent>>)>;
+/// Records a lane decodes at once: small enough that the lanes share a batch's decoding
+/// evenly, large enough that a dispatch call's fixed cost stays small.
+const CHUNK: usize = 256;
+
+/// Records as the reading thread hands them to every lane: their stored bytes, shared with the
+/// frames (or sled values) they were read in, not copied. The lanes and the reader decode them
+/// (records, then typed events) a chunk at a time: each first decodes the chunks no other took
+/// yet; a lane then dispatches every chunk in order, waiting where another thread is still
+/// decoding one. So decoding is spread over the threads instead of serialised on one, and done
+/// once.
+struct Batch {
+    stored: Vec<(u64, Stored)>,
+    chunks: Vec<OnceLock<Decoded>>,
+    taken: AtomicUsize,
+}
+
+/// A chunk decoded: its records and their typed events, or the first record that failed.
+type Decoded = std::result::Result<(Vec<Record>, Vec<Option<TypedEvent>>), RecordError>;
+
+impl Batch {
+    fn new(stored: Vec<(u64, Stored)>) -> Batch {
+        let chunks = (0..stored.len().div_ceil(CHUNK)).map(|_| OnceLock::new()).collect();
+        Batch { stored, chunks, taken: AtomicUsize::new(0) }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.stored.last().map_or(0, |(seq, _)| *seq)
+    }
+
+    /// Chunk `k`, decoded here unless another lane did or is doing it.
+    fn chunk(&self, k: usize, decoder: &Decoder) -> &Decoded {
+        self.chunks[k].get_or_init(|| {
+            let start = k * CHUNK;
+            let stored = &self.stored[start..self.stored.len().min(start + CHUNK)];
+            let records = stored
+                .iter()
+                .map(|(seq, stored)| Record::decode(*seq, stored))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let typed = records.iter().map(|r| decoder.typed(r)).collect();
+            Ok((records, typed))
+        })
+    }
+
+    /// Decodes the chunks no lane has taken yet.
+    fn help(&self, decoder: &Decoder) {
+        loop {
+            let k = self.taken.fetch_add(1, Ordering::Relaxed);
+            if k >= self.chunks.len() {
+                return;
+            }
+            self.chunk(k, decoder);
+        }
+    }
+}
 
 /// What a lane or the reader tells the thread that waits for them.
 enum LaneReport {
@@ -101,10 +161,11 @@ enum LaneReport {
 }
 
 /// Dispatches records `1..=until` into `store` (those after the store's positions), reporting
-/// (done, total) as batches are dispatched. One thread reads, checks and decodes records;
+/// (done, total) as batches are dispatched. One thread reads records and checks their frames;
 /// when only state is kept, each projection is dispatched on a thread of its own (a lane), since
 /// projections read and write only their own keys; otherwise one lane dispatches them all,
-/// because outputs and intents are numbered across the handlers of a record.
+/// because outputs and intents are numbered across the handlers of a record. The lanes decode
+/// the records (see [`Batch`]).
 pub(crate) fn dispatch_into(
     log: &Log,
     config: &EngineConfig,
@@ -139,18 +200,17 @@ pub(crate) fn dispatch_into(
         let (reporter, reports) = std::sync::mpsc::channel::<LaneReport>();
         let mut inputs = Vec::new();
         for (lane, dispatcher) in dispatchers.into_iter().enumerate() {
-            let (input, batches) = std::sync::mpsc::sync_channel::<Decoded>(READ_AHEAD);
+            let (input, batches) = std::sync::mpsc::sync_channel::<Arc<Batch>>(READ_AHEAD);
             inputs.push(input);
             let reporter = reporter.clone();
-            scope.spawn(move || run_lane(lane, dispatcher, &batches, &reporter));
+            let decoder = &decoder;
+            scope.spawn(move || run_lane(lane, dispatcher, decoder, &batches, &reporter));
         }
         let lanes = inputs.len();
         let reader = {
             let reporter = reporter.clone();
-            let (records, read) = std::sync::mpsc::sync_channel::<Vec<Record>>(READ_AHEAD);
             let decoder = &decoder;
-            scope.spawn(move || type_batches(decoder, &read, &inputs));
-            scope.spawn(move || read_batches(log, from, until, &records, &reporter))
+            scope.spawn(move || read_batches(log, decoder, from, until, &inputs, &reporter))
         };
         drop(reporter);
         // The first failure ends the wait; dropping `reports` and the lanes' inputs (the reader
@@ -176,19 +236,27 @@ fn stopped(what: &str) -> crate::ReplayError {
     crate::ReplayError::Engine(maestro_engine::error::EngineError::State(format!("{what} stopped without saying why")))
 }
 
-/// Dispatches every batch it is handed, then writes what is staged; stops at the first error
-/// (reported).
+/// Decodes (its share) and dispatches every batch it is handed, then writes what is staged;
+/// stops at the first error (reported).
 fn run_lane(
     lane: usize,
     mut dispatcher: Dispatcher,
-    batches: &std::sync::mpsc::Receiver<Decoded>,
+    decoder: &Decoder,
+    batches: &std::sync::mpsc::Receiver<Arc<Batch>>,
     reporter: &std::sync::mpsc::Sender<LaneReport>,
 ) {
+    let dispatch = |dispatcher: &mut Dispatcher, batch: &Batch| -> Result<()> {
+        batch.help(decoder);
+        for k in 0..batch.chunks.len() {
+            let (records, typed) = batch.chunk(k, decoder).as_ref().map_err(|e| EngineError::Record(e.clone()))?;
+            dispatcher.dispatch(records, Some(typed))?;
+        }
+        Ok(())
+    };
     for batch in batches {
-        let (records, typed) = batch.as_ref();
-        let report = match dispatcher.dispatch(records, Some(typed)) {
-            Ok(_) => LaneReport::Dispatched(lane, records.last().map_or(0, |r| r.seq)),
-            Err(error) => LaneReport::Failed(error.into()),
+        let report = match dispatch(&mut dispatcher, &batch) {
+            Ok(()) => LaneReport::Dispatched(lane, batch.last_seq()),
+            Err(error) => LaneReport::Failed(error),
         };
         let failed = matches!(report, LaneReport::Failed(_));
         if reporter.send(report).is_err() || failed {
@@ -201,45 +269,39 @@ fn run_lane(
     });
 }
 
-/// Gives each batch of records its typed events and hands it to every lane, until the reader is
-/// done or a lane hangs up. A thread of its own, so the reader only reads and checks: the typed
-/// decode of the entries' fields costs about as much as reading the records.
-fn type_batches(
-    decoder: &Decoder,
-    batches: &std::sync::mpsc::Receiver<Vec<Record>>,
-    lanes: &[std::sync::mpsc::SyncSender<Decoded>],
-) {
-    for records in batches {
-        let typed = records.iter().map(|r| decoder.typed(r)).collect();
-        let batch: Decoded = Arc::new((records, typed));
-        if lanes.iter().any(|lane| lane.send(batch.clone()).is_err()) {
-            return;
-        }
-    }
-}
-
-/// Reads records `from..=until` in batches, checked and decoded, and hands each on, until done,
-/// a read fails (reported) or the next stage hangs up. Returns how many records it handed over.
+/// Reads the stored records `from..=until` in batches (frames checked, records not decoded),
+/// hands each to every lane and helps decode it, until done, a read fails (reported) or a lane
+/// hangs up. Returns how many records it handed over.
 fn read_batches(
     log: &Log,
+    decoder: &Decoder,
     from: u64,
     until: u64,
-    next_stage: &std::sync::mpsc::SyncSender<Vec<Record>>,
+    lanes: &[std::sync::mpsc::SyncSender<Arc<Batch>>],
     reporter: &std::sync::mpsc::Sender<LaneReport>,
 ) -> u64 {
     let mut next = from;
     while next <= until {
         let last = until.min(next + BATCH - 1);
-        let records = match log.range(next, last).collect::<std::result::Result<Vec<_>, _>>() {
-            Ok(records) => records,
+        let stored = match log.stored_range(next, last).collect::<std::result::Result<Vec<_>, _>>() {
+            Ok(stored) => stored,
             Err(error) => {
                 let _ = reporter.send(LaneReport::Failed(error.into()));
                 break;
             }
         };
-        if next_stage.send(records).is_err() {
+        if (stored.len() as u64) < last - next + 1 {
+            let missing = next + stored.len() as u64;
+            let error = EngineError::Damaged(format!("record {missing}: missing (the log ends at {})", missing - 1));
+            let _ = reporter.send(LaneReport::Failed(error.into()));
             break;
         }
+        let batch = Arc::new(Batch::new(stored));
+        if lanes.iter().any(|lane| lane.send(batch.clone()).is_err()) {
+            break;
+        }
+        // Then a hand in decoding it, most useful when one lane dispatches everything.
+        batch.help(decoder);
         next = last + 1;
     }
     next - from

@@ -38,19 +38,6 @@ pub struct Rebuilt {
     _db: sled::Db,
 }
 
-/// Dispatches records `1..=until` of `log` to `handlers` into a fresh store under `scratch`,
-/// keeping what `keep` names besides state.
-pub fn rebuild(
-    log: &Log,
-    config: &EngineConfig,
-    handlers: Vec<Arc<dyn Handler>>,
-    until: u64,
-    keep: Keep,
-    scratch: &Path,
-) -> Result<Rebuilt> {
-    rebuild_from(log, config, handlers, until, keep, scratch, None)
-}
-
 /// A projection's state at a log position, to start a rebuild from instead of the log's start.
 #[derive(Debug)]
 pub struct Seed<'a> {
@@ -59,31 +46,73 @@ pub struct Seed<'a> {
     pub entries: maestro_engine::store::Entries,
 }
 
-/// Like [`rebuild`], but when `seed` is given, its projection starts from the seed's state and
-/// only records after its position are dispatched.
-pub fn rebuild_from(
-    log: &Log,
-    config: &EngineConfig,
+/// One replay: records of `log` up to `until`, decoded as `config` says, dispatched to
+/// `handlers`, keeping what `keep` names besides state; a seeded projection starts from the
+/// seed's state instead of the log's start.
+pub struct Replay<'a> {
+    log: &'a Log,
+    config: &'a EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,
     until: u64,
     keep: Keep,
-    scratch: &Path,
-    seed: Option<Seed<'_>>,
-) -> Result<Rebuilt> {
-    let db = sled::Config::new().path(scratch).cache_capacity(SCRATCH_CACHE_BYTES).open().map_err(engine_error)?;
-    // The scratch store keeps its value files in the scratch dir too, so nothing is written
-    // into the data dir.
-    let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?.knowing_its_keys();
-    if let Some(seed) = seed {
-        let mut pending = Pending::default();
-        for (key, value) in seed.entries {
-            store.stage(&mut pending, seed.projection, &key, Some(value))?;
-        }
-        pending.advance(seed.projection, seed.position);
-        store.load(pending)?;
+    seed: Option<Seed<'a>>,
+}
+
+impl std::fmt::Debug for Replay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handlers: Vec<&str> = self.handlers.iter().map(|h| h.name()).collect();
+        f.debug_struct("Replay")
+            .field("handlers", &handlers)
+            .field("until", &self.until)
+            .field("keep", &self.keep)
+            .field("seed", &self.seed.as_ref().map(|s| (s.projection, s.position)))
+            .finish_non_exhaustive()
     }
-    let records = dispatch_into(log, config, handlers, &store, until, keep, &|_, _| {})?;
-    Ok(Rebuilt { store, records, _db: db })
+}
+
+impl<'a> Replay<'a> {
+    /// Every record of `log` to `handlers`, state only.
+    pub fn new(log: &'a Log, config: &'a EngineConfig, handlers: Vec<Arc<dyn Handler>>) -> Replay<'a> {
+        Replay { log, config, handlers, until: u64::MAX, keep: Keep::STATE_ONLY, seed: None }
+    }
+
+    /// Up to seq `until` (the log's head at most).
+    pub fn until(self, until: u64) -> Replay<'a> {
+        Replay { until, ..self }
+    }
+
+    pub fn keeping(self, keep: Keep) -> Replay<'a> {
+        Replay { keep, ..self }
+    }
+
+    /// The seed's projection starts from its state, at its position.
+    pub fn seeded(self, seed: Seed<'a>) -> Replay<'a> {
+        Replay { seed: Some(seed), ..self }
+    }
+
+    /// Replays into a fresh store in its own sled database under `scratch`.
+    pub fn rebuild(self, scratch: &Path) -> Result<Rebuilt> {
+        let db = sled::Config::new().path(scratch).cache_capacity(SCRATCH_CACHE_BYTES).open().map_err(engine_error)?;
+        // The scratch store keeps its value files in the scratch dir too, so nothing is written
+        // into the data dir.
+        let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?.knowing_its_keys();
+        let records = self.into_store(&store, &|_, _| {})?;
+        Ok(Rebuilt { store, records, _db: db })
+    }
+
+    /// Replays into `store` (the records after its positions, the seed loaded first),
+    /// reporting (done, total) as batches are dispatched. Returns how many records were read.
+    pub fn into_store(mut self, store: &Store, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+        if let Some(seed) = self.seed.take() {
+            let mut pending = Pending::default();
+            for (key, value) in seed.entries {
+                store.stage(&mut pending, seed.projection, &key, Some(value))?;
+            }
+            pending.advance(seed.projection, seed.position);
+            store.load(pending)?;
+        }
+        dispatch_into(self, store, progress)
+    }
 }
 
 /// Staged changes a rebuild holds before it writes them, shared among its lanes. Measured on
@@ -160,21 +189,14 @@ enum LaneReport {
     Failed(crate::ReplayError),
 }
 
-/// Dispatches records `1..=until` into `store` (those after the store's positions), reporting
+/// Dispatches the replay's records into `store` (those after the store's positions), reporting
 /// (done, total) as batches are dispatched. One thread reads records and checks their frames;
 /// when only state is kept, each projection is dispatched on a thread of its own (a lane), since
 /// projections read and write only their own keys; otherwise one lane dispatches them all,
-/// because outputs and intents are numbered across the handlers of a record. The lanes decode
-/// the records (see [`Batch`]).
-pub(crate) fn dispatch_into(
-    log: &Log,
-    config: &EngineConfig,
-    handlers: Vec<Arc<dyn Handler>>,
-    store: &Store,
-    until: u64,
-    keep: Keep,
-    progress: &dyn Fn(u64, u64),
-) -> Result<u64> {
+/// because outputs and intents are numbered across the handlers of a record. The lanes and the
+/// reader decode the records (see [`Batch`]).
+fn dispatch_into(replay: Replay<'_>, store: &Store, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+    let Replay { log, config, handlers, until, keep, seed: _ } = replay;
     let stamp = OutputStamp { origin: "maestro-replay".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let lanes: Vec<Vec<Arc<dyn Handler>>> =
@@ -338,7 +360,7 @@ pub fn rebuild_in_place(
     // rebuild's own (measured: 378-385 MiB peak against 352-360).
     let before: Vec<_> = names.iter().map(|name| live.scan_digest(name).ok().map(|d| d.to_bytes())).collect();
     let next = Store::next_generation(db, log.value_files())?;
-    dispatch_into(log, config, handlers, &next, until, Keep::STATE_ONLY, progress)?;
+    Replay::new(log, config, handlers).until(until).into_store(&next, progress)?;
     let outcome = names
         .iter()
         .zip(before)
@@ -388,7 +410,7 @@ pub fn replay_equals_live(
         position = position.min(live.position(handler.name())?);
     }
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
-    let rebuilt = rebuild(log, config, handlers, position, Keep::STATE_ONLY, scratch)?;
+    let rebuilt = Replay::new(log, config, handlers).until(position).rebuild(scratch)?;
     names
         .into_iter()
         .map(|name| {
@@ -407,13 +429,18 @@ pub fn replay_equals_live(
 /// Writes the template history of a store rebuilt with [`Keep::INTENTS`] into a fresh bare repository at `into` and
 /// returns its branch heads.
 pub fn history(rebuilt: &Rebuilt, into: &Path) -> Result<Vec<(String, String)>> {
-    let git = GitHistory::open(into).map_err(|e| crate::ReplayError::History(e.to_string()))?;
-    let mut effects = Effects::new(vec![Box::new(git)]);
-    let report = effects.run_pending(&rebuilt.store)?;
-    if let Some((id, reason)) = report.failed {
-        return Err(crate::ReplayError::History(format!("commit {id}: {reason}")));
-    }
+    write_history(&rebuilt.store, into)?;
     heads(into)
+}
+
+/// Runs the history commits `store` holds as pending intents into the repository at `repo`.
+pub(crate) fn write_history(store: &Store, repo: &Path) -> Result<()> {
+    let git = GitHistory::open(repo).map_err(|e| crate::ReplayError::History(e.to_string()))?;
+    let report = Effects::new(vec![Box::new(git)]).run_pending(store)?;
+    match report.failed {
+        Some((id, reason)) => Err(crate::ReplayError::History(format!("commit {id}: {reason}"))),
+        None => Ok(()),
+    }
 }
 
 /// The branch heads of a history repository.
@@ -470,9 +497,9 @@ mod tests {
         let log = log_of(dir.path(), &config, 3 * BATCH + 100);
         let scratch = tempfile::tempdir().unwrap();
         let head = log.head_seq();
-        let one = rebuild(&log, &config, handlers(&config), head, Keep::INTENTS, &scratch.path().join("one")).unwrap();
-        let lanes =
-            rebuild(&log, &config, handlers(&config), head, Keep::STATE_ONLY, &scratch.path().join("lanes")).unwrap();
+        let replay = || Replay::new(&log, &config, handlers(&config)).until(head);
+        let one = replay().keeping(Keep::INTENTS).rebuild(&scratch.path().join("one")).unwrap();
+        let lanes = replay().rebuild(&scratch.path().join("lanes")).unwrap();
         assert_eq!(lanes.records, head);
         for handler in handlers(&config) {
             let name = handler.name();
@@ -488,9 +515,7 @@ mod tests {
         let mut stored = log.db().get(key).unwrap().unwrap().to_vec();
         stored[12] ^= 1;
         log.db().insert(key, stored).unwrap();
-        let error = rebuild(&log, &config, handlers(&config), head, Keep::STATE_ONLY, &scratch.path().join("damaged"))
-            .unwrap_err()
-            .to_string();
+        let error = replay().rebuild(&scratch.path().join("damaged")).unwrap_err().to_string();
         assert!(error.contains(&format!("record {damaged}: checksum mismatch")), "{error}");
         let error = rebuild_in_place(&log, &config, handlers(&config), &|_, _| {}).unwrap_err().to_string();
         assert!(error.contains(&format!("record {damaged}")), "{error}");

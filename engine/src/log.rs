@@ -614,6 +614,20 @@ mod tests {
         assert!(err.contains("record 8: missing") && err.contains("head anchor records seq 10"), "{err}");
     }
 
+    /// A record rewritten whole (its checksum right) but naming another predecessor is caught
+    /// by the chain alone.
+    #[test]
+    fn a_record_naming_the_wrong_predecessor_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = Log::open(tmp.path(), 1 << 20).unwrap();
+        log.append((1..=10).map(|ms| entry("a", ms)).collect()).unwrap();
+        let mut record = log.read(6).unwrap().unwrap();
+        record.prev_hash[0] ^= 1;
+        log.db.insert(log_key(6), record.encode().unwrap()).unwrap();
+        let err = log.verify(1, 10).unwrap_err().to_string();
+        assert!(err.contains("record 6: chain broken"), "{err}");
+    }
+
     #[test]
     fn a_removed_record_is_named() {
         let tmp = tempfile::tempdir().unwrap();

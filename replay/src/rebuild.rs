@@ -123,7 +123,7 @@ impl<'a> Replay<'a> {
 const LOAD_BYTES: usize = 32 << 20;
 
 /// Read-ahead between the thread that reads the log and the lanes.
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 2;
 
 /// Records a lane decodes at once: small enough that the lanes share a batch's decoding
 /// evenly, large enough that a dispatch call's fixed cost stays small.

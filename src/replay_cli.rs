@@ -340,7 +340,8 @@ pub fn history(config: ConfigArgs, into: PathBuf) -> anyhow::Result<()> {
         .filter(|h| h.name() == maestro_handlers::templates::handler::NAME)
         .collect();
     let keep = maestro_engine::dispatch::Keep::INTENTS;
-    let rebuilt = maestro_replay::rebuild::rebuild(&log, &config, templates, u64::MAX, keep, scratch.path())?;
+    let rebuilt =
+        maestro_replay::rebuild::Replay::new(&log, &config, templates).keeping(keep).rebuild(scratch.path())?;
     let heads = maestro_replay::rebuild::history(&rebuilt, &into)?;
     let live_dir = config.data_dir.join(maestro_effects::HISTORY_DIR);
     let live = if live_dir.exists() { maestro_replay::rebuild::heads(&live_dir)? } else { Vec::new() };

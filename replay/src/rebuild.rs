@@ -9,18 +9,25 @@ use maestro_effects::git::GitHistory;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::dispatch::{DISPATCHER, Decoder, Dispatcher, Keep, OutputStamp};
 use maestro_engine::effects::Effects;
+use maestro_engine::error::EngineError;
 use maestro_engine::log::Log;
 use maestro_engine::log::VALUE_FILES_DIR;
+use maestro_engine::segments::Stored;
 use maestro_engine::store::{Pending, Store};
 use maestro_engine::value_files::ValueFiles;
 use maestro_handlers::Handler;
-use maestro_schemas::record::hex;
+use maestro_schemas::record::{RecordError, hex};
 use maestro_schemas::{Record, TypedEvent};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
-/// Records read, decoded and handed to the dispatching thread at once.
+/// Records read and handed to the lanes at once.
 const BATCH: u64 = 4096;
+
+/// The scratch store's sled cache: the staged changes ([`LOAD_BYTES`]) already hold what a
+/// rebuild writes and reads back soonest, and every MiB of cache adds to its peak.
+const SCRATCH_CACHE_BYTES: u64 = 24 << 20;
 
 /// A scratch store rebuilt from a log, in its own sled database.
 #[derive(Debug)]
@@ -28,19 +35,6 @@ pub struct Rebuilt {
     pub store: Store,
     pub records: u64,
     _db: sled::Db,
-}
-
-/// Dispatches records `1..=until` of `log` to `handlers` into a fresh store under `scratch`,
-/// keeping what `keep` names besides state.
-pub fn rebuild(
-    log: &Log,
-    config: &EngineConfig,
-    handlers: Vec<Arc<dyn Handler>>,
-    until: u64,
-    keep: Keep,
-    scratch: &Path,
-) -> Result<Rebuilt> {
-    rebuild_from(log, config, handlers, until, keep, scratch, None)
 }
 
 /// A projection's state at a log position, to start a rebuild from instead of the log's start.
@@ -51,31 +45,73 @@ pub struct Seed<'a> {
     pub entries: maestro_engine::store::Entries,
 }
 
-/// Like [`rebuild`], but when `seed` is given, its projection starts from the seed's state and
-/// only records after its position are dispatched.
-pub fn rebuild_from(
-    log: &Log,
-    config: &EngineConfig,
+/// One replay: records of `log` up to `until`, decoded as `config` says, dispatched to
+/// `handlers`, keeping what `keep` names besides state; a seeded projection starts from the
+/// seed's state instead of the log's start.
+pub struct Replay<'a> {
+    log: &'a Log,
+    config: &'a EngineConfig,
     handlers: Vec<Arc<dyn Handler>>,
     until: u64,
     keep: Keep,
-    scratch: &Path,
-    seed: Option<Seed<'_>>,
-) -> Result<Rebuilt> {
-    let db = sled::Config::new().path(scratch).cache_capacity(64 << 20).open().map_err(engine_error)?;
-    // The scratch store keeps its value files in the scratch dir too, so nothing is written
-    // into the data dir.
-    let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?.knowing_its_keys();
-    if let Some(seed) = seed {
-        let mut pending = Pending::default();
-        for (key, value) in seed.entries {
-            store.stage(&mut pending, seed.projection, &key, Some(value))?;
-        }
-        pending.advance(seed.projection, seed.position);
-        store.load(pending)?;
+    seed: Option<Seed<'a>>,
+}
+
+impl std::fmt::Debug for Replay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handlers: Vec<&str> = self.handlers.iter().map(|h| h.name()).collect();
+        f.debug_struct("Replay")
+            .field("handlers", &handlers)
+            .field("until", &self.until)
+            .field("keep", &self.keep)
+            .field("seed", &self.seed.as_ref().map(|s| (s.projection, s.position)))
+            .finish_non_exhaustive()
     }
-    let records = dispatch_into(log, config, handlers, &store, until, keep, &|_, _| {})?;
-    Ok(Rebuilt { store, records, _db: db })
+}
+
+impl<'a> Replay<'a> {
+    /// Every record of `log` to `handlers`, state only.
+    pub fn new(log: &'a Log, config: &'a EngineConfig, handlers: Vec<Arc<dyn Handler>>) -> Replay<'a> {
+        Replay { log, config, handlers, until: u64::MAX, keep: Keep::STATE_ONLY, seed: None }
+    }
+
+    /// Up to seq `until` (the log's head at most).
+    pub fn until(self, until: u64) -> Replay<'a> {
+        Replay { until, ..self }
+    }
+
+    pub fn keeping(self, keep: Keep) -> Replay<'a> {
+        Replay { keep, ..self }
+    }
+
+    /// The seed's projection starts from its state, at its position.
+    pub fn seeded(self, seed: Seed<'a>) -> Replay<'a> {
+        Replay { seed: Some(seed), ..self }
+    }
+
+    /// Replays into a fresh store in its own sled database under `scratch`.
+    pub fn rebuild(self, scratch: &Path) -> Result<Rebuilt> {
+        let db = sled::Config::new().path(scratch).cache_capacity(SCRATCH_CACHE_BYTES).open().map_err(engine_error)?;
+        // The scratch store keeps its value files in the scratch dir too, so nothing is written
+        // into the data dir.
+        let store = Store::open(&db, ValueFiles::new(scratch.join(VALUE_FILES_DIR)))?.knowing_its_keys();
+        let records = self.into_store(&store, &|_, _| {})?;
+        Ok(Rebuilt { store, records, _db: db })
+    }
+
+    /// Replays into `store` (the records after its positions, the seed loaded first),
+    /// reporting (done, total) as batches are dispatched. Returns how many records were read.
+    pub fn into_store(mut self, store: &Store, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+        if let Some(seed) = self.seed.take() {
+            let mut pending = Pending::default();
+            for (key, value) in seed.entries {
+                store.stage(&mut pending, seed.projection, &key, Some(value))?;
+            }
+            pending.advance(seed.projection, seed.position);
+            store.load(pending)?;
+        }
+        dispatch_into(self, store, progress)
+    }
 }
 
 /// Staged changes a rebuild holds before it writes them, shared among its lanes. Measured on
@@ -85,11 +121,65 @@ pub fn rebuild_from(
 /// about 40 MiB.
 const LOAD_BYTES: usize = 32 << 20;
 
-/// Read-ahead between the thread that reads and decodes the log and those that dispatch.
-const READ_AHEAD: usize = 4;
+/// Read-ahead between the thread that reads the log and the lanes. Every batch in flight is
+/// decoded whole, so more read-ahead raises the peak (four: 277-283 MiB against 243-251 on the
+/// 200k-record bench log) while the lanes still wait for the slowest.
+const READ_AHEAD: usize = 2;
 
-/// Records and their typed events, as the reading thread hands them over (to every lane).
-type Decoded = Arc<(Vec<Record>, Vec<Option<TypedEvent>>)>;
+/// Records a lane decodes at once: small enough that the lanes share a batch's decoding
+/// evenly, large enough that a dispatch call's fixed cost stays small.
+const CHUNK: usize = 256;
+
+/// Records as the reading thread hands them to every lane: their stored bytes, shared with the
+/// frames (or sled values) they were read in, not copied. The lanes and the reader decode them
+/// (records, then typed events) a chunk at a time: each first decodes the chunks no other took
+/// yet; a lane then dispatches every chunk in order, waiting where another thread is still
+/// decoding one. So decoding is spread over the threads instead of serialised on one, and done
+/// once.
+struct Batch {
+    stored: Vec<(u64, Stored)>,
+    chunks: Vec<OnceLock<Decoded>>,
+    taken: AtomicUsize,
+}
+
+/// A chunk decoded: its records and their typed events, or the first record that failed.
+type Decoded = std::result::Result<(Vec<Record>, Vec<Option<TypedEvent>>), RecordError>;
+
+impl Batch {
+    fn new(stored: Vec<(u64, Stored)>) -> Batch {
+        let chunks = (0..stored.len().div_ceil(CHUNK)).map(|_| OnceLock::new()).collect();
+        Batch { stored, chunks, taken: AtomicUsize::new(0) }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.stored.last().map_or(0, |(seq, _)| *seq)
+    }
+
+    /// Chunk `k`, decoded here unless another lane did or is doing it.
+    fn chunk(&self, k: usize, decoder: &Decoder) -> &Decoded {
+        self.chunks[k].get_or_init(|| {
+            let start = k * CHUNK;
+            let stored = &self.stored[start..self.stored.len().min(start + CHUNK)];
+            let records = stored
+                .iter()
+                .map(|(seq, stored)| Record::decode(*seq, stored))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let typed = records.iter().map(|r| decoder.typed(r)).collect();
+            Ok((records, typed))
+        })
+    }
+
+    /// Decodes the chunks no lane has taken yet.
+    fn help(&self, decoder: &Decoder) {
+        loop {
+            let k = self.taken.fetch_add(1, Ordering::Relaxed);
+            if k >= self.chunks.len() {
+                return;
+            }
+            self.chunk(k, decoder);
+        }
+    }
+}
 
 /// What a lane or the reader tells the thread that waits for them.
 enum LaneReport {
@@ -100,20 +190,14 @@ enum LaneReport {
     Failed(crate::ReplayError),
 }
 
-/// Dispatches records `1..=until` into `store` (those after the store's positions), reporting
-/// (done, total) as batches are dispatched. One thread reads, checks and decodes records;
+/// Dispatches the replay's records into `store` (those after the store's positions), reporting
+/// (done, total) as batches are dispatched. One thread reads records and checks their frames;
 /// when only state is kept, each projection is dispatched on a thread of its own (a lane), since
 /// projections read and write only their own keys; otherwise one lane dispatches them all,
-/// because outputs and intents are numbered across the handlers of a record.
-pub(crate) fn dispatch_into(
-    log: &Log,
-    config: &EngineConfig,
-    handlers: Vec<Arc<dyn Handler>>,
-    store: &Store,
-    until: u64,
-    keep: Keep,
-    progress: &dyn Fn(u64, u64),
-) -> Result<u64> {
+/// because outputs and intents are numbered across the handlers of a record. The lanes and the
+/// reader decode the records (see [`Batch`]).
+fn dispatch_into(replay: Replay<'_>, store: &Store, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+    let Replay { log, config, handlers, until, keep, seed: _ } = replay;
     let stamp = OutputStamp { origin: "maestro-replay".into(), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let lanes: Vec<Vec<Arc<dyn Handler>>> =
@@ -139,18 +223,17 @@ pub(crate) fn dispatch_into(
         let (reporter, reports) = std::sync::mpsc::channel::<LaneReport>();
         let mut inputs = Vec::new();
         for (lane, dispatcher) in dispatchers.into_iter().enumerate() {
-            let (input, batches) = std::sync::mpsc::sync_channel::<Decoded>(READ_AHEAD);
+            let (input, batches) = std::sync::mpsc::sync_channel::<Arc<Batch>>(READ_AHEAD);
             inputs.push(input);
             let reporter = reporter.clone();
-            scope.spawn(move || run_lane(lane, dispatcher, &batches, &reporter));
+            let decoder = &decoder;
+            scope.spawn(move || run_lane(lane, dispatcher, decoder, &batches, &reporter));
         }
         let lanes = inputs.len();
         let reader = {
             let reporter = reporter.clone();
-            let (records, read) = std::sync::mpsc::sync_channel::<Vec<Record>>(READ_AHEAD);
             let decoder = &decoder;
-            scope.spawn(move || type_batches(decoder, &read, &inputs));
-            scope.spawn(move || read_batches(log, from, until, &records, &reporter))
+            scope.spawn(move || read_batches(log, decoder, from, until, &inputs, &reporter))
         };
         drop(reporter);
         // The first failure ends the wait; dropping `reports` and the lanes' inputs (the reader
@@ -176,19 +259,27 @@ fn stopped(what: &str) -> crate::ReplayError {
     crate::ReplayError::Engine(maestro_engine::error::EngineError::State(format!("{what} stopped without saying why")))
 }
 
-/// Dispatches every batch it is handed, then writes what is staged; stops at the first error
-/// (reported).
+/// Decodes (its share) and dispatches every batch it is handed, then writes what is staged;
+/// stops at the first error (reported).
 fn run_lane(
     lane: usize,
     mut dispatcher: Dispatcher,
-    batches: &std::sync::mpsc::Receiver<Decoded>,
+    decoder: &Decoder,
+    batches: &std::sync::mpsc::Receiver<Arc<Batch>>,
     reporter: &std::sync::mpsc::Sender<LaneReport>,
 ) {
+    let dispatch = |dispatcher: &mut Dispatcher, batch: &Batch| -> Result<()> {
+        batch.help(decoder);
+        for k in 0..batch.chunks.len() {
+            let (records, typed) = batch.chunk(k, decoder).as_ref().map_err(|e| EngineError::Record(e.clone()))?;
+            dispatcher.dispatch(records, Some(typed))?;
+        }
+        Ok(())
+    };
     for batch in batches {
-        let (records, typed) = batch.as_ref();
-        let report = match dispatcher.dispatch(records, Some(typed)) {
-            Ok(_) => LaneReport::Dispatched(lane, records.last().map_or(0, |r| r.seq)),
-            Err(error) => LaneReport::Failed(error.into()),
+        let report = match dispatch(&mut dispatcher, &batch) {
+            Ok(()) => LaneReport::Dispatched(lane, batch.last_seq()),
+            Err(error) => LaneReport::Failed(error),
         };
         let failed = matches!(report, LaneReport::Failed(_));
         if reporter.send(report).is_err() || failed {
@@ -201,45 +292,39 @@ fn run_lane(
     });
 }
 
-/// Gives each batch of records its typed events and hands it to every lane, until the reader is
-/// done or a lane hangs up. A thread of its own, so the reader only reads and checks: the typed
-/// decode of the entries' fields costs about as much as reading the records.
-fn type_batches(
-    decoder: &Decoder,
-    batches: &std::sync::mpsc::Receiver<Vec<Record>>,
-    lanes: &[std::sync::mpsc::SyncSender<Decoded>],
-) {
-    for records in batches {
-        let typed = records.iter().map(|r| decoder.typed(r)).collect();
-        let batch: Decoded = Arc::new((records, typed));
-        if lanes.iter().any(|lane| lane.send(batch.clone()).is_err()) {
-            return;
-        }
-    }
-}
-
-/// Reads records `from..=until` in batches, checked and decoded, and hands each on, until done,
-/// a read fails (reported) or the next stage hangs up. Returns how many records it handed over.
+/// Reads the stored records `from..=until` in batches (frames checked, records not decoded),
+/// hands each to every lane and helps decode it, until done, a read fails (reported) or a lane
+/// hangs up. Returns how many records it handed over.
 fn read_batches(
     log: &Log,
+    decoder: &Decoder,
     from: u64,
     until: u64,
-    next_stage: &std::sync::mpsc::SyncSender<Vec<Record>>,
+    lanes: &[std::sync::mpsc::SyncSender<Arc<Batch>>],
     reporter: &std::sync::mpsc::Sender<LaneReport>,
 ) -> u64 {
     let mut next = from;
     while next <= until {
         let last = until.min(next + BATCH - 1);
-        let records = match log.range(next, last).collect::<std::result::Result<Vec<_>, _>>() {
-            Ok(records) => records,
+        let stored = match log.stored_range(next, last).collect::<std::result::Result<Vec<_>, _>>() {
+            Ok(stored) => stored,
             Err(error) => {
                 let _ = reporter.send(LaneReport::Failed(error.into()));
                 break;
             }
         };
-        if next_stage.send(records).is_err() {
+        if (stored.len() as u64) < last - next + 1 {
+            let missing = next + stored.len() as u64;
+            let error = EngineError::Damaged(format!("record {missing}: missing (the log ends at {})", missing - 1));
+            let _ = reporter.send(LaneReport::Failed(error.into()));
             break;
         }
+        let batch = Arc::new(Batch::new(stored));
+        if lanes.iter().any(|lane| lane.send(batch.clone()).is_err()) {
+            break;
+        }
+        // Then a hand in decoding it, most useful when one lane dispatches everything.
+        batch.help(decoder);
         next = last + 1;
     }
     next - from
@@ -276,7 +361,7 @@ pub fn rebuild_in_place(
     // rebuild's own (measured: 378-385 MiB peak against 352-360).
     let before: Vec<_> = names.iter().map(|name| live.scan_digest(name).ok().map(|d| d.to_bytes())).collect();
     let next = Store::next_generation(db, log.value_files())?;
-    dispatch_into(log, config, handlers, &next, until, Keep::STATE_ONLY, progress)?;
+    Replay::new(log, config, handlers).until(until).into_store(&next, progress)?;
     let outcome = names
         .iter()
         .zip(before)
@@ -326,7 +411,7 @@ pub fn replay_equals_live(
         position = position.min(live.position(handler.name())?);
     }
     let names: Vec<&'static str> = handlers.iter().map(|h| h.name()).collect();
-    let rebuilt = rebuild(log, config, handlers, position, Keep::STATE_ONLY, scratch)?;
+    let rebuilt = Replay::new(log, config, handlers).until(position).rebuild(scratch)?;
     names
         .into_iter()
         .map(|name| {
@@ -345,13 +430,18 @@ pub fn replay_equals_live(
 /// Writes the template history of a store rebuilt with [`Keep::INTENTS`] into a fresh bare repository at `into` and
 /// returns its branch heads.
 pub fn history(rebuilt: &Rebuilt, into: &Path) -> Result<Vec<(String, String)>> {
-    let git = GitHistory::open(into).map_err(|e| crate::ReplayError::History(e.to_string()))?;
-    let mut effects = Effects::new(vec![Box::new(git)]);
-    let report = effects.run_pending(&rebuilt.store)?;
-    if let Some((id, reason)) = report.failed {
-        return Err(crate::ReplayError::History(format!("commit {id}: {reason}")));
-    }
+    write_history(&rebuilt.store, into)?;
     heads(into)
+}
+
+/// Runs the history commits `store` holds as pending intents into the repository at `repo`.
+pub(crate) fn write_history(store: &Store, repo: &Path) -> Result<()> {
+    let git = GitHistory::open(repo).map_err(|e| crate::ReplayError::History(e.to_string()))?;
+    let report = Effects::new(vec![Box::new(git)]).run_pending(store)?;
+    match report.failed {
+        Some((id, reason)) => Err(crate::ReplayError::History(format!("commit {id}: {reason}"))),
+        None => Ok(()),
+    }
 }
 
 /// The branch heads of a history repository.
@@ -408,9 +498,9 @@ mod tests {
         let log = log_of(dir.path(), &config, 3 * BATCH + 100);
         let scratch = tempfile::tempdir().unwrap();
         let head = log.head_seq();
-        let one = rebuild(&log, &config, handlers(&config), head, Keep::INTENTS, &scratch.path().join("one")).unwrap();
-        let lanes =
-            rebuild(&log, &config, handlers(&config), head, Keep::STATE_ONLY, &scratch.path().join("lanes")).unwrap();
+        let replay = || Replay::new(&log, &config, handlers(&config)).until(head);
+        let one = replay().keeping(Keep::INTENTS).rebuild(&scratch.path().join("one")).unwrap();
+        let lanes = replay().rebuild(&scratch.path().join("lanes")).unwrap();
         assert_eq!(lanes.records, head);
         for handler in handlers(&config) {
             let name = handler.name();
@@ -426,9 +516,7 @@ mod tests {
         let mut stored = log.db().get(key).unwrap().unwrap().to_vec();
         stored[12] ^= 1;
         log.db().insert(key, stored).unwrap();
-        let error = rebuild(&log, &config, handlers(&config), head, Keep::STATE_ONLY, &scratch.path().join("damaged"))
-            .unwrap_err()
-            .to_string();
+        let error = replay().rebuild(&scratch.path().join("damaged")).unwrap_err().to_string();
         assert!(error.contains(&format!("record {damaged}: checksum mismatch")), "{error}");
         let error = rebuild_in_place(&log, &config, handlers(&config), &|_, _| {}).unwrap_err().to_string();
         assert!(error.contains(&format!("record {damaged}")), "{error}");

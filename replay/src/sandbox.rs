@@ -2,13 +2,11 @@
 //! there (projections and template history), to be compared with the live state.
 
 use crate::Result;
-use crate::rebuild::dispatch_into;
+use crate::rebuild::{Replay, write_history};
 use maestro_effects::HISTORY_DIR;
-use maestro_effects::git::GitHistory;
 use maestro_engine::config::EngineConfig;
 use maestro_engine::datadir::DataDir;
 use maestro_engine::dispatch::Keep;
-use maestro_engine::effects::Effects;
 use maestro_engine::log::{Log, NewRecord};
 use maestro_handlers::Handler;
 use maestro_schemas::Body;
@@ -54,12 +52,7 @@ pub fn sandbox(
     }
     records += log.append(batch)?.len() as u64;
     let store = log.store()?;
-    dispatch_into(&log, config, handlers, &store, log.head_seq(), Keep::INTENTS, &|_, _| {})?;
-    let git =
-        GitHistory::open(&dir.path().join(HISTORY_DIR)).map_err(|e| crate::ReplayError::History(e.to_string()))?;
-    let report = Effects::new(vec![Box::new(git)]).run_pending(&store)?;
-    if let Some((id, reason)) = report.failed {
-        return Err(crate::ReplayError::History(format!("commit {id}: {reason}")));
-    }
+    Replay::new(&log, config, handlers).keeping(Keep::INTENTS).into_store(&store, &|_, _| {})?;
+    write_history(&store, &dir.path().join(HISTORY_DIR))?;
     Ok(Sandbox { dir, log, records })
 }

@@ -2,9 +2,8 @@
 //! states, and the records that produced a key: `maestro replay state`, `diff`, `explain`.
 
 use crate::Result;
-use crate::rebuild::{Seed, rebuild, rebuild_from};
+use crate::rebuild::{Replay, Seed};
 use maestro_engine::config::EngineConfig;
-use maestro_engine::dispatch::Keep;
 use maestro_engine::log::Log;
 use maestro_handlers::{Change, Decision, Event, Handler, HandlerError, StateView};
 use maestro_schemas::Body;
@@ -191,11 +190,11 @@ pub fn state_at(
             return Ok((Snapshot { projection: name.to_string(), seq, entries }, StateSource::Live { at, tail: 0 }));
         }
         let seed = Seed { projection: name, position: at, entries };
-        let rebuilt = rebuild_from(log, config, vec![handler], seq, Keep::STATE_ONLY, scratch, Some(seed))?;
+        let rebuilt = Replay::new(log, config, vec![handler]).until(seq).seeded(seed).rebuild(scratch)?;
         let snapshot = Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? };
         return Ok((snapshot, StateSource::Live { at, tail: rebuilt.records }));
     }
-    let rebuilt = rebuild(log, config, vec![handler], seq, Keep::STATE_ONLY, scratch)?;
+    let rebuilt = Replay::new(log, config, vec![handler]).until(seq).rebuild(scratch)?;
     Ok((Snapshot { projection: name.to_string(), seq, entries: rebuilt.store.entries(name)? }, StateSource::Log))
 }
 
@@ -289,7 +288,7 @@ pub fn explain(
     let name = handler.name();
     let tracing = Arc::new(Tracing { inner: handler, key: key.to_vec(), seen: Mutex::new(Vec::new()) });
     let handlers = vec![tracing.clone() as Arc<dyn Handler>];
-    let rebuilt = rebuild(log, config, handlers, seq, Keep::STATE_ONLY, scratch)?;
+    let rebuilt = Replay::new(log, config, handlers).until(seq).rebuild(scratch)?;
     let current = rebuilt.store.entries(name)?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let seen = std::mem::take(&mut *tracing.seen.lock().unwrap_or_else(PoisonError::into_inner));
     Ok((seen, current))

@@ -59,6 +59,59 @@ pub enum Body {
 /// names of earlier builds, so their records decode unchanged.)
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Reads [`Fields`] with each name and value taken as one byte string, where serde's default
+/// for a `Vec<u8>` reads it a byte at a time (a call per byte of every entry). bincode writes
+/// the two alike (a length, then the bytes), so stored records decode unchanged.
+fn deserialize_fields<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Fields;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a sequence of (name, value) byte strings")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Fields, A::Error> {
+            let mut fields = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some((ByteBuf(name), ByteBuf(value))) = seq.next_element()? {
+                fields.push((name, value));
+            }
+            Ok(fields)
+        }
+    }
+    deserializer.deserialize_seq(Pairs)
+}
+
+/// A byte string read whole (see [`deserialize_fields`]).
+struct ByteBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ByteBuf, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(bytes.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(bytes))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(text.as_bytes().to_vec()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(byte) = seq.next_element()? {
+                    bytes.push(byte);
+                }
+                Ok(ByteBuf(bytes))
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes)
+    }
+}
+
 /// A stream entry as read from Redis.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -68,6 +121,7 @@ pub struct Entry {
     pub id: EntryId,
     /// The raw field/value pairs in Redis order. Empty for an entry rejected as too large: its
     /// payload is not copied anywhere.
+    #[serde(deserialize_with = "deserialize_fields")]
     pub fields: Fields,
     /// How the engine took the entry.
     pub status: Status,
@@ -137,7 +191,7 @@ impl Entry {
 }
 
 /// Why stored bytes are not a valid record.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("record {seq}: shorter than its checksum ({len} bytes)")]
     Truncated { seq: u64, len: usize },
@@ -180,6 +234,36 @@ pub fn hex(bytes: &[u8]) -> String {
     ::hex::encode(bytes)
 }
 
+/// The body of stored bytes found under `seq`, once their checksum is checked.
+fn checked_body(seq: u64, stored: &[u8]) -> Result<&[u8], RecordError> {
+    let (crc, body) = stored.split_first_chunk::<4>().ok_or(RecordError::Truncated { seq, len: stored.len() })?;
+    let stored_crc = u32::from_le_bytes(*crc);
+    let computed = crc32fast::hash(body);
+    if stored_crc != computed {
+        return Err(RecordError::Checksum { seq, stored: stored_crc, computed });
+    }
+    Ok(body)
+}
+
+/// Checks a decoded record's format and the seq it says it has.
+fn check_header(seq: u64, format: u16, claimed: u64) -> Result<(), RecordError> {
+    if format > RECORD_FORMAT {
+        return Err(RecordError::FutureFormat { seq, format });
+    }
+    if claimed != seq {
+        return Err(RecordError::WrongSeq { seq, claimed });
+    }
+    Ok(())
+}
+
+fn check_chain(seq: u64, prev_hash: &[u8; 32], expected: &[u8; 32]) -> Result<(), RecordError> {
+    if prev_hash == expected {
+        Ok(())
+    } else {
+        Err(RecordError::Chain { seq, expected: hex(expected), found: hex(prev_hash) })
+    }
+}
+
 impl Record {
     /// Encodes the record as stored bytes (checksum + body).
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
@@ -193,29 +277,15 @@ impl Record {
     /// Decodes stored bytes found under `seq`, checking the checksum, the format and the seq.
     /// The chain is checked by the caller, who knows the predecessor.
     pub fn decode(seq: u64, stored: &[u8]) -> Result<Record, RecordError> {
-        let (crc, body) = stored.split_first_chunk::<4>().ok_or(RecordError::Truncated { seq, len: stored.len() })?;
-        let stored_crc = u32::from_le_bytes(*crc);
-        let computed = crc32fast::hash(body);
-        if stored_crc != computed {
-            return Err(RecordError::Checksum { seq, stored: stored_crc, computed });
-        }
-        let record: Record = codec::decode(body).map_err(|e| RecordError::Body { seq, detail: e.to_string() })?;
-        if record.format > RECORD_FORMAT {
-            return Err(RecordError::FutureFormat { seq, format: record.format });
-        }
-        if record.seq != seq {
-            return Err(RecordError::WrongSeq { seq, claimed: record.seq });
-        }
+        let record: Record =
+            codec::decode(checked_body(seq, stored)?).map_err(|e| RecordError::Body { seq, detail: e.to_string() })?;
+        check_header(seq, record.format, record.seq)?;
         Ok(record)
     }
 
     /// Checks that this record names `expected` as its predecessor's hash.
     pub fn check_chain(&self, expected: &[u8; 32]) -> Result<(), RecordError> {
-        if &self.prev_hash == expected {
-            Ok(())
-        } else {
-            Err(RecordError::Chain { seq: self.seq, expected: hex(expected), found: hex(&self.prev_hash) })
-        }
+        check_chain(self.seq, &self.prev_hash, expected)
     }
 
     /// The entry this record holds, if it holds one.
@@ -224,6 +294,92 @@ impl Record {
             Body::Entry(entry) => Some(entry),
             _ => None,
         }
+    }
+}
+
+/// A record decoded in place, borrowing its strings and field bytes from the stored bytes: what
+/// a reader that only checks or looks at records (verify, the sealer, export's filters) decodes
+/// instead of a [`Record`], without a copy of every field. It mirrors [`Record`] field for field
+/// and variant for variant, so it accepts exactly the stored bytes [`Record::decode`] accepts
+/// (a test holds the two together).
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct RecordRef<'a> {
+    pub format: u16,
+    pub seq: u64,
+    pub prev_hash: [u8; 32],
+    #[serde(borrow)]
+    pub body: BodyRef<'a>,
+}
+
+/// [`Body`], borrowed.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub enum BodyRef<'a> {
+    Entry(#[serde(borrow)] EntryRef<'a>),
+    Clock {
+        time_ms: u64,
+    },
+    Quarantine {
+        target_seq: u64,
+        reason: &'a str,
+        deliveries: u32,
+    },
+    Config {
+        #[serde(borrow)]
+        admins: Vec<(&'a str, &'a str)>,
+        streams: crate::StreamSet,
+    },
+    Setting {
+        name: &'a str,
+        value: &'a str,
+    },
+}
+
+/// [`Entry`], borrowed. The status is owned: only the rare rejected and by-reference entries
+/// carry bytes in it.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct EntryRef<'a> {
+    pub stream: &'a str,
+    pub id: EntryId,
+    #[serde(borrow)]
+    pub fields: Vec<(&'a [u8], &'a [u8])>,
+    pub status: Status,
+}
+
+impl<'a> RecordRef<'a> {
+    /// [`Record::decode`] in place: the same checks, the same errors.
+    pub fn decode(seq: u64, stored: &'a [u8]) -> Result<RecordRef<'a>, RecordError> {
+        let record: RecordRef<'a> = codec::decode_borrowed(checked_body(seq, stored)?)
+            .map_err(|e| RecordError::Body { seq, detail: e.to_string() })?;
+        check_header(seq, record.format, record.seq)?;
+        Ok(record)
+    }
+
+    /// Checks that this record names `expected` as its predecessor's hash.
+    pub fn check_chain(&self, expected: &[u8; 32]) -> Result<(), RecordError> {
+        check_chain(self.seq, &self.prev_hash, expected)
+    }
+
+    /// The owned record.
+    pub fn to_owned(&self) -> Record {
+        let str = |s: &str| s.to_string();
+        let body = match &self.body {
+            BodyRef::Entry(entry) => Body::Entry(Entry {
+                stream: str(entry.stream),
+                id: entry.id,
+                fields: entry.fields.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+                status: entry.status.clone(),
+            }),
+            BodyRef::Clock { time_ms } => Body::Clock { time_ms: *time_ms },
+            BodyRef::Quarantine { target_seq, reason, deliveries } => {
+                Body::Quarantine { target_seq: *target_seq, reason: str(reason), deliveries: *deliveries }
+            }
+            BodyRef::Config { admins, streams } => Body::Config {
+                admins: admins.iter().map(|(t, u)| (str(t), str(u))).collect(),
+                streams: streams.clone(),
+            },
+            BodyRef::Setting { name, value } => Body::Setting { name: str(name), value: str(value) },
+        };
+        Record { format: self.format, seq: self.seq, prev_hash: self.prev_hash, body }
     }
 }
 
@@ -283,6 +439,109 @@ mod tests {
         assert_eq!(err.seq(), 2);
     }
 
+    /// One record of every body and status kind.
+    fn every_kind() -> Vec<Record> {
+        let entry = |status| {
+            let mut record = sample(3);
+            if let Body::Entry(entry) = &mut record.body {
+                entry.status = status;
+                entry.fields.push((vec![0xff, 0xfe], vec![0, 1, 2]));
+            }
+            record.format = format_for(&record.body);
+            record
+        };
+        let bodies = [
+            Body::Clock { time_ms: 77 },
+            Body::Quarantine { target_seq: 2, reason: "crashed".into(), deliveries: 3 },
+            Body::Config { admins: vec![("t".into(), "u".into())], streams: crate::StreamSet::default() },
+            Body::Setting { name: "n".into(), value: "v".into() },
+        ];
+        let mut records: Vec<Record> =
+            bodies.into_iter().map(|body| Record { format: 1, seq: 3, prev_hash: [7; 32], body }).collect();
+        records.extend([
+            entry(Status::Accepted),
+            entry(Status::Own),
+            entry(Status::Duplicate { of_seq: 1 }),
+            entry(Status::Rejected { reason: Reject::new("too_large", "big"), deliveries: 2 }),
+            entry(Status::OwnRef(OwnRef { output_id: b"1-0".to_vec(), fields_hash: [9; 32], bytes: 12 })),
+        ]);
+        records
+    }
+
+    /// The borrowed decode accepts what the owned one accepts, gives the same record, and fails
+    /// with the same error, for every kind of record and every one-byte change of its body
+    /// (checksum recomputed, so the body decoder itself is what decides).
+    #[test]
+    fn the_borrowed_decode_agrees_with_the_owned_one() {
+        for record in every_kind() {
+            let stored = record.encode().unwrap();
+            assert_eq!(RecordRef::decode(3, &stored).unwrap().to_owned(), record);
+            for at in 4..stored.len() {
+                for change in [1u8, 0x80, 0xff] {
+                    let mut body = stored[4..].to_vec();
+                    body[at - 4] ^= change;
+                    let mut damaged = crc32fast::hash(&body).to_le_bytes().to_vec();
+                    damaged.extend_from_slice(&body);
+                    match (Record::decode(3, &damaged), RecordRef::decode(3, &damaged)) {
+                        (Ok(owned), Ok(borrowed)) => assert_eq!(borrowed.to_owned(), owned),
+                        (Err(a), Err(b)) => {
+                            // The same kind and seq; bincode's own detail may word a bad length
+                            // differently for a borrowed byte string.
+                            assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "{a} / {b}");
+                            assert_eq!(a.seq(), b.seq());
+                        }
+                        (a, b) => panic!("byte {at} ^ {change}: owned {a:?}, borrowed {b:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Record`] as serde derives it with no help: fields read a byte at a time.
+    #[derive(Debug, Deserialize)]
+    struct Plain {
+        format: u16,
+        seq: u64,
+        prev_hash: [u8; 32],
+        body: PlainBody,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    enum PlainBody {
+        Entry { stream: String, id: EntryId, fields: Vec<(Vec<u8>, Vec<u8>)>, status: Status },
+        Clock { time_ms: u64 },
+        Quarantine { target_seq: u64, reason: String, deliveries: u32 },
+        Config { admins: Vec<(String, String)>, streams: crate::StreamSet },
+        Setting { name: String, value: String },
+    }
+
+    /// Fields read whole decode exactly what serde's byte-at-a-time reading decodes, from every
+    /// one-byte change of every kind of record.
+    #[test]
+    fn fields_read_whole_decode_as_read_a_byte_at_a_time() {
+        for record in every_kind() {
+            let body = codec::encode(&record).unwrap();
+            for at in 0..body.len() {
+                let mut changed = body.clone();
+                changed[at] ^= 0x41;
+                let fast: Result<Record, _> = codec::decode(&changed);
+                let plain: Result<Plain, _> = codec::decode(&changed);
+                match (fast, plain) {
+                    (Ok(fast), Ok(plain)) => {
+                        assert_eq!((fast.format, fast.seq, fast.prev_hash), (plain.format, plain.seq, plain.prev_hash));
+                        if let (Body::Entry(entry), PlainBody::Entry { stream, fields, .. }) = (&fast.body, &plain.body)
+                        {
+                            assert_eq!((&entry.stream, &entry.fields), (stream, fields));
+                        }
+                    }
+                    (Err(_), Err(_)) => {}
+                    (fast, plain) => panic!("byte {at}: read whole {fast:?}, a byte at a time {plain:?}"),
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
@@ -295,6 +554,7 @@ mod tests {
             let mut stored = crc32fast::hash(&body).to_le_bytes().to_vec();
             stored.extend_from_slice(&body);
             let _ = Record::decode(1, &stored);
+            let _ = RecordRef::decode(1, &stored);
         }
     }
 }

@@ -5,8 +5,8 @@ use super::{MAGIC, SegmentMeta, Segments, file_name, index_key};
 use crate::error::{EngineError, Result};
 use crate::failpoint::crash_point;
 use crate::log::log_key;
-use maestro_schemas::record::{GENESIS_HASH, hash_stored};
-use maestro_schemas::{Record, codec};
+use maestro_schemas::codec;
+use maestro_schemas::record::{GENESIS_HASH, RecordRef, hash_stored};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -75,7 +75,7 @@ fn write_segment(db: &sled::Db, dir: &Path, first: u64, last: u64, prev: [u8; 32
         if seq != expected {
             return Err(EngineError::Damaged(format!("record {expected}: missing (next stored is {seq})")));
         }
-        Record::decode(seq, &stored)?.check_chain(&meta.last_hash)?;
+        RecordRef::decode(seq, &stored)?.check_chain(&meta.last_hash)?;
         meta.last_hash = hash_stored(&stored);
         frame.push(seq, &stored)?;
         if frame.is_full() {

@@ -17,7 +17,7 @@ use maestro_handlers::Intent;
 use maestro_schemas::codec;
 use maestro_schemas::digest::StateDigest;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet, btree_map};
+use std::collections::{BTreeMap, HashMap, HashSet, btree_map};
 use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
 
@@ -362,9 +362,10 @@ impl Store {
         for (name, seq, hash) in &pending.checkpoints {
             batch.insert(checkpoint_key(name, *seq), hash);
         }
+        let noted = self.files.take_noted();
+        let index = noted.index();
         for item in &pending.outbox {
-            let bytes = codec::encode(item).map_err(|e| EngineError::State(e.to_string()))?;
-            batch.insert(outbox_key(item.seq, item.index), bytes);
+            batch.insert(outbox_key(item.seq, item.index), item.encode(&index)?);
         }
         for (seq, index, intent) in &pending.effects {
             let bytes = codec::encode(intent).map_err(|e| EngineError::State(e.to_string()))?;
@@ -410,13 +411,16 @@ impl Store {
         Ok(digest)
     }
 
-    /// The value files the state of every projection refers to.
+    /// The value files the state of every projection and the outbox refer to.
     pub fn referenced_files(&self) -> Result<HashSet<[u8; 32]>> {
         let mut out = HashSet::new();
         for item in self.tree.scan_prefix(b"p") {
             if let Some(hash) = ValueFiles::reference(&item?.1) {
                 out.insert(hash);
             }
+        }
+        for item in self.tree.scan_prefix(b"o") {
+            out.extend(OutboxItem::references(&item?.1)?);
         }
         Ok(out)
     }
@@ -502,12 +506,13 @@ impl Store {
 
     /// Outbox entries in publishing order, with the keys to remove once they are published.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(sled::IVec, OutboxItem)>> {
+        let mut read = HashMap::new();
         self.tree
             .scan_prefix(b"o")
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
-                Ok((key, OutboxItem::decode(&value)?))
+                Ok((key, OutboxItem::load(&value, &self.files, &mut read)?))
             })
             .collect()
     }

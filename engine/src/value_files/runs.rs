@@ -73,22 +73,26 @@ impl Noted {
         self.values.insert(hash, value.into());
     }
 
-    /// The noted values by their first anchors, for [`Index::pieces`].
+    /// The noted values by their first anchors, for [`Index::pieces`]. Values that start
+    /// alike (templates made from one skeleton) share anchors: each anchor lists them all.
     pub fn index(&self) -> Index<'_> {
-        let mut index = HashMap::new();
+        let mut index: HashMap<u64, Vec<Anchored<'_>>> = HashMap::new();
         for (hash, value) in &self.values {
             for (at, anchor) in anchors(value).take(ANCHORS_PER_VALUE) {
-                index.entry(anchor).or_insert((hash, &value[..], at));
+                index.entry(anchor).or_default().push((hash, value, at));
             }
         }
         Index { anchors: index }
     }
 }
 
-/// Anchors of noted values: the rolling hash at an anchor, and where it is in which value.
+/// A noted value's hash, bytes, and an anchor's position in them.
+type Anchored<'a> = (&'a [u8; 32], &'a [u8], usize);
+
+/// Anchors of noted values: the rolling hash at an anchor, and where it is in which values.
 #[derive(Debug)]
 pub struct Index<'a> {
-    anchors: HashMap<u64, (&'a [u8; 32], &'a [u8], usize)>,
+    anchors: HashMap<u64, Vec<Anchored<'a>>>,
 }
 
 impl Index<'_> {
@@ -128,16 +132,18 @@ impl Index<'_> {
     fn next_run(&self, field: &[u8], done: usize, from: usize) -> Option<(usize, usize, &[u8; 32], usize)> {
         for (at, anchor) in anchors(&field[from..]) {
             let at = from + at;
-            let Some(&(hash, value, value_at)) = self.anchors.get(&anchor) else { continue };
-            // As far as both agree each way from the anchor; a run shorter than the window
-            // back is another window with the same hash.
-            let back = field[done..=at].iter().rev().zip(value[..=value_at].iter().rev()).take_while(|(a, b)| a == b);
-            let back = back.count();
-            if back < WINDOW {
-                continue;
+            let Some(candidates) = self.anchors.get(&anchor) else { continue };
+            // The longest run of a value with this anchor, as far as both agree each way from
+            // it; a run shorter than the window back is another window with the same hash.
+            let runs = candidates.iter().filter_map(|&(hash, value, value_at)| {
+                let back = field[done..=at].iter().rev().zip(value[..=value_at].iter().rev());
+                let back = back.take_while(|(a, b)| a == b).count();
+                let ahead = field[at + 1..].iter().zip(&value[value_at + 1..]).take_while(|(a, b)| a == b).count();
+                (back >= WINDOW).then_some((at + 1 - back, at + 1 + ahead, hash, value_at + 1 - back))
+            });
+            if let Some(run) = runs.max_by_key(|(start, end, ..)| end - start) {
+                return Some(run);
             }
-            let ahead = field[at + 1..].iter().zip(&value[value_at + 1..]).take_while(|(a, b)| a == b).count();
-            return Some((at + 1 - back, at + 1 + ahead, hash, value_at + 1 - back));
         }
         None
     }
@@ -181,6 +187,22 @@ mod tests {
         let pieces = index.pieces(&both).unwrap();
         assert_eq!(join(&pieces, &values), both);
         assert_eq!(pieces.iter().filter(|p| matches!(p, Piece::Run { .. })).count(), 2, "{pieces:?}");
+        // Values made from one skeleton share their first anchors: each is found whole.
+        let skeleton = value(9, 3_000);
+        let alike: Vec<Vec<u8>> = (0..3).map(|i| [&skeleton[..], &value(10 + i, 8_000)].concat()).collect();
+        let mut noted = Noted::default();
+        for v in &alike {
+            noted.note(*blake3::hash(v).as_bytes(), v);
+        }
+        let index_alike = noted.index();
+        let values_alike: HashMap<_, _> = alike.iter().map(|v| (*blake3::hash(v).as_bytes(), v.clone())).collect();
+        for v in &alike {
+            let answer = [b"head".as_slice(), &v[1..], b"tail"].concat();
+            let pieces = index_alike.pieces(&answer).unwrap();
+            assert_eq!(join(&pieces, &values_alike), answer);
+            let run = Piece::Run { hash: *blake3::hash(v).as_bytes(), start: 1, end: v.len() as u64 };
+            assert_eq!(pieces[1], run, "{pieces:?}");
+        }
         // Nothing of a noted value, or too little of it: no pieces.
         assert_eq!(index.pieces(&value(3, 30_000)), None);
         assert_eq!(index.pieces(&[&body[..MIN_RUN - 1], &value(3, 5_000)].concat()), None);

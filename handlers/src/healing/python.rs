@@ -7,7 +7,6 @@
 
 use rustpython_ruff_python_ast::Stmt;
 use rustpython_ruff_python_parser::parse_module;
-use rustpython_ruff_text_size::Ranged;
 use std::collections::BTreeSet;
 
 /// Whether `source` parses as a Python module.
@@ -47,13 +46,52 @@ pub struct TopLevel {
     pub names: BTreeSet<String>,
 }
 
+/// Where a statement starts (the parser's `Ranged` trait lives in a crate this one does not
+/// name; every node keeps its range in a field).
+fn start_of(stmt: &Stmt) -> usize {
+    macro_rules! start {
+        ($($variant:ident),*) => {
+            match stmt {
+                $(Stmt::$variant(node) => u32::from(node.range.start()) as usize,)*
+            }
+        };
+    }
+    start!(
+        FunctionDef,
+        ClassDef,
+        Return,
+        Delete,
+        TypeAlias,
+        Assign,
+        AugAssign,
+        AnnAssign,
+        For,
+        While,
+        If,
+        With,
+        Match,
+        Raise,
+        Try,
+        Assert,
+        Import,
+        ImportFrom,
+        Global,
+        Nonlocal,
+        Expr,
+        Pass,
+        Break,
+        Continue,
+        IpyEscapeCommand
+    )
+}
+
 /// The top-level statements of `source`, in order, or `None` when it does not parse.
 pub fn outline(source: &str) -> Option<Vec<TopLevel>> {
     let parsed = parse_module(source).ok()?;
     let statements = parsed.syntax().body.iter().map(|stmt| {
         let mut names = BTreeSet::new();
         collect(std::slice::from_ref(stmt), &mut names);
-        TopLevel { start: u32::from(stmt.start()) as usize, names }
+        TopLevel { start: start_of(stmt), names }
     });
     Some(statements.collect())
 }

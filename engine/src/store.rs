@@ -105,13 +105,16 @@ impl Store {
         self.tree.get(position_key(name))?.map(|v| u64_value(&v)).transpose().map(|p| p.unwrap_or(0))
     }
 
-    /// The value files the state of every projection refers to.
+    /// The value files the state of every projection and the outbox refer to.
     pub fn referenced_files(&self) -> Result<HashSet<[u8; 32]>> {
         let mut out = HashSet::new();
         for item in self.tree.scan_prefix(STATE) {
             if let Some(hash) = ValueFiles::reference(&item?.1) {
                 out.insert(hash);
             }
+        }
+        for item in self.tree.scan_prefix(keys::OUTBOX) {
+            out.extend(OutboxItem::references(&item?.1)?);
         }
         Ok(out)
     }

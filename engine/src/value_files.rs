@@ -16,11 +16,15 @@
 //! commits, so a committed reference never points at a file a power loss took. The engine
 //! removes the files nothing refers to any more between batches ([`Sweeper`]).
 
+mod runs;
+
 use crate::error::{EngineError, Result};
 use maestro_schemas::record::hex;
+pub use runs::{Index, Noted, Piece};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Values from this size on are stored as files.
@@ -29,10 +33,12 @@ pub const MIN_FILE_VALUE: usize = 4096;
 /// The start of a reference (no handler value starts with a zero byte and this text).
 pub const MARK: &[u8] = b"\0maestro-value\0";
 
-/// A directory of content-addressed value files.
+/// A directory of content-addressed value files. Clones share the values noted since the
+/// last commit ([`ValueFiles::load_noted`]).
 #[derive(Clone, Debug)]
 pub struct ValueFiles {
     dir: PathBuf,
+    noted: Arc<Mutex<Noted>>,
 }
 
 fn damaged(path: &Path, why: &str) -> EngineError {
@@ -44,7 +50,7 @@ fn damaged(path: &Path, why: &str) -> EngineError {
 
 impl ValueFiles {
     pub fn new(dir: impl Into<PathBuf>) -> ValueFiles {
-        ValueFiles { dir: dir.into() }
+        ValueFiles { dir: dir.into(), noted: Arc::default() }
     }
 
     fn path(&self, hash: &[u8; 32]) -> PathBuf {
@@ -98,6 +104,26 @@ impl ValueFiles {
             return Err(damaged(&path, "does not hold the bytes its name hashes"));
         }
         Ok(bytes)
+    }
+
+    /// Like [`ValueFiles::load`], and notes a file's value until the next commit takes the
+    /// notes ([`ValueFiles::take_noted`]): what a handler reads, its answers may repeat.
+    pub fn load_noted(&self, stored: &[u8]) -> Result<Vec<u8>> {
+        let value = self.load(stored)?;
+        if let (Some(hash), Ok(mut noted)) = (ValueFiles::reference(stored), self.noted.lock()) {
+            noted.note(hash, &value);
+        }
+        Ok(value)
+    }
+
+    /// The values noted since the last call, which forgets them.
+    pub fn take_noted(&self) -> Noted {
+        self.noted.lock().map(|mut noted| std::mem::take(&mut *noted)).unwrap_or_default()
+    }
+
+    /// The value of the file named by `hash`, checked like [`ValueFiles::load`].
+    pub fn load_file(&self, hash: &[u8; 32]) -> Result<Vec<u8>> {
+        self.load(&[MARK, hash].concat())
     }
 
     /// Whether no file is here at all (a data dir with no value of 4 KiB or more), so that a

@@ -199,7 +199,7 @@ impl Store {
         for (name, seq, hash) in &pending.checkpoints {
             batch.insert(checkpoint_key(name, *seq), hash);
         }
-        Store::stage_queued(&mut batch, &pending.outbox, &pending.effects)?;
+        self.stage_queued(&mut batch, &pending.outbox, &pending.effects)?;
         if !pending.checkpoints.is_empty() {
             // Value files written, the batch that refers to them and the checkpoint not yet.
             crate::failpoint::crash_point("during-checkpoint");

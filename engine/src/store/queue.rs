@@ -9,6 +9,7 @@ use crate::error::{EngineError, Result};
 use maestro_handlers::Intent;
 use maestro_schemas::codec;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::marker::PhantomData;
 
 /// An item a [`Queue`] keeps: how it is stored.
@@ -51,11 +52,21 @@ impl<T: Queued> Queue<T> {
 
     /// The first `limit` items, in log order, with their keys.
     pub(super) fn scan(&self, tree: &sled::Tree, limit: usize) -> Result<Vec<(sled::IVec, T)>> {
+        self.scan_with(tree, limit, T::decode)
+    }
+
+    /// Like [`Queue::scan`], each item read with `decode`.
+    pub(super) fn scan_with(
+        &self,
+        tree: &sled::Tree,
+        limit: usize,
+        mut decode: impl FnMut(&[u8]) -> Result<T>,
+    ) -> Result<Vec<(sled::IVec, T)>> {
         tree.scan_prefix(self.prefix.as_ref())
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
-                Ok((key, T::decode(&value)?))
+                Ok((key, decode(&value)?))
             })
             .collect()
     }
@@ -81,9 +92,11 @@ fn outbox() -> Queue<OutboxItem> {
 }
 
 impl Store {
-    /// Outbox entries in publishing order, with the keys to remove once they are published.
+    /// Outbox entries in publishing order, with the keys to remove once they are published;
+    /// the runs an entry holds by reference are read back from their value files.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(sled::IVec, OutboxItem)>> {
-        outbox().scan(&self.tree, limit)
+        let mut read = HashMap::new();
+        outbox().scan_with(&self.tree, limit, |bytes| OutboxItem::load(bytes, &self.files, &mut read))
     }
 
     /// Forgets published outbox entries.
@@ -91,15 +104,19 @@ impl Store {
         outbox().remove(&self.tree, keys)
     }
 
-    /// Adds the outbox entries and effect intents of a commit to `batch`.
+    /// Adds the outbox entries and effect intents of a commit to `batch`. An outbox entry that
+    /// repeats a run of a value the handlers read since the last commit holds it by reference.
     pub(super) fn stage_queued(
+        &self,
         batch: &mut sled::Batch,
         outputs: &[OutboxItem],
         intents: &[(u64, u32, Intent)],
     ) -> Result<()> {
         let outbox = outbox();
+        let noted = self.files.take_noted();
+        let index = noted.index();
         for item in outputs {
-            outbox.stage(batch, item.seq, item.index, item)?;
+            batch.insert(outbox.key(&log_position(item.seq, item.index)), item.encode(&index)?);
         }
         let queued = super::effect_queue::queued();
         for (seq, index, intent) in intents {

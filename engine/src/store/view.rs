@@ -28,7 +28,7 @@ impl<'a> View<'a> {
     }
 
     fn resolve(&self, stored: &[u8]) -> Option<Vec<u8>> {
-        match self.store.files.load(stored) {
+        match self.store.files.load_noted(stored) {
             Ok(value) => Some(value),
             Err(error) => {
                 *self.unreadable.borrow_mut() = Some(error.to_string());

@@ -73,13 +73,27 @@ fn def_names_by_line(source: &str) -> BTreeSet<String> {
 pub struct Parsed {
     pub parses: bool,
     pub names: BTreeSet<String>,
+    /// Its top-level statements, when it parsed, for judging an edit of it.
+    statements: Vec<python::TopLevel>,
 }
 
 impl Parsed {
     pub fn of(source: &str) -> Parsed {
-        match python::def_names(source) {
-            Some(names) => Parsed { parses: true, names },
-            None => Parsed { parses: false, names: def_names_by_line(source) },
+        match python::outline(source) {
+            Some(statements) => {
+                let names = statements.iter().flat_map(|s| s.names.iter().cloned()).collect();
+                Parsed { parses: true, names, statements }
+            }
+            None => Parsed { parses: false, names: def_names_by_line(source), statements: Vec::new() },
+        }
+    }
+
+    /// What a parse of `edited`, an edit of `original` (parsed as `self`), tells: from the
+    /// statements the edit touches when that is enough (see [`python::edited_def_names`]).
+    fn of_edit(&self, original: &str, edited: &str) -> Parsed {
+        match python::edited_def_names(original, &self.statements, edited) {
+            Some(names) => Parsed { parses: true, names, statements: Vec::new() },
+            None => Parsed::of(edited),
         }
     }
 }
@@ -103,9 +117,10 @@ pub fn assess(original: &str, healed: &str) -> Assessment {
     assess_parsed(original, &Parsed::of(original), healed)
 }
 
-/// Assesses a fix when the original was parsed already: one parse, of the healed source.
+/// Assesses a fix when the original was parsed already: one parse, of the healed source's
+/// changed statements when they tell.
 pub fn assess_parsed(original: &str, parsed_original: &Parsed, healed: &str) -> Assessment {
-    let parsed_healed = Parsed::of(healed);
+    let parsed_healed = parsed_original.of_edit(original, healed);
     let parses = parsed_healed.parses;
     let similarity = similarity_of(original, parsed_original, healed, &parsed_healed);
     let confidence = ((if parses { 0.7 } else { 0.3 }) + 0.3 * similarity).min(1.0);

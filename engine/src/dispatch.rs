@@ -75,6 +75,38 @@ pub struct Dispatcher {
     pending: Pending,
     /// Load once this many bytes are staged instead of committing at the end of every call.
     load_bytes: Option<usize>,
+    committed: Committed,
+}
+
+/// Outbox entries committed and not yet handed to the publisher, kept so that a batch's outputs
+/// are published without reading them back from the store (and their bodies back from value
+/// files). At most [`Committed::MAX_BYTES`] of fields are kept: past that (a long catch-up) they
+/// are let go and the publisher reads the store.
+#[derive(Debug, Default)]
+struct Committed {
+    items: Vec<OutboxItem>,
+    bytes: usize,
+    let_go: bool,
+}
+
+impl Committed {
+    const MAX_BYTES: usize = 16 << 20;
+
+    fn note(&mut self, items: Vec<OutboxItem>) {
+        self.bytes += items.iter().flat_map(|i| &i.fields).map(|(n, v)| n.len() + v.len()).sum::<usize>();
+        if self.let_go || self.bytes > Self::MAX_BYTES {
+            self.items.clear();
+            self.let_go = true;
+        } else {
+            self.items.extend(items);
+        }
+    }
+
+    fn take(&mut self) -> Option<Vec<OutboxItem>> {
+        let items = std::mem::take(&mut self.items);
+        self.bytes = 0;
+        (!std::mem::replace(&mut self.let_go, false)).then_some(items)
+    }
 }
 
 /// What a dispatch keeps besides state: the engine keeps everything; a replay keeps what its
@@ -122,6 +154,7 @@ impl Dispatcher {
             keep: Keep::ALL,
             pending: Pending::default(),
             load_bytes: None,
+            committed: Committed::default(),
         })
     }
 
@@ -140,8 +173,18 @@ impl Dispatcher {
         let pending = std::mem::take(&mut self.pending);
         match self.load_bytes {
             Some(_) => self.store.load(pending),
-            None => self.store.commit(pending),
+            None => {
+                let committed = self.store.commit(pending)?;
+                self.committed.note(committed);
+                Ok(())
+            }
         }
+    }
+
+    /// Every outbox entry committed since the last call, in log order, when there were not too
+    /// many to keep (see [`Committed`]); `None` when some were let go.
+    pub fn take_committed(&mut self) -> Option<Vec<OutboxItem>> {
+        self.committed.take()
     }
 
     /// Keeps only what `keep` names besides state (see [`Keep`]).

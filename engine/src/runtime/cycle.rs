@@ -308,7 +308,19 @@ impl Cycle {
         self.source.set_count(next);
     }
 
+    /// Publishes what waits in the outbox, in log order. The entries committed since the last
+    /// call go out from memory when the outbox holds nothing older than them (nothing failed to
+    /// publish before); whatever else waits is read from the store.
     async fn publish_outbox(&mut self) -> Result<()> {
+        if let Some(items) = self.dispatcher.take_committed()
+            && let Some(first) = items.first()
+            && self.dispatcher.store().first_outbox()? == Some((first.seq, first.index))
+        {
+            self.source.publish(&items.iter().map(outgoing).collect::<Vec<_>>()).await?;
+            crate::failpoint::crash_point("mid-batch");
+            let published: Vec<(u64, u32)> = items.iter().map(|item| (item.seq, item.index)).collect();
+            self.dispatcher.store().remove_outbox_at(&published)?;
+        }
         loop {
             let items = self.dispatcher.store().outbox(512)?;
             if items.is_empty() {

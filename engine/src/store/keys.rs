@@ -50,6 +50,13 @@ pub(super) fn log_position(seq: u64, index: u32) -> [u8; 12] {
     out
 }
 
+/// The (seq, index) of a [`log_position`], if `bytes` is one.
+pub(super) fn parse_log_position(bytes: &[u8]) -> Option<(u64, u32)> {
+    let seq = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let index = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
+    Some((seq, index))
+}
+
 pub(super) fn u64_value(value: &[u8]) -> Result<u64> {
     value
         .try_into()

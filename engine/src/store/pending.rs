@@ -143,17 +143,18 @@ impl Store {
     /// nobody reads until the writer is done and that is thrown away if it stops half way (a
     /// rebuild's scratch store or the next generation).
     pub fn load(&self, pending: Pending) -> Result<()> {
-        self.write(pending, LOAD_CHUNK)
+        self.write(pending, LOAD_CHUNK).map(drop)
     }
 
     /// Writes a batch of changes, digests, positions, checkpoints, outbox entries and intents
     /// atomically. Not fsynced: the store is derived, and after a crash the engine re-dispatches
-    /// the log's tail.
-    pub fn commit(&self, pending: Pending) -> Result<()> {
+    /// the log's tail. Returns the outbox entries it wrote, in log order, so that they can be
+    /// published without reading them back.
+    pub fn commit(&self, pending: Pending) -> Result<Vec<OutboxItem>> {
         self.write(pending, usize::MAX)
     }
 
-    fn write(&self, mut pending: Pending, chunk: usize) -> Result<()> {
+    fn write(&self, mut pending: Pending, chunk: usize) -> Result<Vec<OutboxItem>> {
         // Read before any state is written: a store without a kept digest computes one from
         // its state.
         pending.count_changes(STATE);
@@ -163,7 +164,8 @@ impl Store {
         for (key, staged) in std::mem::take(&mut pending.overlay) {
             writer.write(key, staged.value.map(|v| self.files.stored_form(v)).transpose()?)?;
         }
-        self.apply_rest(writer.rest(), digests, &pending)
+        self.apply_rest(writer.rest(), digests, &pending)?;
+        Ok(pending.outbox)
     }
 
     /// Adds the keys `pending` writes to those the store knows it holds, if it knows them.

@@ -3,7 +3,7 @@
 //! prefix and the seq and index of the record that produced it.
 
 use super::Store;
-use super::keys::{OUTBOX, log_position};
+use super::keys::{OUTBOX, log_position, parse_log_position};
 use super::outbox::OutboxItem;
 use crate::error::{EngineError, Result};
 use maestro_handlers::Intent;
@@ -73,7 +73,12 @@ impl<T: Queued> Queue<T> {
 
     /// The keys of every item, in log order.
     pub(super) fn keys(&self, tree: &sled::Tree) -> Result<Vec<sled::IVec>> {
-        tree.scan_prefix(self.prefix.as_ref()).keys().map(|key| Ok(key?)).collect()
+        self.keys_from(tree).collect()
+    }
+
+    /// The keys of every item, in log order, as they are read.
+    pub(super) fn keys_from(&self, tree: &sled::Tree) -> impl Iterator<Item = Result<sled::IVec>> {
+        tree.scan_prefix(self.prefix.as_ref()).keys().map(|key| Ok(key?))
     }
 
     /// Removes the items at `keys`, in one batch.
@@ -102,6 +107,19 @@ impl Store {
     /// Forgets published outbox entries.
     pub fn remove_outbox(&self, keys: &[sled::IVec]) -> Result<()> {
         outbox().remove(&self.tree, keys)
+    }
+
+    /// The (seq, index) of the first outbox entry, if any.
+    pub fn first_outbox(&self) -> Result<Option<(u64, u32)>> {
+        let Some(key) = outbox().keys_from(&self.tree).next().transpose()? else { return Ok(None) };
+        Ok(key.get(OUTBOX.len()..).and_then(parse_log_position))
+    }
+
+    /// Forgets the published outbox entries at these (seq, index).
+    pub fn remove_outbox_at(&self, positions: &[(u64, u32)]) -> Result<()> {
+        let outbox = outbox();
+        let keys: Vec<Vec<u8>> = positions.iter().map(|(seq, index)| outbox.key(&log_position(*seq, *index))).collect();
+        outbox.remove(&self.tree, &keys)
     }
 
     /// Adds the outbox entries and effect intents of a commit to `batch`. An outbox entry that

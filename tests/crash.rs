@@ -11,25 +11,44 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Produces `n` entries in chunks at a steady pace from another thread.
+/// What the producer sent: every entry, the template searches (each must be answered once)
+/// and the bad entries (each must be dead-lettered once).
+#[derive(Default)]
+struct Produced {
+    entries: Vec<(String, String)>,
+    searches: Vec<String>,
+    bad: Vec<(String, String)>,
+}
+
+/// Produces `n` entries in chunks at a steady pace from another thread; each chunk ends with
+/// a template search and two bad entries of the flood's mix.
 fn background_producer(
     url: String,
     n: u64,
     seed: u64,
     pace: Duration,
-) -> (std::thread::JoinHandle<Vec<(String, String)>>, Arc<AtomicBool>) {
+) -> (std::thread::JoinHandle<Produced>, Arc<AtomicBool>) {
     let done = Arc::new(AtomicBool::new(false));
     let flag = done.clone();
     let handle = std::thread::spawn(move || {
         let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
         let mut traffic = maestro::traffic::Traffic::new(seed, maestro_schemas::StreamSet::default());
-        let mut produced = Vec::new();
+        let mut produced = Produced::default();
         let mut i = 0;
         while i < n {
             let chunk: Vec<_> = (i..(i + 200).min(n))
                 .map(|k| if k % 10 == 0 { traffic.next_message() } else { traffic.control_message(k) })
                 .collect();
-            produced.extend(produce_messages(&mut conn, &chunk));
+            produced.entries.extend(produce_messages(&mut conn, &chunk));
+            let search = format!("crash-{i}");
+            let id = maestro::flood::send_search(&mut conn, &search).unwrap();
+            produced.entries.push(("maestro:streams:templates:requests".to_string(), id));
+            produced.searches.push(search);
+            for bad in [i, i + 1] {
+                let bad = maestro::flood::send_bad(&mut conn, bad).unwrap();
+                produced.entries.push(bad.clone());
+                produced.bad.push(bad);
+            }
             i += chunk.len() as u64;
             std::thread::sleep(pace);
         }
@@ -79,7 +98,11 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_nothing() {
     engine.assert_no_panic();
     assert_eq!(total_pending(&mut conn), 0);
     let records = export(&dir);
-    assert_exactly_once(&produced, &records);
+    assert_exactly_once(&produced.entries, &records);
+    let answers = answers_to(&mut conn, "crash-");
+    let wrong: Vec<_> = produced.searches.iter().filter(|id| answers.get(*id) != Some(&1)).collect();
+    assert!(wrong.is_empty(), "{} searches not answered exactly once, first {:?}", wrong.len(), wrong.first());
+    assert_dead_lettered_once(&mut conn, &produced.bad);
     assert!(maestro_replay::verify(&dir).is_ok());
 }
 

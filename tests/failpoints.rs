@@ -22,20 +22,31 @@ const ENV: [(&str, &str); 4] = [
     ("MAESTRO_SEGMENT_RECORDS", "40"),
 ];
 
-/// Template searches, each with its own request id (the answers are counted per id), between
-/// control entries of all nine streams.
-fn load(conn: &mut redis::Connection, seed: u64) -> (Vec<(String, String)>, Vec<String>) {
-    let mut produced = Vec::new();
-    let mut requests = Vec::new();
-    for round in 0..6 {
-        produced.extend(produce(conn, 90, seed * 100 + round, true));
-        for i in 0..20 {
+/// What a load produced: every entry, the request ids (answers are counted per id) and the
+/// bad entries (each must be dead-lettered once).
+struct Load {
+    produced: Vec<(String, String)>,
+    requests: Vec<String>,
+    bad: Vec<(String, String)>,
+}
+
+/// Template searches, each with its own request id, and bad entries of the flood's mix on
+/// every stream, between control entries of all nine streams: every read of eight entries a
+/// stream holds some of each.
+fn load(conn: &mut redis::Connection, seed: u64) -> Load {
+    let mut load = Load { produced: Vec::new(), requests: Vec::new(), bad: Vec::new() };
+    for round in 0..60 {
+        load.produced.extend(produce(conn, 9, seed * 100 + round, true));
+        for i in 0..2 {
             let id = format!("fp-{seed}-{round}-{i}");
-            produced.push((REQUESTS.to_string(), maestro::flood::send_search(conn, &id).unwrap()));
-            requests.push(id);
+            load.produced.push((REQUESTS.to_string(), maestro::flood::send_search(conn, &id).unwrap()));
+            load.requests.push(id);
+            let bad = maestro::flood::send_bad(conn, round * 2 + i).unwrap();
+            load.produced.push(bad.clone());
+            load.bad.push(bad);
         }
     }
-    (produced, requests)
+    load
 }
 
 /// Starts the engine with `FAILPOINTS` set and waits for the point to abort it.
@@ -53,14 +64,14 @@ fn run_until_abort(url: &str, dir: &Path, failpoints: &str) {
 }
 
 /// R1's invariants once a clean engine has drained what the aborted ones left.
-fn assert_recovered(
-    conn: &mut redis::Connection,
-    url: &str,
-    dir: &Path,
-    produced: &[(String, String)],
-    requests: &[String],
-) {
-    let mut engine = EngineProc::start(url, dir, &ENV);
+fn assert_recovered(conn: &mut redis::Connection, url: &str, dir: &Path, load: &Load) {
+    assert_recovered_with(conn, url, dir, load, &[]);
+}
+
+/// [`assert_recovered`], the clean engine started with `env` besides [`ENV`].
+fn assert_recovered_with(conn: &mut redis::Connection, url: &str, dir: &Path, load: &Load, env: &[(&str, &str)]) {
+    let Load { produced, requests, bad } = load;
+    let mut engine = EngineProc::start(url, dir, &[&ENV[..], env].concat());
     wait_drained(conn, Duration::from_secs(90));
     assert!(engine.terminate().success(), "{}", engine.stderr());
     engine.assert_no_panic();
@@ -70,6 +81,8 @@ fn assert_recovered(
     let wrong: Vec<_> = requests.iter().filter(|id| answers.get(*id) != Some(&1)).collect();
     assert!(wrong.is_empty(), "{} requests not answered exactly once, first {:?}", wrong.len(), wrong.first());
     assert_eq!(answers.len(), requests.len(), "answers to requests nobody sent");
+    let copied = assert_dead_lettered_once(conn, bad);
+    assert_eq!(copied, bad.len(), "dead-letter copies of entries that were not bad");
     let (code, out, err) = maestro(&["replay", "check", "--data-dir", dir.to_str().unwrap()]);
     assert_eq!(code, Some(0), "replay differs from live:\n{out}\n{err}");
     let (code, out, err) = maestro(&["verify", "--data-dir", dir.to_str().unwrap()]);
@@ -79,15 +92,23 @@ fn assert_recovered(
 #[test]
 fn an_abort_at_each_step_of_the_cycle_loses_nothing_and_repeats_nothing() {
     // Each point fires on its fourth pass, once earlier batches went all the way through.
-    let points = ["after-append", "after-flush", "mid-batch", "after-publish", "before-ack", "during-checkpoint"];
+    let points = [
+        "after-append",
+        "after-flush",
+        "after-flush-written",
+        "mid-batch",
+        "after-publish",
+        "before-ack",
+        "during-checkpoint",
+    ];
     for (n, point) in points.iter().enumerate() {
         let server = redis(true);
         let mut conn = connect(&server);
         let data = tempfile::tempdir().unwrap();
         let dir = data.path().join("engine");
-        let (produced, requests) = load(&mut conn, n as u64);
+        let load = load(&mut conn, n as u64);
         run_until_abort(&server.url(), &dir, &format!("{point}=3*off->return"));
-        assert_recovered(&mut conn, &server.url(), &dir, &produced, &requests);
+        assert_recovered(&mut conn, &server.url(), &dir, &load);
         println!("{point}: recovered");
     }
 }
@@ -100,9 +121,9 @@ fn an_abort_at_each_step_of_sealing_loses_nothing_and_repeats_nothing() {
         let mut conn = connect(&server);
         let data = tempfile::tempdir().unwrap();
         let dir = data.path().join("engine");
-        let (produced, requests) = load(&mut conn, 50 + n as u64);
+        let load = load(&mut conn, 50 + n as u64);
         run_until_abort(&server.url(), &dir, &format!("{point}=2*off->return"));
-        assert_recovered(&mut conn, &server.url(), &dir, &produced, &requests);
+        assert_recovered(&mut conn, &server.url(), &dir, &load);
         let segments = std::fs::read_dir(dir.join("segments")).unwrap().count();
         assert!(segments > 3, "{point}: sealing went on after the abort ({segments} segments)");
         println!("{point}: recovered");
@@ -115,12 +136,34 @@ fn an_abort_during_start_up_catch_up_loses_nothing_and_repeats_nothing() {
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let (produced, requests) = load(&mut conn, 99);
+    let load = load(&mut conn, 99);
     // Records appended but never dispatched: the next start has a tail to catch up on, and
     // aborts in the middle of it.
     run_until_abort(&server.url(), &dir, "after-append=3*off->return");
     run_until_abort(&server.url(), &dir, "during-catch-up=return");
-    assert_recovered(&mut conn, &server.url(), &dir, &produced, &requests);
+    assert_recovered(&mut conn, &server.url(), &dir, &load);
+}
+
+#[test]
+fn an_abort_after_a_written_state_batch_then_a_start_that_records_first_loses_nothing() {
+    let server = redis(true);
+    let mut conn = connect(&server);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    // Only entries rejected as broken JSON or not UTF-8, and none on the requests stream (whose
+    // handler answers a reject): every output of the aborted batch is a dead-letter copy, and
+    // none of them is in the outbox.
+    let mut load = Load { produced: Vec::new(), requests: Vec::new(), bad: Vec::new() };
+    let streams = maestro_schemas::StreamSet::default().all().len() as u64;
+    for i in (0..800).filter(|i| i % streams != 0 && i % 2 == 0 && i % 100 != 99) {
+        let bad = maestro::flood::send_bad(&mut conn, i).unwrap();
+        load.produced.push(bad.clone());
+        load.bad.push(bad);
+    }
+    run_until_abort(&server.url(), &dir, "after-flush-written=3*off->return");
+    // A new configuration is recorded and dispatched at start, before anything is published:
+    // the publish mark must keep that commit from going out as if nothing older waited.
+    assert_recovered_with(&mut conn, &server.url(), &dir, &load, &[("MAESTRO_ADMINS", "acme:root")]);
 }
 
 #[test]

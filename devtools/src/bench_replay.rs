@@ -113,7 +113,7 @@ fn forget_outbox(config: &EngineConfig) -> anyhow::Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
-        store.remove_outbox(&keys)?;
+        store.remove_outbox(&keys, None)?;
     }
 }
 

@@ -181,6 +181,13 @@ pub fn send_search(conn: &mut redis::Connection, request_id: &str) -> redis::Red
     redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query(conn)
 }
 
+/// Adds bad entry `i` of the flood's mix (see [`bad_entry`]); returns its stream and id.
+pub fn send_bad(conn: &mut redis::Connection, i: u64) -> redis::RedisResult<(String, String)> {
+    let (stream, fields) = bad_entry(i, &StreamSet::default());
+    let id = redis::cmd("XADD").arg(&stream).arg("*").arg(fields).query(conn)?;
+    Ok((stream, id))
+}
+
 /// The bad entries, in turn: broken JSON, JSON nested 10,000 deep (one in a hundred: they are
 /// 20 KB each), a request without its payload field, a value that is not UTF-8.
 fn bad_entry(i: u64, streams: &StreamSet) -> (String, Vec<(&'static str, Vec<u8>)>) {

@@ -8,7 +8,7 @@
 
 use crate::error::{EngineError, Result, panic_text};
 use crate::log::{Log, NewRecord};
-use crate::store::{Guard, OutboxItem, Pending, Store, View};
+use crate::store::{CommittedOutputs, Guard, OutboxItem, Pending, Store, View};
 use maestro_handlers::{Change, Event, Handler};
 use maestro_schemas::envelope::Limits;
 use maestro_schemas::ids::output_id;
@@ -78,34 +78,52 @@ pub struct Dispatcher {
     committed: Committed,
 }
 
-/// Outbox entries committed and not yet handed to the publisher, kept so that a batch's outputs
-/// are published without reading them back from the store (and their bodies back from value
+/// Outputs committed and not yet handed to the publisher, kept so that a batch's outputs are
+/// published without reading them back from the store (and their bodies back from value
 /// files). At most [`Committed::MAX_BYTES`] of fields are kept: past that (a long catch-up) they
-/// are let go and the publisher reads the store.
+/// are let go and the publisher reads the store and the log.
 #[derive(Debug, Default)]
 struct Committed {
-    items: Vec<OutboxItem>,
+    batch: Option<CommittedBatch>,
     bytes: usize,
     let_go: bool,
+}
+
+/// The outputs of the records after seq `after` up to `through`, in log order.
+#[derive(Debug)]
+pub struct CommittedBatch {
+    pub items: Vec<OutboxItem>,
+    /// The (seq, index) of those written to the outbox, to remove once they are published.
+    pub stored: Vec<(u64, u32)>,
+    pub after: u64,
+    pub through: u64,
 }
 
 impl Committed {
     const MAX_BYTES: usize = 16 << 20;
 
-    fn note(&mut self, items: Vec<OutboxItem>) {
-        self.bytes += items.iter().flat_map(|i| &i.fields).map(|(n, v)| n.len() + v.len()).sum::<usize>();
+    fn note(&mut self, outputs: CommittedOutputs, after: u64, through: u64) {
+        let CommittedOutputs { stored, regenerable } = outputs;
+        let fields = stored.iter().chain(&regenerable).flat_map(|i| &i.fields);
+        self.bytes += fields.map(|(n, v)| n.len() + v.len()).sum::<usize>();
+        let batch = self.batch.get_or_insert(CommittedBatch { items: vec![], stored: vec![], after, through });
+        batch.through = through;
         if self.let_go || self.bytes > Self::MAX_BYTES {
-            self.items.clear();
+            batch.items.clear();
             self.let_go = true;
-        } else {
-            self.items.extend(items);
+            return;
         }
+        batch.stored.extend(stored.iter().map(|item| (item.seq, item.index)));
+        let first_new = batch.items.len();
+        batch.items.extend(stored);
+        batch.items.extend(regenerable);
+        batch.items[first_new..].sort_unstable_by_key(|item| (item.seq, item.index));
     }
 
-    fn take(&mut self) -> Option<Vec<OutboxItem>> {
-        let items = std::mem::take(&mut self.items);
+    fn take(&mut self) -> Option<CommittedBatch> {
         self.bytes = 0;
-        (!std::mem::replace(&mut self.let_go, false)).then_some(items)
+        let batch = self.batch.take();
+        (!std::mem::replace(&mut self.let_go, false)).then_some(batch).flatten()
     }
 }
 
@@ -174,17 +192,41 @@ impl Dispatcher {
         match self.load_bytes {
             Some(_) => self.store.load(pending),
             None => {
-                let committed = self.store.commit(pending)?;
-                self.committed.note(committed);
+                let after = self.store.position(DISPATCHER)?;
+                let through = self.store.position_with(&pending, DISPATCHER)?;
+                let outputs = self.store.commit(pending)?;
+                self.committed.note(outputs, after, through);
                 Ok(())
             }
         }
     }
 
-    /// Every outbox entry committed since the last call, in log order, when there were not too
-    /// many to keep (see [`Committed`]); `None` when some were let go.
-    pub fn take_committed(&mut self) -> Option<Vec<OutboxItem>> {
+    /// Every output committed since the last call, in log order, when there were not too many
+    /// to keep (see [`Committed`]); `None` when some were let go or nothing was committed.
+    pub fn take_committed(&mut self) -> Option<CommittedBatch> {
         self.committed.take()
+    }
+
+    /// How far outputs are made: the dispatcher's own position.
+    pub fn outputs_through(&self) -> Result<u64> {
+        self.store.position(DISPATCHER)
+    }
+
+    /// Sets the store's publish mark where a store without one stands: an older engine wrote
+    /// every output up to its position to the outbox.
+    pub fn start_publish_mark(&self) -> Result<()> {
+        self.store.start_publish_mark(self.outputs_through()?)
+    }
+
+    /// The outputs of `records` that were not written to the outbox, made again: the
+    /// dead-letter copies of rejected entries that no handler answered. The caller leaves out
+    /// the records that have outputs in the outbox (their copy was written there).
+    pub fn regenerated(&self, records: &[Record]) -> Vec<OutboxItem> {
+        records
+            .iter()
+            .filter(|r| rejected(r) && !self.quarantined.contains(&r.seq))
+            .filter_map(|r| self.dead_letter(r, false, &[], 0).map(|(_, item)| item))
+            .collect()
     }
 
     /// Keeps only what `keep` names besides state (see [`Keep`]).
@@ -323,7 +365,13 @@ impl Dispatcher {
             if let Some((key, item)) =
                 self.keep.outputs.then(|| self.dead_letter(record, quarantined, &failures, index)).flatten()
             {
-                pending.publish(item);
+                // A rejected entry's copy, when it is the record's only output, is a function
+                // of the record: made again from the log if it is lost before it is published.
+                if rejected(record) && !quarantined && index == 0 {
+                    pending.publish_regenerable(item);
+                } else {
+                    pending.publish(item);
+                }
                 report.dead_lettered += 1;
                 *report.dead_letters.entry(key).or_default() += 1;
             }
@@ -439,6 +487,10 @@ impl Dispatcher {
         self.store.set_guard(Guard::default())?;
         Ok(total)
     }
+}
+
+fn rejected(record: &Record) -> bool {
+    matches!(&record.body, Body::Entry(e) if matches!(e.status, Status::Rejected { .. }))
 }
 
 #[cfg(test)]

@@ -15,6 +15,18 @@ pub fn crash_point(name: &str) {
     let _ = name;
 }
 
+/// Like [`crash_point`], running `first` before the abort: for a crash that comes after
+/// something the engine does not wait for (sled's background flush of a commit) has happened.
+pub fn crash_point_after(name: &str, first: impl FnOnce()) {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| {
+        first();
+        abort_at(name)
+    });
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (name, first);
+}
+
 #[cfg(feature = "failpoints")]
 fn abort_at(name: &str) {
     tracing::error!(failpoint = name, "failpoint fired: aborting the process");
@@ -22,9 +34,10 @@ fn abort_at(name: &str) {
 }
 
 /// Names every crash point, so a test (and a typo in `FAILPOINTS`) can be checked against them.
-pub const CRASH_POINTS: [&str; 10] = [
+pub const CRASH_POINTS: [&str; 11] = [
     "after-append",
     "after-flush",
+    "after-flush-written",
     "mid-batch",
     "after-publish",
     "before-ack",

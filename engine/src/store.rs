@@ -26,7 +26,7 @@ mod queue;
 mod view;
 pub use effect_queue::IntentKey;
 pub use outbox::OutboxItem;
-pub use pending::Pending;
+pub use pending::{CommittedOutputs, Pending};
 pub use view::View;
 
 /// Key/value pairs of one projection, in key order.

@@ -288,11 +288,28 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// How many answers the template results stream holds per request id starting with `prefix`.
+/// Each bad entry's dead-letter copy, counted on every dead-letter stream: exactly one each,
+/// and no entry copied twice. Returns how many entries were copied.
+pub fn assert_dead_lettered_once(conn: &mut redis::Connection, bad: &[(String, String)]) -> usize {
+    let mut copies: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (_, stream) in StreamSet::default().all() {
+        for (_, fields) in read_stream(conn, &StreamSet::dead_letter_key(stream)) {
+            *copies.entry((fields["dead_stream"].clone(), fields["dead_id"].clone())).or_default() += 1;
+        }
+    }
+    let wrong: Vec<_> = bad.iter().filter(|entry| copies.get(*entry) != Some(&1)).collect();
+    assert!(wrong.is_empty(), "{} bad entries not dead-lettered exactly once, first {:?}", wrong.len(), wrong.first());
+    let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{} entries dead-lettered more than once, first {:?}", twice.len(), twice.first());
+    copies.len()
+}
+
+/// How many answers the template results stream holds per request id starting with `prefix`
+/// (entries others wrote there without a JSON `data` field are not answers).
 pub fn answers_to(conn: &mut redis::Connection, prefix: &str) -> BTreeMap<String, usize> {
     let mut answers = BTreeMap::new();
     for (_, fields) in read_stream(conn, "maestro:streams:templates:results") {
-        let data: Value = serde_json::from_str(&fields["data"]).unwrap();
+        let Some(data) = fields.get("data").and_then(|d| serde_json::from_str::<Value>(d).ok()) else { continue };
         if let Some(id) = data["request_id"].as_str().filter(|id| id.starts_with(prefix)) {
             *answers.entry(id.to_string()).or_default() += 1;
         }

@@ -286,6 +286,8 @@ impl Cycle {
         // Step 4: handlers, projections and the outbox, in one state batch.
         let report = self.dispatcher.dispatch(&records, Some(&prepared.decoded))?;
         crate::failpoint::crash_point("after-flush");
+        // The state batch is not synced; sled's own flusher may have written it all the same.
+        crate::failpoint::crash_point_after("after-flush-written", || drop(self.log.db().flush()));
         self.observer.dispatched(report);
         // Step 5: publish outputs, then run effect intents.
         self.publish_outbox().await?;
@@ -308,29 +310,64 @@ impl Cycle {
         self.source.set_count(next);
     }
 
-    /// Publishes what waits in the outbox, in log order. The entries committed since the last
-    /// call go out from memory when the outbox holds nothing older than them (nothing failed to
-    /// publish before); whatever else waits is read from the store.
+    /// Publishes every output not yet published, in log order. The outputs committed since
+    /// the last call go out from memory when nothing older waits (the publish mark stands where
+    /// they start and the outbox holds nothing older); otherwise [`Cycle::publish_backlog`].
     async fn publish_outbox(&mut self) -> Result<()> {
-        if let Some(items) = self.dispatcher.take_committed()
-            && let Some(first) = items.first()
-            && self.dispatcher.store().first_outbox()? == Some((first.seq, first.index))
+        let store = self.dispatcher.store().clone();
+        if let Some(batch) = self.dispatcher.take_committed()
+            && store.published_through()?.is_some_and(|mark| mark >= batch.after)
+            && store.first_outbox()? == batch.stored.first().copied()
         {
-            self.source.publish(&items.iter().map(outgoing).collect::<Vec<_>>()).await?;
-            crate::failpoint::crash_point("mid-batch");
-            let published: Vec<(u64, u32)> = items.iter().map(|item| (item.seq, item.index)).collect();
-            self.dispatcher.store().remove_outbox_at(&published)?;
+            if !batch.items.is_empty() {
+                self.source.publish(&batch.items.iter().map(outgoing).collect::<Vec<_>>()).await?;
+                crate::failpoint::crash_point("mid-batch");
+            }
+            store.remove_outbox_at(&batch.stored, Some(batch.through))?;
         }
+        self.publish_backlog().await
+    }
+
+    /// Publishes what waits, read back: the outbox entries up to the publish mark, then the log
+    /// past the mark a window at a time (its records' outbox entries with the outputs made again
+    /// from its records, see [`Dispatcher::regenerated`]), moving the mark with each window;
+    /// then any outbox entry past the dispatcher's position.
+    async fn publish_backlog(&mut self) -> Result<()> {
+        const WINDOW: u64 = 512;
+        let store = self.dispatcher.store().clone();
+        let mut mark = store.published_through()?.unwrap_or(0);
+        let through = self.dispatcher.outputs_through()?;
+        self.publish_stored(0, mark).await?;
+        while mark < through {
+            let end = through.min(mark + WINDOW);
+            let (keys, mut items): (Vec<_>, Vec<_>) = store.outbox_between(mark, end, usize::MAX)?.into_iter().unzip();
+            let answered: std::collections::HashSet<u64> = items.iter().map(|item| item.seq).collect();
+            let records = self.log.range(mark + 1, end).collect::<Result<Vec<_>>>()?;
+            let made = self.dispatcher.regenerated(&records);
+            items.extend(made.into_iter().filter(|item| !answered.contains(&item.seq)));
+            items.sort_unstable_by_key(|item| (item.seq, item.index));
+            if !items.is_empty() {
+                self.source.publish(&items.iter().map(outgoing).collect::<Vec<_>>()).await?;
+                crate::failpoint::crash_point("mid-batch");
+            }
+            store.remove_outbox(&keys, Some(end))?;
+            mark = end;
+        }
+        self.publish_stored(through, u64::MAX).await
+    }
+
+    /// Publishes the outbox entries of the records after seq `after` up to `through`.
+    async fn publish_stored(&mut self, after: u64, through: u64) -> Result<()> {
+        let store = self.dispatcher.store().clone();
         loop {
-            let items = self.dispatcher.store().outbox(512)?;
+            let (keys, items): (Vec<_>, Vec<_>) = store.outbox_between(after, through, 512)?.into_iter().unzip();
             if items.is_empty() {
                 return Ok(());
             }
-            let (keys, items): (Vec<_>, Vec<_>) = items.into_iter().unzip();
             self.source.publish(&items.iter().map(outgoing).collect::<Vec<_>>()).await?;
             // Published but still in the outbox: the publish guard must make the next pass a no-op.
             crate::failpoint::crash_point("mid-batch");
-            self.dispatcher.store().remove_outbox(&keys)?;
+            store.remove_outbox(&keys, None)?;
         }
     }
 }

@@ -89,6 +89,7 @@ pub(super) async fn session(
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };
     let mut dispatcher = Dispatcher::new(handlers.to_vec(), store, &log, stamp, decoder, config.checkpoint_every)?;
     record_config(&mut log, config, domains)?;
+    dispatcher.start_publish_mark()?;
     let caught = dispatcher.catch_up(&mut log, 512, config.max_deliveries)?;
     if caught.records > 0 {
         tracing::info!(records = caught.records, "projections caught up with the log");

@@ -7,7 +7,8 @@
 //! - `o` + seq + index: the outbox (see [`super::queue`]);
 //! - `e`, `w` + kind + 0, `f`, each + seq + index: effect intents queued, waiting for a
 //!   runner, in flight (see [`super::effect_queue`]);
-//! - `g`: the dispatch guard.
+//! - `g`: the dispatch guard;
+//! - `m`: the publish mark (see [`super::queue`]).
 //!
 //! Names hold no zero byte, so the `0` after a name ends it.
 
@@ -20,6 +21,7 @@ pub(super) const EFFECTS_QUEUED: &[u8] = b"e";
 pub(super) const EFFECTS_WAITING: &[u8] = b"w";
 pub(super) const EFFECTS_IN_FLIGHT: &[u8] = b"f";
 pub(super) const GUARD_KEY: &[u8] = b"g";
+pub(super) const PUBLISHED_KEY: &[u8] = b"m";
 
 pub(super) fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
     [STATE, name.as_bytes(), &[0], key].concat()

@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(read(&store)[0], item);
         // Published and forgotten: the file goes with the next sweep.
         let keys: Vec<_> = store.outbox(10).unwrap().into_iter().map(|(key, _)| key).collect();
-        store.remove_outbox(&keys).unwrap();
+        store.remove_outbox(&keys, None).unwrap();
         sweep_unreferenced(&files, &store).unwrap();
         assert!(files.is_empty());
     }

@@ -23,9 +23,20 @@ pub struct Pending {
     positions: BTreeMap<String, u64>,
     checkpoints: Vec<(String, u64, [u8; 32])>,
     outbox: Vec<OutboxItem>,
+    /// Outputs made again from their record when needed, never written (see [`super::queue`]).
+    regenerable: Vec<OutboxItem>,
     effects: Vec<(u64, u32, Intent)>,
     /// Bytes of the keys and values staged (a change staged again replaces the earlier one).
     bytes: usize,
+}
+
+/// The outputs of one commit, each list in log order.
+#[derive(Debug, Default)]
+pub struct CommittedOutputs {
+    /// Written to the outbox.
+    pub stored: Vec<OutboxItem>,
+    /// Not written: made again from their records past the publish mark.
+    pub regenerable: Vec<OutboxItem>,
 }
 
 /// A staged change of one state key.
@@ -45,6 +56,12 @@ impl Pending {
 
     pub fn publish(&mut self, item: OutboxItem) {
         self.outbox.push(item);
+    }
+
+    /// Queues an output that is a function of its record alone: published like the others,
+    /// but not written to the outbox.
+    pub fn publish_regenerable(&mut self, item: OutboxItem) {
+        self.regenerable.push(item);
     }
 
     pub fn outbox(&self) -> &[OutboxItem] {
@@ -148,13 +165,13 @@ impl Store {
 
     /// Writes a batch of changes, digests, positions, checkpoints, outbox entries and intents
     /// atomically. Not fsynced: the store is derived, and after a crash the engine re-dispatches
-    /// the log's tail. Returns the outbox entries it wrote, in log order, so that they can be
-    /// published without reading them back.
-    pub fn commit(&self, pending: Pending) -> Result<Vec<OutboxItem>> {
+    /// the log's tail. Returns the outputs of the batch, so that they can be published without
+    /// reading them back.
+    pub fn commit(&self, pending: Pending) -> Result<CommittedOutputs> {
         self.write(pending, usize::MAX)
     }
 
-    fn write(&self, mut pending: Pending, chunk: usize) -> Result<Vec<OutboxItem>> {
+    fn write(&self, mut pending: Pending, chunk: usize) -> Result<CommittedOutputs> {
         // Read before any state is written: a store without a kept digest computes one from
         // its state.
         pending.count_changes(STATE);
@@ -165,7 +182,7 @@ impl Store {
             writer.write(key, staged.value.map(|v| self.files.stored_form(v)).transpose()?)?;
         }
         self.apply_rest(writer.rest(), digests, &pending)?;
-        Ok(pending.outbox)
+        Ok(CommittedOutputs { stored: pending.outbox, regenerable: pending.regenerable })
     }
 
     /// Adds the keys `pending` writes to those the store knows it holds, if it knows them.

@@ -1,9 +1,13 @@
 //! One queue type for what the store keeps in log order under a key prefix: the outbox, and
 //! the effect intents queued, waiting for a runner and in flight. Each item's key is the
 //! prefix and the seq and index of the record that produced it.
+//!
+//! Beside the outbox, the publish mark: every output of the records up to it is published.
+//! Outputs that are a function of their record alone (the dead-letter copy of a rejected
+//! entry) are never written to the outbox; past the mark they are made again from the log.
 
 use super::Store;
-use super::keys::{OUTBOX, log_position, parse_log_position};
+use super::keys::{OUTBOX, PUBLISHED_KEY, log_position, parse_log_position, u64_value};
 use super::outbox::OutboxItem;
 use crate::error::{EngineError, Result};
 use maestro_handlers::Intent;
@@ -71,6 +75,26 @@ impl<T: Queued> Queue<T> {
             .collect()
     }
 
+    /// The first `limit` items of the records after seq `after` up to seq `through`, in log
+    /// order, with their keys.
+    pub(super) fn scan_between(
+        &self,
+        tree: &sled::Tree,
+        (after, through): (u64, u64),
+        limit: usize,
+        mut decode: impl FnMut(&[u8]) -> Result<T>,
+    ) -> Result<Vec<(sled::IVec, T)>> {
+        let from = self.key(&log_position(after.saturating_add(1), 0));
+        let to = self.key(&log_position(through, u32::MAX));
+        tree.range(from..=to)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key, decode(&value)?))
+            })
+            .collect()
+    }
+
     /// The keys of every item, in log order.
     pub(super) fn keys(&self, tree: &sled::Tree) -> Result<Vec<sled::IVec>> {
         self.keys_from(tree).collect()
@@ -83,12 +107,16 @@ impl<T: Queued> Queue<T> {
 
     /// Removes the items at `keys`, in one batch.
     pub(super) fn remove<K: AsRef<[u8]>>(&self, tree: &sled::Tree, keys: &[K]) -> Result<()> {
+        tree.apply_batch(self.removal(keys))?;
+        Ok(())
+    }
+
+    fn removal<K: AsRef<[u8]>>(&self, keys: &[K]) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for key in keys {
             batch.remove(key.as_ref());
         }
-        tree.apply_batch(batch)?;
-        Ok(())
+        batch
     }
 }
 
@@ -104,9 +132,11 @@ impl Store {
         outbox().scan_with(&self.tree, limit, |bytes| OutboxItem::load(bytes, &self.files, &mut read))
     }
 
-    /// Forgets published outbox entries.
-    pub fn remove_outbox(&self, keys: &[sled::IVec]) -> Result<()> {
-        outbox().remove(&self.tree, keys)
+    /// Like [`Store::outbox`], the entries of the records after seq `after` up to `through`.
+    pub fn outbox_between(&self, after: u64, through: u64, limit: usize) -> Result<Vec<(sled::IVec, OutboxItem)>> {
+        let mut read = HashMap::new();
+        outbox()
+            .scan_between(&self.tree, (after, through), limit, |bytes| OutboxItem::load(bytes, &self.files, &mut read))
     }
 
     /// The (seq, index) of the first outbox entry, if any.
@@ -115,11 +145,41 @@ impl Store {
         Ok(key.get(OUTBOX.len()..).and_then(parse_log_position))
     }
 
-    /// Forgets the published outbox entries at these (seq, index).
-    pub fn remove_outbox_at(&self, positions: &[(u64, u32)]) -> Result<()> {
+    /// Forgets published outbox entries and, with `through`, moves the publish mark up to that
+    /// seq (never down), in one batch: after a crash the mark never claims an entry published
+    /// that is still in the outbox.
+    pub fn remove_outbox(&self, keys: &[sled::IVec], through: Option<u64>) -> Result<()> {
+        let mut batch = outbox().removal(keys);
+        if let Some(through) = through
+            && self.published_through()?.is_none_or(|mark| mark < through)
+        {
+            batch.insert(PUBLISHED_KEY, &through.to_be_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Like [`Store::remove_outbox`], the entries at these (seq, index).
+    pub fn remove_outbox_at(&self, positions: &[(u64, u32)], through: Option<u64>) -> Result<()> {
         let outbox = outbox();
-        let keys: Vec<Vec<u8>> = positions.iter().map(|(seq, index)| outbox.key(&log_position(*seq, *index))).collect();
-        outbox.remove(&self.tree, &keys)
+        let keys: Vec<sled::IVec> =
+            positions.iter().map(|(seq, index)| outbox.key(&log_position(*seq, *index)).into()).collect();
+        self.remove_outbox(&keys, through)
+    }
+
+    /// The publish mark: every output of the records up to this seq is published. `None`
+    /// until [`Store::start_publish_mark`].
+    pub fn published_through(&self) -> Result<Option<u64>> {
+        self.tree.get(PUBLISHED_KEY)?.map(|v| u64_value(&v)).transpose()
+    }
+
+    /// Sets the publish mark to `seq` unless it is set: a store that has none wrote every
+    /// output of the records up to its position to the outbox.
+    pub fn start_publish_mark(&self, seq: u64) -> Result<()> {
+        if self.published_through()?.is_none() {
+            self.tree.insert(PUBLISHED_KEY, &seq.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     /// Adds the outbox entries and effect intents of a commit to `batch`. An outbox entry that

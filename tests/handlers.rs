@@ -141,8 +141,7 @@ fn a_second_publish_of_the_same_outbox_entry_is_a_no_op() {
         wait_ms: 0,
         output_key_key: "maestro:engine:test:output-key".into(),
     };
-    let client = maestro_engine::connect::RedisClient::Single(redis::Client::open(server.url()).unwrap());
-    let mut source = Source::new(client, config);
+    let mut source = Source::new(redis::Client::open(server.url()).unwrap().into(), config);
     let positions = [(1, 0), (1, 1), (2, 0), (3, 0)];
     let fields: Vec<_> = positions
         .iter()

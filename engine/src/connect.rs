@@ -14,8 +14,14 @@ use std::time::Duration;
 /// redis-rs's cluster client).
 #[derive(Clone, Debug)]
 pub enum RedisClient {
-    Single(redis::Client),
-    Cluster(ClusterClient),
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
+}
+
+impl From<redis::Client> for RedisClient {
+    fn from(client: redis::Client) -> RedisClient {
+        RedisClient::Single(Box::new(client))
+    }
 }
 
 impl RedisClient {
@@ -67,10 +73,10 @@ pub fn client(config: &EngineConfig) -> Result<RedisClient> {
         if let Some(certificates) = certificates(config, &urls)? {
             builder = builder.certs(certificates);
         }
-        return Ok(RedisClient::Cluster(builder.build()?));
+        return Ok(RedisClient::Cluster(Box::new(builder.build()?)));
     }
     let url = config.redis_url.as_str();
-    Ok(RedisClient::Single(match certificates(config, &[url])? {
+    Ok(RedisClient::from(match certificates(config, &[url])? {
         None => redis::Client::open(url)?,
         Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
     }))

@@ -2,8 +2,9 @@
 //! (`maestro::redis_cluster`), the engine in cluster mode (`--cluster-node`), producers writing
 //! today's unpartitioned stream keys in the old formats through a cluster client. Every request
 //! answered exactly once, every entry recorded once, nothing pending, `maestro verify` ok:
-//! through a crash right after a publication (what the per-stream publish guard is for) and
-//! through a master killed with SIGKILL mid-load and its replica promoted.
+//! through a crash right after a publication (what the per-stream publish guard is for),
+//! through a master killed with SIGKILL mid-load and its replica promoted, and through a master
+//! that dies holding answers its replica never got (what the `WAIT` after a publication is for).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -222,6 +223,55 @@ fn a_master_killed_mid_load_and_its_replica_promoted_loses_and_repeats_nothing()
     eprintln!(
         "cluster test (master killed): {} entries produced, {lost_by_redis} lost by Redis's failover, {:.1} s",
         produced.entries.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The case `WAIT` is for: answers a master took but never passed to its replica (stopped with
+/// SIGSTOP, its replication link dropped) before it died. The engine counts a publication done only once a replica holds
+/// it, so when the replica is promoted without those answers, they are published again there,
+/// once each.
+#[test]
+fn answers_a_dying_master_never_replicated_are_published_again_on_its_successor() {
+    let started = Instant::now();
+    let mut cluster = cluster();
+    let mut conn = connect_cluster(&cluster);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("engine");
+    let mut running = engine(&cluster, &dir, &[]);
+    running.wait_connected();
+    let mut produced = Produced::default();
+    write(&mut conn, &messages(41, 0, 200), &mut produced);
+    wait_all_done(&mut conn, &running, Duration::from_secs(60));
+    let master = cluster.master_of(RESULTS).unwrap();
+    let replica = cluster.replica_of(master).expect("the results stream's master has a replica");
+    let replica_pid = cluster.nodes()[replica].pid().unwrap();
+    sigstop(replica_pid);
+    // A stopped process still receives into its socket buffer, and would apply that on waking:
+    // the master also drops the replication link, which the stopped replica cannot re-make.
+    let mut master_conn = redis::Client::open(cluster.nodes()[master].url()).unwrap().get_connection().unwrap();
+    redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query::<i64>(&mut master_conn).unwrap();
+    let before: usize = answers(&mut conn).values().sum();
+    write(&mut conn, &messages(42, 200, 200), &mut produced);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answers(&mut conn).values().sum::<usize>() <= before {
+        assert!(Instant::now() < deadline, "no new answer on the master within 20 s:\n{}", running.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.kill(master);
+    sigcont(replica_pid);
+    let promoted = cluster.wait_failover(RESULTS, master, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(promoted, replica, "the stopped replica is the only one that can take over");
+    cluster.restart(master).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = connect_cluster(&cluster);
+    wait_all_done(&mut conn, &running, Duration::from_secs(60));
+    running.terminate();
+    running.assert_no_panic();
+    let lost_by_redis = assert_invariants(&mut conn, &produced, &dir);
+    eprintln!(
+        "cluster test (unreplicated answers): {lost_by_redis} produced entries lost by Redis, {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

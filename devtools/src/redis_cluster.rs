@@ -142,6 +142,25 @@ impl RedisCluster {
         Err(ClusterError::NotReady(Duration::ZERO, format!("no running node names the master of {key}")))
     }
 
+    /// The index of a replica of master `master`, as the first running node that answers
+    /// `CLUSTER NODES` sees it.
+    pub fn replica_of(&self, master: usize) -> Option<usize> {
+        let port = self.nodes.get(master)?.port().to_string();
+        let port_of = |addr: &str| addr.split('@').next().and_then(|a| a.rsplit(':').next()).map(str::to_string);
+        for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
+            let Ok(mut conn) = redis::Client::open(node.url()).and_then(|c| c.get_connection()) else { continue };
+            let Ok(table) = redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut conn) else { continue };
+            let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+            let Some(id) = rows.iter().find(|r| r.get(1).and_then(|a| port_of(a)) == Some(port.clone())) else {
+                continue;
+            };
+            let replica = rows.iter().find(|r| r.get(3) == id.first() && r.get(2).is_some_and(|f| f.contains("slave")));
+            let replica_port = replica.and_then(|r| r.get(1)).and_then(|a| port_of(a));
+            return self.nodes.iter().position(|n| Some(n.port().to_string()) == replica_port);
+        }
+        None
+    }
+
     /// SIGKILLs node `index`.
     pub fn kill(&mut self, index: usize) {
         if let Some(node) = self.nodes.get_mut(index) {

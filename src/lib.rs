@@ -9,6 +9,6 @@ pub mod verify_outputs;
 
 pub use maestro_devtools::{
     bench, bench_catalogue, bench_latency, bench_memory, bench_replay, bench_templates, demo, exec_demo, flood, groups,
-    heal_demo, plot, redis_server, report, traffic,
+    heal_demo, plot, redis_cluster, redis_server, report, traffic,
 };
 pub use maestro_effects::domains::{self, domains, handlers};

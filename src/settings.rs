@@ -18,6 +18,10 @@ pub struct ConfigArgs {
     /// Redis to read from [default: redis://127.0.0.1:6379]. Env: MAESTRO_REDIS_URL.
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
+    /// A seed node of a Redis Cluster (repeatable); any selects cluster mode and `--redis-url`
+    /// is not used. Env: MAESTRO_CLUSTER_NODES=[redis://h1:p1,redis://h2:p2].
+    #[arg(long = "cluster-node", value_name = "URL")]
+    pub cluster_nodes: Vec<String>,
     /// Where the log and projections live [default: ./maestro-data]. Env: MAESTRO_DATA_DIR.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -113,6 +117,9 @@ pub fn load_with_domains(args: &ConfigArgs) -> Result<(EngineConfig, DomainSetti
     figment = figment.merge(env.split("__"));
     if let Some(url) = &args.redis_url {
         figment = figment.merge(Serialized::default("redis_url", url));
+    }
+    if !args.cluster_nodes.is_empty() {
+        figment = figment.merge(Serialized::default("cluster_nodes", &args.cluster_nodes));
     }
     if let Some(dir) = &args.data_dir {
         figment = figment.merge(Serialized::default("data_dir", dir));

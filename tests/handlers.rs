@@ -137,9 +137,11 @@ fn a_second_publish_of_the_same_outbox_entry_is_a_no_op() {
         budget: 16 << 20,
         entry_limit: 1 << 20,
         published_key: "maestro:engine:test:published".into(),
+        wait_replicas: 0,
+        wait_ms: 0,
         output_key_key: "maestro:engine:test:output-key".into(),
     };
-    let mut source = Source::new(redis::Client::open(server.url()).unwrap(), config);
+    let mut source = Source::new(redis::Client::open(server.url()).unwrap().into(), config);
     let positions = [(1, 0), (1, 1), (2, 0), (3, 0)];
     let fields: Vec<_> = positions
         .iter()

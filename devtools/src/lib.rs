@@ -1,6 +1,6 @@
 //! What shows and measures the engine, apart from the engine and its CLI: the demo and its
 //! scenarios, the benchmarks, traffic in the old services' formats, a private `redis-server`
-//! launcher, consumer-group progress as Redis reports it, and SVG plots.
+//! launcher and a private Redis Cluster, consumer-group progress as Redis reports it, and SVG plots.
 
 pub mod bench;
 pub mod bench_catalogue;
@@ -14,6 +14,7 @@ pub mod flood;
 pub mod groups;
 pub mod heal_demo;
 pub mod plot;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod report;
 pub mod traffic;

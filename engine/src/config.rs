@@ -12,6 +12,16 @@ use std::path::PathBuf;
 pub struct EngineConfig {
     /// Redis to read from and publish to.
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, repeatable): when any is set the
+    /// engine works against the cluster and `redis_url` is not used. Reads, publishes and
+    /// acknowledgements then stay within one hash slot per command (see `source.rs`).
+    pub cluster_nodes: Vec<String>,
+    /// On a cluster, replicas that must hold a publication before it counts as done (`WAIT`):
+    /// a master killed before its replica copied an output would otherwise take the output
+    /// with it, and the publish guard with it too, after the outbox entry was already let go.
+    pub cluster_wait_replicas: u32,
+    /// How long one such `WAIT` may take before the publication is retried (milliseconds).
+    pub cluster_wait_ms: u64,
     /// PEM file of the certificate authorities trusted for a `rediss://` URL; without it the
     /// system's trust store is used.
     pub redis_ca_file: Option<PathBuf>,
@@ -82,6 +92,9 @@ impl Default for EngineConfig {
         EngineConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_ca_file: None,
+            cluster_nodes: Vec::new(),
+            cluster_wait_replicas: 1,
+            cluster_wait_ms: 2_000,
             data_dir: PathBuf::from("./maestro-data"),
             group: "maestro-engine".into(),
             streams: StreamSet::default(),
@@ -120,6 +133,14 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(key) = self.streams.duplicate_key() {
             return Err(format!("streams: key {key:?} is configured for two roles"));
+        }
+        if !self.cluster_nodes.is_empty()
+            && let Some((_, key)) =
+                self.streams.all().into_iter().find(|(_, key)| crate::source::slot_tag(key).is_none())
+        {
+            return Err(format!(
+                "streams: key {key:?} has a `}}` but no hash tag: on a cluster no other key can share its slot"
+            ));
         }
         if self.read_count == 0 {
             return Err("read_count: must be at least 1".into());

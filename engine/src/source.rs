@@ -5,21 +5,29 @@
 //! on a shared connection a `BLOCK` read stalls every other command, and redis-rs's default
 //! 500 ms response timeout would drop replies that Redis has already moved to the pending list.
 //! Everything else goes over a second connection. Both are re-made after any error.
+//!
+//! On a Redis Cluster (`cluster_nodes`) the same commands go through a cluster connection
+//! ([`Conn`]), and every script and pipeline stays within one hash slot: reads are split by
+//! slot (`read_ahead.rs`), acknowledgements by stream, and outputs are published per target
+//! stream with a guard in that stream's slot (`publish.rs`). One server keeps its single calls.
 
+use crate::connect::RedisClient;
 use crate::error::{EngineError, Result};
-use maestro_handlers::ELAPSED_MS;
 use maestro_schemas::own::OutputKey;
 use maestro_schemas::{EntryId, Fields};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod conn;
 mod groups;
+mod publish;
 mod read_ahead;
 mod sized;
+
+pub use conn::{Conn, slot_groups, slot_tag};
 
 pub use groups::{GroupPosition, Skipped};
 pub use read_ahead::{Read, ReadAhead};
@@ -78,49 +86,16 @@ pub struct SourceConfig {
     /// Entries over this many bytes (the entry size limit) are left in Redis: a read answers
     /// them by id and size only.
     pub entry_limit: usize,
-    /// Hash key for the publish guard (see [`PUBLISH_SCRIPT`]).
+    /// Hash key for the publish guard (see `publish.rs`); on a cluster, the prefix of one
+    /// guard per target stream.
     pub published_key: String,
+    /// On a cluster, replicas that must hold a publication before it counts as done, and how
+    /// long to wait for them (`WAIT`); unused on one server.
+    pub wait_replicas: u32,
+    pub wait_ms: u64,
     /// Key of the group's output key (see [`Source::load_output_key`]).
     pub output_key_key: String,
 }
-
-/// Publishes a run of outbox entries, skipping those this consumer already published. KEYS[1]
-/// is the guard hash; ARGV[1] the consumer; then, per entry: stream, seq, index, the number of
-/// XADD arguments, and those arguments (everything after the key). Entries come in (seq, index)
-/// order, so one high-water mark per consumer makes a re-publish after a crash a no-op. The
-/// target streams are arguments, not declared keys: fine on one server, not on a cluster.
-pub const PUBLISH_SCRIPT: &str = r"
-local mark = redis.call('HGET', KEYS[1], ARGV[1])
-local ms, mi = -1, -1
-if mark then
-  local s, i = string.match(mark, '^(%d+):(%d+)$')
-  if s then ms, mi = tonumber(s), tonumber(i) end
-end
-local published, p = 0, 2
-while p <= #ARGV do
-  local seq, index, n = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
-  if seq > ms or (seq == ms and index > mi) then
-    redis.call('XADD', ARGV[p], unpack(ARGV, p + 4, p + 3 + n))
-    ms, mi, published = seq, index, published + 1
-  end
-  p = p + 4 + n
-end
-if published > 0 then redis.call('HSET', KEYS[1], ARGV[1], ms .. ':' .. mi) end
-return published
-";
-
-/// Lowers this consumer's publish mark (KEYS[1], field ARGV[1]) to seq ARGV[2] when it stands
-/// past it; returns the mark it found there, or false when it was not past.
-const LOWER_MARK_SCRIPT: &str = r"
-local mark = redis.call('HGET', KEYS[1], ARGV[1])
-if not mark then return false end
-local s = string.match(mark, '^(%d+):')
-if s and tonumber(s) > tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
-  return mark
-end
-return false
-";
 
 fn reply(what: &str, value: &Value) -> EngineError {
     EngineError::Reply(format!("unexpected {what}: {value:?}").chars().take(300).collect())
@@ -221,15 +196,18 @@ pub struct GroupInfo {
 
 /// Redis reads, acks and publishes for one consumer of one group.
 pub struct Source {
-    client: redis::Client,
+    client: RedisClient,
+    /// Whether `client` is a cluster's: scripts and pipelines then stay within one slot.
+    cluster: bool,
     config: SourceConfig,
     publish_script: redis::Script,
+    cluster_publish_script: redis::Script,
     skipped_script: redis::Script,
     sized_pending: redis::Script,
     sized_claim: redis::Script,
     /// Entries per stream per read; shared with the read-ahead task.
     count: Arc<AtomicUsize>,
-    writer: Option<MultiplexedConnection>,
+    writer: Option<Conn>,
     /// The key that marks this group's outputs, once loaded from Redis.
     output_key: Option<OutputKey>,
 }
@@ -241,15 +219,16 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    pub fn new(client: redis::Client, config: SourceConfig) -> Source {
+    pub fn new(client: RedisClient, config: SourceConfig) -> Source {
         let count = Arc::new(AtomicUsize::new(config.count));
-        let publish_script = redis::Script::new(PUBLISH_SCRIPT);
         Source {
+            cluster: client.is_cluster(),
             client,
             config,
             count,
             writer: None,
-            publish_script,
+            publish_script: redis::Script::new(publish::PUBLISH_SCRIPT),
+            cluster_publish_script: redis::Script::new(publish::CLUSTER_PUBLISH_SCRIPT),
             output_key: None,
             skipped_script: groups::script(),
             sized_pending: redis::Script::new(sized::SIZED_PENDING),
@@ -270,14 +249,11 @@ impl Source {
         self.count.store(count.max(1), Ordering::Relaxed);
     }
 
-    async fn connection(&self, response_timeout: Duration) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(response_timeout));
-        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+    async fn connection(&self, response_timeout: Duration) -> Result<Conn> {
+        self.client.connect(response_timeout).await
     }
 
-    async fn writer(&mut self) -> Result<MultiplexedConnection> {
+    async fn writer(&mut self) -> Result<Conn> {
         if self.writer.is_none() {
             self.writer = Some(self.connection(Duration::from_secs(10)).await?);
         }
@@ -310,18 +286,6 @@ impl Source {
     pub async fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let _: () = self.run(redis::cmd("SET").arg(key).arg(value)).await?;
         Ok(())
-    }
-
-    /// Lowers this consumer's publish mark to `head_seq` when it stands past the log's head: the
-    /// log was cut back (restored from a backup, `--accept-truncated-log`), and outputs of the
-    /// records it appends from now on would otherwise share seqs with outputs already
-    /// published and be skipped. Returns the mark it lowered.
-    pub async fn lower_publish_mark(&mut self, head_seq: u64) -> Result<Option<String>> {
-        let mut conn = self.writer().await?;
-        let script = redis::Script::new(LOWER_MARK_SCRIPT);
-        let mut invocation = script.key(&self.config.published_key);
-        invocation.arg(&self.config.consumer).arg(head_seq).arg(u32::MAX);
-        Ok(invocation.invoke_async::<Option<String>>(&mut conn).await?)
     }
 
     /// Reads the group's output key, creating it when no engine of the group has yet (a random
@@ -456,12 +420,16 @@ impl Source {
         Ok((claimed, next, deleted))
     }
 
-    /// Acknowledges entries, one XACK per stream, in one pipeline. A stream whose group Redis
+    /// Acknowledges entries, one XACK per stream, in one pipeline (on a cluster, where the
+    /// streams lie in different slots, one command per stream). A stream whose group Redis
     /// no longer has (it restarted empty) has nothing left to acknowledge.
     pub async fn ack(&mut self, ids: &[(String, EntryId)]) -> Result<()> {
         let mut by_stream: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (stream, id) in ids {
             by_stream.entry(stream).or_default().push(id.to_string());
+        }
+        if self.cluster {
+            return self.ack_each(by_stream).await;
         }
         let mut pipe = redis::pipe();
         for (stream, ids) in &by_stream {
@@ -473,95 +441,33 @@ impl Source {
                 // Redis lost the group, or a key changed type or permission under us: nothing
                 // is pending there any more. Acknowledge stream by stream so that streams which
                 // still have it are not skipped.
-                for (stream, ids) in by_stream {
-                    let mut cmd = redis::cmd("XACK");
-                    cmd.arg(stream).arg(&self.config.group).arg(&ids);
-                    match self.run::<Value>(&cmd).await {
-                        Err(e) if e.is_no_group() || e.belongs_to_stream() => {
-                            tracing::warn!(stream, error = %e, "cannot acknowledge on this stream; its entries stay pending")
-                        }
-                        other => {
-                            other?;
-                        }
-                    }
-                }
-                Ok(())
+                self.ack_each(by_stream).await
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Publishes outbox entries in order through [`PUBLISH_SCRIPT`] (EVALSHA, loaded once),
-    /// many entries per call. Returns how many were new. Each entry is marked as it goes out,
-    /// over its final bytes (the elapsed time filled in), with the key loaded at connection.
-    pub async fn publish(&mut self, items: &[Outgoing<'_>]) -> Result<u64> {
-        let Some(key) = self.output_key.clone() else {
-            return Err(EngineError::Reply("no output key loaded: nothing is published unmarked".into()));
-        };
-        let mut published = 0;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        for chunk in items.chunks(128) {
-            let mut conn = self.writer().await?;
-            let mut invocation = self.publish_script.key(&self.config.published_key);
-            invocation.arg(&self.config.consumer);
-            for item in chunk {
-                let mut args: Vec<Vec<u8>> = Vec::with_capacity(4 + 2 * item.fields.len());
-                if let Some(maxlen) = item.maxlen {
-                    args.extend([b"MAXLEN".to_vec(), b"~".to_vec(), maxlen.to_string().into_bytes()]);
+    /// One XACK per stream; a stream Redis refuses for a reason of its own (or whose group it
+    /// lost) keeps its entries pending, named in the log, and the others are acknowledged.
+    async fn ack_each(&mut self, by_stream: BTreeMap<&str, Vec<String>>) -> Result<()> {
+        for (stream, ids) in by_stream {
+            let mut cmd = redis::cmd("XACK");
+            cmd.arg(stream).arg(&self.config.group).arg(&ids);
+            match self.run::<Value>(&cmd).await {
+                Err(e) if e.is_no_group() || e.belongs_to_stream() => {
+                    tracing::warn!(stream, error = %e, "cannot acknowledge on this stream; its entries stay pending")
                 }
-                args.push(b"*".to_vec());
-                let mut elapsed = item.elapsed_from_ms.map(|start| now_ms.saturating_sub(start));
-                let mut fields: Fields = Vec::with_capacity(item.fields.len());
-                for (name, value) in item.fields {
-                    let value = match elapsed.and_then(|ms| fill_elapsed(value, ms)) {
-                        Some(filled) => {
-                            elapsed = None;
-                            filled
-                        }
-                        None => value.clone(),
-                    };
-                    fields.push((name.clone(), value));
+                other => {
+                    other?;
                 }
-                if !key.seal(item.stream, &mut fields) {
-                    return Err(EngineError::State(format!(
-                        "outbox entry {}-{} has no single output_id to carry its mark",
-                        item.seq, item.index
-                    )));
-                }
-                args.extend(fields.into_iter().flat_map(|(name, value)| [name, value]));
-                invocation.arg(item.stream).arg(item.seq).arg(item.index).arg(args.len()).arg(args);
             }
-            let result = invocation.invoke_async::<u64>(&mut conn).await;
-            drop(invocation);
-            published += self.forget_on_io_error(result)?;
         }
-        Ok(published)
+        Ok(())
     }
-}
-
-/// `value` with its first [`ELAPSED_MS`] placeholder replaced by `ms`, if it has one.
-fn fill_elapsed(value: &[u8], ms: u64) -> Option<Vec<u8>> {
-    let marker = ELAPSED_MS.as_bytes();
-    let at = value.windows(marker.len()).position(|w| w == marker)?;
-    let mut filled = Vec::with_capacity(value.len());
-    filled.extend_from_slice(&value[..at]);
-    filled.extend_from_slice(ms.to_string().as_bytes());
-    filled.extend_from_slice(&value[at + marker.len()..]);
-    Some(filled)
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_first_elapsed_placeholder_is_filled_in() {
-        let value = format!(r#"{{"duration_ms":{0},"note":"{0}"}}"#, super::ELAPSED_MS);
-        let filled = super::fill_elapsed(value.as_bytes(), 42).unwrap();
-        assert_eq!(filled, format!(r#"{{"duration_ms":42,"note":"{}"}}"#, super::ELAPSED_MS).into_bytes());
-        assert_eq!(super::fill_elapsed(b"{}", 42), None);
-    }
-
     use super::*;
 
     fn bulk(s: &str) -> Value {

@@ -154,16 +154,16 @@ pub fn sigcont(pid: u32) {
     assert_eq!(unsafe_kill(pid as i32, libc::SIGCONT), 0);
 }
 
-fn group_state(conn: &mut redis::Connection, stream: &str) -> Option<(String, u64)> {
+fn group_state(conn: &mut impl redis::ConnectionLike, stream: &str) -> Option<(String, u64)> {
     maestro::groups::group_state(conn, stream, GROUP)
 }
 
 /// True once every stream's group has been delivered everything and has nothing pending.
-pub fn drained(conn: &mut redis::Connection) -> bool {
+pub fn drained(conn: &mut impl redis::ConnectionLike) -> bool {
     maestro::groups::drained(conn, &streams(), GROUP)
 }
 
-pub fn wait_drained(conn: &mut redis::Connection, timeout: Duration) {
+pub fn wait_drained(conn: &mut impl redis::ConnectionLike, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if drained(conn) {
@@ -178,7 +178,7 @@ pub fn wait_drained(conn: &mut redis::Connection, timeout: Duration) {
 }
 
 /// Total pending entries of the group over all streams.
-pub fn total_pending(conn: &mut redis::Connection) -> u64 {
+pub fn total_pending(conn: &mut impl redis::ConnectionLike) -> u64 {
     streams().iter().filter_map(|s| group_state(conn, s)).map(|(_, p)| p).sum()
 }
 
@@ -211,7 +211,7 @@ pub fn assert_exactly_once(produced: &[(String, String)], records: &[Value]) {
 }
 
 /// Reads a whole stream as (id, fields).
-pub fn read_stream(conn: &mut redis::Connection, stream: &str) -> Vec<(String, HashMap<String, String>)> {
+pub fn read_stream(conn: &mut impl redis::ConnectionLike, stream: &str) -> Vec<(String, HashMap<String, String>)> {
     let reply: redis::streams::StreamRangeReply =
         redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(conn).unwrap();
     reply
@@ -306,7 +306,7 @@ pub fn assert_dead_lettered_once(conn: &mut redis::Connection, bad: &[(String, S
 
 /// How many answers the template results stream holds per request id starting with `prefix`
 /// (entries others wrote there without a JSON `data` field are not answers).
-pub fn answers_to(conn: &mut redis::Connection, prefix: &str) -> BTreeMap<String, usize> {
+pub fn answers_to(conn: &mut impl redis::ConnectionLike, prefix: &str) -> BTreeMap<String, usize> {
     let mut answers = BTreeMap::new();
     for (_, fields) in read_stream(conn, "maestro:streams:templates:results") {
         let Some(data) = fields.get("data").and_then(|d| serde_json::from_str::<Value>(d).ok()) else { continue };

@@ -75,7 +75,7 @@ pub(super) async fn session(
     config: &EngineConfig,
     data_dir: &DataDir,
     consumer: &str,
-    client: &redis::Client,
+    client: &crate::connect::RedisClient,
     domains: &Domains,
     status: &Arc<Health>,
     shutdown: &mut Shutdown,
@@ -124,6 +124,8 @@ pub(super) async fn session(
             budget: config.max_batch_bytes,
             entry_limit: config.limits.max_entry_bytes,
             published_key: format!("maestro:engine:{}:published", config.group),
+            wait_replicas: config.cluster_wait_replicas,
+            wait_ms: config.cluster_wait_ms,
             output_key_key: format!("maestro:engine:{}:output-key", config.group),
         },
     );

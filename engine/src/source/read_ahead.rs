@@ -1,10 +1,9 @@
 //! Reading new entries ahead of the batch being processed, stream errors kept to their stream,
 //! and memory kept to the byte budget whatever waits in Redis.
 
-use super::{RawEntry, SourceConfig, parse_entry};
+use super::{Conn, RawEntry, SourceConfig, parse_entry, slot_groups};
 use crate::error::{EngineError, Result};
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
@@ -20,7 +19,10 @@ use tokio::time::Instant;
 /// every stream gave less than asked within the budget (nothing was left waiting).
 ///
 /// One read covers every stream, so entries of different streams keep the order they arrived
-/// in (a heal request after the `start_monitoring` that names its project).
+/// in (a heal request after the `start_monitoring` that names its project). On a Redis Cluster
+/// a script may only touch one slot, so there one read covers the streams of one slot, and
+/// streams of different slots are read one after the other: their entries may then come out
+/// of the order they arrived in across streams (keys sharing a hash tag keep it).
 const SIZED_READ: &str = r"
 local count, limit, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local used, drained, out = 0, 1, {}
@@ -93,7 +95,7 @@ pub struct ReadAhead {
 }
 
 struct Reader {
-    conn: MultiplexedConnection,
+    conn: Conn,
     config: SourceConfig,
     /// Entries per stream per read, shared with the batch loop.
     count: Arc<AtomicUsize>,
@@ -112,14 +114,14 @@ fn bytes(entries: &[RawEntry]) -> usize {
 impl Reader {
     /// The next entries of `streams` through [`SIZED_READ`], and whether every stream was
     /// drained.
-    async fn sized_read(&mut self, streams: &[String]) -> Result<(Vec<RawEntry>, bool)> {
+    async fn sized_read(&mut self, streams: &[String], budget: usize) -> Result<(Vec<RawEntry>, bool)> {
         let mut invocation = self.sized_read.prepare_invoke();
         for stream in streams {
             invocation.key(stream);
         }
         let count = self.count.load(Ordering::Relaxed).max(1);
         invocation.arg(&self.config.group).arg(&self.config.consumer).arg(count);
-        invocation.arg(self.config.entry_limit.max(1)).arg(self.config.budget.max(1));
+        invocation.arg(self.config.entry_limit.max(1)).arg(budget.max(1));
         let reply = invocation.invoke_async::<Value>(&mut self.conn).await;
         drop(invocation);
         let Value::Array(mut per_stream) = reply? else {
@@ -149,18 +151,37 @@ impl Reader {
         Ok((entries, drained))
     }
 
-    /// Every stream in one sized read; when Redis refuses it for one key's reason, each stream
-    /// alone to find which.
+    /// Every stream in one sized read (on a cluster, one per slot, each within what the
+    /// previous ones left of the budget); when Redis refuses one for one key's reason, each of
+    /// its streams alone to find which.
     async fn read_once(&mut self) -> Result<Read> {
-        let streams = self.config.streams.clone();
-        let error = match self.sized_read(&streams).await {
+        let mut read = Read { all_streams: true, ..Read::default() };
+        for streams in slot_groups(&self.config.streams, self.conn.is_cluster()) {
+            let budget = self.config.budget.saturating_sub(bytes(&read.entries));
+            if budget == 0 && !read.entries.is_empty() {
+                read.all_streams = false;
+                break;
+            }
+            let part = self.read_slot(streams, budget).await?;
+            read.entries.extend(part.entries);
+            read.failed.extend(part.failed);
+            read.all_streams &= part.all_streams;
+        }
+        self.config.streams.retain(|s| !read.failed.iter().any(|(f, _)| f == s));
+        Ok(read)
+    }
+
+    /// `streams` (of one slot) in one sized read; when Redis refuses it for one key's reason,
+    /// each stream alone to find which.
+    async fn read_slot(&mut self, streams: Vec<String>, budget: usize) -> Result<Read> {
+        let error = match self.sized_read(&streams, budget).await {
             Ok((entries, all_streams)) => return Ok(Read { entries, failed: Vec::new(), all_streams }),
             Err(e) if e.belongs_to_stream() => e,
             Err(e) => return Err(e),
         };
         let mut read = Read { all_streams: true, ..Read::default() };
         for stream in streams {
-            match self.sized_read(std::slice::from_ref(&stream)).await {
+            match self.sized_read(std::slice::from_ref(&stream), budget).await {
                 Ok((entries, drained)) => {
                     read.entries.extend(entries);
                     read.all_streams &= drained;
@@ -169,7 +190,6 @@ impl Reader {
                 Err(e) => return Err(e),
             }
         }
-        self.config.streams.retain(|s| !read.failed.iter().any(|(f, _)| f == s));
         // Nothing refused alone: the error was not one stream's after all.
         if read.failed.is_empty() && read.entries.is_empty() { Err(error) } else { Ok(read) }
     }
@@ -236,7 +256,7 @@ pub(super) fn sized_entry(stream: &str, value: Value) -> Result<RawEntry> {
 }
 
 impl ReadAhead {
-    pub(super) fn spawn(conn: MultiplexedConnection, config: SourceConfig, count: Arc<AtomicUsize>) -> ReadAhead {
+    pub(super) fn spawn(conn: Conn, config: SourceConfig, count: Arc<AtomicUsize>) -> ReadAhead {
         let (tx, batches) = mpsc::channel(1);
         let handover = Arc::new(Handover::default());
         let idle_wait = config.poll;

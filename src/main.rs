@@ -309,8 +309,8 @@ fn verify(
     chain_only: bool,
 ) -> anyhow::Result<()> {
     let (anchor_redis, outputs_redis) = redis;
-    let (config, dir, log) = maestro::replay_cli::open(&config)?;
-    let report = maestro_replay::verify_log(&log)?;
+    let (config, dir, log, checks) = maestro::replay_cli::open_checking_segments(&config)?;
+    let report = maestro_replay::verify_log_checked(&log, &checks)?;
     println!(
         "ok: {} records, checksums and chain intact; head seq {} hash {}",
         report.records, report.head_seq, report.head_hash

@@ -28,6 +28,16 @@ pub fn open(args: &ConfigArgs) -> anyhow::Result<(EngineConfig, DataDir, Log)> {
     Ok((recorded(config, &log)?, dir, log))
 }
 
+/// As [`open`], with every segment file checked on its own meanwhile, for `maestro verify`
+/// (see [`maestro_replay::open_log_checking_segments`]).
+pub fn open_checking_segments(
+    args: &ConfigArgs,
+) -> anyhow::Result<(EngineConfig, DataDir, Log, maestro_engine::segments::FileChecks)> {
+    let config = settings::load(args)?;
+    let (dir, log, checks) = maestro_replay::open_log_checking_segments(&config.data_dir)?;
+    Ok((recorded(config, &log)?, dir, log, checks))
+}
+
 /// As [`open`], with the log opened in place for a tool that writes to it.
 pub fn open_writable(args: &ConfigArgs) -> anyhow::Result<(EngineConfig, DataDir, Log)> {
     let config = settings::load(args)?;

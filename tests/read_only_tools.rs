@@ -1,6 +1,6 @@
 //! The read-only tools (`verify`, `export`, `replay state/diff/explain/check`) change not a
 //! byte of the data dir they read, whole or damaged (a truncated `db/db`, a deleted `HEAD`,
-//! flipped bytes): the BLAKE3 of every file is the same before and after each run, and a
+//! flipped bytes in `db/db` or in a sealed segment file): the BLAKE3 of every file is the same before and after each run, and a
 //! second `verify` of a damaged dir fails as the first did. The data dir is written by the
 //! engine binary from a real `redis-server`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -78,6 +78,8 @@ enum Damage {
     DeleteHead,
     /// Sixteen bits flipped in `db/db`.
     Flip,
+    /// One bit flipped in the middle of the first sealed segment file.
+    FlipSegment,
 }
 
 impl Damage {
@@ -89,6 +91,13 @@ impl Damage {
                 std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len * percent / 100).unwrap()
             }
             Damage::DeleteHead => std::fs::remove_file(dir.join("HEAD")).unwrap(),
+            Damage::FlipSegment => {
+                let segment = first_segment(dir);
+                let mut bytes = std::fs::read(&segment).unwrap();
+                let at = bytes.len() / 2;
+                bytes[at] ^= 0x08;
+                std::fs::write(&segment, bytes).unwrap();
+            }
             Damage::Flip => {
                 let mut bytes = std::fs::read(&db).unwrap();
                 let mut rng = maestro::traffic::Rng::new(5);
@@ -102,13 +111,23 @@ impl Damage {
     }
 }
 
+fn first_segment(dir: &Path) -> PathBuf {
+    let segments = dir.join(maestro_engine::segments::SEGMENTS_DIR);
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(segments).map_or(Vec::new(), |e| e.flatten().map(|e| e.path()).collect());
+    files.sort();
+    files.into_iter().next().unwrap_or_default()
+}
+
 #[test]
 fn read_only_tools_change_no_byte_of_a_whole_or_damaged_data_dir() {
     let server = redis(false);
     let mut conn = connect(&server);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("engine");
-    let mut engine = EngineProc::start(&server.url(), &dir, &[("MAESTRO_ADMINS", "acme:alice")]);
+    // Small segments, so that the tools read sealed history as well as sled's tail.
+    let env = [("MAESTRO_ADMINS", "acme:alice"), ("MAESTRO_SEGMENT_RECORDS", "100")];
+    let mut engine = EngineProc::start(&server.url(), &dir, &env);
     produce(&mut conn, 300, 7, false);
     let body = maestro::traffic::template_body(&mut maestro::traffic::Rng::new(3), 9_000);
     let create = json!({"request_id": "r1", "operation": "create", "tenant_id": "acme", "user_id": "alice",
@@ -121,13 +140,18 @@ fn read_only_tools_change_no_byte_of_a_whole_or_damaged_data_dir() {
         .query::<String>(&mut conn)
         .unwrap();
     wait_drained(&mut conn, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !first_segment(&dir).is_file() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(first_segment(&dir).is_file(), "the engine sealed a segment");
     assert!(engine.terminate().success(), "{}", engine.stderr());
     assert!(dir.join("values").is_dir(), "the data dir has value files too");
 
     let (first, second) = run_all(&dir, "whole");
     assert_eq!((first, second), (Some(0), Some(0)), "a whole data dir verifies");
 
-    let damages = [Damage::Truncate(60), Damage::Truncate(10), Damage::DeleteHead, Damage::Flip];
+    let damages = [Damage::Truncate(60), Damage::Truncate(10), Damage::DeleteHead, Damage::Flip, Damage::FlipSegment];
     for damage in damages {
         let case = format!("{damage:?}");
         let copy = data.path().join(&case);

@@ -248,6 +248,11 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         .context("starting the replay worker")?;
     anyhow::ensure!(out.status.success(), "the replay worker failed: {:?}", out.status);
     let figures: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    println!(
+        "data dir after the rebuilds (the projection store in db/ too): {:.0} bytes per record (sled {:.0})",
+        per_record(dir_bytes(&path)),
+        per_record(dir_bytes(&path.join("db")))
+    );
     let seconds = figures["rebuild_s"].as_f64().unwrap_or(f64::NAN);
     let records = figures["records"].as_u64().unwrap_or(0);
     println!(

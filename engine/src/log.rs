@@ -15,7 +15,7 @@
 //! whose range can hold the id.
 
 use crate::error::{EngineError, Result};
-use crate::segments::{SEGMENTS_DIR, Segments, Stored, StoredRange};
+use crate::segments::{FileChecks, SEGMENTS_DIR, Segments, Stored, StoredRange};
 use crate::value_files::ValueFiles;
 use maestro_schemas::record::{GENESIS_HASH, RecordRef, format_for, hash_stored, hex};
 use maestro_schemas::{Body, EntryId, Record, codec};
@@ -466,13 +466,42 @@ impl Log {
 
     /// Checks checksums, seq continuity and the hash chain of records `from..=to`.
     pub fn verify(&self, from: u64, to: u64) -> Result<VerifySummary> {
-        let mut expected_hash = match from {
+        let expected_hash = match from {
             0 | 1 => GENESIS_HASH,
             _ => match self.stored(from - 1)? {
                 Some(stored) => hash_stored(&stored),
                 None => return Err(EngineError::Damaged(format!("record {}: missing", from - 1))),
             },
         };
+        self.verify_after(expected_hash, from, to)
+    }
+
+    /// [`Log::verify`] of the whole log, counting as checked each sealed segment whose file
+    /// `checked` found whole, equal to its index entry and chained to the segment before it
+    /// (see [`crate::segments::check`]). From the first segment that is not, and for sled's
+    /// tail, the records are read through the index and checked here, so damage is named as
+    /// [`Log::verify`] names it.
+    pub fn verify_checked(&self, checked: &FileChecks) -> Result<VerifySummary> {
+        let (mut expected_hash, mut records) = (GENESIS_HASH, 0);
+        let mut from = self.segments.sealed_through() + 1;
+        for meta in self.segments.list() {
+            match checked.get(&meta.file_name()) {
+                Some(check) if check.meta == *meta && check.first_prev == expected_hash => {
+                    expected_hash = meta.last_hash;
+                    records += meta.last - meta.first + 1;
+                }
+                _ => {
+                    from = meta.first;
+                    break;
+                }
+            }
+        }
+        let rest = self.verify_after(expected_hash, from, self.head_seq)?;
+        Ok(VerifySummary { records: records + rest.records, head_hash: rest.head_hash })
+    }
+
+    /// Checks records `from..=to`, the first of which must name `expected_hash`.
+    fn verify_after(&self, mut expected_hash: [u8; 32], from: u64, to: u64) -> Result<VerifySummary> {
         let mut summary = VerifySummary { records: 0, head_hash: expected_hash };
         let mut next = from.max(1);
         for item in self.stored_range(from, to) {

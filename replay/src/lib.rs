@@ -10,6 +10,7 @@ pub mod state;
 use maestro_engine::datadir::DataDir;
 use maestro_engine::error::EngineError;
 use maestro_engine::log::Log;
+use maestro_engine::segments::{FileChecks, SEGMENTS_DIR, check_files};
 use maestro_schemas::ids::format_utc_ms;
 use maestro_schemas::record::hex;
 use maestro_schemas::{Body, Record, Status};
@@ -47,6 +48,25 @@ pub fn open_log(data_dir: &Path) -> Result<(DataDir, Log)> {
     let dir = DataDir::open_existing(data_dir)?;
     let log = Log::open_copy(dir.path(), TOOL_CACHE_BYTES, false)?;
     Ok((dir, log))
+}
+
+/// [`open_log`], with every sealed segment file checked on its own (see
+/// `maestro_engine::segments::check`) on the other cores while sled's files are copied and
+/// opened: what [`verify_log_checked`] takes.
+pub fn open_log_checking_segments(data_dir: &Path) -> Result<(DataDir, Log, FileChecks)> {
+    if !data_dir.join("db").is_dir() {
+        return Err(ReplayError::NoLog(data_dir.display().to_string()));
+    }
+    let dir = DataDir::open_existing(data_dir)?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let segments = dir.path().join(SEGMENTS_DIR);
+    let (log, checks) = std::thread::scope(|scope| {
+        let checking = scope.spawn(|| check_files(&segments, threads));
+        let log = Log::open_copy(dir.path(), TOOL_CACHE_BYTES, false);
+        // A checker that panicked checked nothing: every segment is then read through the index.
+        (log, checking.join().unwrap_or_default())
+    });
+    Ok((dir, log?, checks))
 }
 
 /// Opens an existing data dir's log in place, taking its lock, for a tool that writes to it
@@ -142,13 +162,19 @@ pub struct VerifyReport {
 /// Checks every record's checksum and the whole chain, then that the log reaches its head
 /// anchor; the error names the first bad seq.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
-    let (_dir, log) = open_log(data_dir)?;
-    verify_log(&log)
+    let (_dir, log, checks) = open_log_checking_segments(data_dir)?;
+    verify_log_checked(&log, &checks)
 }
 
 /// [`verify`] on an open log.
 pub fn verify_log(log: &Log) -> Result<VerifyReport> {
-    let summary = log.verify(1, log.head_seq())?;
+    verify_log_checked(log, &FileChecks::new())
+}
+
+/// [`verify`] on an open log, with the segment files found whole by
+/// [`open_log_checking_segments`] counted as checked where they equal their index entries.
+pub fn verify_log_checked(log: &Log, checks: &FileChecks) -> Result<VerifyReport> {
+    let summary = log.verify_checked(checks)?;
     log.check_anchor()?;
     Ok(VerifyReport { records: summary.records, head_seq: log.head_seq(), head_hash: hex(&summary.head_hash) })
 }

@@ -13,9 +13,11 @@
 //! the frame that holds a seq, and a frame found where another belongs (frames swapped, a file
 //! cut short or gone) is named by the seq it should hold.
 
+pub mod check;
 mod frame;
 mod seal;
 
+pub use check::{FileCheck, FileChecks, check_files};
 pub use frame::{Frame, Stored};
 pub(crate) use seal::seal;
 

@@ -1,5 +1,5 @@
 use crate::log::{Log, NewRecord, log_key};
-use maestro_schemas::{Body, Entry, EntryId, Status};
+use maestro_schemas::{Body, Entry, EntryId, Record, Status};
 use std::path::Path;
 
 fn entry(ms: u64) -> NewRecord {
@@ -161,4 +161,65 @@ fn damage_in_sled_is_never_sealed() {
     assert!(error.contains("record 77"), "{error}");
     assert_eq!(log.segments().list().len(), 0, "nothing past the damage was sealed");
     assert!(log.db().get(log_key(1)).unwrap().is_some());
+}
+
+/// Rewrites record `seq` of a sealed segment (its length unchanged) through `edit`, with its own
+/// checksum and its frame's CRC made right again: damage only the chain can tell.
+fn rewrite_sealed_record(path: &Path, meta: &super::SegmentMeta, seq: u64, edit: impl FnOnce(&mut Record)) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = meta.frames.partition_point(|(first, _)| *first <= seq) - 1;
+    let (first, frame) = (meta.frames[i].0, meta.frames[i].1 as usize);
+    let end = meta.frames.get(i + 1).map_or(bytes.len(), |(_, offset)| *offset as usize);
+    let mut at = frame + super::frame::HEADER;
+    for _ in first..seq {
+        at += 4 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let mut record = Record::decode(seq, &bytes[at + 4..at + 4 + len]).unwrap();
+    edit(&mut record);
+    let stored = record.encode().unwrap();
+    assert_eq!(stored.len(), len);
+    bytes[at + 4..at + 4 + len].copy_from_slice(&stored);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[frame..frame + 16]);
+    crc.update(&bytes[frame + super::frame::HEADER..end]);
+    bytes[frame + 16..frame + 20].copy_from_slice(&crc.finalize().to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn segment_files_checked_on_their_own_count_only_where_they_equal_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = sealed_log(tmp.path(), 3500, 1500);
+    let dir = tmp.path().join(super::SEGMENTS_DIR);
+    // A seal that did not finish left a file the index does not name: checked, never counted.
+    std::fs::write(dir.join(super::file_name(3001, 4500)), b"half a seal").unwrap();
+    let checks = super::check_files(&dir, 2);
+    assert_eq!(checks.len(), 2, "the two sealed files, not the leftover");
+    for meta in log.segments().list() {
+        assert_eq!(&checks[&meta.file_name()].meta, meta);
+    }
+    let whole = log.verify(1, 3500).unwrap();
+    assert_eq!(log.verify_checked(&checks).unwrap(), whole);
+    assert_eq!(log.verify_checked(&super::FileChecks::new()).unwrap(), whole);
+
+    // Damage the second segment after the checks: they are taken as they are where they equal
+    // the index, and only there.
+    let (path, meta) = (segment_file(tmp.path(), &log, 1), log.segments().list()[1].clone());
+    rewrite_sealed_record(&path, &meta, 2600, |record| record.prev_hash[3] ^= 1);
+    assert_eq!(log.verify_checked(&checks).unwrap(), whole, "a check equal to the index is taken");
+    let mut unchained = checks.clone();
+    unchained.get_mut(&meta.file_name()).unwrap().first_prev[0] ^= 1;
+    let error = log.verify_checked(&unchained).unwrap_err().to_string();
+    assert!(error.contains("record 2600: chain broken"), "a check not chained to its predecessor: {error}");
+    let mut reshaped = checks.clone();
+    reshaped.get_mut(&meta.file_name()).unwrap().meta.frames.pop();
+    let error = log.verify_checked(&reshaped).unwrap_err().to_string();
+    assert!(error.contains("record 2600: chain broken"), "a check unlike its index entry: {error}");
+
+    // Checked again, the damaged file (each checksum right, the chain not) is left out and named.
+    let checks = super::check_files(&dir, 2);
+    assert_eq!(checks.len(), 1, "{:?}", checks.keys());
+    let error = log.verify_checked(&checks).unwrap_err().to_string();
+    assert!(error.contains("record 2600: chain broken"), "{error}");
 }

@@ -13,6 +13,7 @@ use rustpython_ruff_python_ast::Stmt;
 use rustpython_ruff_python_parser::parse_module;
 use std::collections::BTreeSet;
 
+mod expression;
 mod grammar;
 mod lexer;
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! A recognizer of a plain subset of Python, for the outline of a module without building its
+//! A recognizer of a plain subset of Python (statements here, expressions in
+//! [`super::expression`]), for the outline of a module without building its
 //! tree: the statements and expressions test files are made of. Whatever it accepts the full
 //! parser accepts, with the same top-level statements and function names (the tests compare
 //! the two on every edit of a corpus); whatever it is unsure of (lambdas, stars outside calls,
@@ -12,7 +13,7 @@ use std::collections::BTreeSet;
 /// What an expression can be assigned to: nothing, one place (a name, attribute or
 /// subscript), or several (a tuple or list of such).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
+pub(super) enum Target {
     No,
     One,
     Many,
@@ -37,14 +38,12 @@ impl Scope {
 }
 
 const AUGMENTED: [&str; 13] = ["+=", "-=", "*=", "/=", "//=", "%=", "**=", ">>=", "<<=", "&=", "|=", "^=", "@="];
-const COMPARISONS: [&str; 7] = ["==", "!=", "<", ">", "<=", ">=", "in"];
-const BINARY: [&[&str]; 6] = [&["|"], &["^"], &["&"], &["<<", ">>"], &["+", "-"], &["*", "/", "//", "%", "@"]];
 
-struct Parser<'s> {
+pub(super) struct Parser<'s> {
     src: &'s str,
     toks: Vec<Token>,
     at: usize,
-    in_async: bool,
+    pub(super) in_async: bool,
     names: BTreeSet<String>,
 }
 
@@ -76,35 +75,35 @@ pub fn outline(source: &str) -> Option<Vec<TopLevel>> {
 }
 
 impl<'s> Parser<'s> {
-    fn tok(&self) -> Token {
+    pub(super) fn tok(&self) -> Token {
         self.toks[self.at]
     }
 
-    fn kind(&self) -> Kind {
+    pub(super) fn kind(&self) -> Kind {
         self.tok().kind
     }
 
-    fn text(&self, t: Token) -> &'s str {
+    pub(super) fn text(&self, t: Token) -> &'s str {
         &self.src[t.start as usize..t.end as usize]
     }
 
     /// Whether the current token is the operator or keyword `word`.
-    fn is(&self, word: &str) -> bool {
+    pub(super) fn is(&self, word: &str) -> bool {
         let t = self.tok();
         matches!(t.kind, Kind::Op | Kind::Name) && self.text(t) == word
     }
 
-    fn next_is(&self, word: &str) -> bool {
+    pub(super) fn next_is(&self, word: &str) -> bool {
         self.toks.get(self.at + 1).is_some_and(|t| t.kind == Kind::Op && self.text(*t) == word)
     }
 
-    fn bump(&mut self) {
+    pub(super) fn bump(&mut self) {
         if self.at + 1 < self.toks.len() {
             self.at += 1;
         }
     }
 
-    fn eat(&mut self, word: &str) -> bool {
+    pub(super) fn eat(&mut self, word: &str) -> bool {
         let found = self.is(word);
         if found {
             self.bump();
@@ -112,7 +111,7 @@ impl<'s> Parser<'s> {
         found
     }
 
-    fn expect(&mut self, word: &str) -> Option<()> {
+    pub(super) fn expect(&mut self, word: &str) -> Option<()> {
         self.eat(word).then_some(())
     }
 
@@ -125,7 +124,7 @@ impl<'s> Parser<'s> {
     }
 
     /// A name that is not a keyword (nor `__debug__`, which nothing may bind).
-    fn name(&mut self) -> Option<&'s str> {
+    pub(super) fn name(&mut self) -> Option<&'s str> {
         let t = self.tok();
         let text = self.text(t);
         let plain = t.kind == Kind::Name && !is_keyword(text) && text != "__debug__";
@@ -396,7 +395,7 @@ impl<'s> Parser<'s> {
                     }
                 }
             }
-            "from" => self.from_import()?,
+            "from" => self.import_from()?,
             "None" | "True" | "False" | "not" | "await" => self.expression_statement()?,
             _ if is_keyword(word) => return None,
             _ => self.expression_statement()?,
@@ -404,7 +403,7 @@ impl<'s> Parser<'s> {
         Some(())
     }
 
-    fn from_import(&mut self) -> Option<()> {
+    fn import_from(&mut self) -> Option<()> {
         self.bump();
         let mut relative = false;
         while self.eat(".") || self.eat("...") {
@@ -460,330 +459,5 @@ impl<'s> Parser<'s> {
             }
         }
         Some(())
-    }
-
-    /// Whether the current token can begin an expression of the subset.
-    fn starts_expression(&self) -> bool {
-        let t = self.tok();
-        match t.kind {
-            Kind::Number | Kind::Str => true,
-            Kind::Name => {
-                let w = self.text(t);
-                !is_keyword(w) || matches!(w, "None" | "True" | "False" | "not" | "await")
-            }
-            Kind::Op => matches!(self.text(t), "(" | "[" | "{" | "-" | "+" | "~" | "..."),
-            _ => false,
-        }
-    }
-
-    /// Expressions separated by commas (a trailing one allowed): what they assign to, and
-    /// whether there was only one, without a comma.
-    fn expression_list(&mut self) -> Option<(Target, bool)> {
-        let first = self.expr()?;
-        if !self.is(",") {
-            return Some((first, true));
-        }
-        let mut all = first != Target::No;
-        while self.eat(",") {
-            if !self.starts_expression() {
-                break;
-            }
-            all &= self.expr()? != Target::No;
-        }
-        Some((if all { Target::Many } else { Target::No }, false))
-    }
-
-    fn exprs(&mut self) -> Option<()> {
-        self.expression_list().map(|_| ())
-    }
-
-    /// The targets of a `for`: each assignable.
-    fn targets(&mut self) -> Option<()> {
-        loop {
-            if self.binary(0)? == Target::No {
-                return None;
-            }
-            if !self.eat(",") || self.is("in") {
-                return Some(());
-            }
-        }
-    }
-
-    /// A conditional expression (lambdas and `yield` are left to the full parser).
-    fn expr(&mut self) -> Option<Target> {
-        let target = self.disjunction()?;
-        if !self.eat("if") {
-            return Some(target);
-        }
-        self.disjunction()?;
-        self.expect("else")?;
-        self.expr()?;
-        Some(Target::No)
-    }
-
-    fn disjunction(&mut self) -> Option<Target> {
-        let target = self.conjunction()?;
-        if !self.is("or") {
-            return Some(target);
-        }
-        while self.eat("or") {
-            self.conjunction()?;
-        }
-        Some(Target::No)
-    }
-
-    fn conjunction(&mut self) -> Option<Target> {
-        let target = self.inversion()?;
-        if !self.is("and") {
-            return Some(target);
-        }
-        while self.eat("and") {
-            self.inversion()?;
-        }
-        Some(Target::No)
-    }
-
-    fn inversion(&mut self) -> Option<Target> {
-        if self.eat("not") {
-            self.inversion()?;
-            return Some(Target::No);
-        }
-        let target = self.binary(0)?;
-        let mut compared = false;
-        loop {
-            if self.eat("not") {
-                self.expect("in")?;
-            } else if self.eat("is") {
-                self.eat("not");
-            } else if self.kind() == Kind::Op && COMPARISONS.contains(&self.text(self.tok())) || self.is("in") {
-                self.bump();
-            } else {
-                break;
-            }
-            self.binary(0)?;
-            compared = true;
-        }
-        Some(if compared { Target::No } else { target })
-    }
-
-    /// The binary operators from `|` (level 0) to `*` (level 5), then unary ones and `**`.
-    fn binary(&mut self, level: usize) -> Option<Target> {
-        let Some(ops) = BINARY.get(level) else { return self.factor() };
-        let target = self.binary(level + 1)?;
-        let mut combined = false;
-        while self.kind() == Kind::Op && ops.contains(&self.text(self.tok())) {
-            self.bump();
-            self.binary(level + 1)?;
-            combined = true;
-        }
-        Some(if combined { Target::No } else { target })
-    }
-
-    fn factor(&mut self) -> Option<Target> {
-        if self.kind() == Kind::Op && matches!(self.text(self.tok()), "+" | "-" | "~") {
-            self.bump();
-            self.factor()?;
-            return Some(Target::No);
-        }
-        let target = if self.eat("await") {
-            if !self.in_async {
-                return None;
-            }
-            self.primary()?;
-            Target::No
-        } else {
-            self.primary()?
-        };
-        if self.eat("**") {
-            self.factor()?;
-            return Some(Target::No);
-        }
-        Some(target)
-    }
-
-    /// An atom with its attributes, calls and subscripts.
-    fn primary(&mut self) -> Option<Target> {
-        let mut target = self.atom()?;
-        loop {
-            if self.eat(".") {
-                self.name()?;
-                target = Target::One;
-            } else if self.eat("(") {
-                self.arguments(true)?;
-                target = Target::No;
-            } else if self.eat("[") {
-                self.subscript()?;
-                target = Target::One;
-            } else {
-                return Some(target);
-            }
-        }
-    }
-
-    fn atom(&mut self) -> Option<Target> {
-        let t = self.tok();
-        match t.kind {
-            Kind::Number => self.bump(),
-            Kind::Str => {
-                while self.kind() == Kind::Str {
-                    self.bump();
-                }
-            }
-            Kind::Name if matches!(self.text(t), "None" | "True" | "False") => self.bump(),
-            Kind::Name => {
-                self.name()?;
-                return Some(Target::One);
-            }
-            Kind::Op => {
-                let open = self.text(t);
-                self.bump();
-                return match open {
-                    "..." => Some(Target::No),
-                    "(" => self.display(")"),
-                    "[" => self.display("]"),
-                    "{" => self.braces(),
-                    _ => None,
-                };
-            }
-            _ => return None,
-        }
-        Some(Target::No)
-    }
-
-    /// A parenthesized expression, a tuple, a list or a comprehension, up to `close`.
-    fn display(&mut self, close: &str) -> Option<Target> {
-        if self.eat(close) {
-            return Some(Target::No);
-        }
-        let first = self.expr()?;
-        if self.is("for") {
-            self.comprehension()?;
-            self.expect(close)?;
-            return Some(Target::No);
-        }
-        if close == ")" && self.eat(")") {
-            return Some(first);
-        }
-        let mut all = first != Target::No;
-        while self.eat(",") {
-            if self.is(close) {
-                break;
-            }
-            all &= self.expr()? != Target::No;
-        }
-        self.expect(close)?;
-        Some(if all { Target::Many } else { Target::No })
-    }
-
-    /// A dict or set display or comprehension, after its `{`.
-    fn braces(&mut self) -> Option<Target> {
-        if self.eat("}") {
-            return Some(Target::No);
-        }
-        self.expr()?;
-        let dict = self.eat(":");
-        if dict {
-            self.expr()?;
-        }
-        if self.is("for") {
-            self.comprehension()?;
-        } else {
-            while self.eat(",") {
-                if self.is("}") {
-                    break;
-                }
-                self.expr()?;
-                if dict {
-                    self.expect(":")?;
-                    self.expr()?;
-                }
-            }
-        }
-        self.expect("}")?;
-        Some(Target::No)
-    }
-
-    fn comprehension(&mut self) -> Option<()> {
-        while self.eat("for") {
-            self.targets()?;
-            self.expect("in")?;
-            self.disjunction()?;
-            while self.eat("if") {
-                self.disjunction()?;
-            }
-        }
-        Some(())
-    }
-
-    fn subscript(&mut self) -> Option<()> {
-        loop {
-            self.slice()?;
-            if !self.eat(",") || self.is("]") {
-                break;
-            }
-        }
-        self.expect("]")
-    }
-
-    fn slice(&mut self) -> Option<()> {
-        if !self.is(":") {
-            self.expr()?;
-            if !self.is(":") {
-                return Some(());
-            }
-        }
-        self.bump();
-        let bound_follows = |p: &Parser<'_>| !(p.is(":") || p.is("]") || p.is(","));
-        if bound_follows(self) {
-            self.expr()?;
-        }
-        if self.eat(":") && bound_follows(self) {
-            self.expr()?;
-        }
-        Some(())
-    }
-
-    /// Call (or class) arguments up to the closing parenthesis: positional ones and `*args`
-    /// first, then keywords (none twice) and `**kwargs`; a generator only as the sole one.
-    fn arguments(&mut self, generator_allowed: bool) -> Option<()> {
-        let mut keywords: Vec<&str> = Vec::new();
-        let (mut named, mut count) = (false, 0);
-        while !self.is(")") {
-            if self.eat("**") {
-                self.expr()?;
-                named = true;
-            } else if self.eat("*") {
-                if named {
-                    return None;
-                }
-                self.expr()?;
-            } else if self.kind() == Kind::Name && self.next_is("=") {
-                let keyword = self.name()?;
-                if keywords.contains(&keyword) {
-                    return None;
-                }
-                keywords.push(keyword);
-                self.bump();
-                self.expr()?;
-                named = true;
-            } else {
-                if named {
-                    return None;
-                }
-                self.expr()?;
-                if self.is("for") {
-                    if !generator_allowed || count > 0 {
-                        return None;
-                    }
-                    self.comprehension()?;
-                    return self.expect(")");
-                }
-            }
-            count += 1;
-            if !self.eat(",") {
-                break;
-            }
-        }
-        self.expect(")")
     }
 }

@@ -113,17 +113,26 @@ impl Parser<'_> {
         Some(if compared { Target::No } else { target })
     }
 
-    /// The binary operators from `|` (level 0) to `*` (level 5), then unary ones and `**`.
+    /// The binary operators from `|` (level 0) to `*` (level 5) binding at least as tightly
+    /// as `level`, over unary ones and `**` (precedence climbing: one call per operand, not one
+    /// per level).
     pub(super) fn binary(&mut self, level: usize) -> Option<Target> {
-        let Some(ops) = BINARY.get(level) else { return self.factor() };
-        let target = self.binary(level + 1)?;
-        let mut combined = false;
-        while self.kind() == Kind::Op && ops.contains(&self.text(self.tok())) {
+        let mut target = self.factor()?;
+        while let Some(found) = self.binary_level().filter(|found| *found >= level) {
             self.bump();
-            self.binary(level + 1)?;
-            combined = true;
+            self.binary(found + 1)?;
+            target = Target::No;
         }
-        Some(if combined { Target::No } else { target })
+        Some(target)
+    }
+
+    /// The level of the binary operator at the current token, if it is one.
+    fn binary_level(&self) -> Option<usize> {
+        if self.kind() != Kind::Op {
+            return None;
+        }
+        let op = self.text(self.tok());
+        BINARY.iter().position(|ops| ops.contains(&op))
     }
 
     pub(super) fn factor(&mut self) -> Option<Target> {

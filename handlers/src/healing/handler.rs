@@ -291,7 +291,7 @@ impl Healing {
     /// changes nothing: the reason is returned.
     fn validation(&self, s: &mut Session<'_>, outcome: &he::ValidationOutcome, ms: u64) -> Option<&'static str> {
         let id = &outcome.repair_id;
-        let Some(mut repair) = s.load::<Repair>(&repair_key(id)) else { return Some("unknown_repair") };
+        let Some(mut repair) = s.load_repair(id) else { return Some("unknown_repair") };
         if repair.status != RepairStatus::Validating {
             return Some("repair_not_validating");
         }
@@ -339,11 +339,7 @@ impl Handler for Healing {
             }
             _ => {}
         }
-        Ok(Decision {
-            outputs: s.outputs,
-            intents: s.intents,
-            changes: s.tx.into_changes(),
-            ignored: ignored.map(str::to_string),
-        })
+        let (outputs, intents, changes) = s.into_parts();
+        Ok(Decision { outputs, intents, changes, ignored: ignored.map(str::to_string) })
     }
 }

@@ -9,13 +9,15 @@
 //! plan is decided and, when it waits for validation, one more at its final state.
 
 use super::model::*;
-use crate::contract::{Intent, Output, Overlay, StateView};
+use super::result_json::result_json;
+use crate::contract::{Change, Intent, Output, Overlay, StateView};
 use maestro_schemas::encode::to_fields;
 use maestro_schemas::ids::naive_iso;
 use maestro_schemas::proto::healing::{AutomationResult, OrchestratorStatus, RepairResult, automation_result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use std::collections::BTreeMap;
 
 /// One event's work: the state with this event's writes laid over it, and the entries to
 /// publish on `automation:results`.
@@ -25,6 +27,8 @@ pub struct Session<'a> {
     pub outputs: Vec<Output>,
     pub intents: Vec<Intent>,
     streams: &'a Streams,
+    /// Repairs saved by this event, by id, stored at its end ([`Session::into_parts`]).
+    repairs: BTreeMap<String, Repair>,
 }
 
 /// Where the handler's entries go, and whether a validation stream is configured.
@@ -39,7 +43,7 @@ pub struct Streams {
 
 impl<'a> Session<'a> {
     pub fn new(state: &'a dyn StateView, streams: &'a Streams) -> Session<'a> {
-        Session { tx: Overlay::new(state), outputs: Vec::new(), intents: Vec::new(), streams }
+        Session { tx: Overlay::new(state), outputs: Vec::new(), intents: Vec::new(), streams, repairs: BTreeMap::new() }
     }
 
     pub fn load<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
@@ -70,70 +74,35 @@ impl<'a> Session<'a> {
         }));
     }
 
-    /// `{type: repair_result, orchestrator_id, result, timestamp}`. `result` holds the engine's
-    /// keys and the old `RepairResult`'s (seed contract 3.5) with their old types: where the two
-    /// share a key (`validation_passed`, `confidence_score`) the old type wins, a bool and a
-    /// float, and the engine's tri-state outcome is `validation_outcome`.
+    /// `{type: repair_result, orchestrator_id, result, timestamp}` (the result: [`result_json`]).
     fn repair_result(&mut self, repair: &Repair, ms: u64) {
-        let confidence = repair.confidence_score.unwrap_or(repair.detection_confidence);
-        let healing_result = match (&repair.strategy, &repair.healed_code) {
-            (Some(strategy), Some(healed)) => json!({
-                "healing_id": maestro_schemas::ids::derived_uuid("heal", &repair.repair_id),
-                "test_id": repair.error.test_id.clone()
-                    .unwrap_or_else(|| maestro_schemas::ids::derived_uuid("test", &repair.repair_id)),
-                "strategy_used": strategy,
-                "success": repair.fix_success.unwrap_or(false),
-                "original_code": repair.source.clone().unwrap_or_default(),
-                "healed_code": healed,
-                "confidence_score": confidence,
-                "validation_results": {
-                    "success": repair.fix_success.unwrap_or(false),
-                    "syntax_valid": repair.syntax_valid.unwrap_or(false),
-                    "semantic_score": repair.similarity.unwrap_or(0.0),
-                    "confidence": confidence,
-                    "execution_time": 0.0,
-                    "validation_details": {
-                        "failure_class": repair.failure_class,
-                        "decision": repair.decision,
-                        "similarity": repair.similarity,
-                    },
-                },
-                "execution_time": 0.0,
-                "created_at": repair.requested_ms as f64 / 1000.0,
-            }),
-            _ => serde_json::Value::Null,
-        };
-        let result = json!({
-            "repair_id": repair.repair_id,
-            "error": {
-                "type": repair.error.error_type,
-                "message": repair.error.message,
-                "file": repair.error.file,
-                "line": repair.error.line,
-            },
-            "error_event": repair.error_event,
-            "status": repair.status.name(),
-            "strategy": repair.strategy,
-            "healing_result": healing_result,
-            "healed_code": repair.healed_code,
-            "confidence_score": confidence,
-            "decision": repair.decision,
-            "validation_passed": repair.validation_passed == Some(true),
-            "validation_outcome": repair.validation_passed,
-            "fix_applied": false,
-            "execution_time": ms.saturating_sub(repair.requested_ms) as f64 / 1000.0,
-            "commit_sha": null,
-            "pr_url": null,
-            "error_message": repair.reason,
-            "failure_class": repair.failure_class,
-            "reason": repair.reason,
-            "timestamp": naive_iso(ms),
-        });
         self.publish(automation_result::Result::RepairResult(RepairResult {
             orchestrator_id: repair.orchestrator_id.clone(),
-            result_json: result.to_string(),
+            result_json: result_json(repair, ms),
             timestamp: naive_iso(ms),
         }));
+    }
+
+    /// A repair, as this event left it so far.
+    pub fn load_repair(&self, id: &str) -> Option<Repair> {
+        match self.repairs.get(id) {
+            Some(repair) => Some(repair.clone()),
+            None => self.load(&repair_key(id)),
+        }
+    }
+
+    /// Keeps a repair until the event's end, when it is stored: a repair is often saved twice
+    /// in one event (admitted, then planned at once), and each save escapes its source.
+    pub fn save_repair(&mut self, repair: Repair) {
+        self.repairs.insert(repair.repair_id.clone(), repair);
+    }
+
+    /// The event's outputs, intents and state changes, with the repairs it kept stored.
+    pub fn into_parts(mut self) -> (Vec<Output>, Vec<Intent>, Vec<Change>) {
+        for (id, repair) in std::mem::take(&mut self.repairs) {
+            self.save(repair_key(&id), &repair);
+        }
+        (self.outputs, self.intents, self.tx.into_changes())
     }
 
     /// Applies `change` to the orchestrator's statistics and to the overall ones.
@@ -203,11 +172,11 @@ impl<'a> Session<'a> {
         if let Some(reason) = refusal {
             return self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
         }
-        repair.source = Some(source).filter(|s| !s.is_empty());
+        repair.source = Some(Text::new(source)).filter(|s| !s.as_str().is_empty());
         self.save(queue_key(&repair.orchestrator_id, arrival), &repair.repair_id);
         self.add_queued(&repair.orchestrator_id, 1);
         let orchestrator_id = repair.orchestrator_id.clone();
-        self.save(repair_key(&repair.repair_id), &repair);
+        self.save_repair(repair);
         self.fill_slots(&orchestrator_id, ms);
     }
 
@@ -222,7 +191,7 @@ impl<'a> Session<'a> {
             self.tx.delete(queue_key);
             self.add_queued(orchestrator_id, -1);
             let id: String = serde_json::from_slice(&id).unwrap_or_default();
-            if let Some(repair) = self.load::<Repair>(&repair_key(&id)) {
+            if let Some(repair) = self.load_repair(&id) {
                 self.start(repair, &orchestrator, ms);
             }
         }
@@ -262,14 +231,14 @@ impl<'a> Session<'a> {
         let deadline = ms.saturating_add(READ_TIMEOUT_MS);
         repair.deadline_ms = Some(deadline);
         self.save(deadline_key(deadline, &repair.repair_id), &"");
-        self.save(repair_key(&repair.repair_id), &repair);
+        self.save_repair(repair);
     }
 
     /// Continues a repair waiting for its file with the engine's fact: the text, or why the
     /// file was not read. Returns false when the repair waits for no such read (unknown, or a
     /// fact that is not of its own intent), which changes nothing.
     pub fn source_read(&mut self, read: &maestro_schemas::proto::healing::SourceRead, ms: u64) -> bool {
-        let Some(mut repair) = self.load::<Repair>(&repair_key(&read.repair_id)) else { return false };
+        let Some(mut repair) = self.load_repair(&read.repair_id) else { return false };
         if repair.reading.as_deref() != Some(read.fact_id.as_str()) {
             return false;
         }
@@ -280,7 +249,7 @@ impl<'a> Session<'a> {
         let orchestrator_id = repair.orchestrator_id.clone();
         match (&read.source, &read.refused) {
             (Some(source), None) => {
-                repair.source = Some(source.clone());
+                repair.source = Some(Text::new(source.clone()));
                 let orchestrator = self.orchestrator(&orchestrator_id).unwrap_or_else(Orchestrator::default_one);
                 self.plan(repair, &orchestrator, ms);
             }
@@ -300,8 +269,7 @@ impl<'a> Session<'a> {
     /// skipped when the strategy found nothing to change, and otherwise validating when a
     /// validation stream is configured, success (the plan is the final answer) when not.
     fn plan(&mut self, mut repair: Repair, orchestrator: &Orchestrator, ms: u64) {
-        let source = repair.source.clone().unwrap_or_default();
-        let plan = super::plan(&source, &repair.error.message);
+        let plan = super::plan(repair.source.as_ref().map_or("", Text::as_str), &repair.error.message);
         repair.failure_class = Some(plan.class.name().to_string());
         repair.strategy = Some(plan.strategy.name().to_string());
         repair.enter(RepairStatus::Healing, ms);
@@ -309,7 +277,7 @@ impl<'a> Session<'a> {
             let reason = format!("strategy {} found nothing to change in the source", plan.strategy.name());
             return self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
         };
-        repair.healed_code = Some(healed);
+        repair.healed_code = Some(Text::new(healed));
         repair.confidence_score = Some(assessment.confidence);
         repair.similarity = Some(assessment.similarity);
         repair.syntax_valid = Some(assessment.parses);
@@ -340,7 +308,7 @@ impl<'a> Session<'a> {
         repair.enter(RepairStatus::Validating, ms);
         self.save(deadline_key(deadline, &repair.repair_id), &"");
         self.repair_result(&repair, ms);
-        self.save(repair_key(&repair.repair_id), &repair);
+        self.save_repair(repair);
     }
 
     /// Moves a repair to a final state: out of the active set and the deadlines, counted, and
@@ -362,7 +330,7 @@ impl<'a> Session<'a> {
             self.count_strategy(&strategy, |s| s.successes += 1);
         }
         self.repair_result(&repair, ms);
-        self.save(repair_key(&repair.repair_id), &repair);
+        self.save_repair(repair);
     }
 
     /// Fails every validating repair whose deadline is at or before `now` (a clock record's
@@ -376,7 +344,7 @@ impl<'a> Session<'a> {
             }
             self.tx.delete(key.clone());
             let id = String::from_utf8_lossy(key.get(23..).unwrap_or_default()).into_owned();
-            let Some(repair) = self.load::<Repair>(&repair_key(&id)) else { continue };
+            let Some(repair) = self.load_repair(&id) else { continue };
             let since = repair.transitions.last().map_or(now, |(_, at)| *at);
             let allowed = repair.deadline_ms.unwrap_or(now).saturating_sub(since);
             let reason = if repair.reading.is_some() {
@@ -400,7 +368,7 @@ impl<'a> Session<'a> {
             self.tx.delete(key);
             self.add_queued(orchestrator_id, -1);
             let id: String = serde_json::from_slice(&id).unwrap_or_default();
-            if let Some(repair) = self.load::<Repair>(&repair_key(&id)) {
+            if let Some(repair) = self.load_repair(&id) {
                 let reason = format!("orchestrator {orchestrator_id} was stopped before the repair started");
                 self.finish(repair, RepairStatus::Skipped, Some(reason), ms);
             }

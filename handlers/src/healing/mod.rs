@@ -8,6 +8,7 @@ pub mod handler;
 pub mod lifecycle;
 pub mod model;
 pub mod python;
+pub mod result_json;
 pub mod strategies;
 
 use confidence::{Assessment, Parsed};

@@ -8,7 +8,9 @@
 //! digits so that key order is numeric order. An arrival is the request's entry id and stream,
 //! never its log seq: the state does not depend on how reads were cut into batches.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use std::sync::OnceLock;
 
 /// The orchestrator heal requests without an `orchestrator_id` belong to: always running, with
 /// the old service's default settings.
@@ -153,7 +155,7 @@ pub struct Repair {
     pub detection_confidence: f64,
     pub failure_class: Option<String>,
     pub strategy: Option<String>,
-    pub healed_code: Option<String>,
+    pub healed_code: Option<Text>,
     pub confidence_score: Option<f64>,
     pub similarity: Option<f64>,
     pub decision: Option<String>,
@@ -161,7 +163,7 @@ pub struct Repair {
     /// Why a repair was skipped or failed, in words.
     pub reason: Option<String>,
     /// The test source: the request's, or the text a source-read fact brought.
-    pub source: Option<String>,
+    pub source: Option<Text>,
     /// The id of the file read this repair waits for (its `fact_id`), while it waits.
     #[serde(default)]
     pub reading: Option<String>,
@@ -187,6 +189,69 @@ impl Repair {
     pub fn enter(&mut self, status: RepairStatus, ms: u64) {
         self.status = status;
         self.transitions.push((status, ms));
+    }
+}
+
+/// A long text of a repair (a test file's source, its healed form), escaped as a JSON string
+/// once however many documents carry it: the repair's stored record and its `repair_result`
+/// (twice for the healed text) do, and escaping 10 KB is a large part of a heal's work. It
+/// serialises exactly as a `String` does.
+#[derive(Clone, Default)]
+pub struct Text {
+    text: String,
+    json: OnceLock<Box<RawValue>>,
+}
+
+impl Text {
+    pub fn new(text: String) -> Text {
+        Text { text, json: OnceLock::new() }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The text as a JSON string literal, escaped on first use.
+    fn json(&self) -> Option<&RawValue> {
+        if let Some(json) = self.json.get() {
+            return Some(json);
+        }
+        // Escaping a string cannot fail; were it to, the text is serialised the plain way.
+        let json = serde_json::value::to_raw_value(&self.text).ok()?;
+        Some(self.json.get_or_init(|| json))
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Text {
+        Text::new(text)
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.text == other.text
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.text.fmt(f)
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.json() {
+            Some(json) => json.serialize(serializer),
+            None => self.text.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Text, D::Error> {
+        String::deserialize(deserializer).map(Text::new)
     }
 }
 

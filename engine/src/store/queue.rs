@@ -150,10 +150,14 @@ impl Store {
     /// that is still in the outbox.
     pub fn remove_outbox(&self, keys: &[sled::IVec], through: Option<u64>) -> Result<()> {
         let mut batch = outbox().removal(keys);
-        if let Some(through) = through
-            && self.published_through()?.is_none_or(|mark| mark < through)
-        {
-            batch.insert(PUBLISHED_KEY, &through.to_be_bytes());
+        let raised = match through {
+            Some(through) if self.published_through()?.is_none_or(|mark| mark < through) => Some(through),
+            _ => None,
+        };
+        match raised {
+            Some(through) => batch.insert(PUBLISHED_KEY, &through.to_be_bytes()),
+            None if keys.is_empty() => return Ok(()),
+            None => {}
         }
         self.tree.apply_batch(batch)?;
         Ok(())

@@ -70,7 +70,9 @@ impl Drop for AddressFile {
     }
 }
 
-/// One opening of the log: catch up the projections, then follow Redis until shutdown.
+/// One opening of the log: catch up the projections, then follow Redis until shutdown (or
+/// until `fence` fails: a member that lost its lease).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn session(
     config: &EngineConfig,
     data_dir: &DataDir,
@@ -78,6 +80,7 @@ pub(super) async fn session(
     client: &crate::connect::RedisClient,
     domains: &Domains,
     status: &Arc<Health>,
+    fence: &crate::lease::Fence,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     let handlers = &domains.handlers;
@@ -152,6 +155,7 @@ pub(super) async fn session(
         status: status.clone(),
         outage_since: None,
         health,
+        fence: fence.clone(),
     };
     cycle.follow(shutdown).await
 }

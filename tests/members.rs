@@ -52,7 +52,12 @@ fn lease_status(http: &str) -> Value {
 }
 
 /// Searches `prefix-0..n`, one per `pace`, from another thread; returns (entry id, request id).
-fn producer(url: String, prefix: &'static str, n: usize, pace: Duration) -> std::thread::JoinHandle<Vec<(String, String)>> {
+fn producer(
+    url: String,
+    prefix: &'static str,
+    n: usize,
+    pace: Duration,
+) -> std::thread::JoinHandle<Vec<(String, String)>> {
     std::thread::spawn(move || {
         let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
         (0..n)
@@ -123,7 +128,11 @@ fn assert_once_across(
     for (id, search) in produced {
         let n = answers.get(search).map_or(0, Vec::len);
         let allowed = if twice.contains(id) { 2 } else { 1 };
-        assert!((1..=allowed).contains(&n), "{search} answered {n} times (allowed {allowed}): {:?}", answers.get(search));
+        assert!(
+            (1..=allowed).contains(&n),
+            "{search} answered {n} times (allowed {allowed}): {:?}",
+            answers.get(search)
+        );
     }
     twice.len()
 }
@@ -228,7 +237,12 @@ fn a_holder_paused_past_the_ttl_detects_the_loss_before_writing_and_waits_again(
 
     let (log_a, log_b) = (recorded_requests(&dir_a), recorded_requests(&dir_b));
     let late: Vec<_> = log_a.iter().filter(|id| entry_ms(id) > stopped_ms).collect();
-    assert!(late.is_empty(), "the paused engine recorded {} entries produced after its pause, first {:?}", late.len(), late[0]);
+    assert!(
+        late.is_empty(),
+        "the paused engine recorded {} entries produced after its pause, first {:?}",
+        late.len(),
+        late[0]
+    );
     let answers = answers(&mut conn, "paused-");
     let origin_a = origin_of(&dir_a);
     let published_late: Vec<_> =

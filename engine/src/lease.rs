@@ -157,7 +157,11 @@ impl Lease {
                 Ok(Ok(fence)) => return Some(fence),
                 Ok(Err(holder)) => {
                     if waiting_on.as_deref() != Some(holder.as_str()) {
-                        tracing::warn!(key = self.key, holder, "waiting on the member's lease: another engine holds it");
+                        tracing::warn!(
+                            key = self.key,
+                            holder,
+                            "waiting on the member's lease: another engine holds it"
+                        );
                         self.publish(false, &holder, unix_ms());
                         waiting_on = Some(holder);
                     }

@@ -44,7 +44,11 @@ pub(crate) async fn sleep_or_stop(shutdown: &mut Shutdown, duration: Duration) {
 fn is_fatal(error: &EngineError) -> bool {
     matches!(
         error,
-        EngineError::Record(_) | EngineError::Damaged(_) | EngineError::Locked(_) | EngineError::Config(_) | EngineError::LeaseLost(_)
+        EngineError::Record(_)
+            | EngineError::Damaged(_)
+            | EngineError::Locked(_)
+            | EngineError::Config(_)
+            | EngineError::LeaseLost(_)
     )
 }
 

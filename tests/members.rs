@@ -72,7 +72,7 @@ fn producer(
 }
 
 /// Every entry pending in the group (entry ids of the requests stream: the only one written).
-fn pending(conn: &mut redis::Connection) -> BTreeSet<String> {
+fn pending(conn: &mut impl redis::ConnectionLike) -> BTreeSet<String> {
     let rows: Vec<(String, String, u64, u64)> =
         redis::cmd("XPENDING").arg(REQUESTS).arg(GROUP).arg("-").arg("+").arg(100_000).query(conn).unwrap();
     rows.into_iter().map(|(id, ..)| id).collect()
@@ -93,7 +93,7 @@ fn recorded_requests(dir: &Path) -> BTreeSet<String> {
 }
 
 /// Answers per request id: (results entry id, publisher's origin) each.
-fn answers(conn: &mut redis::Connection, prefix: &str) -> BTreeMap<String, Vec<(String, String)>> {
+fn answers(conn: &mut impl redis::ConnectionLike, prefix: &str) -> BTreeMap<String, Vec<(String, String)>> {
     let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (id, fields) in read_stream(conn, RESULTS) {
         let Some(data) = fields.get("data").and_then(|d| serde_json::from_str::<Value>(d).ok()) else { continue };
@@ -258,6 +258,69 @@ fn a_holder_paused_past_the_ttl_detects_the_loss_before_writing_and_waits_again(
         log_a.len(),
         log_b.len(),
         pending_at_stop.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn on_a_redis_cluster_the_waiting_member_takes_over_after_kill_minus_nine() {
+    let started = Instant::now();
+    let cluster = maestro::redis_cluster::RedisCluster::start(3, 1).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = cluster.client().unwrap().get_connection().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (data.path().join("a"), data.path().join("b"));
+    let mut args = vec!["--member", "0/1"];
+    let urls = cluster.urls();
+    for url in &urls {
+        args.extend(["--cluster-node", url.as_str()]);
+    }
+    let env = env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The single-server URL points nowhere: the lease, like everything else, goes to the cluster.
+    let mut a = EngineProc::start_with("redis://127.0.0.1:1", &dir_a, &env, &args);
+    a.wait_connected();
+    let mut b = EngineProc::start_with("redis://127.0.0.1:1", &dir_b, &env, &args);
+    wait_until("the second engine waits on the lease", Duration::from_secs(15), || b.stderr().contains(WAITING));
+    let key = maestro_engine::lease::lease_key(GROUP, 0);
+    let holder: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert!(holder.contains(&format!("pid={} ", a.child.id())), "{holder}");
+
+    let mut produced = Vec::new();
+    let mut search = |conn: &mut redis::cluster::ClusterConnection, i: usize| {
+        let request = format!("cluster-{i}");
+        let data = serde_json::json!({"request_id": request, "operation": "search", "tenant_id": "acme",
+            "user_id": "alice", "parameters": {"query": "fastapi", "page": 1, "page_size": 5}});
+        let id: String =
+            redis::cmd("XADD").arg(REQUESTS).arg("*").arg("data").arg(data.to_string()).query(conn).unwrap();
+        produced.push((id, request));
+    };
+    for i in 0..30 {
+        search(&mut conn, i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill();
+    let killed = Instant::now();
+    let pending_at_death = pending(&mut conn);
+    for i in 30..60 {
+        search(&mut conn, i);
+    }
+    b.wait_connected();
+    let takeover = killed.elapsed();
+    assert!(takeover < Duration::from_millis(TTL_MS + 3_000), "took over after {takeover:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answers(&mut conn, "cluster-").len() < produced.len() || !pending(&mut conn).is_empty() {
+        assert!(Instant::now() < deadline, "not all answered: {:?}", answers(&mut conn, "cluster-").len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.terminate().success(), "{}", b.stderr());
+    b.assert_no_panic();
+    let (log_a, log_b) = (recorded_requests(&dir_a), recorded_requests(&dir_b));
+    let answers = answers(&mut conn, "cluster-");
+    let twice = assert_once_across(&produced, [&log_a, &log_b], &pending_at_death, &answers);
+    println!(
+        "cluster: took over {takeover:?} after kill -9; {} + {} recorded, {twice} in both; {:?} in all",
+        log_a.len(),
+        log_b.len(),
         started.elapsed()
     );
 }

@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::chaos::ChaosProxy;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -323,4 +324,39 @@ fn on_a_redis_cluster_the_waiting_member_takes_over_after_kill_minus_nine() {
         log_b.len(),
         started.elapsed()
     );
+}
+
+#[test]
+fn a_holder_cut_off_from_redis_past_the_ttl_stops_writing_and_takes_the_lease_again_after() {
+    let started = Instant::now();
+    let server = redis(false);
+    let mut conn = connect(&server);
+    let proxy = ChaosProxy::start(&server.addr());
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("a");
+    let http = free_http_addr();
+    let mut a = start_member(&proxy.url(), &dir, &http);
+    a.wait_connected();
+    let load = producer(server.url(), "cut-", 120, Duration::from_millis(25));
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.blackhole(true);
+    let lost = wait_until("the cut-off holder gives its lease up", Duration::from_millis(TTL_MS + 3_000), || {
+        a.stderr().contains("member's lease lost")
+    });
+    assert_eq!(lease_status(&http)["held"], false);
+    proxy.blackhole(false);
+    wait_until("it takes the lease again", Duration::from_secs(10), || {
+        a.stderr().matches("holding the member's lease").count() == 2
+    });
+    let produced = load.join().unwrap();
+    wait_drained(&mut conn, Duration::from_secs(20));
+    assert!(a.terminate().success(), "{}", a.stderr());
+    a.assert_no_panic();
+    let log = recorded(&export(&dir));
+    let answers = answers(&mut conn, "cut-");
+    for (id, search) in &produced {
+        assert_eq!(log.get(&(REQUESTS.to_string(), id.clone())), Some(&1), "{search} not recorded once");
+        assert_eq!(answers.get(search).map(Vec::len), Some(1), "{search} not answered once");
+    }
+    println!("cut off: lease given up {lost:?} into the outage; {:?} in all", started.elapsed());
 }

@@ -87,8 +87,30 @@ impl Fence {
         if Instant::now() < *held.deadline.lock().unwrap_or_else(PoisonError::into_inner) {
             return Ok(());
         }
-        let why = held.why_lost.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        Err(EngineError::LeaseLost(if why.is_empty() { "not renewed before its deadline".into() } else { why }))
+        Err(held.lost())
+    }
+}
+
+impl Held {
+    fn lost(&self) -> EngineError {
+        let why = self.why_lost.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        EngineError::LeaseLost(if why.is_empty() { "not renewed before its deadline".into() } else { why })
+    }
+}
+
+impl Fence {
+    /// Returns the loss once the deadline has passed (never without membership): a cycle
+    /// waiting on Redis (a read, or a write stuck in a partition) is stopped then, not when
+    /// Redis answers. A passed deadline never moves again.
+    pub async fn lapsed(&self) -> EngineError {
+        let Some(held) = &self.0 else { return std::future::pending().await };
+        loop {
+            let deadline = *held.deadline.lock().unwrap_or_else(PoisonError::into_inner);
+            if Instant::now() >= deadline {
+                return held.lost();
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
     }
 }
 
@@ -202,6 +224,7 @@ impl Lease {
         tracing::info!(key = self.key, token, "holding the member's lease");
         self.publish(true, &token, unix_ms());
         let renewer = Renewer {
+            client: self.client.clone(),
             conn: conn.clone(),
             key: self.key.clone(),
             token: token.clone(),
@@ -250,6 +273,7 @@ impl Lease {
 
 /// Renews the key every quarter ttl while the fence stands.
 struct Renewer {
+    client: RedisClient,
     conn: Conn,
     key: String,
     token: String,
@@ -286,6 +310,10 @@ impl Renewer {
                     tracing::warn!(key = self.key, %error, "member's lease not renewed; retrying");
                     *self.held.why_lost.lock().unwrap_or_else(PoisonError::into_inner) =
                         format!("not renewed before its deadline (redis: {error})");
+                    // A connection that failed once may stay broken: the next try gets a new one.
+                    if let Ok(conn) = self.client.connect(self.ttl / 4).await {
+                        self.conn = conn;
+                    }
                 }
             }
         }

@@ -51,8 +51,15 @@ impl Cycle {
     pub(super) async fn follow(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         // Capped at 1 s so the engine resumes within about a second of Redis coming back.
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let fence = self.fence.clone();
         while !stopping(shutdown) {
-            match self.connected(shutdown).await {
+            // Dropping the connected work at an await is what a Redis error there does; the
+            // session then ends, so nothing held in memory outlives it.
+            let connected = tokio::select! {
+                result = self.connected(shutdown) => result,
+                lost = fence.lapsed() => Err(lost),
+            };
+            match connected {
                 Ok(()) => return Ok(()),
                 Err(error) if is_storage(&error) || is_fatal(&error) => return Err(error),
                 Err(error) => {

@@ -83,6 +83,9 @@ pub(super) async fn session(
     fence: &crate::lease::Fence,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
+    // A member whose lease lapsed while the log was closed (a storage error's back-off) starts
+    // nothing: effect intents would run again at the session's start.
+    fence.check()?;
     let handlers = &domains.handlers;
     let mut log = Log::open_unchecked(data_dir.path(), config.cache_bytes)?;
     crate::anchors::check_local(&mut log, config)?;

@@ -1,6 +1,7 @@
 //! The `maestro` binary's library half: what the binary, the tests and the benches share.
 
 pub mod ask_engine;
+pub mod deploy_cli;
 pub mod manifests_cli;
 pub mod metrics;
 pub mod replay_cli;

@@ -43,6 +43,16 @@ enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+enum DeployCommand {
+    /// The StatefulSet (one pod per member, each `run --member <ordinal>/N` on its own volume),
+    /// its headless Service and PodDisruptionBudget, as one multi-document YAML.
+    Manifests {
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        members: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Run the engine until SIGINT or SIGTERM.
     Run {
@@ -110,6 +120,11 @@ enum Command {
         execution_id: String,
         #[arg(long, value_name = "DIR", default_value = "./maestro-data")]
         data_dir: PathBuf,
+    },
+    /// Kubernetes objects to run the engine: `maestro deploy manifests --members N`.
+    Deploy {
+        #[command(subcommand)]
+        which: DeployCommand,
     },
     /// Offline tools that replay the log (no Redis needed; the engine must not hold the dir).
     Replay {
@@ -398,6 +413,7 @@ async fn main() {
         Command::Run { config, http, accept_truncated_log } => run(config, http, accept_truncated_log, shutdown).await,
         Command::Demo(args) => maestro::demo::demo(args).await,
         Command::Manifests { execution_id, data_dir } => maestro::manifests_cli::print(&data_dir, &execution_id),
+        Command::Deploy { which: DeployCommand::Manifests { members } } => maestro::deploy_cli::print(members),
         Command::Export { data_dir, from, to, stream, tenant, format } => {
             export(data_dir, (from, to), stream, tenant, format)
         }

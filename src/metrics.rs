@@ -51,7 +51,7 @@ const STREAM_COUNTERS: [(&str, &str); 4] = [
 
 /// Gauges the engine sets as it runs (not registered at zero: a made-up value would be a lie
 /// until the first measurement): (name, help).
-const GAUGES: [(&str, &str); 14] = [
+const GAUGES: [(&str, &str); 16] = [
     ("maestro_up", "1 while the process answers."),
     ("maestro_ready", "1 while Redis is reachable, the log open, storage writable and the engine caught up."),
     ("maestro_redis_up", "1 while Redis answers."),
@@ -69,6 +69,8 @@ const GAUGES: [(&str, &str); 14] = [
     ("maestro_log_bytes", "Size of the log's database on disk, in bytes."),
     ("maestro_stream_up", "1 while the stream is read, 0 while an error of its own stops it."),
     ("maestro_effects_in_flight", "Effect intents whose runner's task is still going."),
+    ("maestro_lease_held", "A member's engine: 1 while it holds its lease (and writes), 0 while it waits on it."),
+    ("maestro_lease_age_seconds", "A member's engine: seconds since it took its lease, or began waiting on it."),
 ];
 
 /// Describes every metric and registers the counters and the batch histogram at zero (those

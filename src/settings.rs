@@ -28,6 +28,10 @@ pub struct ConfigArgs {
     /// Consumer group [default: maestro-engine]. Env: MAESTRO_GROUP.
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// Run as engine I of N members (`I/N`): write only while holding member I's lease in
+    /// Redis, wait on it otherwise. Env: MAESTRO_MEMBER.
+    #[arg(long, value_name = "I/N")]
+    pub member: Option<String>,
     /// A bootstrap admin of the template registry (repeatable). Env: MAESTRO_ADMINS=tenant:user,...
     #[arg(long = "admin", value_name = "TENANT:USER")]
     pub admins: Vec<String>,
@@ -123,6 +127,9 @@ pub fn load_with_domains(args: &ConfigArgs) -> Result<(EngineConfig, DomainSetti
     }
     if let Some(dir) = &args.data_dir {
         figment = figment.merge(Serialized::default("data_dir", dir));
+    }
+    if let Some(member) = &args.member {
+        figment = figment.merge(Serialized::default("member", member));
     }
     if let Some(group) = &args.group {
         figment = figment.merge(Serialized::default("group", group));

@@ -85,6 +85,12 @@ pub struct EngineConfig {
     /// Records per sealed segment of the log: complete ranges this long move from sled into
     /// immutable segment files between batches (see `segments/`).
     pub segment_records: u64,
+    /// `I/N`: run as engine I of N members, writing only while holding member I's lease in
+    /// Redis (see `lease.rs`); unset, the engine writes whenever it runs.
+    pub member: Option<String>,
+    /// How long a member's lease lasts unless renewed (renewed every quarter of it; writes
+    /// stop a quarter of it before it could expire). A dead holder is replaced after this.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +125,8 @@ impl Default for EngineConfig {
             clock_interval_ms: 10_000,
             accept_group_skip: false,
             segment_records: crate::segments::DEFAULT_SEGMENT_RECORDS,
+            member: None,
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -150,6 +158,12 @@ impl EngineConfig {
         }
         if self.segment_records == 0 {
             return Err("segment_records: must be at least 1".into());
+        }
+        if let Some(member) = &self.member {
+            crate::lease::Member::parse(member)?;
+        }
+        if self.lease_ttl_ms < 100 {
+            return Err("lease_ttl_ms: must be at least 100".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());

@@ -25,6 +25,8 @@ pub enum EngineError {
     Reply(String),
     #[error("config: {0}")]
     Config(String),
+    #[error("member's lease lost: {0}")]
+    LeaseLost(String),
     #[error("http: {0}")]
     Http(std::io::Error),
 }

@@ -54,6 +54,12 @@ async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
         metrics::gauge!(name).set(f64::from(u8::from(value)));
     }
     metrics::gauge!("maestro_head_seq").set(snap.head_seq as f64);
+    if let Some(lease) = &snap.lease {
+        metrics::gauge!("maestro_lease_held").set(f64::from(u8::from(lease.held)));
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        metrics::gauge!("maestro_lease_age_seconds")
+            .set(now_ms.saturating_sub(u128::from(lease.since_ms)) as f64 / 1e3);
+    }
     if let Some(bytes) = resident_bytes() {
         metrics::gauge!("maestro_resident_bytes").set(bytes as f64);
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod failpoint;
 pub mod http;
 pub mod ingest;
+pub mod lease;
 pub mod log;
 pub mod read_only;
 pub mod runtime;

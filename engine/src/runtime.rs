@@ -29,11 +29,11 @@ pub use session::{Domains, HTTP_FILE};
 /// Stops the engine when it turns `true` (or when its sender is dropped).
 pub type Shutdown = watch::Receiver<bool>;
 
-fn stopping(shutdown: &Shutdown) -> bool {
+pub(crate) fn stopping(shutdown: &Shutdown) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
-async fn sleep_or_stop(shutdown: &mut Shutdown, duration: Duration) {
+pub(crate) async fn sleep_or_stop(shutdown: &mut Shutdown, duration: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(duration) => {}
         _ = shutdown.changed() => {}
@@ -42,7 +42,14 @@ async fn sleep_or_stop(shutdown: &mut Shutdown, duration: Duration) {
 
 /// True for errors that a retry cannot fix: the engine reports them and exits.
 fn is_fatal(error: &EngineError) -> bool {
-    matches!(error, EngineError::Record(_) | EngineError::Damaged(_) | EngineError::Locked(_) | EngineError::Config(_))
+    matches!(
+        error,
+        EngineError::Record(_)
+            | EngineError::Damaged(_)
+            | EngineError::Locked(_)
+            | EngineError::Config(_)
+            | EngineError::LeaseLost(_)
+    )
 }
 
 fn is_storage(error: &EngineError) -> bool {
@@ -61,26 +68,56 @@ pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Health>, mu
     let consumer = data_dir.consumer_name(fresh_consumer_name)?;
     let client = crate::connect::client(&config)?;
     tracing::info!(consumer, data_dir = %config.data_dir.display(), group = config.group, "engine starting");
+    let mut lease = crate::lease::Lease::new(&config, &client, &status)?;
+    let mut fence = crate::lease::Fence::default();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let result = session(&config, &data_dir, &consumer, &client, &domains, &status, &mut shutdown).await;
+        // A member reads and writes nothing until it holds its lease (kept across reopenings
+        // of the log after storage errors, taken again after it was lost).
+        if let Some(lease) = &mut lease
+            && !lease.is_held()
+        {
+            match lease.acquire(&mut shutdown).await {
+                Some(held) => fence = held,
+                None => return Ok(()),
+            }
+        }
+        let result = session(&config, &data_dir, &consumer, &client, &domains, &status, &fence, &mut shutdown).await;
         Health::set(&status.log_open, false);
         *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         match result {
-            Ok(()) => {
+            Err(EngineError::LeaseLost(why)) if !stopping(&shutdown) => {
+                Health::set(&status.caught_up, false);
+                status.error(format!("member's lease lost: {why}"));
+                if let Some(lease) = &mut lease {
+                    lease.lost(&why);
+                }
+            }
+            Ok(()) | Err(EngineError::LeaseLost(_)) => {
+                release(&mut lease).await;
                 tracing::info!("engine stopped");
                 return Ok(());
             }
-            Err(error) if is_fatal(&error) => return Err(error),
+            Err(error) if is_fatal(&error) => {
+                release(&mut lease).await;
+                return Err(error);
+            }
             Err(error) => {
                 Health::set(&status.storage_ok, !is_storage(&error));
                 status.error(error.to_string());
                 tracing::error!(%error, "storage failed; nothing unrecorded was acknowledged; reopening the log");
                 sleep_or_stop(&mut shutdown, backoff.next()).await;
                 if stopping(&shutdown) {
+                    release(&mut lease).await;
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+async fn release(lease: &mut Option<crate::lease::Lease>) {
+    if let Some(lease) = lease {
+        lease.release().await;
     }
 }

@@ -37,6 +37,23 @@ pub struct Health {
     pub effects_in_flight: AtomicU64,
     /// Per stream key: whether it is read, why not, and group skips found on it.
     pub streams: Mutex<BTreeMap<String, StreamState>>,
+    /// The member's lease, when the engine runs as a member.
+    pub lease: Mutex<Option<LeaseState>>,
+}
+
+/// A member's lease in `/status`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct LeaseState {
+    /// `I/N`.
+    pub member: String,
+    pub key: String,
+    /// Whether this engine holds it (and so reads and writes).
+    pub held: bool,
+    /// The holder's token (host, pid, start time): ours while held, the other's while waiting,
+    /// empty when unknown.
+    pub holder: String,
+    /// When it was taken, or when this engine began waiting (ms since the Unix epoch).
+    pub since_ms: u64,
 }
 
 /// One stream's state in `/status`.
@@ -76,6 +93,8 @@ pub struct HealthSnapshot {
     pub effects_waiting: BTreeMap<String, u64>,
     pub effects_in_flight: u64,
     pub streams: BTreeMap<String, StreamState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseState>,
 }
 
 impl Health {
@@ -99,6 +118,7 @@ impl Health {
             effects_waiting: self.effects_waiting.lock().map(|w| w.clone()).unwrap_or_default(),
             effects_in_flight: get(&self.effects_in_flight),
             streams: self.streams.lock().map(|s| s.clone()).unwrap_or_default(),
+            lease: self.lease.lock().map(|l| l.clone()).unwrap_or_default(),
             ready: false,
         };
         snap.ready = snap.redis_up && snap.log_open && snap.storage_ok && snap.caught_up;

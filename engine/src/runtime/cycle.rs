@@ -42,6 +42,8 @@ pub(super) struct Cycle {
     pub(super) outage_since: Option<Instant>,
     /// Streams refused for a reason of their own (`runtime/streams.rs`).
     pub(super) health: StreamHealth,
+    /// A member's lease: checked before every write, in the log or in Redis (`lease.rs`).
+    pub(super) fence: crate::lease::Fence,
 }
 
 impl Cycle {
@@ -49,8 +51,15 @@ impl Cycle {
     pub(super) async fn follow(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         // Capped at 1 s so the engine resumes within about a second of Redis coming back.
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let fence = self.fence.clone();
         while !stopping(shutdown) {
-            match self.connected(shutdown).await {
+            // Dropping the connected work at an await is what a Redis error there does; the
+            // session then ends, so nothing held in memory outlives it.
+            let connected = tokio::select! {
+                result = self.connected(shutdown) => result,
+                lost = fence.lapsed() => Err(lost),
+            };
+            match connected {
                 Ok(()) => return Ok(()),
                 Err(error) if is_storage(&error) || is_fatal(&error) => return Err(error),
                 Err(error) => {
@@ -74,6 +83,7 @@ impl Cycle {
     /// One Redis connection's worth of work: publish what is waiting, make sure the groups
     /// exist, drain our own pending list, then read new entries until shutdown.
     async fn connected(&mut self, shutdown: &mut Shutdown) -> Result<()> {
+        self.fence.check()?;
         self.source.ping().await?;
         self.check_redis_anchor().await?;
         self.check_publish_mark().await?;
@@ -93,6 +103,8 @@ impl Cycle {
         let mut next_info = Instant::now();
         let mut reads = self.reader().await?;
         loop {
+            // Before every read: a member that lost its lease takes no more entries.
+            self.fence.check()?;
             if stopping(shutdown) {
                 let rest = reads.finish().await;
                 self.run_batch(rest).await?;
@@ -137,6 +149,7 @@ impl Cycle {
             self.anchor(false).await?;
             self.sweeper.tick(&self.log.value_files(), self.dispatcher.store())?;
             self.seal(idle)?;
+            self.fence.check()?;
             if Instant::now() >= next_claim {
                 self.claim_idle().await?;
                 next_claim = Instant::now() + Duration::from_millis(self.config.claim_interval_ms);
@@ -159,6 +172,7 @@ impl Cycle {
         if !(force || due) || head.0 == 0 || self.anchored.is_some_and(|(_, last)| last == head) {
             return Ok(());
         }
+        self.fence.check()?;
         // Both only move forward: a log that lost records never pulls an anchor back.
         if let Some(path) = &self.config.anchor_file {
             crate::anchors::advance_file(path, head.0, &head.1)?;
@@ -218,6 +232,7 @@ impl Cycle {
     /// Publishes the effect runners' facts as plain entries: the engine reads them back as
     /// input, like any producer's. One that fails stays first, for the next round.
     async fn publish_facts(&mut self) -> Result<()> {
+        self.fence.check()?;
         while let Ok(fact) = self.facts.try_recv() {
             self.unpublished.push_back(fact);
         }
@@ -242,6 +257,7 @@ impl Cycle {
         // Never backwards within a run, even if the server's clock is stepped back.
         let time_ms = self.source.time_ms().await?.max(self.clocked.map_or(0, |(_, last)| last));
         let body = maestro_schemas::Body::Clock { time_ms };
+        self.fence.check()?;
         let records = self.log.append(vec![crate::log::NewRecord { body, request: None }])?;
         self.clocked = Some((Instant::now(), time_ms));
         self.observer.appended(records.len(), self.log.head_seq());
@@ -280,6 +296,7 @@ impl Cycle {
             self.observer.lost(stream, 1);
         }
         // Step 3: one durable batch of records, dedup index and cursors.
+        self.fence.check()?;
         let records = self.log.append(prepared.records)?;
         crate::failpoint::crash_point("after-append");
         self.observer.appended(records.len(), self.log.head_seq());
@@ -290,11 +307,13 @@ impl Cycle {
         crate::failpoint::crash_point_after("after-flush-written", || drop(self.log.db().flush()));
         self.observer.dispatched(report);
         // Step 5: publish outputs, then run effect intents.
+        self.fence.check()?;
         self.publish_outbox().await?;
         crate::failpoint::crash_point("after-publish");
         self.effects.run_and_report(self.dispatcher.store(), &self.status)?;
         crate::failpoint::crash_point("before-ack");
         // Step 6: acknowledge every delivered entry, new or already recorded.
+        self.fence.check()?;
         self.source.ack(&prepared.acks).await?;
         self.observer.acked(prepared.acks.len(), started);
         Ok(())
@@ -314,6 +333,7 @@ impl Cycle {
     /// the last call go out from memory when nothing older waits (the publish mark stands where
     /// they start and the outbox holds nothing older); otherwise [`Cycle::publish_backlog`].
     async fn publish_outbox(&mut self) -> Result<()> {
+        self.fence.check()?;
         let store = self.dispatcher.store().clone();
         if let Some(batch) = self.dispatcher.take_committed()
             && store.published_through()?.is_some_and(|mark| mark >= batch.after)

@@ -70,7 +70,9 @@ impl Drop for AddressFile {
     }
 }
 
-/// One opening of the log: catch up the projections, then follow Redis until shutdown.
+/// One opening of the log: catch up the projections, then follow Redis until shutdown (or
+/// until `fence` fails: a member that lost its lease).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn session(
     config: &EngineConfig,
     data_dir: &DataDir,
@@ -78,8 +80,12 @@ pub(super) async fn session(
     client: &crate::connect::RedisClient,
     domains: &Domains,
     status: &Arc<Health>,
+    fence: &crate::lease::Fence,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
+    // A member whose lease lapsed while the log was closed (a storage error's back-off) starts
+    // nothing: effect intents would run again at the session's start.
+    fence.check()?;
     let handlers = &domains.handlers;
     let mut log = Log::open_unchecked(data_dir.path(), config.cache_bytes)?;
     crate::anchors::check_local(&mut log, config)?;
@@ -152,6 +158,7 @@ pub(super) async fn session(
         status: status.clone(),
         outage_since: None,
         health,
+        fence: fence.clone(),
     };
     cycle.follow(shutdown).await
 }

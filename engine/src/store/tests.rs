@@ -171,3 +171,27 @@ fn a_new_generation_replaces_the_live_store() {
     assert_eq!(reopened.position("p").unwrap(), 9);
     assert_eq!(db.tree_names().iter().filter(|n| n.starts_with(b"state")).count(), 1);
 }
+
+/// The publish mark is set once where a store without one stands, moves only up and only with a
+/// removal, and a commit's regenerable outputs come back from it without being written.
+#[test]
+fn the_publish_mark_starts_once_and_only_moves_up() {
+    let (_tmp, _db, _files, store) = fresh();
+    assert_eq!(store.published_through().unwrap(), None);
+    store.start_publish_mark(7).unwrap();
+    store.start_publish_mark(3).unwrap();
+    assert_eq!(store.published_through().unwrap(), Some(7));
+    let item =
+        |seq| OutboxItem { seq, index: 0, stream: "s".into(), fields: vec![], maxlen: None, elapsed_from_ms: None };
+    let mut pending = Pending::default();
+    pending.publish(item(8));
+    pending.publish_regenerable(item(9));
+    let outputs = store.commit(pending).unwrap();
+    assert_eq!((outputs.stored, outputs.regenerable), (vec![item(8)], vec![item(9)]));
+    assert_eq!(store.first_outbox().unwrap(), Some((8, 0)));
+    assert_eq!(store.outbox_between(8, u64::MAX, 10).unwrap().len(), 0, "only the stored one, at seq 8");
+    store.remove_outbox_at(&[(8, 0)], Some(9)).unwrap();
+    assert_eq!((store.first_outbox().unwrap(), store.published_through().unwrap()), (None, Some(9)));
+    store.remove_outbox_at(&[], Some(5)).unwrap();
+    assert_eq!(store.published_through().unwrap(), Some(9), "never lowered");
+}

@@ -160,7 +160,9 @@ fn an_abort_after_a_written_state_batch_then_a_start_that_records_first_loses_no
         load.produced.push(bad.clone());
         load.bad.push(bad);
     }
-    run_until_abort(&server.url(), &dir, "after-flush-written=3*off->return");
+    // Each batch's state written before its outputs are published (as when something older
+    // waits), then an abort after the third state batch: its dead-letter copies are unpublished.
+    run_until_abort(&server.url(), &dir, "write-before-publish=return;after-flush-written=3*off->return");
     // A new configuration is recorded and dispatched at start, before anything is published:
     // the publish mark must keep that commit from going out as if nothing older waited.
     assert_recovered_with(&mut conn, &server.url(), &dir, &load, &[("MAESTRO_ADMINS", "acme:root")]);

@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+mod held;
+
 /// The position key of the dispatcher itself (dead letters are emitted once, against it): how
 /// far an engine that publishes outputs has dispatched.
 pub const DISPATCHER: &str = "_dispatch";
@@ -255,6 +257,15 @@ impl Dispatcher {
     /// `checkpoint_every` seqs each projection's state hash is staged as a checkpoint, so
     /// checkpoints fall on the same seqs however batches were cut and commits spaced.
     pub fn dispatch(&mut self, records: &[Record], decoded: Option<&[Option<TypedEvent>]>) -> Result<DispatchReport> {
+        let report = self.stage(records, decoded)?;
+        if self.load_bytes.is_none_or(|limit| self.pending.bytes() >= limit) {
+            self.flush()?;
+        }
+        Ok(report)
+    }
+
+    /// Stages the handlers' decisions on `records` beside what is staged already.
+    fn stage(&mut self, records: &[Record], decoded: Option<&[Option<TypedEvent>]>) -> Result<DispatchReport> {
         let decoded_here: Vec<Option<TypedEvent>>;
         let decoded = match decoded {
             Some(decoded) if decoded.len() == records.len() => decoded,
@@ -268,9 +279,6 @@ impl Dispatcher {
         let mut pending = std::mem::take(&mut self.pending);
         let report = self.dispatch_staged(records, decoded, &mut pending)?;
         self.pending = pending;
-        if self.load_bytes.is_none_or(|limit| self.pending.bytes() >= limit) {
-            self.flush()?;
-        }
         for ((stream, reason), n) in &report.dead_letters {
             metrics::counter!("maestro_dead_letters_total", "stream" => stream.clone(), "reason" => reason.clone())
                 .increment(*n);

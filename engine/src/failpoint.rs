@@ -27,6 +27,16 @@ pub fn crash_point_after(name: &str, first: impl FnOnce()) {
     let _ = (name, first);
 }
 
+/// A switch: true where the point `name` is configured to fire. It takes a rarely taken path
+/// on purpose instead of aborting, so that a crash point further on can interrupt that path.
+pub fn switched(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| true);
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    false
+}
+
 #[cfg(feature = "failpoints")]
 fn abort_at(name: &str) {
     tracing::error!(failpoint = name, "failpoint fired: aborting the process");
@@ -48,6 +58,10 @@ pub const CRASH_POINTS: [&str; 11] = [
     "seal-after-index",
 ];
 
+/// Names every switch (see [`switched`]): `write-before-publish` writes each batch's state
+/// with its outputs in the outbox before publishing them, as when something older waits.
+pub const SWITCHES: [&str; 1] = ["write-before-publish"];
+
 /// Configures the crash points from the `FAILPOINTS` environment variable
 /// (`name=actions;name=actions`). Unset is fine; set in a build without the points, or naming
 /// a point that does not exist, is an error: a failpoint test must never pass because its
@@ -59,8 +73,12 @@ pub fn configure_from_env() -> Result<(), String> {
     for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, actions) =
             item.split_once('=').ok_or_else(|| format!("FAILPOINTS: `{item}` is not name=actions"))?;
-        if !CRASH_POINTS.contains(&name) {
-            return Err(format!("FAILPOINTS: no crash point `{name}` (there are: {})", CRASH_POINTS.join(", ")));
+        if !CRASH_POINTS.contains(&name) && !SWITCHES.contains(&name) {
+            return Err(format!(
+                "FAILPOINTS: no crash point `{name}` (there are: {}; switches: {})",
+                CRASH_POINTS.join(", "),
+                SWITCHES.join(", ")
+            ));
         }
         configure(name, actions)?;
     }

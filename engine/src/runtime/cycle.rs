@@ -300,15 +300,11 @@ impl Cycle {
         let records = self.log.append(prepared.records)?;
         crate::failpoint::crash_point("after-append");
         self.observer.appended(records.len(), self.log.head_seq());
-        // Step 4: handlers, projections and the outbox, in one state batch.
-        let report = self.dispatcher.dispatch(&records, Some(&prepared.decoded))?;
-        crate::failpoint::crash_point("after-flush");
-        // The state batch is not synced; sled's own flusher may have written it all the same.
-        crate::failpoint::crash_point_after("after-flush-written", || drop(self.log.db().flush()));
+        // Step 4: handlers and projections, staged.
+        let report = self.dispatcher.dispatch_held(&records, Some(&prepared.decoded))?;
         self.observer.dispatched(report);
-        // Step 5: publish outputs, then run effect intents.
-        self.fence.check()?;
-        self.publish_outbox().await?;
+        // Step 5: publish outputs and write the state batch, then run effect intents.
+        self.publish_held().await?;
         crate::failpoint::crash_point("after-publish");
         self.effects.run_and_report(self.dispatcher.store(), &self.status)?;
         crate::failpoint::crash_point("before-ack");
@@ -327,6 +323,53 @@ impl Cycle {
         let count = self.source.count();
         let next = if bytes > self.config.max_batch_bytes { 1 } else { (count * 2).min(self.config.read_count) };
         self.source.set_count(next);
+    }
+
+    /// Publishes the outputs of the batch just dispatched, then writes its state batch with the
+    /// publish mark past them (see `dispatch/held.rs`): a live batch's outputs never pass through
+    /// the outbox. When anything older waits to be published, the batch is written first and
+    /// everything goes out in order through [`Cycle::publish_outbox`]; when publishing fails, the
+    /// batch is written with its outputs in the outbox before the error is returned.
+    async fn publish_held(&mut self) -> Result<()> {
+        let held = match crate::failpoint::switched("write-before-publish") {
+            true => Ok(None),
+            false => self.dispatcher.held_outputs(),
+        };
+        let published = match held {
+            Ok(Some(items)) => match self.fence.check() {
+                Ok(()) if items.is_empty() => Ok(true),
+                Ok(()) => self.source.publish(&items.into_iter().map(outgoing).collect::<Vec<_>>()).await.map(|_| true),
+                Err(lost) => Err(lost),
+            },
+            Ok(None) => Ok(false),
+            Err(error) => Err(error),
+        };
+        match published {
+            Ok(true) => {
+                // Published, the state batch not yet written: start-up dispatches these records
+                // again and the publish guard must make their outputs' second pass a no-op.
+                crate::failpoint::crash_point("mid-batch");
+                self.dispatcher.commit_published()?;
+                self.state_written();
+                Ok(())
+            }
+            Ok(false) => {
+                self.dispatcher.flush()?;
+                self.state_written();
+                self.publish_outbox().await
+            }
+            Err(error) => {
+                self.dispatcher.flush()?;
+                Err(error)
+            }
+        }
+    }
+
+    /// The crash points after a state batch is written.
+    fn state_written(&self) {
+        crate::failpoint::crash_point("after-flush");
+        // The state batch is not synced; sled's own flusher may have written it all the same.
+        crate::failpoint::crash_point_after("after-flush-written", || drop(self.log.db().flush()));
     }
 
     /// Publishes every output not yet published, in log order. The outputs committed since

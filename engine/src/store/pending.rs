@@ -3,7 +3,7 @@
 //! runs ahead of its outputs or its effects.
 
 use super::chunked::{Chunked, LOAD_CHUNK};
-use super::keys::{STATE, checkpoint_key, digest_key, position_key, state_key};
+use super::keys::{PUBLISHED_KEY, STATE, checkpoint_key, digest_key, position_key, state_key};
 use super::outbox::OutboxItem;
 use super::{Store, key_hash};
 use crate::error::Result;
@@ -26,6 +26,9 @@ pub struct Pending {
     /// Outputs made again from their record when needed, never written (see [`super::queue`]).
     regenerable: Vec<OutboxItem>,
     effects: Vec<(u64, u32, Intent)>,
+    /// Set when every staged output was published before the batch is written: the publish
+    /// mark moves up to this seq in the same batch, and no output goes to the outbox.
+    published_through: Option<u64>,
     /// Bytes of the keys and values staged (a change staged again replaces the earlier one).
     bytes: usize,
 }
@@ -66,6 +69,21 @@ impl Pending {
 
     pub fn outbox(&self) -> &[OutboxItem] {
         &self.outbox
+    }
+
+    /// Every staged output, in log order: what a publisher sends before the batch is written.
+    pub fn outputs_in_order(&self) -> Vec<&OutboxItem> {
+        let mut all: Vec<&OutboxItem> = self.outbox.iter().chain(&self.regenerable).collect();
+        all.sort_unstable_by_key(|item| (item.seq, item.index));
+        all
+    }
+
+    /// Notes that every staged output is published: none is written to the outbox, and the
+    /// publish mark moves up to `through` with the batch.
+    pub fn mark_published(&mut self, through: u64) {
+        self.outbox.clear();
+        self.regenerable.clear();
+        self.published_through = Some(through);
     }
 
     /// Queues an effect intent of the record at `seq`.
@@ -219,6 +237,11 @@ impl Store {
             batch.insert(checkpoint_key(name, *seq), hash);
         }
         self.stage_queued(&mut batch, &pending.outbox, &pending.effects)?;
+        if let Some(through) = pending.published_through
+            && self.published_through()?.is_none_or(|mark| mark < through)
+        {
+            batch.insert(PUBLISHED_KEY, &through.to_be_bytes());
+        }
         if !pending.checkpoints.is_empty() {
             // Value files written, the batch that refers to them and the checkpoint not yet.
             crate::failpoint::crash_point("during-checkpoint");

@@ -68,6 +68,16 @@ enum Command {
         #[arg(long)]
         accept_truncated_log: bool,
     },
+    /// Move entries from the unpartitioned stream keys producers write into their partitions
+    /// (`--partitions P`, at least 2), each exactly once, until SIGINT or SIGTERM. One router
+    /// at a time holds the router's lease; another waits on it.
+    Route {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Serve /healthz, /readyz, /status and /metrics here. Env: MAESTRO_HTTP.
+        #[arg(long, value_name = "ADDR", env = "MAESTRO_HTTP")]
+        http: Option<SocketAddr>,
+    },
     /// Start a private Redis (unless MAESTRO_REDIS_URL answers), run the engine, publish a
     /// realistic mix on all streams, and print what was ingested.
     Demo(maestro::demo::DemoArgs),
@@ -293,6 +303,20 @@ async fn run(
     Ok(())
 }
 
+async fn route(config: ConfigArgs, http: Option<SocketAddr>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let config = settings::load(&config)?;
+    let status = Arc::new(Health::default());
+    if let Some(addr) = http {
+        let handle = maestro::metrics::install()?;
+        maestro::metrics::register(&config);
+        let (bound, _task) = maestro_engine::http::serve(addr, status.clone(), Some(handle), shutdown.clone()).await?;
+        tracing::info!(%bound, "serving /healthz /readyz /status /metrics");
+    }
+    let routing = maestro::domains::routing(&config);
+    maestro_engine::router::route(config, routing, status, shutdown).await?;
+    Ok(())
+}
+
 fn export(
     data_dir: PathBuf,
     range: (Option<maestro::replay_cli::At>, Option<maestro::replay_cli::At>),
@@ -411,6 +435,7 @@ async fn main() {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run { config, http, accept_truncated_log } => run(config, http, accept_truncated_log, shutdown).await,
+        Command::Route { config, http } => route(config, http, shutdown).await,
         Command::Demo(args) => maestro::demo::demo(args).await,
         Command::Manifests { execution_id, data_dir } => maestro::manifests_cli::print(&data_dir, &execution_id),
         Command::Deploy { which: DeployCommand::Manifests { members } } => maestro::deploy_cli::print(members),

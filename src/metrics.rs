@@ -92,6 +92,10 @@ pub fn register(config: &EngineConfig) {
         "Valid entries a handler had nothing to do for, per stream and reason (a series appears with its first entry)."
     );
     describe_counter!("maestro_dead_letters_total", "Entries copied to a dead-letter stream, per stream and reason.");
+    describe_counter!(
+        "maestro_routed_total",
+        "A router's entries per source stream, partition and outcome (routed, or already_routed: found in the partition after a crash)."
+    );
     for (name, help) in GAUGES {
         describe_gauge!(name, help);
     }

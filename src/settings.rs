@@ -32,6 +32,9 @@ pub struct ConfigArgs {
     /// Redis, wait on it otherwise. Env: MAESTRO_MEMBER.
     #[arg(long, value_name = "I/N")]
     pub member: Option<String>,
+    /// Partitions of each stream (1 = today's unpartitioned keys). Env: MAESTRO_PARTITIONS.
+    #[arg(long, value_name = "P")]
+    pub partitions: Option<u32>,
     /// A bootstrap admin of the template registry (repeatable). Env: MAESTRO_ADMINS=tenant:user,...
     #[arg(long = "admin", value_name = "TENANT:USER")]
     pub admins: Vec<String>,
@@ -130,6 +133,9 @@ pub fn load_with_domains(args: &ConfigArgs) -> Result<(EngineConfig, DomainSetti
     }
     if let Some(member) = &args.member {
         figment = figment.merge(Serialized::default("member", member));
+    }
+    if let Some(partitions) = args.partitions {
+        figment = figment.merge(Serialized::default("partitions", partitions));
     }
     if let Some(group) = &args.group {
         figment = figment.merge(Serialized::default("group", group));

@@ -3,9 +3,12 @@
 //! takes a [`Domains`]); this is where the binary names them.
 
 use maestro_engine::config::EngineConfig;
+use maestro_engine::router::Routing;
 use maestro_engine::runtime::Domains;
 use maestro_handlers::Handler;
 use maestro_handlers::execution::{DEFAULT_MAX_ACTIVE, MAX_ACTIVE_SETTING, RUNNERS_SETTING, default_runners};
+use maestro_handlers::partition::partition;
+use maestro_schemas::EntryId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -89,6 +92,18 @@ pub fn domains_with(config: &EngineConfig, domain: &DomainSettings, handlers: Ve
 /// Every domain the engine runs.
 pub fn domains(config: &EngineConfig, domain: &DomainSettings) -> Domains {
     domains_with(config, domain, handlers(config))
+}
+
+/// What the router moves into partitions: the streams producers write, each entry to the
+/// partition of the key that keeps its projection whole (`maestro_handlers::partition`).
+pub fn routing(config: &EngineConfig) -> Routing {
+    let streams = config.streams.clone();
+    let limits = config.limits;
+    let routed = streams.routed().into_iter().map(|(_, key)| key.to_string()).collect();
+    let partition_of = move |stream: &str, id: EntryId, fields: &[(Vec<u8>, Vec<u8>)], partitions: u32| {
+        streams.role_of(stream).map_or(0, |role| partition(role, stream, id, fields, &limits, partitions))
+    };
+    Routing { streams: routed, partition_of: Arc::new(partition_of) }
 }
 
 /// The handler settings recorded in the log: (name, value, default value).

@@ -5,6 +5,9 @@ use maestro_schemas::{Limits, StreamSet};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The most partitions a stream may have: each is a key per stream, read and leased apart.
+pub const MAX_PARTITIONS: u32 = 1024;
+
 /// The engine's settings. Unknown keys are refused by the binary's settings loader, which
 /// reads these and the domains' settings from one file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +94,9 @@ pub struct EngineConfig {
     /// How long a member's lease lasts unless renewed (renewed every quarter of it; writes
     /// stop a quarter of it before it could expire). A dead holder is replaced after this.
     pub lease_ttl_ms: u64,
+    /// Partitions of each stream (`maestro_schemas::partition`): 1 keeps today's keys. The
+    /// router (`maestro route`) moves entries from the unpartitioned keys into this many.
+    pub partitions: u32,
 }
 
 impl Default for EngineConfig {
@@ -127,6 +133,7 @@ impl Default for EngineConfig {
             segment_records: crate::segments::DEFAULT_SEGMENT_RECORDS,
             member: None,
             lease_ttl_ms: 10_000,
+            partitions: 1,
         }
     }
 }
@@ -164,6 +171,9 @@ impl EngineConfig {
         }
         if self.lease_ttl_ms < 100 {
             return Err("lease_ttl_ms: must be at least 100".into());
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(format!("partitions: must be 1 to {MAX_PARTITIONS}"));
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());

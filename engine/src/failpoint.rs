@@ -44,7 +44,7 @@ fn abort_at(name: &str) {
 }
 
 /// Names every crash point, so a test (and a typo in `FAILPOINTS`) can be checked against them.
-pub const CRASH_POINTS: [&str; 11] = [
+pub const CRASH_POINTS: [&str; 12] = [
     "after-append",
     "after-flush",
     "after-flush-written",
@@ -56,6 +56,7 @@ pub const CRASH_POINTS: [&str; 11] = [
     "seal-after-write",
     "seal-after-rename",
     "seal-after-index",
+    "router-before-ack",
 ];
 
 /// Names every switch (see [`switched`]): `write-before-publish` writes each batch's state

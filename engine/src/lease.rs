@@ -56,12 +56,18 @@ impl Member {
     }
 }
 
-/// The lease key of member `index` in `group`. Its hash tag `{<group>:<index>}` is the one a
-/// member's own keys will carry once streams are partitioned (one partition per member here):
-/// a cluster script may touch keys of one slot only, and a script that writes a member's
-/// partition can then check the lease token in the same call.
+/// The lease key of member `index` in `group`, with a hash tag `{<group>:<index>}` of its own.
+/// Partitions carry another tag (`maestro_schemas::partition`): a lease per partition, which
+/// a script writing the partition could check in the same call, is not built yet.
 pub fn lease_key(group: &str, index: u32) -> String {
     format!("maestro:engine:{group}:lease:{{{group}:{index}}}")
+}
+
+/// The router's lease key. A key of its own slot: what it fences (the router's reads, its
+/// copies into every partition, its acknowledgements) spans slots, so no script checks it
+/// in-slot; the router checks its [`Fence`] before each of them.
+pub fn router_key(group: &str) -> String {
+    format!("maestro:engine:{group}:router")
 }
 
 /// Milliseconds since the Unix epoch.
@@ -114,10 +120,13 @@ impl Fence {
     }
 }
 
-/// One member's lease: the key, this process's identity, and the connection it is kept with.
+/// One lease (a member's or the router's): the key, this process's identity, and the connection it is kept with.
 #[derive(Debug)]
 pub struct Lease {
-    member: Member,
+    /// What holds it, for `/status`: `I/N`, or `router`.
+    label: String,
+    /// Whose lease the log lines name: "member's" or "router's".
+    whose: &'static str,
     key: String,
     /// Host, pid and start time: names this process to whoever waits on it.
     identity: String,
@@ -134,18 +143,37 @@ impl Lease {
     pub fn new(config: &EngineConfig, client: &RedisClient, status: &Arc<Health>) -> Result<Option<Lease>> {
         let Some(member) = &config.member else { return Ok(None) };
         let member = Member::parse(member).map_err(EngineError::Config)?;
+        let label = format!("{}/{}", member.index, member.count);
+        let key = lease_key(&config.group, member.index);
+        Ok(Some(Lease::with_key(label, "member's", key, config, client, status)))
+    }
+
+    /// The router's lease ([`router_key`]): one router at a time moves entries into partitions.
+    pub fn router(config: &EngineConfig, client: &RedisClient, status: &Arc<Health>) -> Lease {
+        Lease::with_key("router".into(), "router's", router_key(&config.group), config, client, status)
+    }
+
+    fn with_key(
+        label: String,
+        whose: &'static str,
+        key: String,
+        config: &EngineConfig,
+        client: &RedisClient,
+        status: &Arc<Health>,
+    ) -> Lease {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let identity = format!("host={host} pid={} started_ms={}", std::process::id(), unix_ms());
-        Ok(Some(Lease {
-            member,
-            key: lease_key(&config.group, member.index),
+        Lease {
+            label,
+            whose,
+            key,
             identity,
             ttl: Duration::from_millis(config.lease_ttl_ms.max(100)),
             client: client.clone(),
             status: status.clone(),
             holding: None,
             acquisitions: 0,
-        }))
+        }
     }
 
     /// Writes stop this long before the ttl runs out: room for the renewal's round trip and
@@ -156,7 +184,7 @@ impl Lease {
 
     fn publish(&self, held: bool, holder: &str, since_ms: u64) {
         let state = LeaseState {
-            member: format!("{}/{}", self.member.index, self.member.count),
+            member: self.label.clone(),
             key: self.key.clone(),
             held,
             holder: holder.to_string(),
@@ -182,7 +210,8 @@ impl Lease {
                         tracing::warn!(
                             key = self.key,
                             holder,
-                            "waiting on the member's lease: another engine holds it"
+                            "waiting on the {} lease: another engine holds it",
+                            self.whose
                         );
                         self.publish(false, &holder, unix_ms());
                         waiting_on = Some(holder);
@@ -191,7 +220,7 @@ impl Lease {
                 Err(error) => {
                     conn = None;
                     if waiting_on.as_deref() != Some("") {
-                        tracing::warn!(key = self.key, %error, "waiting on the member's lease: redis unavailable");
+                        tracing::warn!(key = self.key, %error, "waiting on the {} lease: redis unavailable", self.whose);
                         self.publish(false, "", unix_ms());
                         waiting_on = Some(String::new());
                     }
@@ -221,7 +250,7 @@ impl Lease {
             deadline: Mutex::new(sent + self.ttl - self.margin()),
             why_lost: Mutex::new(String::new()),
         });
-        tracing::info!(key = self.key, token, "holding the member's lease");
+        tracing::info!(key = self.key, token, "holding the {} lease", self.whose);
         self.publish(true, &token, unix_ms());
         let renewer = Renewer {
             client: self.client.clone(),
@@ -254,9 +283,9 @@ impl Lease {
             Ok::<_, EngineError>(deleted)
         };
         match released.await {
-            Ok(1) => tracing::info!(key = self.key, "member's lease released"),
-            Ok(_) => tracing::info!(key = self.key, "member's lease was no longer ours"),
-            Err(error) => tracing::warn!(key = self.key, %error, "member's lease not released; it expires"),
+            Ok(1) => tracing::info!(key = self.key, "{} lease released", self.whose),
+            Ok(_) => tracing::info!(key = self.key, "{} lease was no longer ours", self.whose),
+            Err(error) => tracing::warn!(key = self.key, %error, "{} lease not released; it expires", self.whose),
         }
         self.publish(false, "", unix_ms());
     }
@@ -266,7 +295,7 @@ impl Lease {
         if let Some((_, renewer)) = self.holding.take() {
             renewer.abort();
         }
-        tracing::error!(key = self.key, why, "member's lease lost: stopped writing; waiting on the lease");
+        tracing::error!(key = self.key, why, "{} lease lost: stopped writing; waiting on the lease", self.whose);
         self.publish(false, "", unix_ms());
     }
 }
@@ -307,7 +336,7 @@ impl Renewer {
                 }
                 Err(error) => {
                     // Retried until the deadline; the fence fails on its own when it passes.
-                    tracing::warn!(key = self.key, %error, "member's lease not renewed; retrying");
+                    tracing::warn!(key = self.key, %error, "lease not renewed; retrying");
                     *self.held.why_lost.lock().unwrap_or_else(PoisonError::into_inner) =
                         format!("not renewed before its deadline (redis: {error})");
                     // A connection that failed once may stay broken: the next try gets a new one.
@@ -335,6 +364,7 @@ mod tests {
     #[test]
     fn lease_key_has_a_hash_tag_per_member() {
         assert_eq!(lease_key("g", 1), "maestro:engine:g:lease:{g:1}");
+        assert_eq!(router_key("g"), "maestro:engine:g:router");
     }
 
     #[test]

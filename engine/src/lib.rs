@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod lease;
 pub mod log;
 pub mod read_only;
+pub mod router;
 pub mod runtime;
 pub mod segments;
 pub mod source;

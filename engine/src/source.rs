@@ -154,7 +154,8 @@ fn parse_entry(stream: &str, value: Value) -> Result<RawEntry> {
     Ok(RawEntry { stream: stream.to_string(), id, fields, deliveries: 1, withheld: None })
 }
 
-fn parse_entries(stream: &str, value: Value) -> Result<Vec<RawEntry>> {
+/// Parses a list of `[id, fields]` entries of `stream` (an `XRANGE` or `XAUTOCLAIM` list).
+pub fn parse_entry_list(stream: &str, value: Value) -> Result<Vec<RawEntry>> {
     match value {
         Value::Array(entries) => entries.into_iter().map(|e| parse_entry(stream, e)).collect(),
         other => Err(reply("entry list", &other)),
@@ -181,7 +182,7 @@ pub fn parse_read_reply(value: Value) -> Result<Vec<RawEntry>> {
     };
     for (key, entries) in streams {
         let key = text(&key).ok_or_else(|| reply("stream key", &key))?;
-        out.extend(parse_entries(&key, entries)?);
+        out.extend(parse_entry_list(&key, entries)?);
     }
     Ok(out)
 }

@@ -37,8 +37,22 @@ pub struct Health {
     pub effects_in_flight: AtomicU64,
     /// Per stream key: whether it is read, why not, and group skips found on it.
     pub streams: Mutex<BTreeMap<String, StreamState>>,
-    /// The member's lease, when the engine runs as a member.
+    /// The member's lease, when the engine runs as a member (the router's, in a router).
     pub lease: Mutex<Option<LeaseState>>,
+    /// A router's counts per source stream and partition.
+    pub routed: Mutex<BTreeMap<String, BTreeMap<u32, RouteCounts>>>,
+}
+
+/// What a router did with one source stream's entries for one partition, in `/status`.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RouteCounts {
+    /// Entries copied into the partition's key.
+    pub routed: u64,
+    /// Entries the partition's key already held (copied before a crash, acknowledged after).
+    pub already_routed: u64,
+    /// Entries not routed because the partition held a later entry of their stream (only a
+    /// former router acting past its lease causes it); each is logged as an error.
+    pub out_of_order: u64,
 }
 
 /// A member's lease in `/status`.
@@ -95,6 +109,8 @@ pub struct HealthSnapshot {
     pub streams: BTreeMap<String, StreamState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseState>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub routed: BTreeMap<String, BTreeMap<u32, RouteCounts>>,
 }
 
 impl Health {
@@ -119,6 +135,7 @@ impl Health {
             effects_in_flight: get(&self.effects_in_flight),
             streams: self.streams.lock().map(|s| s.clone()).unwrap_or_default(),
             lease: self.lease.lock().map(|l| l.clone()).unwrap_or_default(),
+            routed: self.routed.lock().map(|r| r.clone()).unwrap_or_default(),
             ready: false,
         };
         snap.ready = snap.redis_up && snap.log_open && snap.storage_ok && snap.caught_up;
@@ -152,6 +169,17 @@ impl Health {
     pub fn stream(&self, key: &str, change: impl FnOnce(&mut StreamState)) {
         if let Ok(mut streams) = self.streams.lock() {
             change(streams.entry(key.to_string()).or_default());
+        }
+    }
+
+    /// Counts routing decisions of entries of `stream` into `partition`.
+    /// `[routed, already routed, out of order]`.
+    pub fn route(&self, stream: &str, partition: u32, [routed, already, out_of_order]: [u64; 3]) {
+        if let Ok(mut counts) = self.routed.lock() {
+            let counts = counts.entry(stream.to_string()).or_default().entry(partition).or_default();
+            counts.routed += routed;
+            counts.already_routed += already;
+            counts.out_of_order += out_of_order;
         }
     }
 

@@ -10,6 +10,7 @@ pub mod execution;
 pub(crate) mod fold;
 pub mod healing;
 pub mod keys;
+pub mod partition;
 pub mod stream_stats;
 
 pub use contract::{Change, Decision, ELAPSED_MS, Event, Handler, HandlerError, Intent, Output, Overlay, StateView};

@@ -10,6 +10,7 @@ pub mod entry_id;
 pub mod envelope;
 pub mod ids;
 pub mod own;
+pub mod partition;
 pub mod proto;
 pub mod record;
 pub mod streams;

@@ -19,6 +19,24 @@ pub enum Role {
     K8sStatus,
 }
 
+impl Role {
+    /// Whether producers outside the engine write this stream's entries for the engine to act
+    /// on (commands, heal requests, error reports, validation outcomes): the streams a router
+    /// moves into partitions. The others carry answers (results, usage, status), which stay on
+    /// the unpartitioned keys where the old consumers read them.
+    pub fn is_routed(self) -> bool {
+        matches!(
+            self,
+            Role::TemplatesRequests
+                | Role::AutomationJobs
+                | Role::AutomationHealing
+                | Role::AutomationErrors
+                | Role::AutomationValidation
+                | Role::K8sJobs
+        )
+    }
+}
+
 /// The stream keys the engine reads, by role. The defaults are the old services' keys:
 /// `automation:errors` is read by default (the old service consumed it); the validation
 /// stream, which no old code writes, only when configured.
@@ -79,6 +97,11 @@ impl StreamSet {
         out
     }
 
+    /// Every configured stream a router moves into partitions ([`Role::is_routed`]).
+    pub fn routed(&self) -> Vec<(Role, &str)> {
+        self.all().into_iter().filter(|(role, _)| role.is_routed()).collect()
+    }
+
     /// The role of a configured stream key.
     pub fn role_of(&self, key: &str) -> Option<Role> {
         self.all().into_iter().find(|(_, k)| *k == key).map(|(role, _)| role)
@@ -110,6 +133,7 @@ mod tests {
         assert_eq!(set.role_of("maestro:streams:k8s:status"), Some(Role::K8sStatus));
         set.automation_validation = Some("maestro:streams:automation:validation".into());
         assert_eq!(set.all().len(), 11);
+        assert_eq!(set.routed().len(), 6, "requests, jobs, healing, errors, validation, k8s jobs");
         assert_eq!(set.duplicate_key(), None);
         set.k8s_status = set.k8s_results.clone();
         assert_eq!(set.duplicate_key(), Some(set.k8s_results.clone()));

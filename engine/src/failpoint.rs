@@ -34,7 +34,7 @@ fn abort_at(name: &str) {
 }
 
 /// Names every crash point, so a test (and a typo in `FAILPOINTS`) can be checked against them.
-pub const CRASH_POINTS: [&str; 11] = [
+pub const CRASH_POINTS: [&str; 13] = [
     "after-append",
     "after-flush",
     "after-flush-written",
@@ -46,6 +46,8 @@ pub const CRASH_POINTS: [&str; 11] = [
     "seal-after-write",
     "seal-after-rename",
     "seal-after-index",
+    "store-move-copied",
+    "store-move-renamed",
 ];
 
 /// Configures the crash points from the `FAILPOINTS` environment variable

@@ -304,7 +304,7 @@ impl Cycle {
         let report = self.dispatcher.dispatch(&records, Some(&prepared.decoded))?;
         crate::failpoint::crash_point("after-flush");
         // The state batch is not synced; sled's own flusher may have written it all the same.
-        crate::failpoint::crash_point_after("after-flush-written", || drop(self.log.db().flush()));
+        crate::failpoint::crash_point_after("after-flush-written", || drop(self.dispatcher.store().flush()));
         self.observer.dispatched(report);
         // Step 5: publish outputs, then run effect intents.
         self.fence.check()?;

@@ -168,6 +168,31 @@ fn an_abort_after_a_written_state_batch_then_a_start_that_records_first_loses_no
     assert_recovered_with(&mut conn, &server.url(), &dir, &load, &[("MAESTRO_ADMINS", "acme:root")]);
 }
 
+/// An old data dir (its projection store in the log's database) whose move into `store/` is
+/// aborted after the copy is made durable, and after its rename: the next start ends the move,
+/// and nothing is lost or repeated.
+#[test]
+fn an_abort_in_the_middle_of_moving_an_old_store_out_loses_nothing_and_repeats_nothing() {
+    for (n, point) in ["store-move-copied", "store-move-renamed"].iter().enumerate() {
+        let server = redis(true);
+        let mut conn = connect(&server);
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("engine");
+        let load = load(&mut conn, 70 + n as u64);
+        // Work left in the store (outbox, positions behind the log) when it is moved.
+        run_until_abort(&server.url(), &dir, "after-flush-written=3*off->return");
+        to_old_layout(&dir);
+        run_until_abort(&server.url(), &dir, &format!("{point}=return"));
+        let moved = dir.join(maestro_engine::datadir::STORE_DIR).is_dir();
+        assert_eq!(moved, *point == "store-move-renamed", "{point}: store/ after the abort");
+        assert!(!store_trees_in_log(&dir).is_empty(), "{point}: the trees are still in db/");
+        assert_recovered(&mut conn, &server.url(), &dir, &load);
+        assert_eq!(store_trees_in_log(&dir), Vec::<String>::new(), "{point}: the trees left db/");
+        assert!(!dir.join("store.tmp").exists(), "{point}: no leftover");
+        println!("{point}: recovered");
+    }
+}
+
 #[test]
 fn a_failpoint_that_names_no_point_is_refused() {
     let (code, _, err) =

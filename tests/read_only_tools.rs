@@ -1,8 +1,9 @@
 //! The read-only tools (`verify`, `export`, `replay state/diff/explain/check`) change not a
 //! byte of the data dir they read, whole or damaged (a truncated `db/db`, a deleted `HEAD`,
-//! flipped bytes in `db/db` or in a sealed segment file): the BLAKE3 of every file is the same before and after each run, and a
-//! second `verify` of a damaged dir fails as the first did. The data dir is written by the
-//! engine binary from a real `redis-server`.
+//! flipped bytes in `db/db` or in a sealed segment file), or of the old layout (the projection
+//! store's trees in `db/`, no `store/`): the BLAKE3 of every file is the same before and after
+//! each run, and a second `verify` of a damaged dir fails as the first did. The data dir is
+//! written by the engine binary from a real `redis-server`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -39,6 +40,7 @@ fn tools(dir: &str) -> Vec<Vec<String>> {
         vec!["verify", "--chain-only"],
         vec!["export"],
         vec!["replay", "state", "--projection", "templates"],
+        vec!["replay", "state", "--projection", "templates", "--from-log"],
         vec!["replay", "state", "--projection", "stream_stats", "--at", "5"],
         vec!["replay", "diff", "--from", "3", "--to", "40"],
         vec!["replay", "explain", "--projection", "stream_stats", "--key", "maestro:streams:k8s:status"],
@@ -80,6 +82,8 @@ enum Damage {
     Flip,
     /// One bit flipped in the middle of the first sealed segment file.
     FlipSegment,
+    /// `store/db`, the projection store's data file, cut to half its length.
+    TruncateStore,
 }
 
 impl Damage {
@@ -91,6 +95,11 @@ impl Damage {
                 std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len * percent / 100).unwrap()
             }
             Damage::DeleteHead => std::fs::remove_file(dir.join("HEAD")).unwrap(),
+            Damage::TruncateStore => {
+                let store = dir.join(maestro_engine::datadir::STORE_DIR).join("db");
+                let len = std::fs::metadata(&store).unwrap().len();
+                std::fs::OpenOptions::new().write(true).open(&store).unwrap().set_len(len / 2).unwrap()
+            }
             Damage::FlipSegment => {
                 let segment = first_segment(dir);
                 let mut bytes = std::fs::read(&segment).unwrap();
@@ -151,7 +160,21 @@ fn read_only_tools_change_no_byte_of_a_whole_or_damaged_data_dir() {
     let (first, second) = run_all(&dir, "whole");
     assert_eq!((first, second), (Some(0), Some(0)), "a whole data dir verifies");
 
-    let damages = [Damage::Truncate(60), Damage::Truncate(10), Damage::DeleteHead, Damage::Flip, Damage::FlipSegment];
+    let old = data.path().join("old-layout");
+    copy_dir(&dir, &old);
+    to_old_layout(&old);
+    let (first, second) = run_all(&old, "old layout");
+    assert_eq!((first, second), (Some(0), Some(0)), "an old data dir verifies, its store read from db/");
+    assert!(!old.join(maestro_engine::datadir::STORE_DIR).exists(), "nothing moved");
+
+    let damages = [
+        Damage::Truncate(60),
+        Damage::Truncate(10),
+        Damage::DeleteHead,
+        Damage::Flip,
+        Damage::FlipSegment,
+        Damage::TruncateStore,
+    ];
     for damage in damages {
         let case = format!("{damage:?}");
         let copy = data.path().join(&case);
@@ -159,7 +182,7 @@ fn read_only_tools_change_no_byte_of_a_whole_or_damaged_data_dir() {
         damage.apply(&copy);
         let (first, second) = run_all(&copy, &case);
         assert_eq!(first, second, "{case}: a second verify answers as the first");
-        if !matches!(damage, Damage::Flip) {
+        if !matches!(damage, Damage::Flip | Damage::TruncateStore) {
             assert_eq!(first, Some(1), "{case}: verify finds the damage");
         }
     }

@@ -125,7 +125,7 @@ fn state_diff_explain_and_verify_with_external_anchors() {
 
     // A projection damaged behind the engine's back: check names it, rebuild repairs it.
     {
-        let db = open_sled(&dir);
+        let db = open_store_sled(&dir);
         let state = db.open_tree("state").unwrap();
         assert!(state.remove(b"ptemplates\0t/acme\0tpl-a").unwrap().is_some());
         state.flush().unwrap();

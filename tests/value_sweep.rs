@@ -158,6 +158,6 @@ fn a_value_file_is_fsynced_with_its_name_before_the_state_that_refers_to_it_comm
     let data_synced = position(&calls, 0, "fsync of the value's data", |c| c.contains(&format!("<{temporary}>")));
     assert!(data_synced < renamed, "the data is durable before it gets its name:\n{}", calls.join("\n"));
     let name_synced = position(&calls, renamed, "fsync of the value's folder", |c| c.contains(&format!("<{folder}>")));
-    let db = format!("{}/db/", dir.display());
-    position(&calls, name_synced, "sled commit after the value is durable", |c| c.contains(&db));
+    let store = format!("{}/{}/", dir.display(), maestro_engine::datadir::STORE_DIR);
+    position(&calls, name_synced, "sled commit after the value is durable", |c| c.contains(&store));
 }

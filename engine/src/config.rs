@@ -57,8 +57,10 @@ pub struct EngineConfig {
     pub claim_interval_ms: u64,
     /// How often consumer-group gauges (pending, lag) are refreshed.
     pub info_interval_ms: u64,
-    /// sled page cache; sled's default grows past 600 MiB on large logs.
+    /// The log's sled page cache; sled's default grows past 600 MiB on large logs.
     pub cache_bytes: u64,
+    /// The projection store's sled page cache (its own database, `store/`).
+    pub store_cache_bytes: u64,
     /// Projection state hashes are recorded at every multiple of this seq.
     pub checkpoint_every: u64,
     /// Approximate cap of each dead-letter stream.
@@ -121,6 +123,7 @@ impl Default for EngineConfig {
             claim_interval_ms: 5_000,
             info_interval_ms: 5_000,
             cache_bytes: 64 * 1024 * 1024,
+            store_cache_bytes: crate::datadir::DEFAULT_STORE_CACHE_BYTES,
             checkpoint_every: 10_000,
             dead_letter_maxlen: 100_000,
             anchor_file: None,

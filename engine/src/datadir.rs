@@ -1,15 +1,19 @@
 //! The data directory: an exclusive lock, the stable consumer name, and the sled database.
 //!
 //! Layout: `LOCK` (held while open), `consumer` (the Redis consumer name, written on first
-//! start), `HEAD` (the log's head anchor), `db/` (sled: the log in the default tree,
-//! projections in the `state` tree), `values/` (large state values), `segments/` (sealed log).
+//! start), `HEAD` (the log's head anchor), `db/` (sled: the log), `store/` (sled: the
+//! projection store, see [`store_db`]), `values/` (large state values), `segments/` (sealed
+//! log).
 //!
-//! sled is opened once per data dir, here ([`open_db`]), by the log, and the store is handed
-//! out over the same database ([`Log::store`]): the log and the store never name each other.
+//! Each sled database is opened once per data dir, here ([`open_db`]): the log's by the log,
+//! the store's on first use by [`Log::store`], which hands out the store: the log and the
+//! store never name each other.
+
+mod migrate;
+mod store_db;
+pub use store_db::{DEFAULT_STORE_CACHE_BYTES, STORE_DIR};
 
 use crate::error::{EngineError, Result};
-use crate::log::Log;
-use crate::store::Store;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -101,13 +105,6 @@ pub(crate) fn open_db(db_path: &Path, cache_bytes: u64) -> Result<sled::Db> {
             }
             other => return Ok(other?),
         }
-    }
-}
-
-impl Log {
-    /// The live projection store of this data dir, in the log's sled database.
-    pub fn store(&self) -> Result<Store> {
-        Store::open(self.db(), self.value_files())
     }
 }
 

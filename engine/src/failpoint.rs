@@ -44,7 +44,7 @@ fn abort_at(name: &str) {
 }
 
 /// Names every crash point, so a test (and a typo in `FAILPOINTS`) can be checked against them.
-pub const CRASH_POINTS: [&str; 12] = [
+pub const CRASH_POINTS: [&str; 14] = [
     "after-append",
     "after-flush",
     "after-flush-written",
@@ -57,6 +57,8 @@ pub const CRASH_POINTS: [&str; 12] = [
     "seal-after-rename",
     "seal-after-index",
     "router-before-ack",
+    "store-move-copied",
+    "store-move-renamed",
 ];
 
 /// Names every switch (see [`switched`]): `write-before-publish` writes each batch's state

@@ -105,6 +105,12 @@ pub struct Log {
     cursors: HashMap<String, EntryId>,
     /// The sealed history (`segments/`, see [`crate::segments`]); sled holds the rest.
     segments: Segments,
+    /// The data dir.
+    dir: PathBuf,
+    /// The projection store's own sled database (`store/`), opened on first use by
+    /// [`Log::store`] (see [`crate::datadir`]): tools that read only the log never open it.
+    /// Declared before `copy`, which may hold its files.
+    store_db: std::sync::OnceLock<sled::Db>,
     /// A copy of the data dir's sled files that this log was opened from, for tools that must
     /// not change a byte of the data dir (sled writes on open and recovery). Declared last so
     /// sled closes before the copy is removed; appends are refused on such a log.
@@ -140,9 +146,10 @@ impl Log {
         Log::open_with(dir, cache_bytes, true)
     }
 
-    /// Opens a copy of the data dir's sled files in a temporary directory, with the tail check
+    /// Opens a copy of the log's sled files (`db/`) in a temporary directory, with the tail check
     /// as [`Log::open_with`]: the data dir itself is only read (its `HEAD` and value files
-    /// included), whatever sled does on open or recovery, and appends are refused.
+    /// included), whatever sled does on open or recovery, and appends are refused. The store's
+    /// (`store/`) is copied beside it only if [`Log::store`] is asked for.
     pub fn open_copy(dir: &Path, cache_bytes: u64, check_tail: bool) -> Result<Log> {
         let copy = crate::read_only::copy_db(&dir.join("db"))?;
         let mut log = Log::open_at(&copy.path().join("db"), dir, cache_bytes, check_tail, false)?;
@@ -174,7 +181,19 @@ impl Log {
         let value_files = ValueFiles::new(dir.join(VALUE_FILES_DIR));
         let segments = Segments::load(&db, dir.join(SEGMENTS_DIR), tidy)?;
         let (head_seq, head_hash) = segments.last().map_or((0, GENESIS_HASH), |m| (m.last, m.last_hash));
-        let mut log = Log { db, value_files, anchor, sync_file, head_seq, head_hash, cursors, segments, copy: None };
+        let mut log = Log {
+            db,
+            value_files,
+            anchor,
+            sync_file,
+            head_seq,
+            head_hash,
+            cursors,
+            segments,
+            dir: dir.to_path_buf(),
+            store_db: std::sync::OnceLock::new(),
+            copy: None,
+        };
         if let Some((key, stored)) = log.db.scan_prefix([LOG]).next_back().transpose()? {
             let seq = seq_of_log_key(&key).ok_or_else(|| EngineError::Damaged(format!("log key {key:?}")))?;
             log.head_seq = seq;
@@ -193,9 +212,25 @@ impl Log {
         Ok(log)
     }
 
-    /// The sled database, shared with the projection store (see [`Log::store`]).
+    /// The log's sled database (`db/`, or the tool's copy of it). The projection store has a
+    /// database of its own (see [`Log::store`]), except in an old data dir a tool reads.
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The data dir this log is in.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the copy of the data dir's sled files a read-only log was opened from is.
+    pub(crate) fn copy_path(&self) -> Option<&Path> {
+        self.copy.as_ref().map(tempfile::TempDir::path)
+    }
+
+    /// The store's sled database, once opened (see [`crate::datadir`]).
+    pub(crate) fn store_cell(&self) -> &std::sync::OnceLock<sled::Db> {
+        &self.store_db
     }
 
     /// The directory of the projection store's large values (see [`crate::value_files`]).

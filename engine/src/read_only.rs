@@ -3,7 +3,8 @@
 //! sled 0.34 has no read-only mode: opening a database writes its config and snapshot, and
 //! recovery after damage rewrites the data file (a failed open could truncate `db/db` so that
 //! the next open passed). The tools therefore open a copy of `db/` in a temporary directory
-//! (`TMPDIR`); `std::fs::copy` uses `copy_file_range`, which shares the blocks instead of
+//! (`TMPDIR`), and the projection store's `store/` beside it only when they read projections;
+//! `std::fs::copy` uses `copy_file_range`, which shares the blocks instead of
 //! copying them on a file system with reflinks (btrfs, XFS) when `TMPDIR` is on the same one.
 //! Everything else of the data dir (`HEAD`, `values/`, `history.git`) is only read in place.
 
@@ -21,7 +22,8 @@ pub fn copy_db(db: &Path) -> Result<tempfile::TempDir> {
     Ok(scratch)
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+/// Copies directory `from` (files and sub-directories) to `to`.
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| EngineError::DataDir { path, source }

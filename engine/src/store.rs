@@ -50,6 +50,9 @@ pub struct Store {
     /// The state keys written so far, as 64-bit hashes, while the store is known to hold no
     /// others (see [`Store::knowing_its_keys`]); `None` otherwise.
     written: Arc<RwLock<Option<HashSet<u64>>>>,
+    /// sled's data file of the store's database, fsynced by [`Store::make_durable`]; `None`
+    /// for a store nobody keeps (a rebuild's scratch, a tool's copy).
+    sync_file: Option<Arc<std::fs::File>>,
 }
 
 fn key_hash(full: &[u8]) -> u64 {
@@ -62,7 +65,31 @@ impl Store {
     /// A store in sled tree `name`: a second, independent set of projections over the same log
     /// (a rebuild's scratch, or a comparison in tests).
     pub fn open_tree(db: &sled::Db, name: &str, files: ValueFiles) -> Result<Store> {
-        Ok(Store { tree: db.open_tree(name)?, files, written: Arc::default() })
+        Ok(Store { tree: db.open_tree(name)?, files, written: Arc::default(), sync_file: None })
+    }
+
+    /// This store, with `file` (sled's data file of its database) fsynced by
+    /// [`Store::make_durable`].
+    pub fn syncing(self, file: std::fs::File) -> Store {
+        Store { sync_file: Some(Arc::new(file)), ..self }
+    }
+
+    /// Writes everything committed so far out of the process (sled's flush: `sync_file_range`,
+    /// no fsync), so a crash of the process loses none of it.
+    pub fn flush(&self) -> Result<()> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// [`Store::flush`], then an fsync of sled's data file, so a power loss loses none of it
+    /// either. Commits are not synced (the store is derived: the log's tail is dispatched again
+    /// after a crash); this is for a step that must not run ahead of the store on disk.
+    pub fn make_durable(&self) -> Result<()> {
+        self.flush()?;
+        if let Some(file) = &self.sync_file {
+            file.sync_data().map_err(EngineError::Sync)?;
+        }
+        Ok(())
     }
 
     /// For a store that starts empty and is written only through this handle and its clones

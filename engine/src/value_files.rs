@@ -162,10 +162,13 @@ impl ValueFiles {
 /// Removes the value files that `store`, the live store, does not refer to. Only for the one
 /// writer of the data dir, between its commits: a commit writes its files before the state
 /// that refers to them, so a sweep during one could remove a file about to be referred to.
+/// The store is made durable first: commits are not synced, and a crash that took the commit
+/// which stopped referring to a file would otherwise leave a store referring to a removed one.
 pub fn sweep_unreferenced(files: &ValueFiles, store: &crate::store::Store) -> Result<()> {
     if files.is_empty() {
         return Ok(());
     }
+    store.make_durable()?;
     let keep = store.referenced_files()?;
     let (removed, bytes) = files.sweep(&keep)?;
     if removed > 0 {

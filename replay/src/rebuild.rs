@@ -352,7 +352,7 @@ pub fn rebuild_in_place(
     handlers: Vec<Arc<dyn Handler>>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Vec<RebuiltProjection>> {
-    let db = log.db();
+    let db = log.store_db()?;
     let live = log.store()?;
     let dispatched = live.position(DISPATCHER)?;
     let until = if dispatched == 0 { log.head_seq() } else { dispatched.min(log.head_seq()) };

@@ -179,9 +179,10 @@ pub fn state_at(
 ) -> Result<(Snapshot, StateSource)> {
     let name = handler.name();
     let seq = seq.min(log.head_seq());
-    let live = log.store()?;
-    let at = live.position(name)?;
-    if !from_log
+    // From the log, the store is not opened (nor, for a tool, copied).
+    let live = if from_log { None } else { Some(log.store()?) };
+    let at = live.as_ref().map(|live| live.position(name)).transpose()?.unwrap_or(0);
+    if let Some(live) = live
         && at > 0
         && at <= seq
         && let Some(entries) = live.entries_if_kept(name)?
@@ -348,7 +349,7 @@ mod tests {
         assert_eq!(at(50, false, "c"), (at(50, true, "d").0, StateSource::Live { at: 50, tail: 0 }));
         assert_eq!(at(20, false, "e"), (at(20, true, "f").0, StateSource::Log), "before the live position");
         // A live state changed behind the engine's back is not trusted.
-        let tree = log.db().open_tree("state").unwrap();
+        let tree = log.store_db().unwrap().open_tree("state").unwrap();
         let key: Vec<u8> = [b"pstream_stats\0".as_slice(), streams[0].as_bytes()].concat();
         assert!(tree.insert(key, b"{}".as_slice()).unwrap().is_some());
         assert_eq!(at(80, false, "g"), (replayed.clone(), StateSource::Log));

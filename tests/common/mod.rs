@@ -241,13 +241,51 @@ pub fn maestro(args: &[&str]) -> (Option<i32>, String, String) {
 /// Opens a data dir's sled directly, retrying while a previous handle's flusher thread lets go
 /// of the files (it can hold them for a flush interval after the drop).
 pub fn open_sled(dir: &Path) -> sled::Db {
+    open_sled_at(&dir.join("db"))
+}
+
+/// The projection store's sled database of a stopped engine's data dir (`store/`).
+pub fn open_store_sled(dir: &Path) -> sled::Db {
+    open_sled_at(&dir.join(maestro_engine::datadir::STORE_DIR))
+}
+
+fn open_sled_at(path: &Path) -> sled::Db {
     for _ in 0..200 {
-        if let Ok(db) = sled::open(dir.join("db")) {
+        if let Ok(db) = sled::open(path) {
             return db;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    sled::open(dir.join("db")).unwrap()
+    sled::open(path).unwrap()
+}
+
+/// Rewrites a stopped engine's data dir into the layout of builds that kept the projection
+/// store's trees in the log's database: every tree of `store/` copied into `db/`, then
+/// `store/` removed.
+pub fn to_old_layout(dir: &Path) {
+    {
+        let (log, store) = (open_sled(dir), open_store_sled(dir));
+        for name in store.tree_names().into_iter().filter(|name| store_tree(name)) {
+            let (from, to) = (store.open_tree(&name).unwrap(), log.open_tree(&name).unwrap());
+            for item in from.iter() {
+                let (key, value) = item.unwrap();
+                to.insert(key, value).unwrap();
+            }
+        }
+        log.flush().unwrap();
+    }
+    std::fs::remove_dir_all(dir.join(maestro_engine::datadir::STORE_DIR)).unwrap();
+}
+
+/// The names of the projection store's trees in the log's database of `dir` (none in a data
+/// dir of the current layout).
+pub fn store_trees_in_log(dir: &Path) -> Vec<String> {
+    let db = open_sled(dir);
+    db.tree_names().iter().filter(|name| store_tree(name)).map(|n| String::from_utf8_lossy(n).into_owned()).collect()
+}
+
+fn store_tree(name: &[u8]) -> bool {
+    maestro_engine::store::Store::owns_tree(name)
 }
 
 /// A template manifest that passes the quality gate with a score of 100.

@@ -369,7 +369,7 @@ impl Cycle {
     fn state_written(&self) {
         crate::failpoint::crash_point("after-flush");
         // The state batch is not synced; sled's own flusher may have written it all the same.
-        crate::failpoint::crash_point_after("after-flush-written", || drop(self.log.db().flush()));
+        crate::failpoint::crash_point_after("after-flush-written", || drop(self.dispatcher.store().flush()));
     }
 
     /// Publishes every output not yet published, in log order. The outputs committed since

@@ -89,7 +89,7 @@ pub(super) async fn session(
     let handlers = &domains.handlers;
     let mut log = Log::open_unchecked(data_dir.path(), config.cache_bytes)?;
     crate::anchors::check_local(&mut log, config)?;
-    let store = log.store()?;
+    let store = log.store_with_cache(config.store_cache_bytes)?;
     let stamp =
         OutputStamp { origin: format!("{ORIGIN_PREFIX}{consumer}"), dead_letter_maxlen: config.dead_letter_maxlen };
     let decoder = Decoder { streams: config.streams.clone(), limits: config.limits };

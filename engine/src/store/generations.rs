@@ -24,6 +24,14 @@ fn live_tree_name(db: &sled::Db) -> Result<String> {
 }
 
 impl Store {
+    /// Whether sled tree `name` is one of the store's: the pointer tree or a generation. An old
+    /// data dir has them in the log's database (see `datadir::migrate`).
+    pub fn owns_tree(name: &[u8]) -> bool {
+        name == POINTER_TREE.as_bytes()
+            || name == FIRST_GENERATION.as_bytes()
+            || name.starts_with(GENERATION_PREFIX.as_bytes())
+    }
+
     /// The live store, after dropping any other generation a rebuild left behind.
     pub fn open(db: &sled::Db, files: ValueFiles) -> Result<Store> {
         let live = live_tree_name(db)?;

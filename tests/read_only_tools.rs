@@ -9,7 +9,6 @@
 mod common;
 
 use common::*;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -138,16 +137,7 @@ fn read_only_tools_change_no_byte_of_a_whole_or_damaged_data_dir() {
     let env = [("MAESTRO_ADMINS", "acme:alice"), ("MAESTRO_SEGMENT_RECORDS", "100")];
     let mut engine = EngineProc::start(&server.url(), &dir, &env);
     produce(&mut conn, 300, 7, false);
-    let body = maestro::traffic::template_body(&mut maestro::traffic::Rng::new(3), 9_000);
-    let create = json!({"request_id": "r1", "operation": "create", "tenant_id": "acme", "user_id": "alice",
-        "template_id": "tpl-1", "parameters": {"name": "api", "content": body, "manifest": manifest("api")}});
-    redis::cmd("XADD")
-        .arg("maestro:streams:templates:requests")
-        .arg("*")
-        .arg("data")
-        .arg(create.to_string())
-        .query::<String>(&mut conn)
-        .unwrap();
+    create_large_template(&mut conn, 3);
     wait_drained(&mut conn, Duration::from_secs(30));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !first_segment(&dir).is_file() && std::time::Instant::now() < deadline {

@@ -16,8 +16,8 @@ use maestro_engine::router::{PartitionOf, router_group};
 use maestro_schemas::partition::partition_key;
 use maestro_schemas::{EntryId, Fields, StreamSet};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+
 use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 4;
@@ -33,63 +33,19 @@ enum Target {
 }
 
 /// `maestro route` as a child process; its stderr is appended to one file per test.
-struct RouterProc {
-    child: Child,
-    stderr_path: PathBuf,
-}
-
-impl RouterProc {
-    fn start(target: &Target, stderr_path: &Path, env: &[(&str, &str)], extra: &[&str]) -> RouterProc {
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maestro"));
-        cmd.args(["route", "--partitions", &PARTITIONS.to_string()]);
-        match target {
-            Target::Single(url) => cmd.args(["--redis-url", url.as_str()]),
-            // The single-server URL points nowhere: in cluster mode it must not be used.
-            Target::Cluster(urls) => {
-                cmd.args(["--redis-url", "redis://127.0.0.1:1"]);
-                urls.iter().fold(&mut cmd, |cmd, url| cmd.args(["--cluster-node", url.as_str()]))
-            }
-        };
-        cmd.args(extra).env("RUST_LOG", "info").env("MAESTRO_LEASE_TTL_MS", "2000");
-        cmd.env_remove("MAESTRO_REDIS_URL").env_remove("MAESTRO_CONFIG");
-        for (k, v) in env {
-            cmd.env(k, v);
+fn start_router(target: &Target, stderr_path: &Path, env: &[(&str, &str)], extra: &[&str]) -> EngineProc {
+    let partitions = PARTITIONS.to_string();
+    let mut args = vec!["route", "--partitions", partitions.as_str()];
+    match target {
+        Target::Single(url) => args.extend(["--redis-url", url.as_str()]),
+        // The single-server URL points nowhere: in cluster mode it must not be used.
+        Target::Cluster(urls) => {
+            args.extend(["--redis-url", "redis://127.0.0.1:1"]);
+            args.extend(urls.iter().flat_map(|url| ["--cluster-node", url.as_str()]));
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
-        RouterProc { child, stderr_path: stderr_path.to_path_buf() }
     }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> ExitStatus {
-        sigterm(self.child.id());
-        self.wait_for(Duration::from_secs(15)).unwrap_or_else(|| panic!("router did not stop:\n{}", self.stderr()))
-    }
-}
-
-impl Drop for RouterProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    args.extend(extra);
+    EngineProc::spawn(&args, stderr_path, &[&[("MAESTRO_LEASE_TTL_MS", "2000")][..], env].concat())
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -193,18 +149,18 @@ fn produced_routed(conn: &mut impl redis::ConnectionLike) -> usize {
 
 /// Crash between copy and acknowledgement (a crash point in the 6th batch), then a SIGKILL of
 /// the next router mid-load, then a router that finishes: the common part of (a) and (b).
-fn crash_kill_restart(target: &Target, stderr: &Path, mut load_done: impl FnMut() -> bool) -> RouterProc {
-    let mut crashing = RouterProc::start(target, stderr, &[("FAILPOINTS", "router-before-ack=5*off->return")], &[]);
+fn crash_kill_restart(target: &Target, stderr: &Path, mut load_done: impl FnMut() -> bool) -> EngineProc {
+    let mut crashing = start_router(target, stderr, &[("FAILPOINTS", "router-before-ack=5*off->return")], &[]);
     let exit = crashing.wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("{}", crashing.stderr()));
     assert!(crashing.stderr().contains("failpoint fired"), "{exit:?}\n{}", crashing.stderr());
-    let mut killed = RouterProc::start(target, stderr, &[], &[]);
+    let mut killed = start_router(target, stderr, &[], &[]);
     wait_until("the second router routes", Duration::from_secs(20), || {
         killed.stderr().matches("router connected to redis").count() == 2
     });
     std::thread::sleep(Duration::from_millis(400));
     assert!(!load_done(), "the load ended before the SIGKILL: make it longer");
     killed.kill();
-    let last = RouterProc::start(target, stderr, &[], &[]);
+    let last = start_router(target, stderr, &[], &[]);
     wait_until("the third router routes", Duration::from_secs(20), || {
         last.stderr().matches("router connected to redis").count() == 3
     });
@@ -283,9 +239,9 @@ fn a_second_router_waits_on_the_lease_says_so_and_takes_over_when_the_first_stop
     let data = tempfile::tempdir().unwrap();
     let target = Target::Single(server.url());
     let (http_a, http_b) = (free_http_addr(), free_http_addr());
-    let mut a = RouterProc::start(&target, &data.path().join("a.log"), &[], &["--http", &http_a]);
+    let mut a = start_router(&target, &data.path().join("a.log"), &[], &["--http", &http_a]);
     wait_until("the first router routes", Duration::from_secs(15), || a.stderr().contains("router connected"));
-    let mut b = RouterProc::start(&target, &data.path().join("b.log"), &[], &["--http", &http_b]);
+    let mut b = start_router(&target, &data.path().join("b.log"), &[], &["--http", &http_b]);
     wait_until("the second router waits", Duration::from_secs(15), || b.stderr().contains(WAITING));
 
     write_paced(&mut conn, &messages(33, 300), 100, Duration::from_millis(10));

@@ -8,7 +8,6 @@
 mod common;
 
 use common::*;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -63,16 +62,7 @@ fn an_old_data_dir_is_read_as_it_is_and_moved_once_keeping_every_projection() {
     let dir = data.path().join("engine");
     let mut engine = EngineProc::start(&server.url(), &dir, &ENV);
     produce(&mut conn, 200, 11, false);
-    let body = maestro::traffic::template_body(&mut maestro::traffic::Rng::new(5), 9_000);
-    let create = json!({"request_id": "r1", "operation": "create", "tenant_id": "acme", "user_id": "alice",
-        "template_id": "tpl-1", "parameters": {"name": "api", "content": body, "manifest": manifest("api")}});
-    redis::cmd("XADD")
-        .arg("maestro:streams:templates:requests")
-        .arg("*")
-        .arg("data")
-        .arg(create.to_string())
-        .query::<String>(&mut conn)
-        .unwrap();
+    create_large_template(&mut conn, 5);
     wait_drained(&mut conn, Duration::from_secs(30));
     assert!(engine.terminate().success(), "{}", engine.stderr());
     // Every start appends to one stderr file: catch-ups so far.

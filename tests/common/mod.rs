@@ -64,17 +64,23 @@ impl EngineProc {
     }
 
     pub fn start_with(redis_url: &str, data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> EngineProc {
-        let stderr_path = data_dir.with_extension("stderr.log");
-        let connected_before = std::fs::read_to_string(&stderr_path).unwrap_or_default().matches(CONNECTED).count();
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_path).unwrap();
+        let data_dir = data_dir.to_str().expect("a UTF-8 data dir path");
+        let run = [&["run", "--redis-url", redis_url, "--data-dir", data_dir][..], args].concat();
+        Self::spawn(&run, &Path::new(data_dir).with_extension("stderr.log"), env)
+    }
+
+    /// `maestro` with `args` (any subcommand) as a child process, `RUST_LOG=info`, its stderr
+    /// appended to `stderr_path`; the caller's Redis and config variables are not passed on.
+    pub fn spawn(args: &[&str], stderr_path: &Path, env: &[(&str, &str)]) -> EngineProc {
+        let connected_before = std::fs::read_to_string(stderr_path).unwrap_or_default().matches(CONNECTED).count();
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_maestro"));
-        cmd.args(["run", "--redis-url", redis_url, "--data-dir"]).arg(data_dir).args(args);
-        cmd.env("RUST_LOG", "info").env_remove("MAESTRO_REDIS_URL").env_remove("MAESTRO_CONFIG");
+        cmd.args(args).env("RUST_LOG", "info").env_remove("MAESTRO_REDIS_URL").env_remove("MAESTRO_CONFIG");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
-        EngineProc { child, stderr_path, connected_before }
+        EngineProc { child, stderr_path: stderr_path.to_path_buf(), connected_before }
     }
 
     /// Waits until this start of the engine has connected to Redis (at most 15 s).
@@ -286,6 +292,22 @@ pub fn store_trees_in_log(dir: &Path) -> Vec<String> {
 
 fn store_tree(name: &[u8]) -> bool {
     maestro_engine::store::Store::owns_tree(name)
+}
+
+/// Creates template `tpl-1` ("api", tenant `acme`, user `alice`) with a body of 9,000 bytes
+/// made from `seed`: large enough to be stored as a value file.
+pub fn create_large_template(conn: &mut redis::Connection, seed: u64) {
+    let body = maestro::traffic::template_body(&mut maestro::traffic::Rng::new(seed), 9_000);
+    let create = serde_json::json!({"request_id": "r1", "operation": "create", "tenant_id": "acme",
+        "user_id": "alice", "template_id": "tpl-1",
+        "parameters": {"name": "api", "content": body, "manifest": manifest("api")}});
+    redis::cmd("XADD")
+        .arg("maestro:streams:templates:requests")
+        .arg("*")
+        .arg("data")
+        .arg(create.to_string())
+        .query::<String>(conn)
+        .unwrap();
 }
 
 /// A template manifest that passes the quality gate with a score of 100.

@@ -7,19 +7,30 @@ use maestro_handlers::ELAPSED_MS;
 use maestro_schemas::Fields;
 use maestro_schemas::own::OutputKey;
 
-/// Publishes a run of outbox entries, skipping those this consumer already published. KEYS[1]
-/// is the guard hash; ARGV[1] the consumer; then, per entry: stream, seq, index, the number of
-/// XADD arguments, and those arguments (everything after the key). Entries come in (seq, index)
-/// order, so one high-water mark per consumer makes a re-publish after a crash a no-op. The
-/// target streams are arguments, not declared keys: fine on one server, not on a cluster
-/// (there [`CLUSTER_PUBLISH_SCRIPT`] goes instead).
-pub(super) const PUBLISH_SCRIPT: &str = r"
+/// The start of both publish scripts: this consumer's high-water mark `(ms, mi)` read from
+/// the guard hash KEYS[1], field ARGV[1] (`-1, -1` when it has none).
+macro_rules! read_mark {
+    () => {
+        r"
 local mark = redis.call('HGET', KEYS[1], ARGV[1])
 local ms, mi = -1, -1
 if mark then
   local s, i = string.match(mark, '^(%d+):(%d+)$')
   if s then ms, mi = tonumber(s), tonumber(i) end
 end
+"
+    };
+}
+
+/// Publishes a run of outbox entries, skipping those this consumer already published. KEYS[1]
+/// is the guard hash; ARGV[1] the consumer; then, per entry: stream, seq, index, the number of
+/// XADD arguments, and those arguments (everything after the key). Entries come in (seq, index)
+/// order, so one high-water mark per consumer makes a re-publish after a crash a no-op. The
+/// target streams are arguments, not declared keys: fine on one server, not on a cluster
+/// (there [`CLUSTER_PUBLISH_SCRIPT`] goes instead).
+pub(super) const PUBLISH_SCRIPT: &str = concat!(
+    read_mark!(),
+    r"
 local published, p = 0, 2
 while p <= #ARGV do
   local seq, index, n = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
@@ -31,7 +42,8 @@ while p <= #ARGV do
 end
 if published > 0 then redis.call('HSET', KEYS[1], ARGV[1], ms .. ':' .. mi) end
 return published
-";
+"
+);
 
 /// Lowers this consumer's publish mark (KEYS[1], field ARGV[1]) to seq ARGV[2] when it stands
 /// past it; returns the mark it found there, or false when it was not past.
@@ -59,13 +71,9 @@ return false
 /// in one script on one master, so they replicate together; the caller then `WAIT`s for a
 /// replica before letting the outbox entry go, so a failover cannot lose an output (and its
 /// mark) that the engine already counts as published.
-pub(super) const CLUSTER_PUBLISH_SCRIPT: &str = r"
-local mark = redis.call('HGET', KEYS[1], ARGV[1])
-local ms, mi = -1, -1
-if mark then
-  local s, i = string.match(mark, '^(%d+):(%d+)$')
-  if s then ms, mi = tonumber(s), tonumber(i) end
-end
+pub(super) const CLUSTER_PUBLISH_SCRIPT: &str = concat!(
+    read_mark!(),
+    r"
 local published, p = 0, 2
 while p <= #ARGV do
   local seq, index, n = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
@@ -77,7 +85,8 @@ while p <= #ARGV do
 end
 if published > 0 then redis.call('HSET', KEYS[1], ARGV[1], ms .. ':' .. mi) end
 return published
-";
+"
+);
 
 impl Source {
     /// The guard hash of `stream` on a cluster: the group's publish key with the stream's hash

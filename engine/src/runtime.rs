@@ -14,7 +14,7 @@ use crate::config::EngineConfig;
 use crate::datadir::{DataDir, fresh_consumer_name};
 use crate::error::{EngineError, Result};
 use crate::status::Health;
-use session::{AddressFile, session};
+use session::{AddressFile, RunWorld, session};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -71,6 +71,14 @@ pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Health>, mu
     let mut lease = crate::lease::Lease::new(&config, &client, &status)?;
     let mut fence = crate::lease::Fence::default();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let world = RunWorld {
+        config: &config,
+        data_dir: &data_dir,
+        consumer: &consumer,
+        client: &client,
+        domains: &domains,
+        status: &status,
+    };
     loop {
         // A member reads and writes nothing until it holds its lease (kept across reopenings
         // of the log after storage errors, taken again after it was lost).
@@ -82,7 +90,7 @@ pub async fn run(config: EngineConfig, domains: Domains, status: Arc<Health>, mu
                 None => return Ok(()),
             }
         }
-        let result = session(&config, &data_dir, &consumer, &client, &domains, &status, &fence, &mut shutdown).await;
+        let result = session(world, &fence, &mut shutdown).await;
         Health::set(&status.log_open, false);
         *status.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         match result {

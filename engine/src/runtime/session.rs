@@ -70,19 +70,22 @@ impl Drop for AddressFile {
     }
 }
 
+/// What every session of one run shares, set up once by [`super::run`].
+#[derive(Clone, Copy)]
+pub(super) struct RunWorld<'a> {
+    pub(super) config: &'a EngineConfig,
+    pub(super) data_dir: &'a DataDir,
+    /// The stable consumer name, from the data dir.
+    pub(super) consumer: &'a str,
+    pub(super) client: &'a crate::connect::RedisClient,
+    pub(super) domains: &'a Domains,
+    pub(super) status: &'a Arc<Health>,
+}
+
 /// One opening of the log: catch up the projections, then follow Redis until shutdown (or
 /// until `fence` fails: a member that lost its lease).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn session(
-    config: &EngineConfig,
-    data_dir: &DataDir,
-    consumer: &str,
-    client: &crate::connect::RedisClient,
-    domains: &Domains,
-    status: &Arc<Health>,
-    fence: &crate::lease::Fence,
-    shutdown: &mut Shutdown,
-) -> Result<()> {
+pub(super) async fn session(run: RunWorld<'_>, fence: &crate::lease::Fence, shutdown: &mut Shutdown) -> Result<()> {
+    let RunWorld { config, data_dir, consumer, client, domains, status } = run;
     // A member whose lease lapsed while the log was closed (a storage error's back-off) starts
     // nothing: effect intents would run again at the session's start.
     fence.check()?;

@@ -167,6 +167,31 @@ fn crash_kill_restart(target: &Target, stderr: &Path, mut load_done: impl FnMut(
     last
 }
 
+/// Routes the load `producer` writes through [`crash_kill_restart`], waits until the router's
+/// group has drained every routed stream, stops the last router and checks that every entry was
+/// routed once and that a router found copies made before the crash. Returns the entries per
+/// partition.
+fn route_through_crashes(
+    conn: &mut impl redis::ConnectionLike,
+    target: &Target,
+    stderr: &Path,
+    producer: std::thread::JoinHandle<()>,
+    drain_within: Duration,
+) -> Vec<usize> {
+    let mut last = crash_kill_restart(target, stderr, || producer.is_finished());
+    producer.join().unwrap();
+    let group = router_group(GROUP);
+    wait_until("the router drains the streams", drain_within, || {
+        maestro::groups::drained(conn, &routed_streams(), &group)
+    });
+    assert!(last.terminate().success(), "{}", last.stderr());
+    let per_partition = assert_routed_once(conn);
+    let log = last.stderr();
+    assert!(log.contains(ALREADY), "no router found a copy made before the crash:\n{log}");
+    last.assert_no_panic();
+    per_partition
+}
+
 #[test]
 fn every_entry_is_routed_once_through_a_crash_before_the_ack_and_a_sigkill_on_one_server() {
     let started = Instant::now();
@@ -180,17 +205,7 @@ fn every_entry_is_routed_once_through_a_crash_before_the_ack_and_a_sigkill_on_on
         write_paced(&mut conn, &messages(31, 6_000), 40, Duration::from_millis(40));
     });
     let target = Target::Single(server.url());
-    let mut last = crash_kill_restart(&target, &stderr, || producer.is_finished());
-    producer.join().unwrap();
-    let group = router_group(GROUP);
-    wait_until("the router drains the streams", Duration::from_secs(60), || {
-        maestro::groups::drained(&mut conn, &routed_streams(), &group)
-    });
-    assert!(last.terminate().success(), "{}", last.stderr());
-    let per_partition = assert_routed_once(&mut conn);
-    let log = last.stderr();
-    assert!(log.contains(ALREADY), "no router found a copy made before the crash:\n{log}");
-    assert!(!log.contains("panicked at"), "{log}");
+    let per_partition = route_through_crashes(&mut conn, &target, &stderr, producer, Duration::from_secs(60));
     assert!(per_partition.iter().all(|n| *n > 0), "a partition got nothing: {per_partition:?}");
     println!(
         "one server: {} entries routed once into {per_partition:?}; {:?} in all",
@@ -215,16 +230,7 @@ fn every_entry_is_routed_once_on_a_redis_cluster_with_partitions_on_several_mast
         write_paced(&mut conn, &messages(32, 4_500), 30, Duration::from_millis(40));
     });
     let target = Target::Cluster(cluster.urls());
-    let mut last = crash_kill_restart(&target, &stderr, || producer.is_finished());
-    producer.join().unwrap();
-    let group = router_group(GROUP);
-    wait_until("the router drains the streams", Duration::from_secs(90), || {
-        maestro::groups::drained(&mut conn, &routed_streams(), &group)
-    });
-    assert!(last.terminate().success(), "{}", last.stderr());
-    let per_partition = assert_routed_once(&mut conn);
-    let log = last.stderr();
-    assert!(log.contains(ALREADY), "no router found a copy made before the crash:\n{log}");
+    let per_partition = route_through_crashes(&mut conn, &target, &stderr, producer, Duration::from_secs(90));
     println!(
         "cluster: {} entries routed once into {per_partition:?} on masters {masters:?}; {:?} in all",
         produced_routed(&mut conn),
